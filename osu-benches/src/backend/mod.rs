@@ -1,0 +1,127 @@
+//! The small message-passing interface the benchmarks are written against, and its two
+//! implementations: [`braid`] (Braid's Rust API) and `rsmpi` (a system MPI, cargo feature
+//! `rsmpi`).
+//!
+//! # Receive windows
+//! Safe Rust cannot post a window of nonblocking receives into one `&mut` buffer the way OSU
+//! does in C (every receive would alias the same bytes), so [`Backend::window`] receives a
+//! window of `w` messages of `size` bytes into `w` disjoint slices of a `w * size` buffer. Both
+//! backends do exactly the same, so their figures stay comparable with each other; against C
+//! OSU the receive side touches `w` times more memory, which matters only once `w * size`
+//! outgrows the caches (large messages), where OSU's single buffer is the unrealistic one.
+
+pub mod braid;
+#[cfg(feature = "rsmpi")]
+pub mod rsmpi;
+
+/// A reduction the benchmarks need at rank 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// The largest value.
+    Max,
+    /// The sum of the values.
+    Sum,
+}
+
+impl ReduceOp {
+    /// Combines two values.
+    #[must_use]
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            Self::Max => a.max(b),
+            Self::Sum => a + b,
+        }
+    }
+}
+
+/// Point-to-point operations on `MPI_COMM_WORLD` (bytes only), as the benchmarks use them.
+///
+/// Errors are `anyhow` errors naming the operation and the peer rank.
+pub trait Backend {
+    /// Backend name for the records (`braid`, `rsmpi`).
+    fn name(&self) -> &'static str;
+    /// This process's rank.
+    fn rank(&self) -> i32;
+    /// Number of ranks in the job.
+    fn size(&self) -> i32;
+    /// Wall-clock time in seconds (`MPI_Wtime`).
+    fn time(&self) -> f64;
+    /// Blocks until every rank has called it.
+    ///
+    /// # Errors
+    /// The library's error.
+    fn barrier(&self) -> anyhow::Result<()>;
+    /// Blocking standard-mode send of `buf` to `dest` with `tag`.
+    ///
+    /// # Errors
+    /// The library's error.
+    fn send(&self, dest: i32, tag: i32, buf: &[u8]) -> anyhow::Result<()>;
+    /// Blocking receive of exactly `buf.len()` bytes from `src` with `tag`.
+    ///
+    /// # Errors
+    /// The library's error.
+    fn recv(&self, src: i32, tag: i32, buf: &mut [u8]) -> anyhow::Result<()>;
+    /// Posts `recvs` nonblocking receives from `peer` into the `recvs` equal, disjoint slices
+    /// of `recv` (the window), then `sends` nonblocking sends of all of `send` to `peer`, then
+    /// waits for all of them (OSU's `MPI_Irecv` x w, `MPI_Isend` x w, `MPI_Waitall`).
+    ///
+    /// # Errors
+    /// The library's error; `recv.len()` not a multiple of `recvs`.
+    fn window(
+        &self,
+        peer: i32,
+        tag: i32,
+        send: &[u8],
+        sends: usize,
+        recv: &mut [u8],
+        recvs: usize,
+    ) -> anyhow::Result<()>;
+    /// Combines `value` of every rank with `op`; the result is meaningful at rank 0 only.
+    ///
+    /// # Errors
+    /// The library's error.
+    fn reduce_to_root(&self, value: f64, op: ReduceOp) -> anyhow::Result<f64>;
+}
+
+/// Splits `buf` into `n` equal disjoint slices (all empty when `buf` is).
+///
+/// # Errors
+/// `buf.len()` is not a multiple of `n`.
+pub fn split_window(buf: &mut [u8], n: usize) -> anyhow::Result<Vec<&mut [u8]>> {
+    if n == 0 {
+        anyhow::ensure!(buf.is_empty(), "a receive buffer of {} bytes for no receives", buf.len());
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        buf.len() % n == 0,
+        "receive buffer of {} bytes does not split into {n} equal messages",
+        buf.len()
+    );
+    let chunk = buf.len() / n;
+    let mut out = Vec::with_capacity(n);
+    let mut rest = buf;
+    for _ in 0..n {
+        let (head, tail) = rest.split_at_mut(chunk);
+        out.push(head);
+        rest = tail;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_window_makes_disjoint_equal_slices() {
+        let mut buf = vec![0u8; 12];
+        let parts = split_window(&mut buf, 3).unwrap();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![4, 4, 4]);
+        let mut empty: Vec<u8> = Vec::new();
+        assert_eq!(split_window(&mut empty, 5).unwrap().len(), 5);
+        assert!(split_window(&mut buf, 5).is_err());
+        assert!(split_window(&mut empty, 0).unwrap().is_empty());
+        assert_eq!(ReduceOp::Max.apply(1.0, 2.0), 2.0);
+        assert_eq!(ReduceOp::Sum.apply(1.0, 2.0), 3.0);
+    }
+}

@@ -1,0 +1,637 @@
+//! The five benchmarks, written once over [`Backend`], and the program entry point.
+//!
+//! Each follows the loop of the OSU 7 C program of the same name; the differences are listed
+//! at each function. Timing uses the backend's `MPI_Wtime`.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use hdrhistogram::Histogram;
+
+use crate::backend::{Backend, ReduceOp};
+use crate::options::{Args, BackendKind, Bench, Config, Format};
+use crate::report::{self, Record};
+use crate::validation;
+
+/// Tag of the ping-pong messages (OSU uses 1).
+const LAT_TAG: i32 = 1;
+/// Tag of the window messages (OSU uses 100).
+const BW_TAG: i32 = 100;
+/// Tag of the per-window acknowledgement (OSU uses 101).
+const ACK_TAG: i32 = 101;
+/// Largest one-way latency the histogram tells apart (one hour, in ns); longer ones saturate.
+const HIST_MAX_NS: u64 = 3_600_000_000_000;
+/// Size of the acknowledgement message (OSU sends 4 bytes).
+const ACK_LEN: usize = 4;
+
+/// Parses `args` for the benchmark called `name`, runs it, and turns the outcome into an exit
+/// code (see [`crate::builtin::run`]).
+pub fn main(name: &str, args: Vec<String>) -> ExitCode {
+    let Some(bench) = Bench::from_name(name) else {
+        eprintln!("braid-osu: unknown benchmark {name:?} (known: {})", crate::builtin::NAMES.join(", "));
+        return ExitCode::FAILURE;
+    };
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(bench, &args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{}: error: {e:#}", bench.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `bench` with `args` on the backend `args` selects; `Ok(false)` when validation failed.
+///
+/// # Errors
+/// Bad options, a backend that is not built in, a wrong number of ranks, a communication
+/// error, or an output file that cannot be written.
+pub fn run(bench: Bench, args: &Args) -> anyhow::Result<bool> {
+    let config = Config::new(bench, args).map_err(anyhow::Error::msg)?;
+    match args.backend {
+        BackendKind::Braid => {
+            crate::backend::braid::with_backend(&config, |b, c| run_on(b, c, args))
+        }
+        #[cfg(feature = "rsmpi")]
+        BackendKind::Rsmpi => {
+            crate::backend::rsmpi::with_backend(&config, |b, c| run_on(b, c, args))
+        }
+        #[cfg(not(feature = "rsmpi"))]
+        BackendKind::Rsmpi => bail!(
+            "this binary was built without the rsmpi backend; rebuild with \
+             `CARGO_TARGET_DIR=target-rsmpi cargo build --release -p braid-osu --features rsmpi` \
+             and launch it with the system MPI's mpirun"
+        ),
+    }
+}
+
+/// Runs the benchmark of `config` on backend `b`; only rank 0 prints or writes results.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_on<B: Backend>(b: &B, config: &Config, args: &Args) -> anyhow::Result<bool> {
+    let n = b.size();
+    let rank_rule = match config.bench {
+        Bench::Bibw | Bench::Bw | Bench::Latency if n != 2 => {
+            Some("This test requires exactly two processes")
+        }
+        Bench::MbwMr | Bench::MultiLat if n < 2 || n % 2 != 0 => {
+            Some("This test requires an even number of processes")
+        }
+        _ => None,
+    };
+    if let Some(msg) = rank_rule {
+        if b.rank() == 0 {
+            bail!("{msg} (job has {n})");
+        }
+        return Ok(false);
+    }
+    let mut out = Output::new(b, config, args);
+    out.start()?;
+    match config.bench {
+        Bench::Bibw => bandwidth(b, config, &mut out, true)?,
+        Bench::Bw => bandwidth(b, config, &mut out, false)?,
+        Bench::Latency => latency(b, config, &mut out)?,
+        Bench::MbwMr => mbw_mr(b, config, &mut out)?,
+        Bench::MultiLat => multi_lat(b, config, &mut out)?,
+    }
+    out.finish()
+}
+
+/// Collects records at rank 0 and prints them as they come (OSU text) or at the end.
+#[derive(Debug)]
+struct Output {
+    /// Whether this is rank 0, the only rank that prints.
+    root: bool,
+    /// Print OSU text rows to stdout as they come.
+    live_text: bool,
+    format: Format,
+    path: Option<PathBuf>,
+    bench: Bench,
+    backend: &'static str,
+    ranks: i32,
+    validate: bool,
+    window: usize,
+    /// Records so far (rank 0 only).
+    records: Vec<Record>,
+    /// Validation errors this rank saw itself.
+    local_errors: u64,
+}
+
+impl Output {
+    fn new<B: Backend>(b: &B, config: &Config, args: &Args) -> Self {
+        Self {
+            root: b.rank() == 0,
+            live_text: args.output.is_some() || args.format == Format::Text,
+            format: args.format,
+            path: args.output.clone(),
+            bench: config.bench,
+            backend: b.name(),
+            ranks: b.size(),
+            validate: config.validate,
+            window: config.window,
+            records: Vec::new(),
+            local_errors: 0,
+        }
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        if self.root && self.live_text {
+            let header =
+                report::text_header(self.bench, self.validate, self.ranks / 2, self.window);
+            print_flush(&header)?;
+        }
+        Ok(())
+    }
+
+    /// A record with the fields every benchmark fills; `errors` is the job-wide count.
+    fn record(&self, size: usize, value: f64, unit: &str, loops: (usize, usize), errors: f64) -> Record {
+        Record {
+            benchmark: self.bench.name().to_owned(),
+            backend: self.backend.to_owned(),
+            ranks: self.ranks,
+            size,
+            value,
+            unit: unit.to_owned(),
+            messages_per_sec: None,
+            p50_us: None,
+            p99_us: None,
+            validation: self
+                .validate
+                .then(|| report::validation_status(if errors > 0.0 { 1 } else { 0 }).to_owned()),
+            iterations: loops.0,
+            warmup: loops.1,
+            window: self.bench.has_window().then_some(self.window),
+        }
+    }
+
+    fn push(&mut self, r: Record) -> anyhow::Result<()> {
+        if self.live_text {
+            print_flush(&report::text_row(&r))?;
+        }
+        self.records.push(r);
+        Ok(())
+    }
+
+    /// Writes the machine-readable results; `Ok(false)` if any validation failed.
+    fn finish(self) -> anyhow::Result<bool> {
+        if self.root {
+            let body = report::render(
+                self.format,
+                self.bench,
+                self.validate,
+                self.ranks / 2,
+                self.window,
+                &self.records,
+            );
+            match &self.path {
+                Some(path) => fs::write(path, body)
+                    .with_context(|| format!("writing results to {}", path.display()))?,
+                None if self.format != Format::Text => print_flush(&body)?,
+                None => {}
+            }
+        }
+        Ok(self.local_errors == 0 && !self.records.iter().any(Record::failed))
+    }
+}
+
+fn print_flush(s: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(s.as_bytes()).context("writing to standard output")?;
+    stdout.flush().context("writing to standard output")
+}
+
+/// Counts `1` if `buf` does not hold the validation pattern of iteration `iter`.
+fn check(buf: &[u8], iter: usize) -> u64 {
+    u64::from(!validation::check(buf, iter))
+}
+
+/// Seconds to whole nanoseconds for the histogram (at least 1, so it is never empty).
+fn nanos(seconds: f64) -> u64 {
+    // A negative or NaN time (clock step) saturates to 1 ns; huge values saturate at u64::MAX.
+    (seconds * 1e9).max(1.0) as u64
+}
+
+/// `osu_latency`: rank 0 sends `size` bytes to rank 1, which sends them back; latency is half
+/// the round trip, averaged over the timed iterations.
+///
+/// Differences from OSU: each iteration is timed on its own, so the records also carry the
+/// p50/p99 of the one-way latency (from an HDR histogram).
+fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
+    let me = b.rank();
+    let peer = 1 - me;
+    let mut sbuf = vec![b'a'; c.max_size()];
+    let mut rbuf = vec![b'b'; c.max_size()];
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        let s = &mut sbuf[..size];
+        let r = &mut rbuf[..size];
+        let mut hist = Histogram::<u64>::new_with_bounds(1, HIST_MAX_NS, 3)
+            .context("creating a latency histogram")?;
+        let mut total = 0.0;
+        let mut errors = 0u64;
+        b.barrier()?;
+        for i in 0..iters + skip {
+            if c.validate {
+                validation::fill(s, i);
+                r.fill(0);
+            }
+            if me == 0 {
+                let t0 = b.time();
+                b.send(peer, LAT_TAG, s)?;
+                b.recv(peer, LAT_TAG, r)?;
+                let dt = b.time() - t0;
+                if i >= skip {
+                    total += dt;
+                    hist.saturating_record(nanos(dt / 2.0));
+                }
+            } else {
+                b.recv(peer, LAT_TAG, r)?;
+                b.send(peer, LAT_TAG, s)?;
+            }
+            if c.validate {
+                errors += check(r, i);
+            }
+        }
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            let lat = total * 1e6 / (2.0 * iters as f64);
+            let mut rec = out.record(size, lat, "us", (iters, skip), all_errors);
+            rec.p50_us = Some(hist.value_at_quantile(0.5) as f64 / 1e3);
+            rec.p99_us = Some(hist.value_at_quantile(0.99) as f64 / 1e3);
+            out.push(rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// `osu_bw` (`bidirectional == false`): rank 0 sends windows of `-W` messages to rank 1, which
+/// answers each window with a 4-byte acknowledgement; MB/s = size * iterations * window / time.
+///
+/// `osu_bibw` (`bidirectional == true`): both ranks post a window of receives and a window of
+/// sends at once, no acknowledgement; MB/s counts both directions.
+///
+/// Differences from OSU: windows are received into disjoint slices (see [`crate::backend`]).
+fn bandwidth<B: Backend>(b: &B, c: &Config, out: &mut Output, bidirectional: bool) -> anyhow::Result<()> {
+    let me = b.rank();
+    let peer = 1 - me;
+    let w = c.window;
+    let sending = bidirectional || me == 0;
+    let receiving = bidirectional || me == 1;
+    let mut sbuf = vec![b'a'; c.max_size()];
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut ack = [0u8; ACK_LEN];
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        let s = &mut sbuf[..size];
+        let rlen = if receiving { w * size } else { 0 };
+        if rbuf.len() < rlen {
+            rbuf.resize(rlen, b'b');
+        }
+        let r = &mut rbuf[..rlen];
+        let (sends, recvs) = (if sending { w } else { 0 }, if receiving { w } else { 0 });
+        let mut errors = 0u64;
+        let mut t_start = 0.0;
+        b.barrier()?;
+        for i in 0..iters + skip {
+            if i == skip {
+                t_start = b.time();
+            }
+            if c.validate {
+                validation::fill(s, i);
+                r.fill(0);
+            }
+            b.window(peer, BW_TAG, s, sends, r, recvs)?;
+            if !bidirectional {
+                if me == 0 {
+                    b.recv(peer, ACK_TAG, &mut ack)?;
+                } else {
+                    b.send(peer, ACK_TAG, &ack)?;
+                }
+            }
+            if c.validate && size > 0 {
+                errors += r.chunks(size).map(|m| check(m, i)).sum::<u64>();
+            }
+        }
+        let elapsed = b.time() - t_start;
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            let directions = if bidirectional { 2.0 } else { 1.0 };
+            let mbps = size as f64 / 1e6 * iters as f64 * w as f64 * directions / elapsed;
+            out.push(out.record(size, mbps, "MB/s", (iters, skip), all_errors))?;
+        }
+    }
+    Ok(())
+}
+
+/// `osu_mbw_mr`: `n/2` pairs; rank `i < n/2` streams windows to rank `i + n/2`, which
+/// acknowledges each window. All pairs start together after a barrier; the aggregate MB/s and
+/// messages/s use the slowest sender's time.
+fn mbw_mr<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
+    let me = b.rank();
+    let pairs = b.size() / 2;
+    let sender = me < pairs;
+    let peer = if sender { me + pairs } else { me - pairs };
+    let w = c.window;
+    let mut sbuf = vec![b'a'; c.max_size()];
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut ack = [0u8; ACK_LEN];
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        let s = &mut sbuf[..size];
+        let rlen = if sender { 0 } else { w * size };
+        if rbuf.len() < rlen {
+            rbuf.resize(rlen, b'b');
+        }
+        let r = &mut rbuf[..rlen];
+        let mut errors = 0u64;
+        let mut t_start = 0.0;
+        b.barrier()?;
+        for i in 0..iters + skip {
+            if i == skip {
+                b.barrier()?;
+                t_start = b.time();
+            }
+            if c.validate {
+                validation::fill(s, i);
+                r.fill(0);
+            }
+            if sender {
+                b.window(peer, BW_TAG, s, w, &mut [], 0)?;
+                b.recv(peer, ACK_TAG, &mut ack)?;
+            } else {
+                b.window(peer, BW_TAG, &[], 0, r, w)?;
+                b.send(peer, ACK_TAG, &ack)?;
+                if c.validate && size > 0 {
+                    errors += r.chunks(size).map(|m| check(m, i)).sum::<u64>();
+                }
+            }
+        }
+        let elapsed = if sender { b.time() - t_start } else { 0.0 };
+        let slowest = b.reduce_to_root(elapsed, ReduceOp::Max)?;
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            let messages = f64::from(pairs) * iters as f64 * w as f64;
+            let mut rec = out.record(size, messages * size as f64 / 1e6 / slowest, "MB/s", (iters, skip), all_errors);
+            rec.messages_per_sec = Some(messages / slowest);
+            out.push(rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// `osu_multi_lat`: `n/2` pairs ping-pong at once (rank `i < n/2` starts, with rank
+/// `i + n/2`); every rank measures its own latency and rank 0 prints the average.
+fn multi_lat<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
+    let me = b.rank();
+    let n = b.size();
+    let pairs = n / 2;
+    let initiator = me < pairs;
+    let peer = if initiator { me + pairs } else { me - pairs };
+    let mut sbuf = vec![b'a'; c.max_size()];
+    let mut rbuf = vec![b'b'; c.max_size()];
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        let s = &mut sbuf[..size];
+        let r = &mut rbuf[..size];
+        let mut errors = 0u64;
+        let mut t_start = 0.0;
+        b.barrier()?;
+        for i in 0..iters + skip {
+            if i == skip {
+                t_start = b.time();
+            }
+            if c.validate {
+                validation::fill(s, i);
+                r.fill(0);
+            }
+            if initiator {
+                b.send(peer, LAT_TAG, s)?;
+                b.recv(peer, LAT_TAG, r)?;
+            } else {
+                b.recv(peer, LAT_TAG, r)?;
+                b.send(peer, LAT_TAG, s)?;
+            }
+            if c.validate {
+                errors += check(r, i);
+            }
+        }
+        let lat = (b.time() - t_start) * 1e6 / (2.0 * iters as f64);
+        let sum = b.reduce_to_root(lat, ReduceOp::Sum)?;
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            out.push(out.record(size, sum / f64::from(n), "us", (iters, skip), all_errors))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Arc, Barrier};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// An in-process backend: one thread per rank, unbounded channels as the network (so
+    /// sends never block and a window can send before it receives).
+    struct ThreadBackend {
+        rank: i32,
+        peers: Vec<Sender<(i32, i32, Vec<u8>)>>,
+        inbox: Receiver<(i32, i32, Vec<u8>)>,
+        /// Messages that arrived before a matching receive.
+        unexpected: RefCell<Vec<(i32, i32, Vec<u8>)>>,
+        barrier: Arc<Barrier>,
+        epoch: Instant,
+    }
+
+    impl Backend for ThreadBackend {
+        fn name(&self) -> &'static str {
+            "threads"
+        }
+        fn rank(&self) -> i32 {
+            self.rank
+        }
+        fn size(&self) -> i32 {
+            self.peers.len() as i32
+        }
+        fn time(&self) -> f64 {
+            self.epoch.elapsed().as_secs_f64()
+        }
+        fn barrier(&self) -> anyhow::Result<()> {
+            self.barrier.wait();
+            Ok(())
+        }
+        fn send(&self, dest: i32, tag: i32, buf: &[u8]) -> anyhow::Result<()> {
+            self.peers[dest as usize].send((self.rank, tag, buf.to_vec()))?;
+            Ok(())
+        }
+        fn recv(&self, src: i32, tag: i32, buf: &mut [u8]) -> anyhow::Result<()> {
+            let hit = |m: &(i32, i32, Vec<u8>)| m.0 == src && m.1 == tag;
+            let pos = self.unexpected.borrow().iter().position(hit);
+            let msg = match pos {
+                Some(i) => self.unexpected.borrow_mut().remove(i),
+                None => loop {
+                    let m = self.inbox.recv()?;
+                    if hit(&m) {
+                        break m;
+                    }
+                    self.unexpected.borrow_mut().push(m);
+                },
+            };
+            anyhow::ensure!(msg.2.len() == buf.len(), "length mismatch");
+            buf.copy_from_slice(&msg.2);
+            Ok(())
+        }
+        fn window(
+            &self,
+            peer: i32,
+            tag: i32,
+            send: &[u8],
+            sends: usize,
+            recv: &mut [u8],
+            recvs: usize,
+        ) -> anyhow::Result<()> {
+            for _ in 0..sends {
+                self.send(peer, tag, send)?;
+            }
+            for slice in crate::backend::split_window(recv, recvs)? {
+                self.recv(peer, tag, slice)?;
+            }
+            Ok(())
+        }
+        fn reduce_to_root(&self, value: f64, op: ReduceOp) -> anyhow::Result<f64> {
+            if self.rank != 0 {
+                self.send(0, 999, &value.to_le_bytes())?;
+                return Ok(value);
+            }
+            let mut acc = value;
+            for r in 1..self.size() {
+                let mut b = [0u8; 8];
+                self.recv(r, 999, &mut b)?;
+                acc = op.apply(acc, f64::from_le_bytes(b));
+            }
+            Ok(acc)
+        }
+    }
+
+    /// Runs `argv` on `n` thread ranks; returns rank 0's outcome and the JSON file it wrote.
+    fn run_threads(n: usize, argv: &[&str]) -> (bool, Vec<Record>) {
+        let dir = std::env::temp_dir()
+            .join(format!("braid-osu-unit-{}-{}", std::process::id(), argv.join("_").replace(['/', ':'], "")));
+        let file = dir.with_extension("json");
+        let mut argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+        argv.extend(["--format".into(), "json".into(), "--output".into(), file.display().to_string()]);
+        let args = Args::try_parse_from(&argv).unwrap();
+        let config = Config::new(Bench::from_name(&argv[0]).unwrap(), &args).unwrap();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| channel()).unzip();
+        let barrier = Arc::new(Barrier::new(n));
+        let epoch = Instant::now();
+        let handles: Vec<_> = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(rank, inbox)| {
+                let (peers, barrier, args, config) =
+                    (txs.clone(), barrier.clone(), args.clone(), config.clone());
+                std::thread::spawn(move || {
+                    let b = ThreadBackend {
+                        rank: rank as i32,
+                        peers,
+                        inbox,
+                        unexpected: RefCell::new(Vec::new()),
+                        barrier,
+                        epoch,
+                    };
+                    run_on(&b, &config, &args).unwrap()
+                })
+            })
+            .collect();
+        let oks: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let records = report::parse_json(&fs::read_to_string(&file).unwrap()).unwrap();
+        let _ = fs::remove_file(&file);
+        (oks.iter().all(|&ok| ok), records)
+    }
+
+    #[test]
+    fn every_benchmark_validates_over_threads() {
+        for (n, argv) in [
+            (2, &["osu_latency", "-m", "0:1024", "-i", "20", "-x", "2", "-c"][..]),
+            (2, &["osu_bw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
+            (2, &["osu_bibw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
+            (4, &["osu_mbw_mr", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
+            (4, &["osu_multi_lat", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..]),
+        ] {
+            let (ok, records) = run_threads(n, argv);
+            assert!(ok, "{argv:?} failed validation");
+            let min = if argv[0] == "osu_latency" { 0 } else { 1 };
+            assert_eq!(records.first().map(|r| r.size), Some(min), "{argv:?}");
+            assert_eq!(records.last().map(|r| r.size), Some(1024), "{argv:?}");
+            for r in &records {
+                assert_eq!(r.validation.as_deref(), Some("Pass"), "{r:?}");
+                assert!(r.value > 0.0 && r.value.is_finite(), "{r:?}");
+                assert_eq!(r.ranks, n as i32);
+                assert_eq!(r.iterations, if r.unit == "us" { 20 } else { 5 });
+            }
+            if argv[0] == "osu_mbw_mr" {
+                assert!(records.iter().all(|r| r.messages_per_sec.is_some_and(|m| m > 0.0)));
+            }
+            if argv[0] == "osu_latency" {
+                assert!(records.iter().all(|r| r.p50_us.is_some() && r.p99_us >= r.p50_us));
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_rank_count_is_an_error_at_rank_0() {
+        let args = Args::try_parse_from(["osu_bw", "-m", "1:1"]).unwrap();
+        let config = Config::new(Bench::Bw, &args).unwrap();
+        let (tx, rx) = channel();
+        let b = ThreadBackend {
+            rank: 0,
+            peers: vec![tx],
+            inbox: rx,
+            unexpected: RefCell::new(Vec::new()),
+            barrier: Arc::new(Barrier::new(1)),
+            epoch: Instant::now(),
+        };
+        let err = run_on(&b, &config, &args).unwrap_err();
+        assert!(err.to_string().contains("exactly two processes"), "{err}");
+    }
+
+    #[cfg(not(feature = "rsmpi"))]
+    #[test]
+    fn rsmpi_without_the_feature_is_a_clear_error() {
+        let args = Args::try_parse_from(["osu_latency", "--backend", "rsmpi"]).unwrap();
+        let err = run(Bench::Latency, &args).unwrap_err();
+        assert!(err.to_string().contains("without the rsmpi backend"), "{err}");
+    }
+
+    #[test]
+    fn validation_failure_is_reported() {
+        // A corrupted buffer fails the check the benchmarks use.
+        let mut buf = vec![0u8; 16];
+        validation::fill(&mut buf, 7);
+        assert_eq!(check(&buf, 7), 0);
+        buf[3] = buf[3].wrapping_add(1);
+        assert_eq!(check(&buf, 7), 1);
+        assert_eq!(nanos(-1.0), 1);
+        assert_eq!(nanos(1e-6), 1000);
+    }
+}

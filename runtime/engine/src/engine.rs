@@ -1,0 +1,1088 @@
+//! The point-to-point state machine.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::ids::{ContextId, FrameToken, Rank, ReqId, Seq, Tag};
+use crate::wire::{FLAG_SYNC, FrameKind, Header, MAX_PAYLOAD};
+
+/// Engine parameters. Per-peer values are indexed by rank.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This process's rank.
+    pub rank: Rank,
+    /// Number of ranks in the job.
+    pub size: u32,
+    /// Messages up to this many bytes travel eagerly to each peer; larger ones use rendezvous.
+    /// Indexed by peer rank; its length is `size`.
+    pub eager_limit: Vec<u64>,
+    /// Largest data chunk of a rendezvous transfer (at most [`MAX_PAYLOAD`]).
+    pub chunk_size: u64,
+}
+
+impl Config {
+    /// A configuration with the same eager limit for every peer.
+    pub fn uniform(rank: Rank, size: u32, eager_limit: u64, chunk_size: u64) -> Self {
+        Self {
+            rank,
+            size,
+            eager_limit: vec![eager_limit; size as usize],
+            chunk_size: chunk_size.clamp(1, MAX_PAYLOAD),
+        }
+    }
+}
+
+/// Send mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendMode {
+    /// Completes once the data has left the user buffer (MPI standard mode).
+    Standard,
+    /// Completes only once the receiver has matched the message (MPI synchronous mode).
+    Synchronous,
+}
+
+/// Which sources a receive or probe accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceSel {
+    /// Any source (`MPI_ANY_SOURCE`).
+    Any,
+    /// Exactly this rank.
+    Rank(Rank),
+}
+
+/// Which tags a receive or probe accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagSel {
+    /// Any tag (`MPI_ANY_TAG`).
+    Any,
+    /// Exactly this tag.
+    Tag(Tag),
+}
+
+impl SourceSel {
+    fn accepts(self, r: Rank) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Rank(x) => x == r,
+        }
+    }
+}
+
+impl TagSel {
+    fn accepts(self, t: Tag) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Tag(x) => x == t,
+        }
+    }
+}
+
+/// A frame the driver must send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Destination rank (may be this rank: the driver loops it back).
+    pub to: Rank,
+    /// The header to send first.
+    pub header: Header,
+    /// Where the payload comes from (`header.payload_len` bytes).
+    pub body: Body,
+}
+
+/// The payload of a [`Transmit`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Body {
+    /// No payload.
+    None,
+    /// Bytes `offset..offset + len` of send request `req`'s buffer. The driver must have
+    /// copied or written them before it next calls [`Engine::poll_completion`].
+    Send {
+        /// The send request that owns the buffer.
+        req: ReqId,
+        /// Start offset in that buffer.
+        offset: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+}
+
+/// Where the payload of a received frame goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Write the first `take` payload bytes into receive request `req`'s buffer at `offset`,
+    /// then read and discard `skip` more bytes.
+    Request {
+        /// The receive request owning the buffer.
+        req: ReqId,
+        /// Offset in the request's buffer.
+        offset: u64,
+        /// Bytes to store.
+        take: u64,
+        /// Bytes to discard after them (truncation).
+        skip: u64,
+    },
+    /// Fill the engine-owned buffer [`Engine::payload_buffer`] of this frame.
+    Buffer,
+}
+
+/// A frame whose header the engine accepted; finish it with [`Engine::handle_payload`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the payload must be placed and then handed to Engine::handle_payload"]
+pub struct Incoming {
+    /// Names this frame in [`Engine::payload_buffer`] and [`Engine::handle_payload`].
+    pub token: FrameToken,
+    /// Where the payload goes (ignored when `header.payload_len` is zero).
+    pub placement: Placement,
+}
+
+/// Status of a completed receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvStatus {
+    /// The sender.
+    pub source: Rank,
+    /// The message's tag.
+    pub tag: Tag,
+    /// The message's length as sent.
+    pub len: u64,
+    /// Bytes stored in the receive buffer (less than `len` when truncated).
+    pub stored: u64,
+}
+
+impl RecvStatus {
+    /// Whether the message was longer than the receive buffer.
+    pub fn truncated(&self) -> bool {
+        self.stored < self.len
+    }
+}
+
+/// Envelope of a message that a probe found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// The sender.
+    pub source: Rank,
+    /// The tag.
+    pub tag: Tag,
+    /// Message length in bytes.
+    pub len: u64,
+}
+
+/// A finished request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The request.
+    pub req: ReqId,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How a request ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A send finished: its buffer may be reused.
+    Sent,
+    /// A receive finished. When `buffered` is set, the driver copies its first
+    /// `status.stored` bytes into the request's buffer; otherwise the data is already there.
+    Received {
+        /// Envelope and lengths.
+        status: RecvStatus,
+        /// Payload that arrived before the receive was matched.
+        buffered: Option<Box<[u8]>>,
+    },
+    /// The request cannot finish because its peer is gone.
+    PeerLost {
+        /// The lost peer.
+        peer: Rank,
+    },
+}
+
+/// A frame that breaks the protocol. The peer that sent it is at fault; the driver closes
+/// that connection and reports the peer lost.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The header's source field is not the peer the frame came from.
+    #[error("frame from rank {from} claims source rank {claimed}")]
+    WrongSource {
+        /// The authenticated peer.
+        from: Rank,
+        /// What the header said.
+        claimed: Rank,
+    },
+    /// A rank outside the job.
+    #[error("frame from rank {0}, which is outside the job")]
+    UnknownRank(Rank),
+    /// An envelope whose sequence number was already seen.
+    #[error("duplicate sequence number {seq} from rank {from}")]
+    DuplicateSeq {
+        /// The peer.
+        from: Rank,
+        /// The repeated number.
+        seq: Seq,
+    },
+    /// An eager message above the limit the receiver allows.
+    #[error("eager message of {len} bytes from rank {from} exceeds the limit of {limit}")]
+    EagerTooLarge {
+        /// The peer.
+        from: Rank,
+        /// Message length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A CTS, ack or data frame naming a request that is not waiting for one.
+    #[error("{kind:?} frame from rank {from} names request {req}, which is not waiting for it")]
+    UnknownRequest {
+        /// The peer.
+        from: Rank,
+        /// The frame kind.
+        kind: FrameKind,
+        /// The request named.
+        req: ReqId,
+    },
+    /// A data chunk outside the accepted length, or a CTS accepting more than was offered.
+    #[error("frame from rank {from} is out of bounds: offset {offset} length {len} limit {limit}")]
+    OutOfBounds {
+        /// The peer.
+        from: Rank,
+        /// Chunk offset.
+        offset: u64,
+        /// Chunk length.
+        len: u64,
+        /// The bound.
+        limit: u64,
+    },
+}
+
+/// A usage error the caller made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// A rank outside `0..size`.
+    #[error("rank {rank} is out of range for a job of {size} ranks")]
+    InvalidRank {
+        /// The rank given.
+        rank: Rank,
+        /// Job size.
+        size: u32,
+    },
+    /// A negative tag.
+    #[error("tag {0} is negative")]
+    InvalidTag(Tag),
+    /// A request the engine does not know (already completed or never issued).
+    #[error("request {0} is unknown")]
+    UnknownRequest(ReqId),
+}
+
+/// One incoming envelope: an eager message or an RTS.
+#[derive(Debug)]
+struct Arrival {
+    /// Sender.
+    source: Rank,
+    /// Context it is addressed to.
+    context: ContextId,
+    /// Its tag.
+    tag: Tag,
+    /// Message length.
+    len: u64,
+    /// Eager or rendezvous details.
+    kind: ArrivalKind,
+    /// Set for synchronous eager sends: the sender request to acknowledge on match.
+    sync_ack: Option<ReqId>,
+    /// The receive it matched, once it did.
+    matched: Option<ReqId>,
+}
+
+#[derive(Debug)]
+enum ArrivalKind {
+    /// An eager message. `buffer` holds its payload when it was not placed straight into a
+    /// receive; `complete` says all payload bytes are there.
+    Eager { buffer: Option<Box<[u8]>>, complete: bool },
+    /// An RTS from send request `send_req`.
+    Rts { send_req: ReqId },
+}
+
+/// Matching queues of one context. Invariant: no entry of `posted` matches any arrival in
+/// `unexpected` (each new entry is matched against the other queue before it is queued).
+#[derive(Debug, Default)]
+struct Queues {
+    /// Receives not yet matched, in posting order.
+    posted: VecDeque<Posted>,
+    /// In-order arrivals not yet matched, in arrival order (ids into `Engine::arrivals`).
+    unexpected: VecDeque<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Posted {
+    req: ReqId,
+    source: SourceSel,
+    tag: TagSel,
+    capacity: u64,
+}
+
+/// Per-peer sequencing state.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Sequence number of the next envelope this rank sends to the peer.
+    next_send: u64,
+    /// Sequence number of the next envelope to release to matching from the peer.
+    next_recv: u64,
+    /// Envelopes that arrived ahead of `next_recv` (ids into `Engine::arrivals`), by seq.
+    early: BTreeMap<u64, u64>,
+    /// The peer is gone: nothing more is sent to or expected from it.
+    lost: bool,
+}
+
+#[derive(Debug)]
+enum SendState {
+    /// Eager synchronous send waiting for the receiver's ack.
+    AwaitAck { to: Rank },
+    /// Rendezvous send waiting for CTS.
+    AwaitCts { to: Rank, len: u64 },
+}
+
+#[derive(Debug)]
+enum RecvState {
+    /// Matched an eager arrival whose payload is still arriving; `capacity` is the size of
+    /// the receive buffer.
+    AwaitEager { arrival: u64, capacity: u64 },
+    /// Matched an RTS; `received` of `accepted` bytes of data are placed.
+    AwaitData {
+        from: Rank,
+        status: RecvStatus,
+        accepted: u64,
+        received: u64,
+    },
+}
+
+/// A frame whose payload the driver is placing.
+#[derive(Debug)]
+enum InFlight {
+    /// Eager payload of an arrival (placed into the request or the arrival's buffer).
+    Eager { arrival: u64 },
+    /// A data chunk for a rendezvous receive.
+    Data { req: ReqId, len: u64 },
+    /// A frame without payload (nothing to do on completion).
+    Empty,
+}
+
+/// The sans-IO point-to-point engine of one rank.
+///
+/// It matches receives against incoming envelopes per context (`MPI_ANY_SOURCE` and
+/// `MPI_ANY_TAG` included), keeps MPI's non-overtaking order with a sequence number per
+/// (sender, receiver) pair whatever path delivered a frame, and runs the eager protocol
+/// below the peer's eager limit and the rendezvous protocol (RTS, CTS, data chunks) above
+/// it. It reads no clock and does no I/O.
+///
+/// # Polling order
+/// After any call that may make progress (`post_*`, `handle_*`):
+/// 1. drain [`Engine::poll_transmit`] and send (or copy) every frame, including its body;
+/// 2. then drain [`Engine::poll_completion`]. A send completes only after its last frame was
+///    handed out, so the driver never reports a send complete while its buffer is still
+///    needed.
+///
+/// Receiving a frame: decode its header, call [`Engine::handle_header`], place the payload
+/// as the returned [`Placement`] says, then call [`Engine::handle_payload`] with the token.
+#[derive(Debug)]
+pub struct Engine {
+    /// Parameters; `eager_limit.len() == size`.
+    cfg: Config,
+    /// Next request id to hand out; ids start at 1 so 0 never names a request.
+    next_req: u64,
+    /// Next frame token.
+    next_token: u64,
+    /// Next arrival id.
+    next_arrival: u64,
+    /// Per-peer sequencing, indexed by rank.
+    peers: Vec<Peer>,
+    /// Matching queues per context.
+    queues: HashMap<ContextId, Queues>,
+    /// Envelopes released to matching or waiting for their turn.
+    arrivals: HashMap<u64, Arrival>,
+    /// Sends waiting for the peer (sync ack or CTS).
+    sends: HashMap<ReqId, SendState>,
+    /// Receives matched but not yet complete.
+    recvs: HashMap<ReqId, RecvState>,
+    /// Posted receives not yet matched: request to context (for cancellation).
+    posted_ctx: HashMap<ReqId, ContextId>,
+    /// Frames whose payload is being placed.
+    in_flight: HashMap<FrameToken, InFlight>,
+    /// Frames to send, in order.
+    transmits: VecDeque<Transmit>,
+    /// Finished requests, in order.
+    completions: VecDeque<Completion>,
+}
+
+impl Engine {
+    /// Creates the engine of rank `cfg.rank`.
+    pub fn new(mut cfg: Config) -> Self {
+        cfg.eager_limit.resize(cfg.size as usize, 0);
+        cfg.chunk_size = cfg.chunk_size.clamp(1, MAX_PAYLOAD);
+        let peers = (0..cfg.size).map(|_| Peer::default()).collect();
+        Self {
+            cfg,
+            next_req: 1,
+            next_token: 1,
+            next_arrival: 1,
+            peers,
+            queues: HashMap::new(),
+            arrivals: HashMap::new(),
+            sends: HashMap::new(),
+            recvs: HashMap::new(),
+            posted_ctx: HashMap::new(),
+            in_flight: HashMap::new(),
+            transmits: VecDeque::new(),
+            completions: VecDeque::new(),
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> Rank {
+        self.cfg.rank
+    }
+
+    /// Job size.
+    pub fn size(&self) -> u32 {
+        self.cfg.size
+    }
+
+    /// The eager limit towards `peer`.
+    pub fn eager_limit(&self, peer: Rank) -> u64 {
+        self.cfg.eager_limit.get(peer.0 as usize).copied().unwrap_or(0)
+    }
+
+    /// Number of requests still in progress (sends waiting for a peer, receives posted or
+    /// matched but incomplete).
+    pub fn pending(&self) -> usize {
+        self.sends.len() + self.recvs.len() + self.posted_ctx.len()
+    }
+
+    /// Starts a send of `len` bytes to `to`. The driver keeps the buffer until completion.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a rank outside the job or a negative tag.
+    pub fn post_send(
+        &mut self,
+        context: ContextId,
+        to: Rank,
+        tag: Tag,
+        len: u64,
+        mode: SendMode,
+    ) -> Result<ReqId, UsageError> {
+        self.check_rank(to)?;
+        if tag.0 < 0 {
+            return Err(UsageError::InvalidTag(tag));
+        }
+        let req = self.new_req();
+        let peer = &mut self.peers[to.0 as usize];
+        if peer.lost {
+            self.completions.push_back(Completion {
+                req,
+                outcome: Outcome::PeerLost { peer: to },
+            });
+            return Ok(req);
+        }
+        let seq = Seq(peer.next_send);
+        peer.next_send += 1;
+        let mut header = Header::new(FrameKind::Eager, self.cfg.rank);
+        header.context = context;
+        header.tag = tag;
+        header.seq = seq;
+        header.msg_len = len;
+        header.send_req = req;
+        if len <= self.eager_limit(to) {
+            header.payload_len = len;
+            if mode == SendMode::Synchronous {
+                header.flags = FLAG_SYNC;
+            }
+            self.transmits.push_back(Transmit {
+                to,
+                header,
+                body: if len == 0 {
+                    Body::None
+                } else {
+                    Body::Send {
+                        req,
+                        offset: 0,
+                        len,
+                    }
+                },
+            });
+            match mode {
+                SendMode::Standard => self.complete(req, Outcome::Sent),
+                SendMode::Synchronous => {
+                    self.sends.insert(req, SendState::AwaitAck { to });
+                }
+            }
+        } else {
+            header.kind = FrameKind::Rts;
+            self.transmits.push_back(Transmit {
+                to,
+                header,
+                body: Body::None,
+            });
+            self.sends.insert(req, SendState::AwaitCts { to, len });
+        }
+        Ok(req)
+    }
+
+    /// Posts a receive into a buffer of `capacity` bytes.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a source rank outside the job or a negative tag.
+    pub fn post_recv(
+        &mut self,
+        context: ContextId,
+        source: SourceSel,
+        tag: TagSel,
+        capacity: u64,
+    ) -> Result<ReqId, UsageError> {
+        if let SourceSel::Rank(r) = source {
+            self.check_rank(r)?;
+        }
+        if let TagSel::Tag(t) = tag
+            && t.0 < 0
+        {
+            return Err(UsageError::InvalidTag(t));
+        }
+        let req = self.new_req();
+        let posted = Posted {
+            req,
+            source,
+            tag,
+            capacity,
+        };
+        let q = self.queues.entry(context).or_default();
+        let found = q.unexpected.iter().position(|id| {
+            self.arrivals
+                .get(id)
+                .is_some_and(|a| source.accepts(a.source) && tag.accepts(a.tag))
+        });
+        if let Some(i) = found {
+            let id = q.unexpected.remove(i).unwrap_or_default();
+            self.bind(id, posted);
+        } else if let SourceSel::Rank(r) = source
+            && self.peers[r.0 as usize].lost
+        {
+            self.complete(req, Outcome::PeerLost { peer: r });
+        } else {
+            q.posted.push_back(posted);
+            self.posted_ctx.insert(req, context);
+        }
+        Ok(req)
+    }
+
+    /// Looks for a matched-in-order message without receiving it (`MPI_Iprobe`).
+    pub fn probe(&self, context: ContextId, source: SourceSel, tag: TagSel) -> Option<ProbeInfo> {
+        let q = self.queues.get(&context)?;
+        q.unexpected.iter().find_map(|id| {
+            let a = self.arrivals.get(id)?;
+            (source.accepts(a.source) && tag.accepts(a.tag)).then_some(ProbeInfo {
+                source: a.source,
+                tag: a.tag,
+                len: a.len,
+            })
+        })
+    }
+
+    /// Cancels a posted receive that has not matched yet. Returns whether it was cancelled;
+    /// a cancelled request produces no completion.
+    pub fn cancel_recv(&mut self, req: ReqId) -> bool {
+        let Some(ctx) = self.posted_ctx.remove(&req) else {
+            return false;
+        };
+        if let Some(q) = self.queues.get_mut(&ctx) {
+            q.posted.retain(|p| p.req != req);
+        }
+        true
+    }
+
+    /// Takes the header of a frame received from `from` (the authenticated peer).
+    ///
+    /// # Errors
+    /// [`PeerError`] when the frame breaks the protocol; the engine state is unchanged and the
+    /// driver should drop the connection and call [`Engine::handle_peer_lost`].
+    pub fn handle_header(&mut self, from: Rank, h: &Header) -> Result<Incoming, PeerError> {
+        if from.0 >= self.cfg.size {
+            return Err(PeerError::UnknownRank(from));
+        }
+        if h.source != from {
+            return Err(PeerError::WrongSource {
+                from,
+                claimed: h.source,
+            });
+        }
+        let token = FrameToken(self.next_token);
+        self.next_token += 1;
+        match h.kind {
+            FrameKind::Eager | FrameKind::Rts => self.handle_envelope(from, h, token),
+            FrameKind::Cts => {
+                let Some(SendState::AwaitCts { to, len }) = self.sends.get(&h.send_req) else {
+                    return Err(self.unknown(from, h.kind, h.send_req));
+                };
+                if *to != from {
+                    return Err(self.unknown(from, h.kind, h.send_req));
+                }
+                if h.msg_len > *len {
+                    return Err(PeerError::OutOfBounds {
+                        from,
+                        offset: 0,
+                        len: h.msg_len,
+                        limit: *len,
+                    });
+                }
+                let sreq = h.send_req;
+                self.sends.remove(&sreq);
+                let mut offset = 0;
+                while offset < h.msg_len {
+                    let n = (h.msg_len - offset).min(self.cfg.chunk_size);
+                    let mut d = Header::new(FrameKind::Data, self.cfg.rank);
+                    d.recv_req = h.recv_req;
+                    d.offset = offset;
+                    d.payload_len = n;
+                    self.transmits.push_back(Transmit {
+                        to: from,
+                        header: d,
+                        body: Body::Send {
+                            req: sreq,
+                            offset,
+                            len: n,
+                        },
+                    });
+                    offset += n;
+                }
+                self.complete(sreq, Outcome::Sent);
+                Ok(self.empty(token))
+            }
+            FrameKind::SyncAck => {
+                match self.sends.get(&h.send_req) {
+                    Some(SendState::AwaitAck { to }) if *to == from => {}
+                    _ => return Err(self.unknown(from, h.kind, h.send_req)),
+                }
+                self.sends.remove(&h.send_req);
+                self.complete(h.send_req, Outcome::Sent);
+                Ok(self.empty(token))
+            }
+            FrameKind::Data => {
+                let Some(RecvState::AwaitData {
+                    from: src,
+                    accepted,
+                    ..
+                }) = self.recvs.get(&h.recv_req)
+                else {
+                    return Err(self.unknown(from, h.kind, h.recv_req));
+                };
+                if *src != from {
+                    return Err(self.unknown(from, h.kind, h.recv_req));
+                }
+                let end = h.offset.saturating_add(h.payload_len);
+                if end > *accepted {
+                    return Err(PeerError::OutOfBounds {
+                        from,
+                        offset: h.offset,
+                        len: h.payload_len,
+                        limit: *accepted,
+                    });
+                }
+                self.in_flight.insert(
+                    token,
+                    InFlight::Data {
+                        req: h.recv_req,
+                        len: h.payload_len,
+                    },
+                );
+                Ok(Incoming {
+                    token,
+                    placement: Placement::Request {
+                        req: h.recv_req,
+                        offset: h.offset,
+                        take: h.payload_len,
+                        skip: 0,
+                    },
+                })
+            }
+        }
+    }
+
+    /// The engine-owned buffer for a frame placed as [`Placement::Buffer`]; empty for any
+    /// other token.
+    pub fn payload_buffer(&mut self, token: FrameToken) -> &mut [u8] {
+        let arrival = match self.in_flight.get(&token) {
+            Some(InFlight::Eager { arrival }) => *arrival,
+            _ => return &mut [],
+        };
+        match self.arrivals.get_mut(&arrival) {
+            Some(Arrival {
+                kind: ArrivalKind::Eager {
+                    buffer: Some(b), ..
+                },
+                ..
+            }) => b,
+            _ => &mut [],
+        }
+    }
+
+    /// Says that the payload of frame `token` has been placed completely.
+    pub fn handle_payload(&mut self, token: FrameToken) {
+        match self.in_flight.remove(&token) {
+            Some(InFlight::Eager { arrival }) => {
+                let Some(a) = self.arrivals.get_mut(&arrival) else {
+                    return;
+                };
+                if let ArrivalKind::Eager { complete, .. } = &mut a.kind {
+                    *complete = true;
+                }
+                if let Some(req) = a.matched
+                    && let Some(RecvState::AwaitEager { capacity, .. }) = self.recvs.remove(&req)
+                {
+                    self.finish_eager(arrival, req, capacity);
+                }
+            }
+            Some(InFlight::Data { req, len }) => {
+                let done = match self.recvs.get_mut(&req) {
+                    Some(RecvState::AwaitData {
+                        accepted, received, ..
+                    }) => {
+                        *received += len;
+                        *received >= *accepted
+                    }
+                    _ => false,
+                };
+                if done && let Some(RecvState::AwaitData { status, .. }) = self.recvs.remove(&req)
+                {
+                    self.complete(
+                        req,
+                        Outcome::Received {
+                            status,
+                            buffered: None,
+                        },
+                    );
+                }
+            }
+            Some(InFlight::Empty) | None => {}
+        }
+    }
+
+    /// Says that `peer` is gone (connection lost, protocol error, process died). Every
+    /// request that depends on it fails with [`Outcome::PeerLost`].
+    pub fn handle_peer_lost(&mut self, peer: Rank) {
+        let Some(p) = self.peers.get_mut(peer.0 as usize) else {
+            return;
+        };
+        if p.lost {
+            return;
+        }
+        p.lost = true;
+        let early: Vec<u64> = std::mem::take(&mut p.early).into_values().collect();
+        for id in early {
+            self.arrivals.remove(&id);
+        }
+        let mut failed: Vec<ReqId> = Vec::new();
+        self.sends.retain(|req, st| {
+            let to = match st {
+                SendState::AwaitAck { to } | SendState::AwaitCts { to, .. } => *to,
+            };
+            if to == peer {
+                failed.push(*req);
+            }
+            to != peer
+        });
+        let mut dropped: Vec<u64> = Vec::new();
+        let arrivals = &self.arrivals;
+        self.recvs.retain(|req, st| {
+            let from = match st {
+                RecvState::AwaitData { from, .. } => *from,
+                RecvState::AwaitEager { arrival, .. } => {
+                    arrivals.get(arrival).map_or(peer, |a| a.source)
+                }
+            };
+            if from == peer {
+                failed.push(*req);
+            }
+            from != peer
+        });
+        for q in self.queues.values_mut() {
+            q.posted.retain(|p| {
+                let lost = p.source == SourceSel::Rank(peer);
+                if lost {
+                    failed.push(p.req);
+                }
+                !lost
+            });
+            q.unexpected.retain(|id| {
+                // Complete eager messages stay receivable; partial ones and RTS cannot finish.
+                let keep = arrivals.get(id).is_some_and(|a| {
+                    a.source != peer || matches!(a.kind, ArrivalKind::Eager { complete: true, .. })
+                });
+                if !keep {
+                    dropped.push(*id);
+                }
+                keep
+            });
+        }
+        for id in dropped {
+            self.arrivals.remove(&id);
+        }
+        let arrivals = &self.arrivals;
+        self.in_flight.retain(|_, f| match f {
+            InFlight::Eager { arrival } => arrivals.get(arrival).is_some_and(|a| a.source != peer),
+            InFlight::Data { .. } | InFlight::Empty => true,
+        });
+        failed.sort();
+        for req in failed {
+            self.posted_ctx.remove(&req);
+            self.complete(req, Outcome::PeerLost { peer });
+        }
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next finished request. Drain [`Engine::poll_transmit`] first.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.completions.pop_front()
+    }
+
+    fn handle_envelope(
+        &mut self,
+        from: Rank,
+        h: &Header,
+        token: FrameToken,
+    ) -> Result<Incoming, PeerError> {
+        let peer = &self.peers[from.0 as usize];
+        if h.seq.0 < peer.next_recv || peer.early.contains_key(&h.seq.0) {
+            return Err(PeerError::DuplicateSeq {
+                from,
+                seq: h.seq,
+            });
+        }
+        let kind = if h.kind == FrameKind::Eager {
+            let limit = self.eager_limit(from);
+            if h.msg_len > limit {
+                return Err(PeerError::EagerTooLarge {
+                    from,
+                    len: h.msg_len,
+                    limit,
+                });
+            }
+            ArrivalKind::Eager {
+                buffer: None,
+                complete: h.msg_len == 0,
+            }
+        } else {
+            ArrivalKind::Rts {
+                send_req: h.send_req,
+            }
+        };
+        let id = self.next_arrival;
+        self.next_arrival += 1;
+        self.arrivals.insert(
+            id,
+            Arrival {
+                source: from,
+                context: h.context,
+                tag: h.tag,
+                len: h.msg_len,
+                kind,
+                sync_ack: (h.kind == FrameKind::Eager && h.is_sync()).then_some(h.send_req),
+                matched: None,
+            },
+        );
+        let peer = &mut self.peers[from.0 as usize];
+        if h.seq.0 == peer.next_recv {
+            peer.next_recv += 1;
+            self.release(id);
+            let mut more = Vec::new();
+            let peer = &mut self.peers[from.0 as usize];
+            while let Some(next) = peer.early.remove(&peer.next_recv) {
+                peer.next_recv += 1;
+                more.push(next);
+            }
+            for next in more {
+                self.release(next);
+            }
+        } else {
+            peer.early.insert(h.seq.0, id);
+        }
+        if h.kind == FrameKind::Rts || h.msg_len == 0 {
+            return Ok(self.empty(token));
+        }
+        self.in_flight.insert(token, InFlight::Eager { arrival: id });
+        // Straight into the receive when the arrival matched at once; else into a buffer.
+        let placement = match self.arrivals.get_mut(&id) {
+            Some(a) => match (a.matched, &mut a.kind) {
+                (Some(req), ArrivalKind::Eager { buffer: None, .. })
+                    if matches!(self.recvs.get(&req), Some(RecvState::AwaitEager { .. })) =>
+                {
+                    let stored = match self.recvs.get(&req) {
+                        Some(RecvState::AwaitEager { capacity, .. }) => a.len.min(*capacity),
+                        _ => 0,
+                    };
+                    Placement::Request {
+                        req,
+                        offset: 0,
+                        take: stored,
+                        skip: a.len - stored,
+                    }
+                }
+                (_, ArrivalKind::Eager { buffer, .. }) => {
+                    *buffer = Some(vec![0u8; usize_of(a.len)].into_boxed_slice());
+                    Placement::Buffer
+                }
+                (_, ArrivalKind::Rts { .. }) => Placement::Buffer,
+            },
+            None => Placement::Buffer,
+        };
+        Ok(Incoming { token, placement })
+    }
+
+    /// Releases an in-order arrival to matching: binds it to the first posted receive that
+    /// accepts it, or queues it as unexpected.
+    fn release(&mut self, id: u64) {
+        let Some(a) = self.arrivals.get(&id) else {
+            return;
+        };
+        let (ctx, src, tag) = (a.context, a.source, a.tag);
+        let q = self.queues.entry(ctx).or_default();
+        let found = q
+            .posted
+            .iter()
+            .position(|p| p.source.accepts(src) && p.tag.accepts(tag));
+        match found.and_then(|i| q.posted.remove(i)) {
+            Some(p) => {
+                self.posted_ctx.remove(&p.req);
+                self.bind(id, p);
+            }
+            None => q.unexpected.push_back(id),
+        }
+    }
+
+    /// Binds arrival `id` to receive `p`.
+    fn bind(&mut self, id: u64, p: Posted) {
+        let Some(a) = self.arrivals.get_mut(&id) else {
+            return;
+        };
+        a.matched = Some(p.req);
+        let stored = a.len.min(p.capacity);
+        if let Some(sreq) = a.sync_ack.take() {
+            let mut ack = Header::new(FrameKind::SyncAck, self.cfg.rank);
+            ack.send_req = sreq;
+            self.transmits.push_back(Transmit {
+                to: a.source,
+                header: ack,
+                body: Body::None,
+            });
+        }
+        match a.kind {
+            ArrivalKind::Eager { complete, .. } => {
+                if complete {
+                    self.finish_eager(id, p.req, p.capacity);
+                } else {
+                    // The payload is still to come: straight into the request when the match
+                    // happened at header time, else into the arrival's buffer.
+                    self.recvs.insert(
+                        p.req,
+                        RecvState::AwaitEager {
+                            arrival: id,
+                            capacity: p.capacity,
+                        },
+                    );
+                }
+            }
+            ArrivalKind::Rts { send_req } => {
+                let status = RecvStatus {
+                    source: a.source,
+                    tag: a.tag,
+                    len: a.len,
+                    stored,
+                };
+                let to = a.source;
+                self.arrivals.remove(&id);
+                let mut cts = Header::new(FrameKind::Cts, self.cfg.rank);
+                cts.send_req = send_req;
+                cts.recv_req = p.req;
+                cts.msg_len = stored;
+                self.transmits.push_back(Transmit {
+                    to,
+                    header: cts,
+                    body: Body::None,
+                });
+                if stored == 0 {
+                    self.complete(
+                        p.req,
+                        Outcome::Received {
+                            status,
+                            buffered: None,
+                        },
+                    );
+                } else {
+                    self.recvs.insert(
+                        p.req,
+                        RecvState::AwaitData {
+                            from: to,
+                            status,
+                            accepted: stored,
+                            received: 0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Completes receive `req` with eager arrival `id`, whose payload is all there.
+    fn finish_eager(&mut self, id: u64, req: ReqId, capacity: u64) {
+        let Some(a) = self.arrivals.remove(&id) else {
+            return;
+        };
+        let buffered = match a.kind {
+            ArrivalKind::Eager { buffer, .. } => buffer,
+            ArrivalKind::Rts { .. } => None,
+        };
+        let status = RecvStatus {
+            source: a.source,
+            tag: a.tag,
+            len: a.len,
+            stored: a.len.min(capacity),
+        };
+        self.complete(req, Outcome::Received { status, buffered });
+    }
+
+    fn new_req(&mut self) -> ReqId {
+        let r = ReqId(self.next_req);
+        self.next_req += 1;
+        r
+    }
+
+    fn check_rank(&self, r: Rank) -> Result<(), UsageError> {
+        if r.0 < self.cfg.size {
+            Ok(())
+        } else {
+            Err(UsageError::InvalidRank {
+                rank: r,
+                size: self.cfg.size,
+            })
+        }
+    }
+
+    fn unknown(&self, from: Rank, kind: FrameKind, req: ReqId) -> PeerError {
+        PeerError::UnknownRequest { from, kind, req }
+    }
+
+    fn empty(&mut self, token: FrameToken) -> Incoming {
+        self.in_flight.insert(token, InFlight::Empty);
+        Incoming {
+            token,
+            placement: Placement::Buffer,
+        }
+    }
+
+    fn complete(&mut self, req: ReqId, outcome: Outcome) {
+        self.completions.push_back(Completion { req, outcome });
+    }
+}
+
+/// Converts a message length that the engine accepted (at most [`MAX_PAYLOAD`] for eager
+/// payloads) to `usize`.
+fn usize_of(len: u64) -> usize {
+    usize::try_from(len).unwrap_or(usize::MAX)
+}

@@ -1,0 +1,306 @@
+//! The frame header that every transport carries in front of a frame's payload.
+//!
+//! A frame is a fixed [`HEADER_LEN`]-byte header followed by `payload_len` bytes of payload.
+//! All integers are little-endian:
+//!
+//! | bytes  | field         | meaning                                                     |
+//! |--------|---------------|-------------------------------------------------------------|
+//! | 0      | kind          | [`FrameKind`]                                               |
+//! | 1      | flags         | bit 0: synchronous send ([`FLAG_SYNC`]); other bits zero    |
+//! | 2..4   | reserved      | zero                                                        |
+//! | 4..8   | context       | [`ContextId`] of an envelope                                |
+//! | 8..12  | source        | sender's [`Rank`]                                           |
+//! | 12..16 | tag           | [`Tag`], never negative                                     |
+//! | 16..24 | seq           | per-(sender, receiver) [`Seq`] of an envelope               |
+//! | 24..32 | msg_len       | whole message length (envelopes), accepted length (CTS)     |
+//! | 32..40 | send_req      | sender's request id (RTS, CTS, ack)                         |
+//! | 40..48 | recv_req      | receiver's request id (CTS, data)                           |
+//! | 48..56 | offset        | byte offset of a data chunk in the message                  |
+//! | 56..64 | payload_len   | bytes of payload that follow this header                    |
+//!
+//! Decoding checks everything a header alone can tell; the engine checks the rest against
+//! its state (does the request exist, does the chunk fit).
+
+use crate::ids::{ContextId, Rank, ReqId, Seq, Tag};
+
+/// Size of an encoded [`Header`].
+pub const HEADER_LEN: usize = 64;
+
+/// Largest payload a single frame may carry (1 GiB); larger messages travel as several chunks.
+pub const MAX_PAYLOAD: u64 = 1 << 30;
+
+/// Flag bit: the envelope belongs to a synchronous-mode send and wants an acknowledgement.
+pub const FLAG_SYNC: u8 = 1;
+
+/// What a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A whole small message: envelope and payload.
+    Eager = 1,
+    /// Request to send (rendezvous): an envelope without payload.
+    Rts = 2,
+    /// Clear to send: the receiver matched an RTS and says how many bytes it accepts.
+    Cts = 3,
+    /// A chunk of a rendezvous message's payload.
+    Data = 4,
+    /// The receiver matched a synchronous eager message.
+    SyncAck = 5,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Eager,
+            2 => Self::Rts,
+            3 => Self::Cts,
+            4 => Self::Data,
+            5 => Self::SyncAck,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded frame header. Fields that a kind does not use are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// What the frame is for.
+    pub kind: FrameKind,
+    /// Flag bits ([`FLAG_SYNC`]).
+    pub flags: u8,
+    /// Context of an envelope.
+    pub context: ContextId,
+    /// The sender.
+    pub source: Rank,
+    /// Tag of an envelope.
+    pub tag: Tag,
+    /// Sequence number of an envelope.
+    pub seq: Seq,
+    /// Message length (envelopes) or accepted length (CTS).
+    pub msg_len: u64,
+    /// Sender's request (RTS, CTS, ack).
+    pub send_req: ReqId,
+    /// Receiver's request (CTS, data).
+    pub recv_req: ReqId,
+    /// Offset of a data chunk.
+    pub offset: u64,
+    /// Payload bytes following the header.
+    pub payload_len: u64,
+}
+
+/// Why a header could not be decoded. The peer that sent it is at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer than [`HEADER_LEN`] bytes.
+    #[error("frame header truncated: {0} of {HEADER_LEN} bytes")]
+    Truncated(usize),
+    /// Byte 0 names no frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// Undefined flag bits or non-zero reserved bytes.
+    #[error("reserved header bits set (flags {flags:#x}, reserved {reserved:#x})")]
+    Reserved {
+        /// The flags byte.
+        flags: u8,
+        /// The reserved bytes.
+        reserved: u16,
+    },
+    /// A tag below zero.
+    #[error("negative tag {0}")]
+    NegativeTag(i32),
+    /// A payload on a kind that has none, a payload over [`MAX_PAYLOAD`], or an eager
+    /// payload whose length differs from the message length.
+    #[error("bad payload length {payload_len} for {kind:?} frame (message length {msg_len})")]
+    PayloadLength {
+        /// The frame kind.
+        kind: FrameKind,
+        /// Declared payload length.
+        payload_len: u64,
+        /// Declared message length.
+        msg_len: u64,
+    },
+    /// `offset + payload_len` overflows.
+    #[error("data chunk offset {offset} + length {payload_len} overflows")]
+    Overflow {
+        /// Chunk offset.
+        offset: u64,
+        /// Chunk length.
+        payload_len: u64,
+    },
+}
+
+fn u32_at(b: &[u8; HEADER_LEN], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn u64_at(b: &[u8; HEADER_LEN], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+impl Header {
+    /// A header with every optional field zero.
+    pub fn new(kind: FrameKind, source: Rank) -> Self {
+        Self {
+            kind,
+            flags: 0,
+            context: ContextId(0),
+            source,
+            tag: Tag(0),
+            seq: Seq(0),
+            msg_len: 0,
+            send_req: ReqId(0),
+            recv_req: ReqId(0),
+            offset: 0,
+            payload_len: 0,
+        }
+    }
+
+    /// Encodes the header. Cannot fail.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.flags;
+        b[4..8].copy_from_slice(&self.context.0.to_le_bytes());
+        b[8..12].copy_from_slice(&self.source.0.to_le_bytes());
+        b[12..16].copy_from_slice(&self.tag.0.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.msg_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.send_req.0.to_le_bytes());
+        b[40..48].copy_from_slice(&self.recv_req.0.to_le_bytes());
+        b[48..56].copy_from_slice(&self.offset.to_le_bytes());
+        b[56..64].copy_from_slice(&self.payload_len.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates a header.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the bytes are not a well-formed header; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let b: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Truncated(bytes.len()))?;
+        let kind = FrameKind::from_u8(b[0]).ok_or(DecodeError::UnknownKind(b[0]))?;
+        let flags = b[1];
+        let reserved = u16::from_le_bytes([b[2], b[3]]);
+        if flags & !FLAG_SYNC != 0 || reserved != 0 {
+            return Err(DecodeError::Reserved { flags, reserved });
+        }
+        let tag = u32_at(b, 12).cast_signed();
+        if tag < 0 {
+            return Err(DecodeError::NegativeTag(tag));
+        }
+        let h = Self {
+            kind,
+            flags,
+            context: ContextId(u32_at(b, 4)),
+            source: Rank(u32_at(b, 8)),
+            tag: Tag(tag),
+            seq: Seq(u64_at(b, 16)),
+            msg_len: u64_at(b, 24),
+            send_req: ReqId(u64_at(b, 32)),
+            recv_req: ReqId(u64_at(b, 40)),
+            offset: u64_at(b, 48),
+            payload_len: u64_at(b, 56),
+        };
+        let bad_len = match kind {
+            FrameKind::Eager => h.payload_len != h.msg_len,
+            FrameKind::Data => false,
+            FrameKind::Rts | FrameKind::Cts | FrameKind::SyncAck => h.payload_len != 0,
+        };
+        if bad_len || h.payload_len > MAX_PAYLOAD {
+            return Err(DecodeError::PayloadLength {
+                kind,
+                payload_len: h.payload_len,
+                msg_len: h.msg_len,
+            });
+        }
+        if h.offset.checked_add(h.payload_len).is_none() {
+            return Err(DecodeError::Overflow {
+                offset: h.offset,
+                payload_len: h.payload_len,
+            });
+        }
+        Ok(h)
+    }
+
+    /// The payload length of an encoded header, read without full validation, so a stream
+    /// reader can size its next read. Call [`Header::decode`] before trusting the frame.
+    pub fn peek_payload_len(bytes: &[u8; HEADER_LEN]) -> u64 {
+        u64_at(bytes, 56)
+    }
+
+    /// Whether the synchronous flag is set.
+    pub fn is_sync(&self) -> bool {
+        self.flags & FLAG_SYNC != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Header {
+        Header {
+            kind: FrameKind::Eager,
+            flags: FLAG_SYNC,
+            context: ContextId(7),
+            source: Rank(3),
+            tag: Tag(42),
+            seq: Seq(99),
+            msg_len: 5,
+            send_req: ReqId(11),
+            recv_req: ReqId(0),
+            offset: 0,
+            payload_len: 5,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let h = sample();
+        assert_eq!(Header::decode(&h.encode()), Ok(h));
+        assert_eq!(Header::peek_payload_len(&h.encode()), 5);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert_eq!(Header::decode(&[0u8; 10]), Err(DecodeError::Truncated(10)));
+        let mut b = sample().encode();
+        b[0] = 77;
+        assert_eq!(Header::decode(&b), Err(DecodeError::UnknownKind(77)));
+        let mut b = sample().encode();
+        b[1] = 0x80;
+        assert!(matches!(Header::decode(&b), Err(DecodeError::Reserved { .. })));
+        let mut h = sample();
+        h.payload_len = 4;
+        assert!(matches!(
+            Header::decode(&h.encode()),
+            Err(DecodeError::PayloadLength { .. })
+        ));
+        let mut h = sample();
+        h.tag = Tag(-1);
+        assert_eq!(Header::decode(&h.encode()), Err(DecodeError::NegativeTag(-1)));
+        let mut h = sample();
+        h.kind = FrameKind::Data;
+        h.offset = u64::MAX;
+        assert!(matches!(Header::decode(&h.encode()), Err(DecodeError::Overflow { .. })));
+    }
+
+    #[test]
+    fn decode_never_panics_on_random_bytes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..80);
+            let bytes: Vec<u8> = (0..n).map(|_| rng.r#gen()).collect();
+            let _ = Header::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! The progress engine: drives the sans-IO point-to-point engine over the transports and
+//! owns the raw user buffers of in-flight requests.
+//!
+//! Both front-ends (the Rust API here, the C ABI later) call into [`Core`] with raw buffers.
+//! One `Core` exists per process, behind a mutex ([`with_core`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use braid_engine::wire::{HEADER_LEN, Header};
+use braid_engine::{
+    Completion, ContextId, Engine, FrameToken, Outcome, Placement, Rank as ERank, RecvStatus,
+    ReqId, SendMode, SourceSel, TagSel, Transmit,
+};
+use braid_transports::tcp::TcpTransport;
+use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
+
+use crate::error::Error;
+
+/// Context of the world communicator's point-to-point traffic.
+pub(crate) const WORLD_CONTEXT: ContextId = ContextId(0);
+/// Context of the world communicator's collectives.
+pub(crate) const WORLD_COLL_CONTEXT: ContextId = ContextId(1);
+
+/// The process-wide runtime state; `None` before init and after finalize.
+static CORE: Mutex<Option<Core>> = Mutex::new(None);
+
+/// Runs `f` on the initialized core.
+///
+/// # Panics
+/// When called before `initialize` or after finalize: the Rust API hands out communicators
+/// only between the two, so this is a bug in Braid.
+pub(crate) fn with_core<R>(f: impl FnOnce(&mut Core) -> R) -> R {
+    let mut guard = CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let core = guard
+        .as_mut()
+        .expect("braid communicators exist only between initialize and finalize");
+    f(core)
+}
+
+/// Installs the core; false when one is installed already.
+pub(crate) fn install(core: Core) -> bool {
+    let mut guard = CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if guard.is_some() {
+        return false;
+    }
+    *guard = Some(core);
+    true
+}
+
+/// Removes the core (at finalize).
+pub(crate) fn take() -> Option<Core> {
+    CORE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+/// Whether a core is installed.
+pub(crate) fn is_installed() -> bool {
+    CORE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_some()
+}
+
+/// A user buffer lent to an in-flight request.
+#[derive(Clone, Copy, Debug)]
+struct RawBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+/// Result of a finished request, kept until the front-end collects it.
+pub(crate) type Finished = Result<RecvStatus, Error>;
+
+/// How a wait spins before it blocks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpinPolicy {
+    /// How long to poll without blocking.
+    pub(crate) spin: Duration,
+    /// Yield the CPU between polls (more ranks than cores on this host).
+    pub(crate) yield_between: bool,
+}
+
+/// The driver of one rank.
+pub(crate) struct Core {
+    pub(crate) rank: u32,
+    pub(crate) size: u32,
+    pub(crate) host: String,
+    pub(crate) engine: Engine,
+    /// The TCP transport; `None` in a singleton job.
+    pub(crate) tcp: Option<TcpTransport>,
+    pub(crate) pmi: Option<braid_pmi::PmiClient>,
+    /// Send buffers of requests whose frames may still be emitted. Invariant: an entry lives
+    /// until the engine completes the request and the transport returned every lent body.
+    sends: HashMap<ReqId, RawBuf>,
+    /// Receive buffers of requests that may still get payload.
+    recvs: HashMap<ReqId, RawBuf>,
+    /// Number of bodies of a send request that the transport still holds.
+    lent: HashMap<ReqId, u32>,
+    /// Sends the engine completed while bodies were still lent.
+    sent_waiting: HashMap<ReqId, ()>,
+    /// Finished requests not yet collected.
+    finished: HashMap<ReqId, Finished>,
+    /// Why each lost peer was lost.
+    lost: HashMap<u32, String>,
+    pub(crate) spin: SpinPolicy,
+}
+
+// SAFETY: the raw buffer pointers are only dereferenced while the core's mutex is held, and
+// the front-end keeps each buffer borrowed until its request is finished.
+unsafe impl Send for Core {}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the transport reports into, split from [`Core`] so the transport can be borrowed
+/// mutably at the same time.
+struct Sink<'a> {
+    engine: &'a mut Engine,
+    recvs: &'a HashMap<ReqId, RawBuf>,
+    lent: &'a mut HashMap<ReqId, u32>,
+    returned: &'a mut Vec<ReqId>,
+    lost: &'a mut HashMap<u32, String>,
+}
+
+// SAFETY: destinations point into receive buffers registered in `recvs` (kept alive by their
+// requests until completion) or into engine payload buffers (boxed slices that the engine
+// keeps, unmoved, until `handle_payload` for their token).
+unsafe impl FrameSink for Sink<'_> {
+    fn on_header(&mut self, from: ERank, header: &[u8; HEADER_LEN]) -> Result<Dest, String> {
+        let h = Header::decode(header).map_err(|e| e.to_string())?;
+        let inc = self
+            .engine
+            .handle_header(from, &h)
+            .map_err(|e| e.to_string())?;
+        dest_for(self.engine, self.recvs, inc.token, &inc.placement, h.payload_len)
+    }
+
+    fn on_payload(&mut self, _from: ERank, token: FrameToken) {
+        self.engine.handle_payload(token);
+    }
+
+    fn on_sent(&mut self, req: ReqId) {
+        if let Some(n) = self.lent.get_mut(&req) {
+            *n -= 1;
+            if *n == 0 {
+                self.lent.remove(&req);
+                self.returned.push(req);
+            }
+        }
+    }
+
+    fn on_peer_lost(&mut self, peer: ERank, error: TransportError) {
+        self.lost.entry(peer.0).or_insert_with(|| error.to_string());
+        self.engine.handle_peer_lost(peer);
+    }
+}
+
+/// Turns an engine placement into transport memory.
+fn dest_for(
+    engine: &mut Engine,
+    recvs: &HashMap<ReqId, RawBuf>,
+    token: FrameToken,
+    placement: &Placement,
+    payload_len: u64,
+) -> Result<Dest, String> {
+    let payload = usize::try_from(payload_len).map_err(|_| "payload too large".to_string())?;
+    match *placement {
+        _ if payload == 0 => Ok(Dest {
+            token,
+            ptr: std::ptr::null_mut(),
+            take: 0,
+            skip: 0,
+        }),
+        Placement::Request {
+            req,
+            offset,
+            take,
+            skip,
+        } => {
+            let buf = recvs
+                .get(&req)
+                .ok_or_else(|| format!("no buffer for request {req}"))?;
+            let (offset, take, skip) = (offset as usize, take as usize, skip as usize);
+            if offset.checked_add(take).is_none_or(|end| end > buf.len) {
+                return Err(format!("chunk {offset}+{take} outside a {}-byte buffer", buf.len));
+            }
+            // SAFETY: offset + take <= buf.len, checked above.
+            let ptr = unsafe { buf.ptr.add(offset) };
+            Ok(Dest {
+                token,
+                ptr,
+                take,
+                skip,
+            })
+        }
+        Placement::Buffer => {
+            let b = engine.payload_buffer(token);
+            Ok(Dest {
+                token,
+                ptr: b.as_mut_ptr(),
+                take: b.len().min(payload),
+                skip: payload - b.len().min(payload),
+            })
+        }
+    }
+}
+
+impl Core {
+    /// Builds a core around a wired-up engine and transport.
+    pub(crate) fn new(
+        engine: Engine,
+        tcp: Option<TcpTransport>,
+        pmi: Option<braid_pmi::PmiClient>,
+        host: String,
+        spin: SpinPolicy,
+    ) -> Self {
+        Self {
+            rank: engine.rank().0,
+            size: engine.size(),
+            host,
+            engine,
+            tcp,
+            pmi,
+            sends: HashMap::new(),
+            recvs: HashMap::new(),
+            lent: HashMap::new(),
+            sent_waiting: HashMap::new(),
+            finished: HashMap::new(),
+            lost: HashMap::new(),
+            spin,
+        }
+    }
+
+    /// Starts a send from raw memory.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes until the request is finished and
+    /// collected with [`Core::wait`] or [`Core::test`].
+    pub(crate) unsafe fn isend(
+        &mut self,
+        ctx: ContextId,
+        to: u32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+        mode: SendMode,
+    ) -> Result<ReqId, Error> {
+        let req = self
+            .engine
+            .post_send(ctx, ERank(to), braid_engine::Tag(tag), len as u64, mode)
+            .map_err(usage)?;
+        self.sends.insert(
+            req,
+            RawBuf {
+                ptr: ptr.cast_mut(),
+                len,
+            },
+        );
+        self.pump();
+        Ok(req)
+    }
+
+    /// Starts a receive into raw memory. `from`/`tag` of `None` are wildcards.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not otherwise accessed, until the
+    /// request is finished and collected.
+    pub(crate) unsafe fn irecv(
+        &mut self,
+        ctx: ContextId,
+        from: Option<u32>,
+        tag: Option<i32>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<ReqId, Error> {
+        let src = from.map_or(SourceSel::Any, |r| SourceSel::Rank(ERank(r)));
+        let tag = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
+        let req = self
+            .engine
+            .post_recv(ctx, src, tag, len as u64)
+            .map_err(usage)?;
+        self.recvs.insert(req, RawBuf { ptr, len });
+        self.pump();
+        Ok(req)
+    }
+
+    /// Looks for a matchable message (`MPI_Iprobe`), making progress first.
+    pub(crate) fn iprobe(
+        &mut self,
+        ctx: ContextId,
+        from: Option<u32>,
+        tag: Option<i32>,
+    ) -> Result<Option<RecvStatus>, Error> {
+        let src = from.map_or(SourceSel::Any, |r| SourceSel::Rank(ERank(r)));
+        let tsel = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
+        let find = |e: &Engine| {
+            e.probe(ctx, src, tsel).map(|p| RecvStatus {
+                source: p.source,
+                tag: p.tag,
+                len: p.len,
+                stored: p.len,
+            })
+        };
+        if let Some(s) = find(&self.engine) {
+            return Ok(Some(s));
+        }
+        self.progress(Some(Duration::ZERO))?;
+        if let Some(s) = find(&self.engine) {
+            return Ok(Some(s));
+        }
+        if let Some(r) = from
+            && let Some(why) = self.lost.get(&r)
+        {
+            return Err(Error::PeerLost {
+                rank: r as i32,
+                reason: why.clone(),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Blocks until a matchable message is there (`MPI_Probe`).
+    pub(crate) fn probe(
+        &mut self,
+        ctx: ContextId,
+        from: Option<u32>,
+        tag: Option<i32>,
+    ) -> Result<RecvStatus, Error> {
+        let mut waiter = Waiter::new(self.spin);
+        loop {
+            if let Some(s) = self.iprobe(ctx, from, tag)? {
+                return Ok(s);
+            }
+            let t = waiter.next_timeout();
+            self.progress(t)?;
+        }
+    }
+
+    /// Takes the result of request `req` if it has finished, making progress first.
+    pub(crate) fn test(&mut self, req: ReqId) -> Result<Option<Finished>, Error> {
+        if let Some(f) = self.finished.remove(&req) {
+            return Ok(Some(f));
+        }
+        self.progress(Some(Duration::ZERO))?;
+        Ok(self.finished.remove(&req))
+    }
+
+    /// Whether request `req` has finished (without collecting it).
+    pub(crate) fn is_finished(&self, req: ReqId) -> bool {
+        self.finished.contains_key(&req)
+    }
+
+    /// Collects a finished request.
+    pub(crate) fn collect(&mut self, req: ReqId) -> Option<Finished> {
+        self.finished.remove(&req)
+    }
+
+    /// Blocks until request `req` finishes and returns its result.
+    pub(crate) fn wait(&mut self, req: ReqId) -> Result<Finished, Error> {
+        let mut waiter = Waiter::new(self.spin);
+        loop {
+            if let Some(f) = self.finished.remove(&req) {
+                return Ok(f);
+            }
+            let t = waiter.next_timeout();
+            self.progress(t)?;
+        }
+    }
+
+    /// Blocks until any of `reqs` finishes; returns its index (not collected).
+    pub(crate) fn wait_any(&mut self, reqs: &[ReqId]) -> Result<usize, Error> {
+        let mut waiter = Waiter::new(self.spin);
+        loop {
+            if let Some(i) = reqs.iter().position(|r| self.finished.contains_key(r)) {
+                return Ok(i);
+            }
+            let t = waiter.next_timeout();
+            self.progress(t)?;
+        }
+    }
+
+    /// Polls the transport once (waiting at most `timeout`) and processes what the engine
+    /// produced. Returns whether anything happened.
+    pub(crate) fn progress(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let mut did = self.pump();
+        if let Some(tcp) = self.tcp.as_mut() {
+            let mut returned = Vec::new();
+            let mut sink = Sink {
+                engine: &mut self.engine,
+                recvs: &self.recvs,
+                lent: &mut self.lent,
+                returned: &mut returned,
+                lost: &mut self.lost,
+            };
+            let t = if did { Some(Duration::ZERO) } else { timeout };
+            did |= tcp
+                .progress(&mut sink, t)
+                .map_err(|e| Error::LocalOs(format!("poll failed: {e}")))?;
+            for req in returned {
+                if self.sent_waiting.remove(&req).is_some() {
+                    self.sends.remove(&req);
+                    self.finished.insert(req, Ok(sent_status()));
+                    did = true;
+                }
+            }
+        } else if let Some(t) = timeout
+            && !did
+        {
+            std::thread::sleep(t.min(Duration::from_millis(1)));
+        }
+        did |= self.pump();
+        Ok(did)
+    }
+
+    /// Sends what the engine emitted and records completions. Returns whether it did anything.
+    fn pump(&mut self) -> bool {
+        let mut did = false;
+        loop {
+            let mut any = false;
+            while let Some(t) = self.engine.poll_transmit() {
+                any = true;
+                self.transmit(t);
+            }
+            while let Some(c) = self.engine.poll_completion() {
+                any = true;
+                self.complete(c);
+            }
+            if !any {
+                return did;
+            }
+            did = true;
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        let (ptr, len, owner) = match t.body {
+            braid_engine::Body::None => (std::ptr::null(), 0, None),
+            braid_engine::Body::Send { req, offset, len } => match self.sends.get(&req) {
+                // SAFETY: the engine only names ranges inside the length it was given.
+                Some(b) => (unsafe { b.ptr.add(offset as usize) }.cast_const(), len as usize, Some(req)),
+                None => (std::ptr::null(), 0, None),
+            },
+        };
+        if t.to.0 == self.rank {
+            self.loopback(&t.header, ptr, len);
+            return;
+        }
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        if let Some(req) = owner {
+            *self.lent.entry(req).or_insert(0) += 1;
+        }
+        let header = t.header.encode();
+        // SAFETY: `ptr` is inside a send buffer registered in `sends`, which stays registered
+        // (and borrowed by its request) until the transport returns it through on_sent.
+        let res = unsafe {
+            tcp.send(
+                t.to,
+                &header,
+                Body {
+                    ptr,
+                    len,
+                    owner,
+                },
+            )
+        };
+        if let Err(e) = res {
+            if let Some(req) = owner
+                && let Some(n) = self.lent.get_mut(&req)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    self.lent.remove(&req);
+                }
+            }
+            self.lost.entry(t.to.0).or_insert_with(|| e.to_string());
+            self.engine.handle_peer_lost(t.to);
+        }
+    }
+
+    /// Delivers a frame addressed to this rank.
+    fn loopback(&mut self, h: &Header, ptr: *const u8, len: usize) {
+        let me = ERank(self.rank);
+        let inc = match self.engine.handle_header(me, h) {
+            Ok(i) => i,
+            Err(e) => {
+                self.lost.entry(self.rank).or_insert_with(|| e.to_string());
+                return;
+            }
+        };
+        if let Ok(d) = dest_for(
+            &mut self.engine,
+            &self.recvs,
+            inc.token,
+            &inc.placement,
+            h.payload_len,
+        ) && d.take > 0
+        {
+            // SAFETY: `ptr` holds `len` readable bytes of a send buffer; `d.ptr` holds
+            // `d.take` writable bytes; d.take <= payload_len == len. The regions belong to
+            // different requests (MPI forbids aliasing send and receive buffers).
+            unsafe { std::ptr::copy_nonoverlapping(ptr, d.ptr, d.take.min(len)) };
+        }
+        self.engine.handle_payload(inc.token);
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let result = match c.outcome {
+            Outcome::Sent => {
+                if self.lent.contains_key(&c.req) {
+                    self.sent_waiting.insert(c.req, ());
+                    return;
+                }
+                self.sends.remove(&c.req);
+                Ok(sent_status())
+            }
+            Outcome::Received { status, buffered } => {
+                let buf = self.recvs.remove(&c.req);
+                if let (Some(data), Some(buf)) = (buffered, buf) {
+                    let n = (status.stored as usize).min(buf.len).min(data.len());
+                    // SAFETY: the receive buffer is valid for buf.len bytes and n <= buf.len.
+                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr, n) };
+                }
+                Ok(status)
+            }
+            Outcome::PeerLost { peer } => {
+                self.sends.remove(&c.req);
+                self.recvs.remove(&c.req);
+                Err(Error::PeerLost {
+                    rank: peer.0 as i32,
+                    reason: self
+                        .lost
+                        .get(&peer.0)
+                        .cloned()
+                        .unwrap_or_else(|| "connection lost".into()),
+                })
+            }
+        };
+        self.finished.insert(c.req, result);
+    }
+
+    /// Writes every queued frame (bounded by `deadline`).
+    pub(crate) fn flush(&mut self, deadline: Instant) -> Result<(), Error> {
+        while self.tcp.as_ref().is_some_and(Transport::has_pending_writes) || !self.lent.is_empty()
+        {
+            if Instant::now() >= deadline {
+                return Err(Error::LocalOs("timed out flushing outgoing data".into()));
+            }
+            self.progress(Some(Duration::from_millis(10)))?;
+        }
+        Ok(())
+    }
+}
+
+fn sent_status() -> RecvStatus {
+    RecvStatus {
+        source: ERank(0),
+        tag: braid_engine::Tag(0),
+        len: 0,
+        stored: 0,
+    }
+}
+
+fn usage(e: braid_engine::UsageError) -> Error {
+    match e {
+        braid_engine::UsageError::InvalidRank { rank, size } => Error::UsageInvalidRank {
+            rank: rank.0 as i32,
+            size: size as i32,
+        },
+        braid_engine::UsageError::InvalidTag(t) => Error::UsageInvalidTag(t.0),
+        other => Error::LocalOs(other.to_string()),
+    }
+}
+
+/// Spin-then-block schedule of one wait.
+#[derive(Debug)]
+struct Waiter {
+    policy: SpinPolicy,
+    start: Instant,
+    polls: u32,
+    /// The spin budget is used up: every further poll blocks.
+    blocking: bool,
+}
+
+impl Waiter {
+    fn new(policy: SpinPolicy) -> Self {
+        Self {
+            policy,
+            start: Instant::now(),
+            polls: 0,
+            blocking: false,
+        }
+    }
+
+    /// Timeout for the next poll: zero while spinning, then a bounded block.
+    fn next_timeout(&mut self) -> Option<Duration> {
+        if self.blocking {
+            return Some(Duration::from_millis(50));
+        }
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls % 8 == 0 && self.start.elapsed() >= self.policy.spin {
+            self.blocking = true;
+        }
+        if self.policy.yield_between {
+            std::thread::yield_now();
+        }
+        Some(Duration::ZERO)
+    }
+}

@@ -1,0 +1,179 @@
+//! Helpers shared by Braid's integration tests: locating the built binaries and running jobs
+//! with deadlines.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Path of a binary built in the same target directory and profile as the running test
+/// (`target/<profile>/deps/test-xxxx` → `target/<profile>/NAME`).
+///
+/// # Panics
+///
+/// If the binary is not there, with a message saying how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe of the test");
+    let dir = exe.parent().and_then(|deps| {
+        if deps.ends_with("deps") {
+            deps.parent()
+        } else {
+            Some(deps)
+        }
+    });
+    let path = dir
+        .map(|d| d.join(name))
+        .expect("test executable has a parent directory");
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace --bins` (same profile as the tests) first",
+        path.display()
+    );
+    path
+}
+
+/// Path of the built `mpirun`; see [`binary`].
+pub fn mpirun() -> PathBuf {
+    binary("mpirun")
+}
+
+/// What a finished command did.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout, lossily decoded.
+    pub stdout: String,
+    /// Everything it wrote to stderr, lossily decoded.
+    pub stderr: String,
+    /// Time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    /// The exit code (`None` if killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs `cmd` with stdin from `/dev/null` and stdout/stderr captured, polling for its exit
+/// until `deadline` has passed since the start.
+///
+/// # Panics
+///
+/// If it cannot be spawned, or is still running at the deadline (it is then killed and its
+/// output so far is shown in the message).
+pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Finished {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let out = drain(&mut child, true);
+    let err = drain(&mut child, false);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let elapsed = start.elapsed();
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            return Finished {
+                status,
+                stdout,
+                stderr,
+                elapsed,
+            };
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{cmd:?} still running after {deadline:?}; killed.\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn drain(child: &mut Child, stdout: bool) -> thread::JoinHandle<String> {
+    let mut src: Box<dyn Read + Send> = if stdout {
+        Box::new(child.stdout.take().expect("stdout is piped"))
+    } else {
+        Box::new(child.stderr.take().expect("stderr is piped"))
+    };
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = src.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// A string unique to this test process and call, to mark the processes of one job.
+pub fn unique_marker(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Live (non-zombie) processes other than this one whose command line or environment contains
+/// `marker`, as `(pid, command line)`.
+pub fn processes_with_marker(marker: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let read = |f: &str| std::fs::read(entry.path().join(f)).unwrap_or_default();
+        let stat = String::from_utf8_lossy(&read("stat")).into_owned();
+        // Field 3 of /proc/PID/stat, after the parenthesised name, is the state; Z = zombie.
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let cmdline = read("cmdline");
+        let environ = read("environ");
+        let hit = |hay: &[u8]| hay.windows(marker.len()).any(|w| w == marker.as_bytes());
+        if hit(&cmdline) || hit(&environ) {
+            let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Waits up to `within` for every process marked with `marker` to be gone; returns those left.
+pub fn leftovers_after(marker: &str, within: Duration) -> Vec<(u32, String)> {
+    let start = Instant::now();
+    loop {
+        let left = processes_with_marker(marker);
+        if left.is_empty() || start.elapsed() > within {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,152 @@
+//! Rails: the network interfaces a job's TCP traffic uses.
+//!
+//! A rail is one network interface (one local IPv4 address) on every host. The rail list
+//! comes from `BRAID_RAILS`: comma-separated interface names (the same on every host, as on
+//! a real cluster: `eth1,eth2`) or literal IPv4 addresses. Without it a rank uses one
+//! default rail: loopback towards ranks of the same host, and otherwise the host's first
+//! non-loopback IPv4 address.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Index of a rail in the job's rail list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RailId(pub u16);
+
+/// One rail on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rail {
+    /// Position in the rail list.
+    pub id: RailId,
+    /// Interface name (or the address as written when the spec gave an address).
+    pub name: String,
+    /// The local address connections on this rail bind to.
+    pub addr: IpAddr,
+}
+
+/// Why the rail list could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RailError {
+    /// The spec names an interface this host does not have.
+    #[error("rail '{name}' does not exist on host {host} (interfaces with IPv4 addresses: {available})")]
+    NoSuchInterface {
+        /// The name given.
+        name: String,
+        /// This host.
+        host: String,
+        /// What exists.
+        available: String,
+    },
+    /// The spec is empty or has an empty entry.
+    #[error("BRAID_RAILS '{0}' has an empty entry")]
+    Empty(String),
+    /// Listing interfaces failed.
+    #[error("cannot list network interfaces: {0}")]
+    Os(#[from] nix::Error),
+}
+
+/// IPv4 addresses of this host's interfaces, by name, in the order the OS lists them.
+///
+/// # Errors
+/// The OS refused to list interfaces.
+pub fn interfaces() -> Result<Vec<(String, Ipv4Addr)>, RailError> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        if let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            out.push((ifa.interface_name.clone(), addr.ip()));
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the rail list from a `BRAID_RAILS` spec, or the default rail when `spec` is None.
+///
+/// # Errors
+/// [`RailError`] naming the missing interface and what exists.
+pub fn rails_from_spec(spec: Option<&str>, host: &str) -> Result<Vec<Rail>, RailError> {
+    let ifs = interfaces()?;
+    let Some(spec) = spec else {
+        return Ok(vec![Rail {
+            id: RailId(0),
+            name: "default".into(),
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }]);
+    };
+    let mut rails = Vec::new();
+    for (i, entry) in spec.split(',').map(str::trim).enumerate() {
+        if entry.is_empty() {
+            return Err(RailError::Empty(spec.into()));
+        }
+        let id = RailId(u16::try_from(i).unwrap_or(u16::MAX));
+        let addr = match entry.parse::<IpAddr>() {
+            Ok(a) => a,
+            Err(_) => match ifs.iter().find(|(n, _)| n == entry) {
+                Some((_, a)) => IpAddr::V4(*a),
+                None => {
+                    let available = ifs
+                        .iter()
+                        .map(|(n, a)| format!("{n} ({a})"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(RailError::NoSuchInterface {
+                        name: entry.into(),
+                        host: host.into(),
+                        available,
+                    });
+                }
+            },
+        };
+        rails.push(Rail {
+            id,
+            name: entry.into(),
+            addr,
+        });
+    }
+    Ok(rails)
+}
+
+/// The addresses a rank publishes for a rail: for the default rail (unspecified address),
+/// loopback first and then every non-loopback IPv4 address of the host; otherwise the rail
+/// address itself.
+///
+/// # Errors
+/// The OS refused to list interfaces.
+pub fn published_addrs(rail: &Rail) -> Result<Vec<IpAddr>, RailError> {
+    if !rail.addr.is_unspecified() {
+        return Ok(vec![rail.addr]);
+    }
+    let mut v = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    for (_, a) in interfaces()? {
+        if !a.is_loopback() {
+            v.push(IpAddr::V4(a));
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rail() {
+        let r = rails_from_spec(None, "h").unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(published_addrs(&r[0]).unwrap()[0].is_loopback());
+    }
+
+    #[test]
+    fn named_rails() {
+        let r = rails_from_spec(Some("lo,127.0.0.1"), "h").unwrap();
+        assert_eq!(r[0].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(r[1].id, RailId(1));
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let e = rails_from_spec(Some("lo,nosuch9"), "hostA").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("nosuch9") && msg.contains("hostA") && msg.contains("lo"), "{msg}");
+        assert!(rails_from_spec(Some("lo,,"), "h").is_err());
+    }
+}
