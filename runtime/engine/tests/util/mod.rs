@@ -1,0 +1,359 @@
+//! A deterministic N-rank harness for the engine: a virtual network whose rails are FIFO
+//! queues per (sender, receiver, rail), delivered in a seeded random order, with the header
+//! and the payload of each frame delivered as separate steps so other events interleave.
+//!
+//! Besides driving the engines it logs, per receiver, the order in which receives were posted
+//! and envelopes became in-order (per-pair sequence numbers), which is what MPI matching
+//! depends on; [`reference_matches`] replays that log through a plain reference matcher.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use braid_engine::wire::{FrameKind, Header};
+use braid_engine::{
+    Body, Config, ContextId, Engine, FrameToken, Outcome, Placement, Rank, RecvStatus, ReqId,
+    SendMode, SourceSel, Tag, TagSel,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A frame on a virtual rail.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+/// What a receive finished with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecvResult {
+    Ok { status: RecvStatus, data: Vec<u8> },
+    Lost(Rank),
+}
+
+/// Harness-side record of one rank.
+#[derive(Debug)]
+pub struct Node {
+    pub engine: Engine,
+    pub send_bufs: HashMap<ReqId, Vec<u8>>,
+    pub recv_bufs: HashMap<ReqId, Vec<u8>>,
+    pub sends_done: HashMap<ReqId, Outcome>,
+    pub recvs_done: HashMap<ReqId, RecvResult>,
+    /// Receiver-side log: `Post(req)` and `Release(src, seq)` in the order they happened.
+    pub log: Vec<Event>,
+    /// Per source: next expected envelope seq and early ones (mirrors the engine's rule).
+    pub expect: Vec<(u64, BTreeMap<u64, ()>)>,
+}
+
+/// A matching-relevant event at a receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Post {
+        req: ReqId,
+        ctx: ContextId,
+        source: SourceSel,
+        tag: TagSel,
+    },
+    Release {
+        src: Rank,
+        seq: u64,
+        ctx: ContextId,
+        tag: Tag,
+    },
+}
+
+/// Link key: (from, to, rail).
+type Link = (u32, u32, usize);
+
+/// A frame whose header was delivered and whose payload is pending.
+#[derive(Debug)]
+struct InProgress {
+    frame: Frame,
+    token: FrameToken,
+    placement: Placement,
+}
+
+/// The virtual network of N ranks.
+#[derive(Debug)]
+pub struct Net {
+    pub nodes: Vec<Node>,
+    pub rails: usize,
+    links: BTreeMap<Link, VecDeque<Frame>>,
+    in_progress: BTreeMap<Link, InProgress>,
+    pub rng: StdRng,
+    /// Protocol errors seen (receiver, error text).
+    pub errors: Vec<(u32, String)>,
+}
+
+impl Net {
+    pub fn new(n: u32, rails: usize, eager: u64, chunk: u64, seed: u64) -> Self {
+        let nodes = (0..n)
+            .map(|r| Node {
+                engine: Engine::new(Config::uniform(Rank(r), n, eager, chunk)),
+                send_bufs: HashMap::new(),
+                recv_bufs: HashMap::new(),
+                sends_done: HashMap::new(),
+                recvs_done: HashMap::new(),
+                log: Vec::new(),
+                expect: (0..n).map(|_| (0, BTreeMap::new())).collect(),
+            })
+            .collect();
+        Self {
+            nodes,
+            rails: rails.max(1),
+            links: BTreeMap::new(),
+            in_progress: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, from: u32, to: u32, tag: i32, data: Vec<u8>, mode: SendMode) -> ReqId {
+        let n = &mut self.nodes[from as usize];
+        let req = n
+            .engine
+            .post_send(ContextId(0), Rank(to), Tag(tag), data.len() as u64, mode)
+            .expect("valid send");
+        n.send_bufs.insert(req, data);
+        self.pump(from);
+        req
+    }
+
+    pub fn recv(&mut self, at: u32, source: SourceSel, tag: TagSel, capacity: usize) -> ReqId {
+        let n = &mut self.nodes[at as usize];
+        let req = n
+            .engine
+            .post_recv(ContextId(0), source, tag, capacity as u64)
+            .expect("valid receive");
+        n.recv_bufs.insert(req, vec![0u8; capacity]);
+        n.log.push(Event::Post {
+            req,
+            ctx: ContextId(0),
+            source,
+            tag,
+        });
+        self.pump(at);
+        req
+    }
+
+    /// Moves what rank `r`'s engine emitted onto the rails and records completions.
+    pub fn pump(&mut self, r: u32) {
+        loop {
+            let mut any = false;
+            while let Some(t) = self.nodes[r as usize].engine.poll_transmit() {
+                any = true;
+                let payload = match t.body {
+                    Body::None => Vec::new(),
+                    Body::Send { req, offset, len } => {
+                        let b = &self.nodes[r as usize].send_bufs[&req];
+                        b[offset as usize..(offset + len) as usize].to_vec()
+                    }
+                };
+                let rail = self.rng.gen_range(0..self.rails);
+                self.links
+                    .entry((r, t.to.0, rail))
+                    .or_default()
+                    .push_back(Frame {
+                        header: t.header,
+                        payload,
+                    });
+            }
+            while let Some(c) = self.nodes[r as usize].engine.poll_completion() {
+                any = true;
+                let n = &mut self.nodes[r as usize];
+                match c.outcome {
+                    Outcome::Received { status, buffered } => {
+                        let mut buf = n.recv_bufs.remove(&c.req).expect("receive buffer");
+                        if let Some(b) = buffered {
+                            let k = status.stored as usize;
+                            buf[..k].copy_from_slice(&b[..k]);
+                        }
+                        buf.truncate(status.stored as usize);
+                        n.recvs_done.insert(c.req, RecvResult::Ok { status, data: buf });
+                    }
+                    Outcome::PeerLost { peer } => {
+                        if n.recv_bufs.remove(&c.req).is_some() {
+                            n.recvs_done.insert(c.req, RecvResult::Lost(peer));
+                        } else {
+                            n.sends_done.insert(c.req, Outcome::PeerLost { peer });
+                        }
+                    }
+                    Outcome::Sent => {
+                        n.sends_done.insert(c.req, Outcome::Sent);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Number of steps still possible.
+    pub fn busy(&self) -> bool {
+        self.links.values().any(|q| !q.is_empty()) || !self.in_progress.is_empty()
+    }
+
+    /// Performs one random delivery step; false when nothing is in flight.
+    pub fn step(&mut self) -> bool {
+        let ready: Vec<Link> = self
+            .links
+            .iter()
+            .filter(|(k, q)| !q.is_empty() && !self.in_progress.contains_key(k))
+            .map(|(k, _)| *k)
+            .chain(self.in_progress.keys().copied())
+            .collect();
+        if ready.is_empty() {
+            return false;
+        }
+        let link = ready[self.rng.gen_range(0..ready.len())];
+        if let Some(p) = self.in_progress.remove(&link) {
+            self.finish(link, p);
+        } else {
+            let frame = self
+                .links
+                .get_mut(&link)
+                .and_then(VecDeque::pop_front)
+                .expect("non-empty link");
+            self.header(link, frame);
+        }
+        true
+    }
+
+    /// Runs until quiescent (bounded).
+    pub fn drive(&mut self) {
+        assert!(self.drive_bounded(1_000_000), "network did not go quiet");
+    }
+
+    pub fn drive_bounded(&mut self, max_steps: usize) -> bool {
+        for _ in 0..max_steps {
+            if !self.step() {
+                return true;
+            }
+        }
+        !self.busy()
+    }
+
+    fn header(&mut self, link: Link, frame: Frame) {
+        let (from, to, _) = link;
+        let h = frame.header;
+        // Log the release order exactly as MPI sequencing defines it.
+        if matches!(h.kind, FrameKind::Eager | FrameKind::Rts) {
+            let n = &mut self.nodes[to as usize];
+            let (next, early) = &mut n.expect[from as usize];
+            early.insert(h.seq.0, ());
+            let mut released = Vec::new();
+            while early.remove(next).is_some() {
+                released.push(*next);
+                *next += 1;
+            }
+            for seq in released {
+                // The tag/context of early envelopes are looked up from the sender's frames;
+                // the harness only needs (src, seq) here and fills in the rest lazily.
+                n.log.push(Event::Release {
+                    src: Rank(from),
+                    seq,
+                    ctx: ContextId(0),
+                    tag: Tag(-1),
+                });
+            }
+        }
+        let n = &mut self.nodes[to as usize];
+        match n.engine.handle_header(Rank(from), &h) {
+            Ok(inc) => {
+                let p = InProgress {
+                    frame,
+                    token: inc.token,
+                    placement: inc.placement,
+                };
+                if p.frame.payload.is_empty() {
+                    self.finish(link, p);
+                } else {
+                    self.in_progress.insert(link, p);
+                }
+            }
+            Err(e) => self.errors.push((to, e.to_string())),
+        }
+        self.pump(to);
+    }
+
+    fn finish(&mut self, link: Link, p: InProgress) {
+        let (_, to, _) = link;
+        let n = &mut self.nodes[to as usize];
+        if !p.frame.payload.is_empty() {
+            match p.placement {
+                Placement::Request {
+                    req,
+                    offset,
+                    take,
+                    skip,
+                } => {
+                    assert_eq!(take + skip, p.frame.payload.len() as u64);
+                    let buf = n.recv_bufs.get_mut(&req).expect("placement into a live receive");
+                    let (o, t) = (offset as usize, take as usize);
+                    buf[o..o + t].copy_from_slice(&p.frame.payload[..t]);
+                }
+                Placement::Buffer => {
+                    let b = n.engine.payload_buffer(p.token);
+                    assert_eq!(b.len(), p.frame.payload.len(), "buffer sized to the payload");
+                    b.copy_from_slice(&p.frame.payload);
+                }
+            }
+        }
+        n.engine.handle_payload(p.token);
+        self.pump(to);
+    }
+}
+
+/// A message's identity inside its payload: the first 8 bytes.
+pub fn payload_for(id: u64, len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + id * 7) as u8).collect();
+    if len >= 8 {
+        v[..8].copy_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// Replays a receiver log through the reference matcher. `envelopes` maps (src, seq) to
+/// (tag, message id). Returns, per posted receive, the message id it matched (if any).
+pub fn reference_matches(
+    log: &[Event],
+    envelopes: &HashMap<(u32, u64), (i32, u64)>,
+) -> HashMap<ReqId, u64> {
+    let mut posted: Vec<(ReqId, SourceSel, TagSel)> = Vec::new();
+    let mut unexpected: Vec<(u32, i32, u64)> = Vec::new();
+    let mut out = HashMap::new();
+    let accepts = |s: SourceSel, t: TagSel, src: u32, tag: i32| {
+        (s == SourceSel::Any || s == SourceSel::Rank(Rank(src)))
+            && (t == TagSel::Any || t == TagSel::Tag(Tag(tag)))
+    };
+    for e in log {
+        match e {
+            Event::Post { req, source, tag, .. } => {
+                if let Some(i) = unexpected
+                    .iter()
+                    .position(|(s, t, _)| accepts(*source, *tag, *s, *t))
+                {
+                    let (_, _, id) = unexpected.remove(i);
+                    out.insert(*req, id);
+                } else {
+                    posted.push((*req, *source, *tag));
+                }
+            }
+            Event::Release { src, seq, .. } => {
+                let (tag, id) = envelopes[&(src.0, *seq)];
+                if let Some(i) = posted
+                    .iter()
+                    .position(|(_, s, t)| accepts(*s, *t, src.0, tag))
+                {
+                    let (req, _, _) = posted.remove(i);
+                    out.insert(req, id);
+                } else {
+                    unexpected.push((src.0, tag, id));
+                }
+            }
+        }
+    }
+    out
+}
