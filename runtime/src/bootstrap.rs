@@ -40,6 +40,14 @@ fn nix_hostname() -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok()
 }
 
+/// CPUs online on this host. Not `available_parallelism`, which shrinks to the affinity mask
+/// of a rank that the launcher bound to one core.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
 fn random_key() -> JobKey {
     use rand::RngCore;
     let mut k = [0u8; 16];
@@ -63,7 +71,8 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
             spin: settings.spin.unwrap_or(Duration::from_micros(1000)),
             yield_between: false,
         };
-        if !core::install(Core::new(engine, None, None, host, spin)) {
+        let hosts = vec![host.clone()];
+        if !core::install(Core::new(engine, None, None, host, hosts, spin)) {
             return Err(InitError::UsageAlreadyInitialized);
         }
         return Ok((0, 1));
@@ -88,6 +97,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         card: key_hex.clone(),
     })?;
     let mut peers = Vec::new();
+    let mut hosts = Vec::new();
     let mut local = 0usize;
     for r in 0..size {
         let text = if r == rank { card.clone() } else { pmi.get(&card_key(r))? };
@@ -98,6 +108,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         if peer_host == host {
             local += 1;
         }
+        hosts.push(peer_host.to_string());
         if r != rank {
             peers.push(PeerCard {
                 rank: ERank(r),
@@ -107,7 +118,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         }
     }
     tcp.wire_up(key, &peers, settings.connect_timeout).map_err(wire)?;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = online_cpus();
     let oversubscribed = local > cores;
     let spin = SpinPolicy {
         spin: settings.spin.unwrap_or(if oversubscribed {
@@ -118,7 +129,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         yield_between: oversubscribed,
     };
     let engine = Engine::new(Config::uniform(ERank(rank), size, settings.eager_limit, settings.chunk_size));
-    if !core::install(Core::new(engine, Some(tcp), Some(pmi), host, spin)) {
+    if !core::install(Core::new(engine, Some(tcp), Some(pmi), host, hosts, spin)) {
         return Err(InitError::UsageAlreadyInitialized);
     }
     Ok((rank, size))

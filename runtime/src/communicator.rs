@@ -515,7 +515,7 @@ fn recv_vec<T: Equivalence>(
     let p = with_core(|c| c.probe(ctx, from, tag))?;
     let elem = size_of::<T>().max(1);
     let len = p.len as usize;
-    if len % elem != 0 {
+    if !len.is_multiple_of(elem) {
         return Err(Error::UsageElementSize { len, elem });
     }
     let mut v = zeroed_vec::<T>(len / elem);

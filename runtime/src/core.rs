@@ -87,6 +87,8 @@ pub(crate) struct Core {
     pub(crate) rank: u32,
     pub(crate) size: u32,
     pub(crate) host: String,
+    /// Host identity of every world rank (equal strings: same host).
+    pub(crate) hosts: Vec<String>,
     pub(crate) engine: Engine,
     /// The TCP transport; `None` in a singleton job.
     pub(crate) tcp: Option<TcpTransport>,
@@ -221,12 +223,14 @@ impl Core {
         tcp: Option<TcpTransport>,
         pmi: Option<braid_pmi::PmiClient>,
         host: String,
+        hosts: Vec<String>,
         spin: SpinPolicy,
     ) -> Self {
         Self {
             rank: engine.rank().0,
             size: engine.size(),
             host,
+            hosts,
             engine,
             tcp,
             pmi,
@@ -608,7 +612,7 @@ impl Waiter {
             return Some(Duration::from_millis(50));
         }
         self.polls = self.polls.wrapping_add(1);
-        if self.polls % 8 == 0 && self.start.elapsed() >= self.policy.spin {
+        if self.polls.is_multiple_of(8) && self.start.elapsed() >= self.policy.spin {
             self.blocking = true;
         }
         if self.policy.yield_between {
