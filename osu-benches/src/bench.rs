@@ -32,14 +32,21 @@ const ACK_LEN: usize = 4;
 /// code (see [`crate::builtin::run`]).
 pub fn main(name: &str, args: Vec<String>) -> ExitCode {
     let Some(bench) = Bench::from_name(name) else {
-        eprintln!("braid-osu: unknown benchmark {name:?} (known: {})", crate::builtin::NAMES.join(", "));
+        eprintln!(
+            "braid-osu: unknown benchmark {name:?} (known: {})",
+            crate::builtin::NAMES.join(", ")
+        );
         return ExitCode::FAILURE;
     };
     let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(bench, &args) {
@@ -156,7 +163,14 @@ impl Output {
     }
 
     /// A record with the fields every benchmark fills; `errors` is the job-wide count.
-    fn record(&self, size: usize, value: f64, unit: &str, loops: (usize, usize), errors: f64) -> Record {
+    fn record(
+        &self,
+        size: usize,
+        value: f64,
+        unit: &str,
+        loops: (usize, usize),
+        errors: f64,
+    ) -> Record {
         Record {
             benchmark: self.bench.name().to_owned(),
             backend: self.backend.to_owned(),
@@ -208,7 +222,9 @@ impl Output {
 
 fn print_flush(s: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(s.as_bytes()).context("writing to standard output")?;
+    stdout
+        .write_all(s.as_bytes())
+        .context("writing to standard output")?;
     stdout.flush().context("writing to standard output")
 }
 
@@ -284,7 +300,12 @@ fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()
 /// sends at once, no acknowledgement; MB/s counts both directions.
 ///
 /// Differences from OSU: windows are received into disjoint slices (see [`crate::backend`]).
-fn bandwidth<B: Backend>(b: &B, c: &Config, out: &mut Output, bidirectional: bool) -> anyhow::Result<()> {
+fn bandwidth<B: Backend>(
+    b: &B,
+    c: &Config,
+    out: &mut Output,
+    bidirectional: bool,
+) -> anyhow::Result<()> {
     let me = b.rank();
     let peer = 1 - me;
     let w = c.window;
@@ -386,7 +407,13 @@ fn mbw_mr<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()>
         let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
         if me == 0 {
             let messages = f64::from(pairs) * iters as f64 * w as f64;
-            let mut rec = out.record(size, messages * size as f64 / 1e6 / slowest, "MB/s", (iters, skip), all_errors);
+            let mut rec = out.record(
+                size,
+                messages * size as f64 / 1e6 / slowest,
+                "MB/s",
+                (iters, skip),
+                all_errors,
+            );
             rec.messages_per_sec = Some(messages / slowest);
             out.push(rec)?;
         }
@@ -534,11 +561,19 @@ mod tests {
 
     /// Runs `argv` on `n` thread ranks; returns rank 0's outcome and the JSON file it wrote.
     fn run_threads(n: usize, argv: &[&str]) -> (bool, Vec<Record>) {
-        let dir = std::env::temp_dir()
-            .join(format!("braid-osu-unit-{}-{}", std::process::id(), argv.join("_").replace(['/', ':'], "")));
+        let dir = std::env::temp_dir().join(format!(
+            "braid-osu-unit-{}-{}",
+            std::process::id(),
+            argv.join("_").replace(['/', ':'], "")
+        ));
         let file = dir.with_extension("json");
         let mut argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
-        argv.extend(["--format".into(), "json".into(), "--output".into(), file.display().to_string()]);
+        argv.extend([
+            "--format".into(),
+            "json".into(),
+            "--output".into(),
+            file.display().to_string(),
+        ]);
         let args = Args::try_parse_from(&argv).unwrap();
         let config = Config::new(Bench::from_name(&argv[0]).unwrap(), &args).unwrap();
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| channel()).unzip();
@@ -572,11 +607,41 @@ mod tests {
     #[test]
     fn every_benchmark_validates_over_threads() {
         for (n, argv) in [
-            (2, &["osu_latency", "-m", "0:1024", "-i", "20", "-x", "2", "-c"][..]),
-            (2, &["osu_bw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
-            (2, &["osu_bibw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
-            (4, &["osu_mbw_mr", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c"][..]),
-            (4, &["osu_multi_lat", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..]),
+            (
+                2,
+                &["osu_latency", "-m", "0:1024", "-i", "20", "-x", "2", "-c"][..],
+            ),
+            (
+                2,
+                &[
+                    "osu_bw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c",
+                ][..],
+            ),
+            (
+                2,
+                &[
+                    "osu_bibw", "-m", "1:1024", "-i", "5", "-x", "1", "-W", "4", "-c",
+                ][..],
+            ),
+            (
+                4,
+                &[
+                    "osu_mbw_mr",
+                    "-m",
+                    "1:1024",
+                    "-i",
+                    "5",
+                    "-x",
+                    "1",
+                    "-W",
+                    "4",
+                    "-c",
+                ][..],
+            ),
+            (
+                4,
+                &["osu_multi_lat", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..],
+            ),
         ] {
             let (ok, records) = run_threads(n, argv);
             assert!(ok, "{argv:?} failed validation");
@@ -590,10 +655,18 @@ mod tests {
                 assert_eq!(r.iterations, if r.unit == "us" { 20 } else { 5 });
             }
             if argv[0] == "osu_mbw_mr" {
-                assert!(records.iter().all(|r| r.messages_per_sec.is_some_and(|m| m > 0.0)));
+                assert!(
+                    records
+                        .iter()
+                        .all(|r| r.messages_per_sec.is_some_and(|m| m > 0.0))
+                );
             }
             if argv[0] == "osu_latency" {
-                assert!(records.iter().all(|r| r.p50_us.is_some() && r.p99_us >= r.p50_us));
+                assert!(
+                    records
+                        .iter()
+                        .all(|r| r.p50_us.is_some() && r.p99_us >= r.p50_us)
+                );
             }
         }
     }
@@ -620,7 +693,10 @@ mod tests {
     fn rsmpi_without_the_feature_is_a_clear_error() {
         let args = Args::try_parse_from(["osu_latency", "--backend", "rsmpi"]).unwrap();
         let err = run(Bench::Latency, &args).unwrap_err();
-        assert!(err.to_string().contains("without the rsmpi backend"), "{err}");
+        assert!(
+            err.to_string().contains("without the rsmpi backend"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -160,7 +160,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(&args) {
@@ -178,7 +182,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
 /// An unknown benchmark, a job that fails, times out or writes no valid JSON.
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let Some(bench) = Bench::from_name(&args.bench) else {
-        bail!("unknown benchmark {:?} (known: {})", args.bench, crate::builtin::NAMES.join(", "));
+        bail!(
+            "unknown benchmark {:?} (known: {})",
+            args.bench,
+            crate::builtin::NAMES.join(", ")
+        );
     };
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     let np = args.np.unwrap_or(match bench {
@@ -229,14 +237,23 @@ fn braid_job(a: &CompareArgs, bench: Bench, np: u32) -> Job {
     args.extend(a.braid_args.split_whitespace().map(str::to_owned));
     args.push(a.braid_bin_dir.join(bench.name()).display().to_string());
     let bench_args = a.bench_args.clone();
-    Job { label: "braid", program: a.braid_mpirun.clone(), args, bench_args, env: Vec::new() }
+    Job {
+        label: "braid",
+        program: a.braid_mpirun.clone(),
+        args,
+        bench_args,
+        env: Vec::new(),
+    }
 }
 
 fn system_job(a: &CompareArgs, bench: Bench, np: u32) -> Job {
     let sys = a.system;
     let mut args = vec!["-n".to_owned(), np.to_string()];
     args.extend(a.mpi_args.split_whitespace().map(str::to_owned));
-    let dir = a.rsmpi_bin_dir.clone().unwrap_or_else(|| PathBuf::from(sys.default_bin_dir()));
+    let dir = a
+        .rsmpi_bin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(sys.default_bin_dir()));
     args.push(dir.join(bench.name()).display().to_string());
     args.extend(["--backend".to_owned(), "rsmpi".to_owned()]);
     let mut env = Vec::new();
@@ -248,23 +265,39 @@ fn system_job(a: &CompareArgs, bench: Bench, np: u32) -> Job {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         env.push((k.to_owned(), v.to_owned()));
     }
-    let program =
-        a.system_mpirun.clone().unwrap_or_else(|| PathBuf::from(sys.default_launcher()));
-    Job { label: sys.name(), program, args, bench_args: a.bench_args.clone(), env }
+    let program = a
+        .system_mpirun
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(sys.default_launcher()));
+    Job {
+        label: sys.name(),
+        program,
+        args,
+        bench_args: a.bench_args.clone(),
+        env,
+    }
 }
 
 impl Job {
     fn display(&self) -> String {
         let env: String = self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-        let all: Vec<&str> =
-            self.args.iter().chain(&self.bench_args).map(String::as_str).collect();
+        let all: Vec<&str> = self
+            .args
+            .iter()
+            .chain(&self.bench_args)
+            .map(String::as_str)
+            .collect();
         format!("{env}{} {}", self.program.display(), all.join(" "))
     }
 
     /// Runs the job with `--format json --output <tmp>` and returns its records.
     fn run(&self, round: usize, timeout: Duration) -> anyhow::Result<Vec<Record>> {
         let tmp = std::env::temp_dir();
-        let stem = format!("braid-osu-compare-{}-{round}-{}", std::process::id(), self.label);
+        let stem = format!(
+            "braid-osu-compare-{}-{round}-{}",
+            std::process::id(),
+            self.label
+        );
         let json = tmp.join(format!("{stem}.json"));
         let log = tmp.join(format!("{stem}.log"));
         let result = self.run_inner(&json, &log, timeout);
@@ -276,11 +309,18 @@ impl Job {
     fn run_inner(&self, json: &Path, log: &Path, timeout: Duration) -> anyhow::Result<Vec<Record>> {
         let cmdline = self.display();
         let mut args = self.args.clone();
-        args.extend(["--format".to_owned(), "json".to_owned(), "--output".to_owned()]);
+        args.extend([
+            "--format".to_owned(),
+            "json".to_owned(),
+            "--output".to_owned(),
+        ]);
         args.push(json.display().to_string());
         args.extend(self.bench_args.iter().cloned());
-        let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let log_err = log_file.try_clone().context("duplicating the log file handle")?;
+        let log_file =
+            fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_err = log_file
+            .try_clone()
+            .context("duplicating the log file handle")?;
         let mut child = Command::new(&self.program)
             .args(&args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -291,25 +331,34 @@ impl Job {
             .with_context(|| format!("starting `{cmdline}`"))?;
         let start = Instant::now();
         let status = loop {
-            if let Some(status) = child.try_wait().with_context(|| format!("waiting for `{cmdline}`"))? {
+            if let Some(status) = child
+                .try_wait()
+                .with_context(|| format!("waiting for `{cmdline}`"))?
+            {
                 break status;
             }
             if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("`{cmdline}` did not finish within {} s; killed it", timeout.as_secs());
+                bail!(
+                    "`{cmdline}` did not finish within {} s; killed it",
+                    timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let output = fs::read_to_string(log).unwrap_or_default();
         if !status.success() {
-            bail!("`{cmdline}` failed ({status}); its output ends with:\n{}", tail(&output, 20));
+            bail!(
+                "`{cmdline}` failed ({status}); its output ends with:\n{}",
+                tail(&output, 20)
+            );
         }
         let text = fs::read_to_string(json)
             .with_context(|| format!("`{cmdline}` wrote no results to {}", json.display()))?;
-        report::parse_json(&text).with_context(|| format!("parsing the JSON results of `{cmdline}`"))
+        report::parse_json(&text)
+            .with_context(|| format!("parsing the JSON results of `{cmdline}`"))
     }
-
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -324,7 +373,11 @@ fn median(values: &[f64]) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 /// Joins the rounds of both sides by message size (sizes present on both sides only).
@@ -333,7 +386,10 @@ pub fn combine(braid: &[Vec<Record>], system: &[Vec<Record>]) -> Vec<Row> {
     fn by_size(rounds: &[Vec<Record>]) -> BTreeMap<usize, (String, Vec<f64>)> {
         let mut map: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
         for rec in rounds.iter().flatten() {
-            map.entry(rec.size).or_insert_with(|| (rec.unit.clone(), Vec::new())).1.push(rec.value);
+            map.entry(rec.size)
+                .or_insert_with(|| (rec.unit.clone(), Vec::new()))
+                .1
+                .push(rec.value);
         }
         map
     }
@@ -343,7 +399,15 @@ pub fn combine(braid: &[Vec<Record>], system: &[Vec<Record>]) -> Vec<Row> {
         .filter_map(|(size, (unit, braid))| {
             let system = s.get(&size)?.1.clone();
             let (bm, sm) = (median(&braid), median(&system));
-            Some(Row { size, unit, braid, system, braid_median: bm, system_median: sm, ratio: bm / sm })
+            Some(Row {
+                size,
+                unit,
+                braid,
+                system,
+                braid_median: bm,
+                system_median: sm,
+                ratio: bm / sm,
+            })
         })
         .collect()
 }
@@ -406,7 +470,11 @@ mod tests {
 
     #[test]
     fn combine_takes_medians_and_ratio() {
-        let braid = vec![vec![rec(1, 10.0), rec(2, 1.0)], vec![rec(1, 30.0)], vec![rec(1, 20.0)]];
+        let braid = vec![
+            vec![rec(1, 10.0), rec(2, 1.0)],
+            vec![rec(1, 30.0)],
+            vec![rec(1, 20.0)],
+        ];
         let system = vec![vec![rec(1, 10.0)], vec![rec(1, 10.0)]];
         let rows = combine(&braid, &system);
         assert_eq!(rows.len(), 1, "size 2 has no system value");
@@ -435,7 +503,16 @@ mod tests {
         assert_eq!(j.program, PathBuf::from("mpirun.openmpi"));
         assert_eq!(
             j.args,
-            ["-n", "2", "--mca", "btl", "self,tcp", "target-rsmpi/release/osu_bw", "--backend", "rsmpi"]
+            [
+                "-n",
+                "2",
+                "--mca",
+                "btl",
+                "self,tcp",
+                "target-rsmpi/release/osu_bw",
+                "--backend",
+                "rsmpi"
+            ]
         );
         assert_eq!(j.bench_args, ["-m", "1:8"]);
         assert!(j.env.contains(&("A".to_owned(), "1".to_owned())));

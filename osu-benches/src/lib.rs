@@ -42,7 +42,13 @@ pub mod builtin {
     use std::process::ExitCode;
 
     /// Names of the bundled benchmark programs.
-    pub const NAMES: &[&str] = &["osu_latency", "osu_bw", "osu_bibw", "osu_mbw_mr", "osu_multi_lat"];
+    pub const NAMES: &[&str] = &[
+        "osu_latency",
+        "osu_bw",
+        "osu_bibw",
+        "osu_mbw_mr",
+        "osu_multi_lat",
+    ];
 
     /// Runs bundled benchmark `name` with command-line `args` (args[0] is the program name).
     ///

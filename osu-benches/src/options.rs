@@ -31,7 +31,13 @@ pub enum Bench {
 
 impl Bench {
     /// Every benchmark, in `builtin::NAMES` order.
-    pub const ALL: [Self; 5] = [Self::Latency, Self::Bw, Self::Bibw, Self::MbwMr, Self::MultiLat];
+    pub const ALL: [Self; 5] = [
+        Self::Latency,
+        Self::Bw,
+        Self::Bibw,
+        Self::MbwMr,
+        Self::MultiLat,
+    ];
 
     /// Finds a benchmark by program name (`osu_latency`, ...); a path prefix is ignored.
     #[must_use]
@@ -116,7 +122,10 @@ pub struct SizeRange {
 
 impl Default for SizeRange {
     fn default() -> Self {
-        Self { min: MIN_MESSAGE_SIZE, max: MAX_MESSAGE_SIZE }
+        Self {
+            min: MIN_MESSAGE_SIZE,
+            max: MAX_MESSAGE_SIZE,
+        }
     }
 }
 
@@ -146,16 +155,33 @@ impl SizeRange {
 /// A message naming the problem when a number does not parse or `MIN > MAX`.
 pub fn parse_size_range(s: &str) -> Result<SizeRange, String> {
     let num = |t: &str| -> Result<usize, String> {
-        t.trim().parse::<usize>().map_err(|e| format!("bad message size {t:?}: {e}"))
+        t.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("bad message size {t:?}: {e}"))
     };
     let range = match s.split_once(':') {
-        None => SizeRange { min: MIN_MESSAGE_SIZE.min(num(s)?), max: num(s)? },
-        Some((min, "")) => SizeRange { min: num(min)?, max: MAX_MESSAGE_SIZE.max(num(min)?) },
-        Some(("", max)) => SizeRange { min: MIN_MESSAGE_SIZE.min(num(max)?), max: num(max)? },
-        Some((min, max)) => SizeRange { min: num(min)?, max: num(max)? },
+        None => SizeRange {
+            min: MIN_MESSAGE_SIZE.min(num(s)?),
+            max: num(s)?,
+        },
+        Some((min, "")) => SizeRange {
+            min: num(min)?,
+            max: MAX_MESSAGE_SIZE.max(num(min)?),
+        },
+        Some(("", max)) => SizeRange {
+            min: MIN_MESSAGE_SIZE.min(num(max)?),
+            max: num(max)?,
+        },
+        Some((min, max)) => SizeRange {
+            min: num(min)?,
+            max: num(max)?,
+        },
     };
     if range.min > range.max {
-        return Err(format!("minimum message size {} exceeds maximum {}", range.min, range.max));
+        return Err(format!(
+            "minimum message size {} exceeds maximum {}",
+            range.min, range.max
+        ));
     }
     Ok(range)
 }
@@ -170,7 +196,10 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 
 /// Command-line options of every benchmark (OSU 7 names where OSU has the option).
 #[derive(Clone, Debug, Parser)]
-#[command(version, about = "OSU-style MPI point-to-point benchmark over Braid or a system MPI")]
+#[command(
+    version,
+    about = "OSU-style MPI point-to-point benchmark over Braid or a system MPI"
+)]
 pub struct Args {
     /// Message sizes: `MAX`, `MIN:MAX` or `MIN:` in bytes (default 1:4194304).
     #[arg(short = 'm', long = "message-size", value_name = "[MIN:]MAX", value_parser = parse_size_range)]
@@ -238,7 +267,11 @@ impl Config {
             sizes: args.message_size.unwrap_or_default().sizes(),
             iterations: args.iterations,
             warmup: args.warmup,
-            window: if bench.has_window() { args.window.unwrap_or(DEFAULT_WINDOW) } else { 1 },
+            window: if bench.has_window() {
+                args.window.unwrap_or(DEFAULT_WINDOW)
+            } else {
+                1
+            },
             validate: args.validate,
         })
     }
@@ -247,7 +280,10 @@ impl Config {
     #[must_use]
     pub fn loops(&self, size: usize) -> (usize, usize) {
         let (iters, skip) = self.bench.default_loops(size);
-        (self.iterations.unwrap_or(iters), self.warmup.unwrap_or(skip))
+        (
+            self.iterations.unwrap_or(iters),
+            self.warmup.unwrap_or(skip),
+        )
     }
 
     /// The largest message size of the run (0 if there are none).
@@ -275,8 +311,14 @@ mod tests {
 
     #[test]
     fn size_ranges_parse_like_osu() {
-        assert_eq!(parse_size_range("1:4096").unwrap(), SizeRange { min: 1, max: 4096 });
-        assert_eq!(parse_size_range("64").unwrap(), SizeRange { min: 1, max: 64 });
+        assert_eq!(
+            parse_size_range("1:4096").unwrap(),
+            SizeRange { min: 1, max: 4096 }
+        );
+        assert_eq!(
+            parse_size_range("64").unwrap(),
+            SizeRange { min: 1, max: 64 }
+        );
         assert_eq!(parse_size_range("0:2").unwrap().sizes(), vec![0, 1, 2]);
         assert_eq!(parse_size_range("1024:").unwrap().max, MAX_MESSAGE_SIZE);
         assert_eq!(parse_size_range("3:20").unwrap().sizes(), vec![3, 6, 12]);
@@ -286,7 +328,9 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let a = parse(&["osu_bw", "-m", "1:4096", "-i", "50", "-x", "5", "-W", "8", "-c"]);
+        let a = parse(&[
+            "osu_bw", "-m", "1:4096", "-i", "50", "-x", "5", "-W", "8", "-c",
+        ]);
         let c = Config::new(Bench::Bw, &a).unwrap();
         assert_eq!(c.sizes.len(), 13);
         assert_eq!(c.loops(1), (50, 5));
@@ -296,7 +340,15 @@ mod tests {
         assert_eq!(a.backend, BackendKind::Braid);
         assert_eq!(a.format, Format::Text);
 
-        let a = parse(&["osu_latency", "--format", "json", "--output", "r.json", "--backend", "rsmpi"]);
+        let a = parse(&[
+            "osu_latency",
+            "--format",
+            "json",
+            "--output",
+            "r.json",
+            "--backend",
+            "rsmpi",
+        ]);
         assert_eq!(a.format, Format::Json);
         assert_eq!(a.backend, BackendKind::Rsmpi);
         let c = Config::new(Bench::Latency, &a).unwrap();

@@ -230,16 +230,23 @@ mod tests {
         r.validation = None;
         assert_eq!(text_row(&r), "1                       5.10\n");
         let r = rec(4_194_304, 1234.567);
-        assert_eq!(text_row(&r), "4194304              1234.57              Pass\n");
-        assert!(text_header(Bench::Latency, true, 1, 1).contains("Latency (us)        Validation\n"));
+        assert_eq!(
+            text_row(&r),
+            "4194304              1234.57              Pass\n"
+        );
+        assert!(
+            text_header(Bench::Latency, true, 1, 1).contains("Latency (us)        Validation\n")
+        );
     }
 
     #[test]
     fn bandwidth_and_mbw_mr_headers() {
         let h = text_header(Bench::Bw, false, 1, 64);
         assert!(h.starts_with("# OSU MPI Bandwidth Test v7.3\n# Size      Bandwidth (MB/s)\n"));
-        assert!(text_header(Bench::Bibw, false, 1, 64)
-            .starts_with("# OSU MPI Bi-Directional Bandwidth Test v7.3\n"));
+        assert!(
+            text_header(Bench::Bibw, false, 1, 64)
+                .starts_with("# OSU MPI Bi-Directional Bandwidth Test v7.3\n")
+        );
         let h = text_header(Bench::MbwMr, false, 2, 64);
         assert!(h.starts_with(
             "# OSU MPI Multiple Bandwidth / Message Rate Test v7.3\n\
@@ -249,9 +256,14 @@ mod tests {
         let mut r = rec(1, 8.36);
         r.messages_per_sec = Some(8_361_985.11);
         r.validation = None;
-        assert_eq!(text_row(&r), "1                       8.36        8361985.11\n");
-        assert!(text_header(Bench::MultiLat, false, 2, 1)
-            .starts_with("# OSU MPI Multi Latency Test v7.3\n# Size          Latency (us)\n"));
+        assert_eq!(
+            text_row(&r),
+            "1                       8.36        8361985.11\n"
+        );
+        assert!(
+            text_header(Bench::MultiLat, false, 2, 1)
+                .starts_with("# OSU MPI Multi Latency Test v7.3\n# Size          Latency (us)\n")
+        );
     }
 
     #[test]
@@ -259,7 +271,10 @@ mod tests {
         let records = vec![rec(1, 1.5), rec(2, 2.5)];
         let json = render(Format::Json, Bench::Latency, true, 1, 1, &records);
         assert_eq!(parse_json(&json).unwrap(), records);
-        assert_eq!(parse_json(&render(Format::Json, Bench::Latency, true, 1, 1, &[])).unwrap(), vec![]);
+        assert_eq!(
+            parse_json(&render(Format::Json, Bench::Latency, true, 1, 1, &[])).unwrap(),
+            vec![]
+        );
         let csv = render(Format::Csv, Bench::Latency, true, 1, 1, &records);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -29,7 +29,9 @@ pub fn fill(buf: &mut [u8], iter: usize) {
 #[must_use]
 pub fn check(buf: &[u8], iter: usize) -> bool {
     let size = buf.len();
-    buf.iter().enumerate().all(|(i, &b)| b == pattern_byte(i, size, iter))
+    buf.iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i, size, iter))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod rail;
+pub mod stream;
 pub mod tcp;
 
 use std::fmt;

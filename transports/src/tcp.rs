@@ -15,25 +15,21 @@
 //! Writes use `writev` of header and body; what the socket does not take at once is queued:
 //! small bodies are copied, large ones stay borrowed from the send request until written.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use braid_engine::{FrameToken, Rank, ReqId};
+use braid_engine::{Rank, ReqId};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::rail::{Rail, RailError, published_addrs};
+use crate::stream::{ByteStream, FramedConn};
 use crate::{Body, FrameSink, HEADER_LEN, JobKey, Transport, TransportError};
 
 const MAGIC: &[u8; 8] = b"BRAIDv01";
 const HELLO_LEN: usize = 32;
-/// Bodies at most this long are copied when the socket cannot take them at once.
-const COPY_LIMIT: usize = 64 * 1024;
-/// Payload remainders at least this long are read straight into their destination.
-const DIRECT_READ: usize = 32 * 1024;
 const STAGING: usize = 256 * 1024;
 /// How long an accepted connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,44 +99,6 @@ pub struct PeerCard {
     pub card: String,
 }
 
-enum Out {
-    Owned {
-        data: Vec<u8>,
-        pos: usize,
-    },
-    Borrowed {
-        ptr: *const u8,
-        len: usize,
-        pos: usize,
-        req: ReqId,
-    },
-}
-
-enum ReadState {
-    Header {
-        buf: [u8; HEADER_LEN],
-        got: usize,
-    },
-    Payload {
-        token: FrameToken,
-        ptr: *mut u8,
-        take: usize,
-        skip: usize,
-    },
-}
-
-struct Conn {
-    /// The authenticated peer.
-    peer: Rank,
-    /// Peer address, for error messages.
-    addr: String,
-    stream: TcpStream,
-    /// Bytes queued for writing, in order.
-    out: VecDeque<Out>,
-    /// Where the next incoming bytes go.
-    rd: ReadState,
-}
-
 struct Pending {
     stream: TcpStream,
     addr: SocketAddr,
@@ -162,7 +120,7 @@ pub struct TcpTransport {
     /// Listening port per rail.
     ports: Vec<u16>,
     /// Connection per peer rank (index); `None` for self and unconnected peers.
-    conns: Vec<Option<Conn>>,
+    conns: Vec<Option<FramedConn<TcpStream>>>,
     /// Accepted connections that have not sent their hello yet, by slot.
     pending: Vec<Option<Pending>>,
     /// Requests whose borrowed bodies were fully written since the last progress call.
@@ -355,16 +313,7 @@ impl TcpTransport {
             Token(i),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.conns[i] = Some(Conn {
-            peer,
-            addr,
-            stream,
-            out: VecDeque::new(),
-            rd: ReadState::Header {
-                buf: [0; HEADER_LEN],
-                got: 0,
-            },
-        });
+        self.conns[i] = Some(FramedConn::new(peer, addr, stream));
         Ok(())
     }
 
@@ -407,7 +356,7 @@ impl TcpTransport {
             return;
         };
         let verdict: Option<Result<Rank, String>> = loop {
-            match p.stream.read(&mut p.hello[p.got..]) {
+            match Read::read(&mut p.stream, &mut p.hello[p.got..]) {
                 Ok(0) => break Some(Err("closed before its hello".into())),
                 Ok(n) => {
                     p.got += n;
@@ -458,184 +407,36 @@ impl TcpTransport {
 
     fn fail(&mut self, i: usize, sink: &mut dyn FrameSink, err: TransportError) {
         if let Some(mut c) = self.conns[i].take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            sink.on_peer_lost(c.peer, err);
+            let _ = self.poll.registry().deregister(c.stream_mut());
+            // Queued bodies will never be written: give their buffers back.
+            self.sent.extend(c.borrowed_requests());
+            sink.on_peer_lost(c.peer(), err);
         }
     }
 
     /// Reads everything available on connection `i`. Returns whether bytes were read.
     fn read_conn(&mut self, i: usize, sink: &mut dyn FrameSink) -> bool {
-        let mut did = false;
-        loop {
-            let Some(c) = self.conns[i].as_mut() else {
-                return did;
-            };
-            // A large payload remainder goes straight to its destination.
-            if let ReadState::Payload { ptr, take, .. } = &mut c.rd
-                && *take >= DIRECT_READ
-            {
-                // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
-                let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *take) };
-                match c.stream.read(dst) {
-                    Ok(0) => {
-                        let err = closed(c);
-                        self.fail(i, sink, err);
-                        return true;
-                    }
-                    Ok(n) => {
-                        did = true;
-                        // SAFETY: n <= take, so the pointer stays inside the destination.
-                        *ptr = unsafe { ptr.add(n) };
-                        *take -= n;
-                        if *take == 0 {
-                            self.finish_payload(i, sink);
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return did,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let err = io_err(c, "read", e);
-                        self.fail(i, sink, err);
-                        return true;
-                    }
-                }
-            }
-            let n = match c.stream.read(&mut self.staging) {
-                Ok(0) => {
-                    let err = closed(c);
-                    self.fail(i, sink, err);
-                    return true;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return did,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let err = io_err(c, "read", e);
-                    self.fail(i, sink, err);
-                    return true;
-                }
-            };
-            did = true;
-            if let Err(err) = self.consume(i, n, sink) {
-                self.fail(i, sink, err);
-                return true;
-            }
-            if n < self.staging.len() {
-                // A short read drained the socket; epoll reports new data as a new edge.
-                return did;
-            }
-        }
-    }
-
-    /// Parses `n` staged bytes of connection `i`.
-    fn consume(&mut self, i: usize, n: usize, sink: &mut dyn FrameSink) -> Result<(), TransportError> {
-        let mut pos = 0;
-        while pos < n {
-            let Some(c) = self.conns[i].as_mut() else {
-                return Ok(());
-            };
-            match &mut c.rd {
-                ReadState::Header { buf, got } => {
-                    let k = (HEADER_LEN - *got).min(n - pos);
-                    buf[*got..*got + k].copy_from_slice(&self.staging[pos..pos + k]);
-                    *got += k;
-                    pos += k;
-                    if *got == HEADER_LEN {
-                        let hdr = *buf;
-                        let peer = c.peer;
-                        let dest = sink.on_header(peer, &hdr).map_err(|reason| {
-                            TransportError::PeerProtocol {
-                                peer,
-                                addr: c.addr.clone(),
-                                reason,
-                            }
-                        })?;
-                        c.rd = ReadState::Payload {
-                            token: dest.token,
-                            ptr: dest.ptr,
-                            take: dest.take,
-                            skip: dest.skip,
-                        };
-                        if dest.take == 0 && dest.skip == 0 {
-                            self.finish_payload(i, sink);
-                        }
-                    }
-                }
-                ReadState::Payload { ptr, take, skip, .. } => {
-                    let k = (*take).min(n - pos);
-                    if k > 0 {
-                        // SAFETY: the sink promised `ptr` is valid for `take` bytes; k <= take
-                        // and the staging range is in bounds.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(self.staging.as_ptr().add(pos), *ptr, k);
-                            *ptr = ptr.add(k);
-                        }
-                        *take -= k;
-                        pos += k;
-                    }
-                    let s = (*skip).min(n - pos);
-                    *skip -= s;
-                    pos += s;
-                    if *take == 0 && *skip == 0 {
-                        self.finish_payload(i, sink);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_payload(&mut self, i: usize, sink: &mut dyn FrameSink) {
-        if let Some(c) = self.conns[i].as_mut()
-            && let ReadState::Payload { token, .. } = c.rd
-        {
-            c.rd = ReadState::Header {
-                buf: [0; HEADER_LEN],
-                got: 0,
-            };
-            sink.on_payload(c.peer, token);
-        }
-    }
-
-    /// Writes queued output of connection `i`. Returns Err when the connection failed.
-    fn flush(&mut self, i: usize) -> Result<bool, TransportError> {
         let Some(c) = self.conns[i].as_mut() else {
-            return Ok(false);
+            return false;
         };
-        let mut did = false;
-        while let Some(front) = c.out.front_mut() {
-            let (res, len) = match front {
-                Out::Owned { data, pos } => (c.stream.write(&data[*pos..]), data.len() - *pos),
-                Out::Borrowed { ptr, len, pos, .. } => {
-                    // SAFETY: the owner request keeps the buffer alive until on_sent.
-                    let s = unsafe { std::slice::from_raw_parts(ptr.add(*pos), *len - *pos) };
-                    (c.stream.write(s), *len - *pos)
-                }
-            };
-            match res {
-                Ok(n) => {
-                    did = true;
-                    if n == len {
-                        if let Some(Out::Borrowed { req, .. }) = c.out.pop_front() {
-                            self.sent.push(req);
-                        }
-                    } else {
-                        match front {
-                            Out::Owned { pos, .. } | Out::Borrowed { pos, .. } => *pos += n,
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(c, "write", e)),
+        match c.read_all(&mut self.staging, sink, true) {
+            Ok(did) => did,
+            Err(e) => {
+                self.fail(i, sink, e);
+                true
             }
         }
-        Ok(did)
+    }
+
+    fn flush(&mut self, i: usize) -> Result<bool, TransportError> {
+        match self.conns[i].as_mut() {
+            Some(c) => c.flush(&mut self.sent),
+            None => Ok(false),
+        }
     }
 }
 
-// SAFETY: `Out::Borrowed` and `ReadState::Payload` hold raw pointers into buffers of requests
+// SAFETY: connections hold raw pointers into buffers of requests
 // that stay alive until their completion is reported; the transport is used from one thread
 // at a time (the runtime keeps it behind a mutex), so moving it between threads is sound.
 unsafe impl Send for TcpTransport {}
@@ -651,71 +452,18 @@ impl Transport for TcpTransport {
         let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
             return Err(TransportError::NotConnected(to));
         };
-        let body_slice: &[u8] = if body.len == 0 {
-            &[]
-        } else {
-            // SAFETY: the caller guarantees `ptr` is valid for `len` bytes (see # Safety).
-            unsafe { std::slice::from_raw_parts(body.ptr, body.len) }
-        };
-        let mut written = 0;
-        if c.out.is_empty() {
-            let total = HEADER_LEN + body.len;
-            while written < total {
-                let res = if written < HEADER_LEN {
-                    let bufs = [IoSlice::new(&header[written..]), IoSlice::new(body_slice)];
-                    c.stream.write_vectored(&bufs)
-                } else {
-                    c.stream.write(&body_slice[written - HEADER_LEN..])
-                };
-                match res {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let err = io_err(c, "write", e);
-                        if let Some(mut c) = self.conns[i].take() {
-                            let _ = self.poll.registry().deregister(&mut c.stream);
-                        }
-                        return Err(err);
-                    }
-                }
+        // SAFETY: forwarded from the caller (see # Safety).
+        let res = unsafe { c.send(header, body, &mut self.sent) };
+        if let Err(e) = res {
+            if let Some(mut c) = self.conns[i].take() {
+                let _ = self.poll.registry().deregister(c.stream_mut());
+                self.sent.extend(c.borrowed_requests());
             }
-            if written == total {
-                if let Some(req) = body.owner {
-                    self.sent.push(req);
-                }
-                return Ok(());
-            }
+            return Err(e);
         }
-        if written < HEADER_LEN {
-            c.out.push_back(Out::Owned {
-                data: header[written..].to_vec(),
-                pos: 0,
-            });
+        if self.conns[i].as_ref().is_some_and(FramedConn::has_pending_writes) {
+            self.dirty.push(i);
         }
-        let body_done = written.saturating_sub(HEADER_LEN);
-        let rest = body.len - body_done;
-        match body.owner {
-            Some(req) if rest > COPY_LIMIT => c.out.push_back(Out::Borrowed {
-                // SAFETY: body_done <= len, inside the caller's buffer.
-                ptr: unsafe { body.ptr.add(body_done) },
-                len: rest,
-                pos: 0,
-                req,
-            }),
-            _ => {
-                if rest > 0 {
-                    c.out.push_back(Out::Owned {
-                        data: body_slice[body_done..].to_vec(),
-                        pos: 0,
-                    });
-                }
-                if let Some(req) = body.owner {
-                    self.sent.push(req);
-                }
-            }
-        }
-        self.dirty.push(i);
         Ok(())
     }
 
@@ -739,7 +487,7 @@ impl Transport for TcpTransport {
                 Ok(d) => did |= d,
                 Err(e) => self.fail(i, sink, e),
             }
-            if self.conns[i].as_ref().is_some_and(|c| !c.out.is_empty()) {
+            if self.conns[i].as_ref().is_some_and(FramedConn::has_pending_writes) {
                 self.dirty.push(i);
             }
         }
@@ -787,7 +535,7 @@ impl Transport for TcpTransport {
     }
 
     fn has_pending_writes(&self) -> bool {
-        self.conns.iter().flatten().any(|c| !c.out.is_empty())
+        self.conns.iter().flatten().any(FramedConn::has_pending_writes)
     }
 }
 
@@ -827,18 +575,12 @@ fn connect(addr: SocketAddr, local: IpAddr, deadline: Instant) -> io::Result<Soc
     Err(last)
 }
 
-fn closed(c: &Conn) -> TransportError {
-    TransportError::PeerClosed {
-        peer: c.peer,
-        addr: c.addr.clone(),
+impl ByteStream for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
     }
-}
 
-fn io_err(c: &Conn, op: &'static str, source: io::Error) -> TransportError {
-    TransportError::LocalIo {
-        peer: c.peer,
-        addr: c.addr.clone(),
-        op,
-        source,
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(self, bufs)
     }
 }

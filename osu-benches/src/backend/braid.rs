@@ -75,20 +75,26 @@ impl Backend for BraidBackend<'_> {
     }
 
     fn barrier(&self) -> anyhow::Result<()> {
-        ctx(self.world.barrier(), || format!("barrier at rank {}", self.rank()))
+        ctx(self.world.barrier(), || {
+            format!("barrier at rank {}", self.rank())
+        })
     }
 
     fn send(&self, dest: i32, tag: i32, buf: &[u8]) -> anyhow::Result<()> {
-        ctx(self.world.process_at_rank(dest).send_with_tag(buf, tag), || {
-            format!("send of {} bytes to rank {dest}", buf.len())
-        })
+        ctx(
+            self.world.process_at_rank(dest).send_with_tag(buf, tag),
+            || format!("send of {} bytes to rank {dest}", buf.len()),
+        )
     }
 
     fn recv(&self, src: i32, tag: i32, buf: &mut [u8]) -> anyhow::Result<()> {
         let len = buf.len();
-        let status = ctx(self.world.process_at_rank(src).receive_into_with_tag(buf, tag), || {
-            format!("receive of {len} bytes from rank {src}")
-        })?;
+        let status = ctx(
+            self.world
+                .process_at_rank(src)
+                .receive_into_with_tag(buf, tag),
+            || format!("receive of {len} bytes from rank {src}"),
+        )?;
         anyhow::ensure!(
             status.count_bytes() == len,
             "received {} bytes from rank {src}, expected {len}",
@@ -119,19 +125,23 @@ impl Backend for BraidBackend<'_> {
             braid::request::wait_all(requests)?;
             Ok::<_, braid::Error>(())
         });
-        ctx(result, || format!("window of {recvs} receives and {sends} sends with rank {peer}"))
+        ctx(result, || {
+            format!("window of {recvs} receives and {sends} sends with rank {peer}")
+        })
     }
 
     fn reduce_to_root(&self, value: f64, op: ReduceOp) -> anyhow::Result<f64> {
         if self.rank() != 0 {
             let bytes = value.to_le_bytes();
-            self.send(0, REDUCE_TAG, &bytes).context("reduction to rank 0")?;
+            self.send(0, REDUCE_TAG, &bytes)
+                .context("reduction to rank 0")?;
             return Ok(value);
         }
         let mut acc = value;
         for r in 1..self.size() {
             let mut bytes = [0u8; 8];
-            self.recv(r, REDUCE_TAG, &mut bytes).context("reduction at rank 0")?;
+            self.recv(r, REDUCE_TAG, &mut bytes)
+                .context("reduction at rank 0")?;
             acc = op.apply(acc, f64::from_le_bytes(bytes));
         }
         Ok(acc)

@@ -89,11 +89,15 @@ pub trait Backend {
 /// `buf.len()` is not a multiple of `n`.
 pub fn split_window(buf: &mut [u8], n: usize) -> anyhow::Result<Vec<&mut [u8]>> {
     if n == 0 {
-        anyhow::ensure!(buf.is_empty(), "a receive buffer of {} bytes for no receives", buf.len());
+        anyhow::ensure!(
+            buf.is_empty(),
+            "a receive buffer of {} bytes for no receives",
+            buf.len()
+        );
         return Ok(Vec::new());
     }
     anyhow::ensure!(
-        buf.len() % n == 0,
+        buf.len().is_multiple_of(n),
         "receive buffer of {} bytes does not split into {n} equal messages",
         buf.len()
     );
@@ -116,7 +120,10 @@ mod tests {
     fn split_window_makes_disjoint_equal_slices() {
         let mut buf = vec![0u8; 12];
         let parts = split_window(&mut buf, 3).unwrap();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![4, 4, 4]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![4, 4, 4]
+        );
         let mut empty: Vec<u8> = Vec::new();
         assert_eq!(split_window(&mut empty, 5).unwrap().len(), 5);
         assert!(split_window(&mut buf, 5).is_err());

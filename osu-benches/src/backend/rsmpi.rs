@@ -77,9 +77,15 @@ impl Backend for RsmpiBackend<'_> {
 
     fn recv(&self, src: i32, tag: i32, buf: &mut [u8]) -> anyhow::Result<()> {
         let len = buf.len();
-        let status = self.world.process_at_rank(src).receive_into_with_tag(buf, tag);
+        let status = self
+            .world
+            .process_at_rank(src)
+            .receive_into_with_tag(buf, tag);
         let count = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(usize::MAX);
-        anyhow::ensure!(count == len, "received {count} bytes from rank {src}, expected {len}");
+        anyhow::ensure!(
+            count == len,
+            "received {count} bytes from rank {src}, expected {len}"
+        );
         Ok(())
     }
 

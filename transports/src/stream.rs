@@ -1,0 +1,383 @@
+//! Framing over a byte stream: the part of a connection that TCP sockets and shared-memory
+//! rings have in common.
+//!
+//! A [`FramedConn`] writes frames (header, then body) into a non-blocking [`ByteStream`],
+//! queueing what the stream does not take at once, and parses incoming bytes into frames,
+//! asking its [`FrameSink`] where each payload goes.
+//!
+//! # Implementation notes
+//! Reads go through a caller-provided staging buffer, so one read can carry many small
+//! frames; a large payload remainder is read straight into its destination. Bodies of at most
+//! [`COPY_LIMIT`] bytes are copied when the stream is full; larger ones stay borrowed from
+//! their send request until written, and the request is reported through
+//! [`FrameSink::on_sent`].
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use braid_engine::{FrameToken, Rank, ReqId};
+
+use crate::{Body, FrameSink, HEADER_LEN, TransportError};
+
+/// Bodies at most this long are copied when the stream cannot take them at once.
+pub const COPY_LIMIT: usize = 64 * 1024;
+/// Payload remainders at least this long are read straight into their destination.
+const DIRECT_READ: usize = 32 * 1024;
+
+/// A non-blocking byte stream: reads and writes return `WouldBlock` instead of waiting.
+pub trait ByteStream {
+    /// Reads available bytes; `Ok(0)` means the peer closed the stream.
+    ///
+    /// # Errors
+    /// `WouldBlock` when nothing is available; any other error fails the connection.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Writes some of `bufs`, in order.
+    ///
+    /// # Errors
+    /// `WouldBlock` when no byte fits; any other error fails the connection.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+enum Out {
+    Owned {
+        data: Vec<u8>,
+        pos: usize,
+    },
+    Borrowed {
+        ptr: *const u8,
+        len: usize,
+        pos: usize,
+        req: ReqId,
+    },
+}
+
+enum ReadState {
+    Header {
+        buf: [u8; HEADER_LEN],
+        got: usize,
+    },
+    Payload {
+        token: FrameToken,
+        ptr: *mut u8,
+        take: usize,
+        skip: usize,
+    },
+}
+
+/// One framed connection to a peer.
+pub struct FramedConn<S> {
+    /// The authenticated peer.
+    peer: Rank,
+    /// Peer address, for error messages.
+    addr: String,
+    /// The underlying stream.
+    stream: S,
+    /// Bytes queued for writing, in order. Borrowed entries point into send buffers whose
+    /// requests stay incomplete until `on_sent` is reported for them.
+    out: VecDeque<Out>,
+    /// Where the next incoming bytes go. A `Payload` pointer is valid (sink's promise) until
+    /// the payload completes.
+    rd: ReadState,
+}
+
+impl<S> std::fmt::Debug for FramedConn<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedConn")
+            .field("peer", &self.peer)
+            .field("addr", &self.addr)
+            .field("queued", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ByteStream> FramedConn<S> {
+    /// Wraps a stream connected to `peer`.
+    pub fn new(peer: Rank, addr: String, stream: S) -> Self {
+        Self {
+            peer,
+            addr,
+            stream,
+            out: VecDeque::new(),
+            rd: ReadState::Header {
+                buf: [0; HEADER_LEN],
+                got: 0,
+            },
+        }
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> Rank {
+        self.peer
+    }
+
+    /// The stream.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Whether bytes are queued for writing.
+    pub fn has_pending_writes(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Requests whose bodies are still queued (to release them when the connection dies).
+    pub fn borrowed_requests(&self) -> impl Iterator<Item = ReqId> + '_ {
+        self.out.iter().filter_map(|o| match o {
+            Out::Borrowed { req, .. } => Some(*req),
+            Out::Owned { .. } => None,
+        })
+    }
+
+    /// The error for a closed stream.
+    pub fn closed(&self) -> TransportError {
+        TransportError::PeerClosed {
+            peer: self.peer,
+            addr: self.addr.clone(),
+        }
+    }
+
+    fn io_err(&self, op: &'static str, source: io::Error) -> TransportError {
+        TransportError::LocalIo {
+            peer: self.peer,
+            addr: self.addr.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Writes or queues a frame. Requests whose body was fully handed over are appended to
+    /// `sent`.
+    ///
+    /// # Safety
+    /// As [`crate::Transport::send`].
+    ///
+    /// # Errors
+    /// A write error; the connection is then unusable.
+    pub unsafe fn send(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        body: Body,
+        sent: &mut Vec<ReqId>,
+    ) -> Result<(), TransportError> {
+        let body_slice: &[u8] = if body.len == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller guarantees `ptr` is valid for `len` bytes.
+            unsafe { std::slice::from_raw_parts(body.ptr, body.len) }
+        };
+        let mut written = 0;
+        let total = HEADER_LEN + body.len;
+        if self.out.is_empty() {
+            while written < total {
+                let res = if written < HEADER_LEN {
+                    let bufs = [IoSlice::new(&header[written..]), IoSlice::new(body_slice)];
+                    self.stream.write_vectored(&bufs)
+                } else {
+                    let bufs = [IoSlice::new(&body_slice[written - HEADER_LEN..])];
+                    self.stream.write_vectored(&bufs)
+                };
+                match res {
+                    Ok(0) => break,
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.io_err("write", e)),
+                }
+            }
+            if written == total {
+                sent.extend(body.owner);
+                return Ok(());
+            }
+        }
+        if written < HEADER_LEN {
+            self.out.push_back(Out::Owned {
+                data: header[written..].to_vec(),
+                pos: 0,
+            });
+        }
+        let body_done = written.saturating_sub(HEADER_LEN);
+        let rest = body.len - body_done;
+        match body.owner {
+            Some(req) if rest > COPY_LIMIT => self.out.push_back(Out::Borrowed {
+                // SAFETY: body_done <= len, inside the caller's buffer.
+                ptr: unsafe { body.ptr.add(body_done) },
+                len: rest,
+                pos: 0,
+                req,
+            }),
+            _ => {
+                if rest > 0 {
+                    self.out.push_back(Out::Owned {
+                        data: body_slice[body_done..].to_vec(),
+                        pos: 0,
+                    });
+                }
+                sent.extend(body.owner);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes queued output. Returns whether any byte was written; requests whose borrowed
+    /// bodies are now fully written are appended to `sent`.
+    ///
+    /// # Errors
+    /// A write error; the connection is then unusable.
+    pub fn flush(&mut self, sent: &mut Vec<ReqId>) -> Result<bool, TransportError> {
+        let mut did = false;
+        while let Some(front) = self.out.front_mut() {
+            let res = match front {
+                Out::Owned { data, pos } => self.stream.write_vectored(&[IoSlice::new(&data[*pos..])]),
+                Out::Borrowed { ptr, len, pos, .. } => {
+                    // SAFETY: the owner request keeps the buffer alive until on_sent.
+                    let s = unsafe { std::slice::from_raw_parts(ptr.add(*pos), *len - *pos) };
+                    self.stream.write_vectored(&[IoSlice::new(s)])
+                }
+            };
+            let left = match front {
+                Out::Owned { data, pos } => data.len() - *pos,
+                Out::Borrowed { len, pos, .. } => *len - *pos,
+            };
+            match res {
+                Ok(0) => break,
+                Ok(n) => {
+                    did = true;
+                    if n >= left {
+                        if let Some(Out::Borrowed { req, .. }) = self.out.pop_front() {
+                            sent.push(req);
+                        }
+                    } else {
+                        match front {
+                            Out::Owned { pos, .. } | Out::Borrowed { pos, .. } => *pos += n,
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_err("write", e)),
+            }
+        }
+        Ok(did)
+    }
+
+    /// Reads everything available into frames. With `short_read_drains`, a read that returns
+    /// less than the staging buffer ends the loop (edge-triggered sockets report new data as
+    /// a new event). Returns whether any byte was read.
+    ///
+    /// # Errors
+    /// The stream closed or failed, or the sink rejected a frame; the connection is then
+    /// unusable and must be dropped.
+    pub fn read_all(
+        &mut self,
+        staging: &mut [u8],
+        sink: &mut dyn FrameSink,
+        short_read_drains: bool,
+    ) -> Result<bool, TransportError> {
+        let mut did = false;
+        loop {
+            // A large payload remainder goes straight to its destination.
+            if let ReadState::Payload { ptr, take, .. } = &mut self.rd
+                && *take >= DIRECT_READ
+            {
+                // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
+                let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *take) };
+                match self.stream.read(dst) {
+                    Ok(0) => return Err(self.closed()),
+                    Ok(n) => {
+                        did = true;
+                        // SAFETY: n <= take, so the pointer stays inside the destination.
+                        *ptr = unsafe { ptr.add(n) };
+                        *take -= n;
+                        if *take == 0 {
+                            self.finish_payload(sink);
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(did),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.io_err("read", e)),
+                }
+            }
+            let n = match self.stream.read(staging) {
+                Ok(0) => return Err(self.closed()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(did),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_err("read", e)),
+            };
+            did = true;
+            self.consume(&staging[..n], sink)?;
+            if short_read_drains && n < staging.len() {
+                return Ok(did);
+            }
+        }
+    }
+
+    /// Parses staged bytes.
+    fn consume(&mut self, mut bytes: &[u8], sink: &mut dyn FrameSink) -> Result<(), TransportError> {
+        while !bytes.is_empty() {
+            match &mut self.rd {
+                ReadState::Header { buf, got } => {
+                    let k = (HEADER_LEN - *got).min(bytes.len());
+                    buf[*got..*got + k].copy_from_slice(&bytes[..k]);
+                    *got += k;
+                    bytes = &bytes[k..];
+                    if *got == HEADER_LEN {
+                        let hdr = *buf;
+                        let dest = sink.on_header(self.peer, &hdr).map_err(|reason| {
+                            TransportError::PeerProtocol {
+                                peer: self.peer,
+                                addr: self.addr.clone(),
+                                reason,
+                            }
+                        })?;
+                        self.rd = ReadState::Payload {
+                            token: dest.token,
+                            ptr: dest.ptr,
+                            take: dest.take,
+                            skip: dest.skip,
+                        };
+                        if dest.take == 0 && dest.skip == 0 {
+                            self.finish_payload(sink);
+                        }
+                    }
+                }
+                ReadState::Payload { ptr, take, skip, .. } => {
+                    let k = (*take).min(bytes.len());
+                    if k > 0 {
+                        // SAFETY: the sink promised `ptr` is valid for `take` bytes; k <= take.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(bytes.as_ptr(), *ptr, k);
+                            *ptr = ptr.add(k);
+                        }
+                        *take -= k;
+                        bytes = &bytes[k..];
+                    }
+                    let s = (*skip).min(bytes.len());
+                    *skip -= s;
+                    bytes = &bytes[s..];
+                    if *take == 0 && *skip == 0 {
+                        self.finish_payload(sink);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_payload(&mut self, sink: &mut dyn FrameSink) {
+        if let ReadState::Payload { token, .. } = self.rd {
+            self.rd = ReadState::Header {
+                buf: [0; HEADER_LEN],
+                got: 0,
+            };
+            sink.on_payload(self.peer, token);
+        }
+    }
+}
