@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use braid_engine::{Config, Engine, Rank as ERank};
 use braid_transports::JobKey;
 use braid_transports::rail::rails_from_spec;
+use braid_shm::transport::ShmTransport;
 use braid_transports::tcp::{PeerCard, TcpTransport};
 
 use crate::core::{self, Core, SpinPolicy, WORLD_COLL_CONTEXT};
@@ -58,26 +59,40 @@ fn random_key() -> JobKey {
 }
 
 /// Initializes the runtime of this process.
+///
+/// Bootstrap order, each step closed by a PMI barrier: (1) every rank publishes its host
+/// identity and TCP card, rank 0 also the job key; (2) ranks that share a host create their
+/// shared segments and publish them; (3) they map each other's segments, then remove the
+/// names, so nothing is left in `/dev/shm` whatever happens later. Finally TCP connections
+/// are made to the ranks of other hosts.
 pub(crate) fn init() -> Result<(u32, u32), InitError> {
     if core::is_installed() {
         return Err(InitError::UsageAlreadyInitialized);
     }
     let settings = Settings::from_env()?;
-    let host = sanitize(&settings.host_id.clone().unwrap_or_else(hostname));
+    let mut host = sanitize(&settings.host_id.clone().unwrap_or_else(hostname));
     let pmi = braid_pmi::PmiClient::from_env()?;
     let Some(mut pmi) = pmi else {
-        let engine = Engine::new(Config::uniform(ERank(0), 1, settings.eager_limit, settings.chunk_size));
+        let engine = Engine::new(Config::uniform(
+            ERank(0),
+            1,
+            settings.eager_limit,
+            settings.chunk_size,
+        ));
         let spin = SpinPolicy {
             spin: settings.spin.unwrap_or(Duration::from_micros(1000)),
             yield_between: false,
         };
         let hosts = vec![host.clone()];
-        if !core::install(Core::new(engine, None, None, host, hosts, spin)) {
+        if !core::install(Core::new(engine, None, None, None, host, hosts, spin)) {
             return Err(InitError::UsageAlreadyInitialized);
         }
         return Ok((0, 1));
     };
     let (rank, size) = (pmi.rank(), pmi.size());
+    if let Some(k) = settings.fake_hosts {
+        host = format!("{host}#{}", rank % k);
+    }
     let rails = rails_from_spec(settings.rails.as_deref(), &host)?;
     let wire = |source| InitError::LocalWireUp {
         rank: rank as i32,
@@ -96,30 +111,44 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         rank: 0,
         card: key_hex.clone(),
     })?;
-    let mut peers = Vec::new();
-    let mut hosts = Vec::new();
-    let mut local = 0usize;
+    let mut cards = Vec::with_capacity(size as usize);
     for r in 0..size {
-        let text = if r == rank { card.clone() } else { pmi.get(&card_key(r))? };
+        let text = if r == rank {
+            card.clone()
+        } else {
+            pmi.get(&card_key(r))?
+        };
         let (peer_host, tcp_card) = text.split_once('|').ok_or_else(|| InitError::PeerCard {
             rank: r as i32,
             card: text.clone(),
         })?;
-        if peer_host == host {
-            local += 1;
-        }
-        hosts.push(peer_host.to_string());
-        if r != rank {
-            peers.push(PeerCard {
-                rank: ERank(r),
-                same_host: peer_host == host,
-                card: tcp_card.to_string(),
-            });
-        }
+        cards.push((peer_host.to_string(), tcp_card.to_string()));
     }
-    tcp.wire_up(key, &peers, settings.connect_timeout).map_err(wire)?;
-    let cores = online_cpus();
-    let oversubscribed = local > cores;
+    let hosts: Vec<String> = cards.iter().map(|(h, _)| h.clone()).collect();
+    let local: Vec<u32> = (0..size).filter(|r| hosts[*r as usize] == host).collect();
+
+    let job = settings
+        .job_id
+        .clone()
+        .unwrap_or_else(|| pmi.kvsname().to_string());
+    let shm = if settings.shm && local.len() > 1 {
+        Some(shm_wire_up(&mut pmi, &settings, &sanitize(&job), rank, size, &local)?)
+    } else {
+        None
+    };
+    let reached_by_shm = |r: u32| shm.as_ref().is_some_and(|s| s.reaches(ERank(r)));
+    let peers: Vec<PeerCard> = (0..size)
+        .filter(|r| *r != rank && !reached_by_shm(*r))
+        .map(|r| PeerCard {
+            rank: ERank(r),
+            same_host: hosts[r as usize] == host,
+            card: cards[r as usize].1.clone(),
+        })
+        .collect();
+    tcp.wire_up(key, &peers, settings.connect_timeout)
+        .map_err(wire)?;
+
+    let oversubscribed = local.len() > online_cpus();
     let spin = SpinPolicy {
         spin: settings.spin.unwrap_or(if oversubscribed {
             Duration::from_micros(50)
@@ -128,11 +157,53 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         }),
         yield_between: oversubscribed,
     };
-    let engine = Engine::new(Config::uniform(ERank(rank), size, settings.eager_limit, settings.chunk_size));
-    if !core::install(Core::new(engine, Some(tcp), Some(pmi), host, hosts, spin)) {
+    let mut cfg = Config::uniform(ERank(rank), size, settings.eager_limit, settings.chunk_size);
+    if let Some(s) = &shm {
+        for r in 0..size {
+            if s.reaches(ERank(r)) {
+                let i = r as usize;
+                cfg.eager_limit[i] = settings.shm_eager_limit;
+                cfg.offer_pull[i] = settings.shm_cma;
+                cfg.can_pull[i] = s.can_pull(ERank(r));
+            }
+        }
+    }
+    let engine = Engine::new(cfg);
+    if !core::install(Core::new(engine, Some(tcp), shm, Some(pmi), host, hosts, spin)) {
         return Err(InitError::UsageAlreadyInitialized);
     }
     Ok((rank, size))
+}
+
+/// Creates this rank's shared segment, maps those of the other `local` ranks and removes the
+/// segment names once every rank has mapped them.
+fn shm_wire_up(
+    pmi: &mut braid_pmi::PmiClient,
+    settings: &Settings,
+    job: &str,
+    rank: u32,
+    size: u32,
+    local: &[u32],
+) -> Result<ShmTransport, InitError> {
+    let mut shm = ShmTransport::create(job, ERank(rank), size, local.to_vec(), settings.shm_ring_size)?;
+    pmi.put(&shm_key(rank), &shm.card())?;
+    pmi.barrier()?;
+    let mut peers = Vec::new();
+    for &r in local.iter().filter(|r| **r != rank) {
+        peers.push((ERank(r), pmi.get(&shm_key(r))?));
+    }
+    let attached = shm.connect(&peers, settings.shm_cma);
+    // Every rank passes this barrier, attached or not, so no rank waits forever.
+    pmi.barrier()?;
+    if let Err(e) = shm.unlink() {
+        eprintln!("braid: rank {rank}: cannot remove its shared segment: {e}");
+    }
+    attached?;
+    Ok(shm)
+}
+
+fn shm_key(rank: u32) -> String {
+    format!("braid-shm-{rank}")
 }
 
 /// Finalizes: flushes outgoing data, waits for every rank, and tells the process manager.

@@ -79,23 +79,175 @@ mod sealed {
 
     /// Implementation details every communicator provides.
     pub trait Sealed {
-        fn contexts(&self) -> (ContextId, ContextId);
+        #[allow(private_interfaces)]
+        fn data(&self) -> &super::CommData;
     }
 
     /// Implementation details of a source or destination.
     pub trait Peer {
         fn context(&self) -> ContextId;
-        fn peer(&self) -> Option<u32>;
+        #[allow(private_interfaces)]
+        fn comm(&self) -> &super::CommData;
     }
 }
 
+/// Context slots: slot k owns contexts 2k (point-to-point) and 2k+1 (collectives). Slot 0 is
+/// the world's.
+const SLOTS: usize = 1024;
+
+/// Which slots this process uses. Invariant: bit k set iff a live communicator holds slot k
+/// (slot 0 always).
+static USED: Mutex<[u64; SLOTS / 64]> = Mutex::new(initial_slots());
+
+const fn initial_slots() -> [u64; SLOTS / 64] {
+    let mut a = [0u64; SLOTS / 64];
+    a[0] = 1;
+    a
+}
+
+fn used() -> std::sync::MutexGuard<'static, [u64; SLOTS / 64]> {
+    USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The free slots of this process as a bit mask.
+fn free_mask() -> Vec<u64> {
+    used().iter().map(|w| !w).collect()
+}
+
+/// Lowest slot free in `mask` (the AND of every member's free mask).
+pub(crate) fn lowest_free(mask: &[u64]) -> Option<u32> {
+    mask.iter()
+        .enumerate()
+        .find(|(_, w)| **w != 0)
+        .map(|(i, w)| (i * 64) as u32 + w.trailing_zeros())
+}
+
+fn claim(slot: u32) {
+    used()[slot as usize / 64] |= 1 << (slot % 64);
+}
+
+fn release(slot: u32) {
+    if slot != 0 {
+        used()[slot as usize / 64] &= !(1 << (slot % 64));
+    }
+}
+
+/// Agrees with the other members on the lowest slot free at all of them (an allreduce with
+/// bitwise and over the members' free masks). Not claimed yet.
+fn agree_slot(over: Over<'_>, members: usize) -> Result<u32, Error> {
+    let mut mask = free_mask();
+    crate::collective::allreduce_band_u64(over, &mut mask)?;
+    lowest_free(&mask).ok_or(Error::LocalContextsExhausted {
+        members: members as Rank,
+    })
+}
+
+/// What every communicator holds.
+#[derive(Debug)]
+pub(crate) struct CommData {
+    /// Members; the group rank is the communicator rank.
+    group: Group,
+    /// This process's rank. Invariant: `group.world_of(rank)` is this process.
+    rank: Rank,
+    /// Context slot (see [`SLOTS`]); released when the last handle is dropped (`MPI_Comm_free`).
+    slot: u32,
+}
+
+impl CommData {
+    fn new(group: Group, rank: Rank, slot: u32) -> Self {
+        claim(slot);
+        Self { group, rank, slot }
+    }
+
+    pub(crate) fn group(&self) -> &Group {
+        &self.group
+    }
+
+    pub(crate) fn rank_index(&self) -> usize {
+        self.rank as usize
+    }
+
+    pub(crate) fn context(&self) -> ContextId {
+        ContextId(2 * self.slot)
+    }
+
+    pub(crate) fn coll_context(&self) -> ContextId {
+        ContextId(2 * self.slot + 1)
+    }
+
+    fn size(&self) -> Rank {
+        self.group.size()
+    }
+
+    /// A new communicator over `group` (this process a member) on a fresh slot.
+    fn derived(&self, group: Group, slot: u32) -> Result<SimpleCommunicator, Error> {
+        let me = with_core(|c| c.rank);
+        let rank = group
+            .rank_of_world(me)
+            .ok_or_else(|| Error::UsageArgument("this process is not in the new group".into()))?;
+        Ok(SimpleCommunicator {
+            data: Arc::new(Self::new(group, rank, slot)),
+        })
+    }
+}
+
+impl Drop for CommData {
+    fn drop(&mut self) {
+        if self.slot != 0 {
+            crate::collective::forget_context(self.coll_context());
+            release(self.slot);
+        }
+    }
+}
+
+/// A split color (`MPI_Comm_split`): non-negative, or undefined (not in any part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Color(i32);
+
+impl Color {
+    /// `MPI_UNDEFINED`: this process joins no new communicator.
+    pub fn undefined() -> Self {
+        Self(crate::group::UNDEFINED)
+    }
+
+    /// A color value; must not be negative.
+    pub fn with_value(v: i32) -> Self {
+        Self(v)
+    }
+}
+
+/// How two communicators relate (`MPI_Comm_compare`), MPI's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommunicatorRelation {
+    /// The same communicator (`MPI_IDENT`).
+    Identical,
+    /// Same members in the same order, other context (`MPI_CONGRUENT`).
+    Congruent,
+    /// Same members, other order (`MPI_SIMILAR`).
+    Similar,
+    /// Different members (`MPI_UNEQUAL`).
+    Unequal,
+}
+
 /// Operations of every communicator (rsmpi's `Communicator`). Sealed.
+///
+/// # Standard section(s)
+/// MPI-4.1 §7.4 (communicator management).
 pub trait Communicator: sealed::Sealed {
     /// This process's rank (`MPI_Comm_rank`).
-    fn rank(&self) -> Rank;
+    fn rank(&self) -> Rank {
+        self.data().rank
+    }
 
     /// Number of processes (`MPI_Comm_size`).
-    fn size(&self) -> Rank;
+    fn size(&self) -> Rank {
+        self.data().size()
+    }
+
+    /// The group of the members (`MPI_Comm_group`).
+    fn group(&self) -> Group {
+        self.data().group.clone()
+    }
 
     /// The process at rank `r`, as a source or destination. An `r` outside the communicator
     /// gives [`Error::UsageInvalidRank`] when used.
@@ -104,10 +256,8 @@ pub trait Communicator: sealed::Sealed {
         Self: Sized,
     {
         Process {
-            ctx: self.contexts().0,
+            comm: self.data(),
             rank: r,
-            size: self.size(),
-            _comm: std::marker::PhantomData,
         }
     }
 
@@ -116,10 +266,7 @@ pub trait Communicator: sealed::Sealed {
     where
         Self: Sized,
     {
-        AnyProcess {
-            ctx: self.contexts().0,
-            _comm: std::marker::PhantomData,
-        }
+        AnyProcess { comm: self.data() }
     }
 
     /// This process, as a source or destination.
@@ -135,8 +282,108 @@ pub trait Communicator: sealed::Sealed {
     /// # Errors
     /// A lost peer or a local failure.
     fn barrier(&self) -> Result<(), Error> {
-        let ctx = self.contexts().1;
-        with_core(|c| crate::collective::barrier(c, ctx))
+        crate::collective::comm_barrier(self.data())
+    }
+
+    /// A communicator with the same members and a new context (`MPI_Comm_dup`). Collective.
+    ///
+    /// # Errors
+    /// [`Error::LocalContextsExhausted`]; a lost peer.
+    fn duplicate(&self) -> Result<SimpleCommunicator, Error> {
+        let d = self.data();
+        let slot = agree_slot(Over::comm(d), d.size() as usize)?;
+        d.derived(d.group.clone(), slot)
+    }
+
+    /// Splits by color, ordering each part by parent rank (`MPI_Comm_split`). Collective;
+    /// `None` for [`Color::undefined`].
+    ///
+    /// # Errors
+    /// A negative color; [`Error::LocalContextsExhausted`]; a lost peer.
+    fn split_by_color(&self, color: Color) -> Result<Option<SimpleCommunicator>, Error> {
+        self.split_by_color_with_key(color, 0)
+    }
+
+    /// Splits by color, ordering each part by `(key, parent rank)` (`MPI_Comm_split`).
+    ///
+    /// # Errors
+    /// As [`Communicator::split_by_color`].
+    fn split_by_color_with_key(&self, color: Color, key: Rank) -> Result<Option<SimpleCommunicator>, Error> {
+        split(self.data(), color, key)
+    }
+
+    /// Splits into the processes of each host (`MPI_Comm_split_type` with
+    /// `MPI_COMM_TYPE_SHARED`); ranks keep their order.
+    ///
+    /// # Errors
+    /// As [`Communicator::split_by_color`].
+    fn split_shared(&self) -> Result<SimpleCommunicator, Error> {
+        let d = self.data();
+        let color = with_core(|c| {
+            let mine = &c.hosts[c.rank as usize];
+            d.group.world_ranks().iter().position(|w| &c.hosts[*w as usize] == mine).unwrap_or(0)
+        });
+        split(d, Color::with_value(color as i32), d.rank)?
+            .ok_or_else(|| Error::LocalOs("split_shared gave no communicator".into()))
+    }
+
+    /// A communicator of the members of `group`, in group order (`MPI_Comm_create`).
+    /// Collective over this whole communicator; `None` at non-members.
+    ///
+    /// # Errors
+    /// A group with processes outside this communicator; as [`Communicator::split_by_color`].
+    fn split_by_subgroup_collective(&self, group: &Group) -> Result<Option<SimpleCommunicator>, Error> {
+        let d = self.data();
+        if group.world_ranks().iter().any(|w| d.group.rank_of_world(*w).is_none()) {
+            return Err(Error::UsageArgument("the group has processes outside the communicator".into()));
+        }
+        let me = d.group.world_of(d.rank_index());
+        let (color, key) = match group.rank_of_world(me) {
+            Some(r) => (Color::with_value(0), r),
+            None => (Color::undefined(), 0),
+        };
+        split(d, color, key)
+    }
+
+    /// A communicator of the members of `group`, called by those members only
+    /// (`MPI_Comm_create_group`); `tag` tells concurrent creations apart.
+    ///
+    /// # Errors
+    /// This process not in `group`; a group with processes outside this communicator; a
+    /// negative tag; as [`Communicator::split_by_color`].
+    fn split_by_subgroup(&self, group: &Group, tag: Tag) -> Result<SimpleCommunicator, Error> {
+        let d = self.data();
+        let tag = check_tag(tag)?;
+        if tag >= crate::collective::GROUP_TAG {
+            return Err(Error::UsageInvalidTag(tag));
+        }
+        if group.world_ranks().iter().any(|w| d.group.rank_of_world(*w).is_none()) {
+            return Err(Error::UsageArgument("the group has processes outside the communicator".into()));
+        }
+        let me = d.group.world_of(d.rank_index());
+        let my_index = group
+            .rank_of_world(me)
+            .ok_or_else(|| Error::UsageArgument("this process is not in the group".into()))?;
+        let world: Vec<u32> = group.world_ranks().to_vec();
+        let over = Over::subgroup(&world, my_index as usize, d.coll_context(), crate::collective::GROUP_TAG + tag);
+        let slot = agree_slot(over, world.len())?;
+        d.derived(group.clone(), slot)
+    }
+
+    /// How this communicator relates to `other` (`MPI_Comm_compare`).
+    fn compare<C: Communicator>(&self, other: &C) -> CommunicatorRelation
+    where
+        Self: Sized,
+    {
+        let (a, b) = (self.data(), other.data());
+        if std::ptr::eq(a, b) || a.slot == b.slot && a.group == b.group {
+            return CommunicatorRelation::Identical;
+        }
+        match a.group.compare(&b.group) {
+            GroupRelation::Identical => CommunicatorRelation::Congruent,
+            GroupRelation::Similar => CommunicatorRelation::Similar,
+            GroupRelation::Unequal => CommunicatorRelation::Unequal,
+        }
     }
 
     /// The name of the host this process runs on (`MPI_Get_processor_name`).
@@ -153,44 +400,68 @@ pub trait Communicator: sealed::Sealed {
     }
 }
 
-/// The world communicator: every process of the job.
+/// `MPI_Comm_split`: allgather of (color, key), agreement on a slot, then the new group.
+fn split(d: &CommData, color: Color, key: Rank) -> Result<Option<SimpleCommunicator>, Error> {
+    if color.0 < 0 && color != Color::undefined() {
+        return Err(Error::UsageArgument(format!("color {} is negative", color.0)));
+    }
+    let p = d.size() as usize;
+    let mine = [color.0, key];
+    let mut all = vec![0i32; 2 * p];
+    crate::collective::allgather_bytes(
+        Over::comm(d),
+        crate::datatype::bytes_of(&mine),
+        crate::datatype::bytes_of_mut(&mut all),
+    )?;
+    let slot = agree_slot(Over::comm(d), p)?;
+    if color == Color::undefined() {
+        return Ok(None);
+    }
+    let mut members: Vec<(Rank, usize)> = (0..p)
+        .filter(|i| all[2 * i] == color.0)
+        .map(|i| (all[2 * i + 1], i))
+        .collect();
+    members.sort_unstable();
+    let world = members.iter().map(|(_, i)| d.group.world_of(*i)).collect();
+    d.derived(Group::from_world_ranks(world)?, slot).map(Some)
+}
+
+/// A communicator (`MPI_Comm`): the world or one derived from it. Dropping the last handle
+/// frees it (`MPI_Comm_free`); a freed communicator cannot be named in Rust, so its misuse
+/// is a compile error.
 #[derive(Debug)]
 pub struct SimpleCommunicator {
-    rank: Rank,
-    size: Rank,
+    data: Arc<CommData>,
 }
 
 impl SimpleCommunicator {
     pub(crate) fn world(rank: u32, size: u32) -> Self {
+        let group = Group::from_world_ranks((0..size).collect())
+            .unwrap_or_else(|_| Group::empty());
         Self {
-            rank: rank as Rank,
-            size: size as Rank,
+            data: Arc::new(CommData {
+                group,
+                rank: rank as Rank,
+                slot: 0,
+            }),
         }
     }
 }
 
 impl sealed::Sealed for SimpleCommunicator {
-    fn contexts(&self) -> (ContextId, ContextId) {
-        (WORLD_CONTEXT, WORLD_COLL_CONTEXT)
+    #[allow(private_interfaces)]
+    fn data(&self) -> &CommData {
+        &self.data
     }
 }
 
-impl Communicator for SimpleCommunicator {
-    fn rank(&self) -> Rank {
-        self.rank
-    }
-    fn size(&self) -> Rank {
-        self.size
-    }
-}
+impl Communicator for SimpleCommunicator {}
 
 /// One process of a communicator.
 #[derive(Debug, Clone, Copy)]
 pub struct Process<'a> {
-    ctx: ContextId,
+    comm: &'a CommData,
     rank: Rank,
-    size: Rank,
-    _comm: std::marker::PhantomData<&'a ()>,
 }
 
 impl Process<'_> {
@@ -199,13 +470,18 @@ impl Process<'_> {
         self.rank
     }
 
+    pub(crate) fn comm_data(&self) -> &CommData {
+        self.comm
+    }
+
+    /// Its world rank, checked.
     fn checked(&self) -> Result<u32, Error> {
-        if (0..self.size).contains(&self.rank) {
-            Ok(self.rank as u32)
+        if (0..self.comm.size()).contains(&self.rank) {
+            Ok(self.comm.group.world_of(self.rank as usize))
         } else {
             Err(Error::UsageInvalidRank {
                 rank: self.rank,
-                size: self.size,
+                size: self.comm.size(),
             })
         }
     }
@@ -214,25 +490,26 @@ impl Process<'_> {
 /// Every process of a communicator, as a receive source (`MPI_ANY_SOURCE`).
 #[derive(Debug, Clone, Copy)]
 pub struct AnyProcess<'a> {
-    ctx: ContextId,
-    _comm: std::marker::PhantomData<&'a ()>,
+    comm: &'a CommData,
 }
 
 impl sealed::Peer for Process<'_> {
     fn context(&self) -> ContextId {
-        self.ctx
+        self.comm.context()
     }
-    fn peer(&self) -> Option<u32> {
-        Some(self.rank as u32)
+    #[allow(private_interfaces)]
+    fn comm(&self) -> &CommData {
+        self.comm
     }
 }
 
 impl sealed::Peer for AnyProcess<'_> {
     fn context(&self) -> ContextId {
-        self.ctx
+        self.comm.context()
     }
-    fn peer(&self) -> Option<u32> {
-        None
+    #[allow(private_interfaces)]
+    fn comm(&self) -> &CommData {
+        self.comm
     }
 }
 

@@ -13,6 +13,7 @@ use braid_engine::{
     Completion, ContextId, Engine, FrameToken, Outcome, Placement, Rank as ERank, RecvStatus,
     ReqId, SendMode, SourceSel, TagSel, Transmit,
 };
+use braid_shm::transport::ShmTransport;
 use braid_transports::tcp::TcpTransport;
 use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
 
@@ -92,6 +93,13 @@ pub(crate) struct Core {
     pub(crate) engine: Engine,
     /// The TCP transport; `None` in a singleton job.
     pub(crate) tcp: Option<TcpTransport>,
+    /// The shared-memory transport to ranks of this host; `None` when there are none or
+    /// `BRAID_SHM=off`.
+    pub(crate) shm: Option<ShmTransport>,
+    /// Whether the TCP transport has connections (else it is polled rarely, for strays).
+    tcp_active: bool,
+    /// Progress calls so far (paces the polling of an idle TCP transport).
+    polls: u64,
     pub(crate) pmi: Option<braid_pmi::PmiClient>,
     /// Send buffers of requests whose frames may still be emitted. Invariant: an entry lives
     /// until the engine completes the request and the transport returned every lent body.
@@ -221,12 +229,18 @@ impl Core {
     pub(crate) fn new(
         engine: Engine,
         tcp: Option<TcpTransport>,
+        shm: Option<ShmTransport>,
         pmi: Option<braid_pmi::PmiClient>,
         host: String,
         hosts: Vec<String>,
         spin: SpinPolicy,
     ) -> Self {
+        let tcp_active = (0..engine.size())
+            .any(|r| r != engine.rank().0 && !shm.as_ref().is_some_and(|s| s.reaches(ERank(r))));
         Self {
+            shm,
+            tcp_active,
+            polls: 0,
             rank: engine.rank().0,
             size: engine.size(),
             host,
@@ -260,7 +274,7 @@ impl Core {
     ) -> Result<ReqId, Error> {
         let req = self
             .engine
-            .post_send(ctx, ERank(to), braid_engine::Tag(tag), len as u64, mode)
+            .post_send(ctx, ERank(to), braid_engine::Tag(tag), len as u64, mode, ptr as u64)
             .map_err(usage)?;
         self.sends.insert(
             req,
@@ -396,8 +410,10 @@ impl Core {
     /// produced. Returns whether anything happened.
     pub(crate) fn progress(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
         let mut did = self.pump();
-        if let Some(tcp) = self.tcp.as_mut() {
-            let mut returned = Vec::new();
+        self.polls = self.polls.wrapping_add(1);
+        let mut returned = Vec::new();
+        let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
+        if let Some(shm) = self.shm.as_mut() {
             let mut sink = Sink {
                 engine: &mut self.engine,
                 recvs: &self.recvs,
@@ -405,21 +421,47 @@ impl Core {
                 returned: &mut returned,
                 lost: &mut self.lost,
             };
-            let t = if did { Some(Duration::ZERO) } else { timeout };
+            // With TCP peers too, block in the poller instead (it can watch both with a
+            // short timeout); with shared-memory peers only, sleep on the doorbell.
+            let t = if blocking && !self.tcp_active {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
+            did |= shm
+                .progress(&mut sink, t)
+                .map_err(|e| Error::LocalOs(format!("shared-memory progress failed: {e}")))?;
+        }
+        let poll_tcp = self.tcp_active || self.polls.is_multiple_of(256) || (blocking && self.shm.is_none());
+        if let Some(tcp) = self.tcp.as_mut()
+            && poll_tcp
+        {
+            let mut sink = Sink {
+                engine: &mut self.engine,
+                recvs: &self.recvs,
+                lent: &mut self.lent,
+                returned: &mut returned,
+                lost: &mut self.lost,
+            };
+            let t = if did {
+                Some(Duration::ZERO)
+            } else if self.shm.is_some() {
+                timeout.map(|t| t.min(Duration::from_millis(1)))
+            } else {
+                timeout
+            };
             did |= tcp
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("poll failed: {e}")))?;
-            for req in returned {
-                if self.sent_waiting.remove(&req).is_some() {
-                    self.sends.remove(&req);
-                    self.finished.insert(req, Ok(sent_status()));
-                    did = true;
-                }
+        } else if self.tcp.is_none() && self.shm.is_none() && blocking {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for req in returned {
+            if self.sent_waiting.remove(&req).is_some() {
+                self.sends.remove(&req);
+                self.finished.insert(req, Ok(sent_status()));
+                did = true;
             }
-        } else if let Some(t) = timeout
-            && !did
-        {
-            std::thread::sleep(t.min(Duration::from_millis(1)));
         }
         did |= self.pump();
         Ok(did)
@@ -433,6 +475,11 @@ impl Core {
             while let Some(t) = self.engine.poll_transmit() {
                 any = true;
                 self.transmit(t);
+            }
+            while let Some(p) = self.engine.poll_pull() {
+                any = true;
+                let ok = self.pull(&p);
+                self.engine.handle_pull_done(p.req, ok);
             }
             while let Some(c) = self.engine.poll_completion() {
                 any = true;
@@ -458,8 +505,10 @@ impl Core {
             self.loopback(&t.header, ptr, len);
             return;
         }
-        let Some(tcp) = self.tcp.as_mut() else {
-            return;
+        let transport: &mut dyn Transport = match (self.shm.as_mut(), self.tcp.as_mut()) {
+            (Some(shm), _) if shm.reaches(t.to) => shm,
+            (_, Some(tcp)) => tcp,
+            _ => return,
         };
         if let Some(req) = owner {
             *self.lent.entry(req).or_insert(0) += 1;
@@ -468,7 +517,7 @@ impl Core {
         // SAFETY: `ptr` is inside a send buffer registered in `sends`, which stays registered
         // (and borrowed by its request) until the transport returns it through on_sent.
         let res = unsafe {
-            tcp.send(
+            transport.send(
                 t.to,
                 &header,
                 Body {
@@ -490,6 +539,18 @@ impl Core {
             self.lost.entry(t.to.0).or_insert_with(|| e.to_string());
             self.engine.handle_peer_lost(t.to);
         }
+    }
+
+    /// Copies a message straight out of the sender's memory into a receive buffer. Returns
+    /// false when the copy failed (the engine then asks the sender to push the data).
+    fn pull(&mut self, p: &braid_engine::Pull) -> bool {
+        let (Some(shm), Some(buf)) = (self.shm.as_ref(), self.recvs.get(&p.req)) else {
+            return false;
+        };
+        let len = (p.len as usize).min(buf.len);
+        // SAFETY: the receive buffer is valid for buf.len bytes and borrowed by its request.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.ptr, len) };
+        shm.pull(p.from, p.addr, dst)
     }
 
     /// Delivers a frame addressed to this rank.
@@ -555,7 +616,9 @@ impl Core {
 
     /// Writes every queued frame (bounded by `deadline`).
     pub(crate) fn flush(&mut self, deadline: Instant) -> Result<(), Error> {
-        while self.tcp.as_ref().is_some_and(Transport::has_pending_writes) || !self.lent.is_empty()
+        while self.tcp.as_ref().is_some_and(Transport::has_pending_writes)
+            || self.shm.as_ref().is_some_and(Transport::has_pending_writes)
+            || !self.lent.is_empty()
         {
             if Instant::now() >= deadline {
                 return Err(Error::LocalOs("timed out flushing outgoing data".into()));

@@ -9,6 +9,18 @@
 //! | `BRAID_CHUNK_SIZE` | 1048576 | largest data frame of a rendezvous transfer |
 //! | `BRAID_SPIN_US` | 1000 (50 when oversubscribed) | how long a wait polls before it blocks in the poller |
 //! | `BRAID_CONNECT_TIMEOUT` | 60 | seconds wire-up may take before init fails naming the missing ranks |
+//! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
+//! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`); they go pipelined through the shared rings instead |
+//! | `BRAID_SHM_EAGER_LIMIT` | 16384 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous |
+//! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
+//! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
+//! | `BRAID_JOB_ID` | set by `mpirun` | names the job's shared segments (`/dev/shm/braid-<job>-<rank>`); otherwise the PMI kvsname |
+//! | **collectives** (read by `collective::settings`; see `braid::collective::info()`) | | |
+//! | `BRAID_COLL_BCAST_LONG` | 131072 | broadcasts of at least this many bytes (and ≥ 8 ranks) use scatter-allgather instead of the binomial tree |
+//! | `BRAID_COLL_ALLREDUCE_SHORT` | 65536 | allreduces below this many bytes use recursive doubling; longer commutative ones Rabenseifner (power-of-two ranks) or ring |
+//! | `BRAID_COLL_ALLGATHER_SHORT` | 81920 | allgathers whose result is below this many bytes use Bruck; longer ones the ring |
+//! | `BRAID_COLL_GATHER_SHORT` | 65536 | gathers/scatters whose whole buffer is below this many bytes use the binomial tree; longer ones are linear |
+//! | `BRAID_COLL_HIERARCHY` | 1 | 0 turns off host-aware (two-level) collectives |
 
 use std::time::Duration;
 
@@ -21,6 +33,23 @@ pub(crate) struct Settings {
     pub(crate) chunk_size: u64,
     pub(crate) spin: Option<Duration>,
     pub(crate) connect_timeout: Duration,
+    pub(crate) shm: bool,
+    pub(crate) shm_cma: bool,
+    pub(crate) shm_eager_limit: u64,
+    pub(crate) shm_ring_size: usize,
+    pub(crate) fake_hosts: Option<u32>,
+    pub(crate) job_id: Option<String>,
+    // ---- collectives: thresholds of algorithm selection (module `collective`) ----
+    /// `BRAID_COLL_BCAST_LONG`.
+    pub(crate) coll_bcast_long: u64,
+    /// `BRAID_COLL_ALLREDUCE_SHORT`.
+    pub(crate) coll_allreduce_short: u64,
+    /// `BRAID_COLL_ALLGATHER_SHORT`.
+    pub(crate) coll_allgather_short: u64,
+    /// `BRAID_COLL_GATHER_SHORT`.
+    pub(crate) coll_gather_short: u64,
+    /// `BRAID_COLL_HIERARCHY`.
+    pub(crate) coll_hierarchy: bool,
 }
 
 /// A variable that is set but does not parse.
@@ -50,6 +79,32 @@ fn number(name: &'static str, default: u64) -> Result<u64, EnvError> {
     }
 }
 
+fn switch(name: &'static str, default: bool) -> Result<bool, EnvError> {
+    match var(name).as_deref() {
+        None => Ok(default),
+        Some("1" | "on" | "yes" | "true" | "auto") => Ok(true),
+        Some("0" | "off" | "no" | "false") => Ok(false),
+        Some(v) => Err(EnvError {
+            name,
+            value: v.into(),
+            expected: "on or off",
+        }),
+    }
+}
+
+fn ring_size() -> Result<usize, EnvError> {
+    let n = number("BRAID_SHM_RING_SIZE", 256 * 1024)?;
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
+        return Err(EnvError {
+            name: "BRAID_SHM_RING_SIZE",
+            value: n.to_string(),
+            expected: "a power of two between 4k and 1g",
+        });
+    }
+    Ok(n)
+}
+
 /// Parses `123`, `64k`, `1m`, `2g` (binary multiples).
 pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -74,6 +129,21 @@ impl Settings {
                 .map(|_| number("BRAID_SPIN_US", 0).map(Duration::from_micros))
                 .transpose()?,
             connect_timeout: Duration::from_secs(number("BRAID_CONNECT_TIMEOUT", 60)?),
+            shm: switch("BRAID_SHM", true)?,
+            shm_cma: switch("BRAID_SHM_CMA", true)?,
+            shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 16 * 1024)?,
+            shm_ring_size: ring_size()?,
+            fake_hosts: var("BRAID_FAKE_HOSTS")
+                .map(|_| number("BRAID_FAKE_HOSTS", 1))
+                .transpose()?
+                .map(|k| u32::try_from(k.max(1)).unwrap_or(u32::MAX)),
+            job_id: var("BRAID_JOB_ID"),
+            // ---- collectives ----
+            coll_bcast_long: number("BRAID_COLL_BCAST_LONG", 128 * 1024)?,
+            coll_allreduce_short: number("BRAID_COLL_ALLREDUCE_SHORT", 64 * 1024)?,
+            coll_allgather_short: number("BRAID_COLL_ALLGATHER_SHORT", 80 * 1024)?,
+            coll_gather_short: number("BRAID_COLL_GATHER_SHORT", 64 * 1024)?,
+            coll_hierarchy: number("BRAID_COLL_HIERARCHY", 1)? != 0,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum InitError {
     /// The rails named by `BRAID_RAILS` cannot be used.
     #[error(transparent)]
     LocalRail(#[from] braid_transports::rail::RailError),
+    /// The shared-memory transport could not be set up.
+    #[error(transparent)]
+    LocalShm(#[from] braid_shm::transport::ShmError),
     /// Connecting to the other ranks failed.
     #[error("rank {rank} on host {host}: wire-up failed: {source}")]
     LocalWireUp {
@@ -87,4 +90,62 @@ pub enum Error {
     /// The poller or another OS facility failed (`MPI_ERR_OTHER`).
     #[error("local failure: {0}")]
     LocalOs(String),
+    // ---- communicators, groups, collectives, datatypes ----
+    /// A root outside the communicator (`MPI_ERR_ROOT`).
+    #[error("root {root} is out of range for a communicator of {size} ranks")]
+    UsageInvalidRoot {
+        /// The root given.
+        root: Rank,
+        /// Communicator size.
+        size: Rank,
+    },
+    /// Buffer lengths that do not fit the operation (`MPI_ERR_COUNT`), found locally before
+    /// any communication or when a message of the wrong length arrived.
+    #[error("count mismatch in {op}: {detail}")]
+    UsageCountMismatch {
+        /// The operation.
+        op: &'static str,
+        /// What did not fit.
+        detail: String,
+    },
+    /// A predefined operation applied to a type it is not defined on (`MPI_ERR_OP`).
+    #[error("operation {op} is not defined on datatype {datatype}")]
+    UsageOpType {
+        /// The operation.
+        op: &'static str,
+        /// The datatype.
+        datatype: String,
+    },
+    /// An invalid argument: bad group rank list, topology, color (`MPI_ERR_ARG`).
+    #[error("invalid argument: {0}")]
+    UsageArgument(String),
+    /// A datatype that cannot be used as given (`MPI_ERR_TYPE`): uncommitted, negative
+    /// extent, out-of-range layout.
+    #[error("invalid datatype: {0}")]
+    UsageDatatype(String),
+    /// Every communication context is in use at some member (`MPI_ERR_INTERN`).
+    #[error("no free communication context common to all {members} members")]
+    LocalContextsExhausted {
+        /// Number of members that took part in the allocation.
+        members: Rank,
+    },
+}
+
+impl Error {
+    /// The MPI error class of this error (`MPI_Error_class`), as its C constant's name.
+    pub fn mpi_class(&self) -> &'static str {
+        match self {
+            Self::UsageTruncated { .. } => "MPI_ERR_TRUNCATE",
+            Self::UsageInvalidRank { .. } => "MPI_ERR_RANK",
+            Self::UsageInvalidTag(_) => "MPI_ERR_TAG",
+            Self::UsageElementSize { .. } | Self::UsageCountMismatch { .. } => "MPI_ERR_COUNT",
+            Self::PeerLost { .. } => "MPI_ERR_PROC_FAILED",
+            Self::LocalOs(_) => "MPI_ERR_OTHER",
+            Self::UsageInvalidRoot { .. } => "MPI_ERR_ROOT",
+            Self::UsageOpType { .. } => "MPI_ERR_OP",
+            Self::UsageArgument(_) => "MPI_ERR_ARG",
+            Self::UsageDatatype(_) => "MPI_ERR_TYPE",
+            Self::LocalContextsExhausted { .. } => "MPI_ERR_INTERN",
+        }
+    }
 }

@@ -203,8 +203,8 @@ impl TcpTransport {
         &self.rails
     }
 
-    /// Connects to every lower rank and accepts every higher one, within `timeout`. From now
-    /// on every connection must present `key`.
+    /// Connects to every lower rank of `peers` and accepts a connection from every higher
+    /// one, within `timeout`. From now on every connection must present `key`.
     ///
     /// # Errors
     /// [`WireUpError`] naming the peer, address or missing ranks.
@@ -243,8 +243,10 @@ impl TcpTransport {
                 .map_err(WireUpError::Poll)?;
         }
         loop {
-            let missing: Vec<u32> = (self.rank.0 + 1..self.size)
-                .filter(|r| self.conns[*r as usize].is_none())
+            let missing: Vec<u32> = peers
+                .iter()
+                .map(|p| p.rank.0)
+                .filter(|r| *r > me.0 && self.conns[*r as usize].is_none())
                 .collect();
             if missing.is_empty() {
                 return Ok(());

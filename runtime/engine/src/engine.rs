@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::ids::{ContextId, FrameToken, Rank, ReqId, Seq, Tag};
-use crate::wire::{FLAG_SYNC, FrameKind, Header, MAX_PAYLOAD};
+use crate::wire::{FLAG_PULL, FLAG_SYNC, FrameKind, Header, MAX_PAYLOAD};
 
 /// Engine parameters. Per-peer values are indexed by rank.
 #[derive(Clone, Debug)]
@@ -17,6 +17,12 @@ pub struct Config {
     pub eager_limit: Vec<u64>,
     /// Largest data chunk of a rendezvous transfer (at most [`MAX_PAYLOAD`]).
     pub chunk_size: u64,
+    /// Per peer: offer the peer to pull large messages straight from this rank's memory
+    /// (RTS with [`FLAG_PULL`]); set for peers on the same host. Length `size`.
+    pub offer_pull: Vec<bool>,
+    /// Per peer: this rank can read the peer's memory, so it accepts pull offers from it.
+    /// Length `size`.
+    pub can_pull: Vec<bool>,
 }
 
 impl Config {
@@ -27,6 +33,8 @@ impl Config {
             size,
             eager_limit: vec![eager_limit; size as usize],
             chunk_size: chunk_size.clamp(1, MAX_PAYLOAD),
+            offer_pull: vec![false; size as usize],
+            can_pull: vec![false; size as usize],
         }
     }
 }
@@ -131,6 +139,20 @@ pub struct Incoming {
     pub token: FrameToken,
     /// Where the payload goes (ignored when `header.payload_len` is zero).
     pub placement: Placement,
+}
+
+/// A message the driver must copy straight from the sender's memory into a receive buffer
+/// (single-copy transfer), then report with [`Engine::handle_pull_done`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pull {
+    /// The receive request whose buffer gets the data (from offset 0).
+    pub req: ReqId,
+    /// The sender, whose memory holds the data.
+    pub from: Rank,
+    /// Address of the data in the sender's address space.
+    pub addr: u64,
+    /// Bytes to copy.
+    pub len: u64,
 }
 
 /// Status of a completed receive.
@@ -295,8 +317,9 @@ enum ArrivalKind {
     /// An eager message. `buffer` holds its payload when it was not placed straight into a
     /// receive; `complete` says all payload bytes are there.
     Eager { buffer: Option<Box<[u8]>>, complete: bool },
-    /// An RTS from send request `send_req`.
-    Rts { send_req: ReqId },
+    /// An RTS from send request `send_req`; `pull` is the sender's data address when it
+    /// offered a pull.
+    Rts { send_req: ReqId, pull: Option<u64> },
 }
 
 /// Matching queues of one context. Invariant: no entry of `posted` matches any arrival in
@@ -343,6 +366,12 @@ enum RecvState {
     /// Matched an eager arrival whose payload is still arriving; `capacity` is the size of
     /// the receive buffer.
     AwaitEager { arrival: u64, capacity: u64 },
+    /// Matched a pull-offering RTS; the driver is copying the data (see [`Pull`]).
+    AwaitPull {
+        from: Rank,
+        status: RecvStatus,
+        send_req: ReqId,
+    },
     /// Matched an RTS; `received` of `accepted` bytes of data are placed.
     AwaitData {
         from: Rank,
@@ -374,7 +403,9 @@ enum InFlight {
 /// # Polling order
 /// After any call that may make progress (`post_*`, `handle_*`):
 /// 1. drain [`Engine::poll_transmit`] and send (or copy) every frame, including its body;
-/// 2. then drain [`Engine::poll_completion`]. A send completes only after its last frame was
+/// 2. drain [`Engine::poll_pull`], perform each copy and report it with
+///    [`Engine::handle_pull_done`] (which may queue more frames: go back to 1);
+/// 3. then drain [`Engine::poll_completion`]. A send completes only after its last frame was
 ///    handed out, so the driver never reports a send complete while its buffer is still
 ///    needed.
 ///
@@ -406,6 +437,8 @@ pub struct Engine {
     in_flight: HashMap<FrameToken, InFlight>,
     /// Frames to send, in order.
     transmits: VecDeque<Transmit>,
+    /// Single-copy transfers for the driver, in order.
+    pulls: VecDeque<Pull>,
     /// Finished requests, in order.
     completions: VecDeque<Completion>,
 }
@@ -414,6 +447,8 @@ impl Engine {
     /// Creates the engine of rank `cfg.rank`.
     pub fn new(mut cfg: Config) -> Self {
         cfg.eager_limit.resize(cfg.size as usize, 0);
+        cfg.offer_pull.resize(cfg.size as usize, false);
+        cfg.can_pull.resize(cfg.size as usize, false);
         cfg.chunk_size = cfg.chunk_size.clamp(1, MAX_PAYLOAD);
         let peers = (0..cfg.size).map(|_| Peer::default()).collect();
         Self {
@@ -429,6 +464,7 @@ impl Engine {
             posted_ctx: HashMap::new(),
             in_flight: HashMap::new(),
             transmits: VecDeque::new(),
+            pulls: VecDeque::new(),
             completions: VecDeque::new(),
         }
     }
@@ -455,6 +491,8 @@ impl Engine {
     }
 
     /// Starts a send of `len` bytes to `to`. The driver keeps the buffer until completion.
+    /// `pull_addr` is the buffer's address, offered to peers that may pull (see
+    /// [`Config::offer_pull`]); pass 0 when there is none.
     ///
     /// # Errors
     /// [`UsageError`] for a rank outside the job or a negative tag.
@@ -465,6 +503,7 @@ impl Engine {
         tag: Tag,
         len: u64,
         mode: SendMode,
+        pull_addr: u64,
     ) -> Result<ReqId, UsageError> {
         self.check_rank(to)?;
         if tag.0 < 0 {
@@ -513,6 +552,10 @@ impl Engine {
             }
         } else {
             header.kind = FrameKind::Rts;
+            if pull_addr != 0 && self.cfg.offer_pull.get(to.0 as usize) == Some(&true) {
+                header.flags |= FLAG_PULL;
+                header.offset = pull_addr;
+            }
             self.transmits.push_back(Transmit {
                 to,
                 header,
@@ -651,9 +694,11 @@ impl Engine {
                 self.complete(sreq, Outcome::Sent);
                 Ok(self.empty(token))
             }
-            FrameKind::SyncAck => {
-                match self.sends.get(&h.send_req) {
-                    Some(SendState::AwaitAck { to }) if *to == from => {}
+            FrameKind::SyncAck | FrameKind::Fin => {
+                match (h.kind, self.sends.get(&h.send_req)) {
+                    (FrameKind::SyncAck, Some(SendState::AwaitAck { to }))
+                    | (FrameKind::Fin, Some(SendState::AwaitCts { to, .. }))
+                        if *to == from => {}
                     _ => return Err(self.unknown(from, h.kind, h.send_req)),
                 }
                 self.sends.remove(&h.send_req);
@@ -788,7 +833,7 @@ impl Engine {
         let arrivals = &self.arrivals;
         self.recvs.retain(|req, st| {
             let from = match st {
-                RecvState::AwaitData { from, .. } => *from,
+                RecvState::AwaitData { from, .. } | RecvState::AwaitPull { from, .. } => *from,
                 RecvState::AwaitEager { arrival, .. } => {
                     arrivals.get(arrival).map_or(peer, |a| a.source)
                 }
@@ -832,6 +877,63 @@ impl Engine {
         }
     }
 
+    /// The next single-copy transfer the driver must perform.
+    pub fn poll_pull(&mut self) -> Option<Pull> {
+        self.pulls.pop_front()
+    }
+
+    /// Says how the pull for receive `req` went. On success the receive completes and the
+    /// sender is told; on failure the engine falls back to the sender pushing the data (CTS).
+    pub fn handle_pull_done(&mut self, req: ReqId, ok: bool) {
+        let Some(RecvState::AwaitPull {
+            from,
+            status,
+            send_req,
+        }) = self.recvs.remove(&req)
+        else {
+            return;
+        };
+        if ok {
+            self.send_fin(from, send_req);
+            self.complete(
+                req,
+                Outcome::Received {
+                    status,
+                    buffered: None,
+                },
+            );
+        } else {
+            let mut cts = Header::new(FrameKind::Cts, self.cfg.rank);
+            cts.send_req = send_req;
+            cts.recv_req = req;
+            cts.msg_len = status.stored;
+            self.transmits.push_back(Transmit {
+                to: from,
+                header: cts,
+                body: Body::None,
+            });
+            self.recvs.insert(
+                req,
+                RecvState::AwaitData {
+                    from,
+                    status,
+                    accepted: status.stored,
+                    received: 0,
+                },
+            );
+        }
+    }
+
+    fn send_fin(&mut self, to: Rank, send_req: ReqId) {
+        let mut fin = Header::new(FrameKind::Fin, self.cfg.rank);
+        fin.send_req = send_req;
+        self.transmits.push_back(Transmit {
+            to,
+            header: fin,
+            body: Body::None,
+        });
+    }
+
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -871,6 +973,7 @@ impl Engine {
         } else {
             ArrivalKind::Rts {
                 send_req: h.send_req,
+                pull: (h.flags & FLAG_PULL != 0).then_some(h.offset),
             }
         };
         let id = self.next_arrival;
@@ -988,7 +1091,7 @@ impl Engine {
                     );
                 }
             }
-            ArrivalKind::Rts { send_req } => {
+            ArrivalKind::Rts { send_req, pull } => {
                 let status = RecvStatus {
                     source: a.source,
                     tag: a.tag,
@@ -997,6 +1100,36 @@ impl Engine {
                 };
                 let to = a.source;
                 self.arrivals.remove(&id);
+                if let Some(addr) = pull
+                    && self.cfg.can_pull.get(to.0 as usize) == Some(&true)
+                {
+                    if stored == 0 {
+                        self.send_fin(to, send_req);
+                        self.complete(
+                            p.req,
+                            Outcome::Received {
+                                status,
+                                buffered: None,
+                            },
+                        );
+                    } else {
+                        self.pulls.push_back(Pull {
+                            req: p.req,
+                            from: to,
+                            addr,
+                            len: stored,
+                        });
+                        self.recvs.insert(
+                            p.req,
+                            RecvState::AwaitPull {
+                                from: to,
+                                status,
+                                send_req,
+                            },
+                        );
+                    }
+                    return;
+                }
                 let mut cts = Header::new(FrameKind::Cts, self.cfg.rank);
                 cts.send_req = send_req;
                 cts.recv_req = p.req;

@@ -36,7 +36,7 @@ mod ids;
 pub mod wire;
 
 pub use engine::{
-    Body, Completion, Config, Engine, Incoming, Outcome, PeerError, Placement, ProbeInfo,
+    Body, Completion, Config, Engine, Incoming, Outcome, PeerError, Placement, ProbeInfo, Pull,
     RecvStatus, SendMode, SourceSel, TagSel, Transmit, UsageError,
 };
 pub use ids::{ContextId, FrameToken, Rank, ReqId, Seq, Tag};

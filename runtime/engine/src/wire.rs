@@ -6,7 +6,7 @@
 //! | bytes  | field         | meaning                                                     |
 //! |--------|---------------|-------------------------------------------------------------|
 //! | 0      | kind          | [`FrameKind`]                                               |
-//! | 1      | flags         | bit 0: synchronous send ([`FLAG_SYNC`]); other bits zero    |
+//! | 1      | flags         | bit 0: synchronous ([`FLAG_SYNC`]), bit 1: pull ([`FLAG_PULL`]) |
 //! | 2..4   | reserved      | zero                                                        |
 //! | 4..8   | context       | [`ContextId`] of an envelope                                |
 //! | 8..12  | source        | sender's [`Rank`]                                           |
@@ -15,7 +15,7 @@
 //! | 24..32 | msg_len       | whole message length (envelopes), accepted length (CTS)     |
 //! | 32..40 | send_req      | sender's request id (RTS, CTS, ack)                         |
 //! | 40..48 | recv_req      | receiver's request id (CTS, data)                           |
-//! | 48..56 | offset        | byte offset of a data chunk in the message                  |
+//! | 48..56 | offset        | byte offset of a data chunk; pull address of an RTS         |
 //! | 56..64 | payload_len   | bytes of payload that follow this header                    |
 //!
 //! Decoding checks everything a header alone can tell; the engine checks the rest against
@@ -32,6 +32,11 @@ pub const MAX_PAYLOAD: u64 = 1 << 30;
 /// Flag bit: the envelope belongs to a synchronous-mode send and wants an acknowledgement.
 pub const FLAG_SYNC: u8 = 1;
 
+/// Flag bit on an RTS: the receiver may pull the data itself from the sender's memory at the
+/// address in `offset` (single-copy transfer between processes of one host), then answer
+/// with [`FrameKind::Fin`] instead of CTS.
+pub const FLAG_PULL: u8 = 2;
+
 /// What a frame is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -46,6 +51,8 @@ pub enum FrameKind {
     Data = 4,
     /// The receiver matched a synchronous eager message.
     SyncAck = 5,
+    /// The receiver pulled a rendezvous message itself; the send is complete.
+    Fin = 6,
 }
 
 impl FrameKind {
@@ -56,6 +63,7 @@ impl FrameKind {
             3 => Self::Cts,
             4 => Self::Data,
             5 => Self::SyncAck,
+            6 => Self::Fin,
             _ => return None,
         })
     }
@@ -189,7 +197,7 @@ impl Header {
         let kind = FrameKind::from_u8(b[0]).ok_or(DecodeError::UnknownKind(b[0]))?;
         let flags = b[1];
         let reserved = u16::from_le_bytes([b[2], b[3]]);
-        if flags & !FLAG_SYNC != 0 || reserved != 0 {
+        if flags & !(FLAG_SYNC | FLAG_PULL) != 0 || reserved != 0 {
             return Err(DecodeError::Reserved { flags, reserved });
         }
         let tag = u32_at(b, 12).cast_signed();
@@ -212,7 +220,9 @@ impl Header {
         let bad_len = match kind {
             FrameKind::Eager => h.payload_len != h.msg_len,
             FrameKind::Data => false,
-            FrameKind::Rts | FrameKind::Cts | FrameKind::SyncAck => h.payload_len != 0,
+            FrameKind::Rts | FrameKind::Cts | FrameKind::SyncAck | FrameKind::Fin => {
+                h.payload_len != 0
+            }
         };
         if bad_len || h.payload_len > MAX_PAYLOAD {
             return Err(DecodeError::PayloadLength {
@@ -221,7 +231,7 @@ impl Header {
                 msg_len: h.msg_len,
             });
         }
-        if h.offset.checked_add(h.payload_len).is_none() {
+        if kind == FrameKind::Data && h.offset.checked_add(h.payload_len).is_none() {
             return Err(DecodeError::Overflow {
                 offset: h.offset,
                 payload_len: h.payload_len,

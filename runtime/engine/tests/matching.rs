@@ -53,6 +53,23 @@ fn rendezvous_posted_first_and_truncated() {
 }
 
 #[test]
+fn pull_replaces_cts_and_data() {
+    let mut net = Net::with_pull(2, 1, EAGER, CHUNK, 8, true);
+    let s = net.send(0, 1, 0, payload_for(4, 500), SendMode::Standard);
+    let r = net.recv(1, SourceSel::Any, TagSel::Any, 500);
+    let mut kinds = Vec::new();
+    while net.step() {
+        kinds.push(());
+    }
+    let (st, data) = ok_data(&net, 1, r);
+    assert_eq!((st.len, st.stored), (500, 500));
+    assert_eq!(data, payload_for(4, 500));
+    assert_eq!(net.nodes[0].sends_done.get(&s), Some(&Outcome::Sent));
+    // RTS and FIN only: no data frames crossed the network.
+    assert_eq!(kinds.len(), 2);
+}
+
+#[test]
 fn synchronous_eager_send_waits_for_match() {
     let mut net = Net::new(2, 1, EAGER, CHUNK, 3);
     let s = net.send(0, 1, 1, payload_for(3, 10), SendMode::Synchronous);
@@ -191,7 +208,10 @@ fn msg_strategy(n: u32) -> impl Strategy<Value = Msg> {
 /// Runs a program: posts every send and receive in a random interleaving with network steps,
 /// then drives to quiescence and checks the engine against the reference matcher.
 fn run_program(n: u32, rails: usize, seed: u64, msgs: &[Msg]) -> Result<(), TestCaseError> {
-    let mut net = Net::new(n, rails, EAGER, CHUNK, seed);
+    run_program_with(Net::new(n, rails, EAGER, CHUNK, seed), n, msgs)
+}
+
+fn run_program_with(mut net: Net, n: u32, msgs: &[Msg]) -> Result<(), TestCaseError> {
     let mut ops: Vec<(bool, usize)> = (0..msgs.len()).flat_map(|i| [(true, i), (false, i)]).collect();
     // Shuffle deterministically from the seed.
     for i in (1..ops.len()).rev() {
@@ -291,6 +311,24 @@ proptest! {
             .map(|mut m| { m.src %= n; m.dst %= n; m })
             .collect();
         run_program(n, rails, seed, &msgs)?;
+    }
+
+    /// Single-copy pulls (ranks of one host), with pulls that sometimes fail and fall back to
+    /// CTS and data: same matching, same data.
+    #[test]
+    fn pulls_and_their_fallback_agree_with_reference(
+        seed in any::<u64>(),
+        n in 1u32..4,
+        failure in prop_oneof![Just(0.0), Just(0.5)],
+        msgs in prop::collection::vec(msg_strategy(3), 1..40),
+    ) {
+        let msgs: Vec<Msg> = msgs
+            .into_iter()
+            .map(|mut m| { m.src %= n; m.dst %= n; m })
+            .collect();
+        let mut net = Net::with_pull(n, 2, EAGER, CHUNK, seed, true);
+        net.pull_failure = failure;
+        run_program_with(net, n, &msgs)?;
     }
 
     /// Without wildcards and with room for every message, every message is delivered exactly

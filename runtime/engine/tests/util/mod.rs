@@ -84,13 +84,26 @@ pub struct Net {
     pub rng: StdRng,
     /// Protocol errors seen (receiver, error text).
     pub errors: Vec<(u32, String)>,
+    /// Pull addresses handed to the engines, and the data behind them.
+    pulls: HashMap<u64, Vec<u8>>,
+    /// Probability that a pull fails (the engine must fall back to CTS and data).
+    pub pull_failure: f64,
 }
 
 impl Net {
     pub fn new(n: u32, rails: usize, eager: u64, chunk: u64, seed: u64) -> Self {
+        Self::with_pull(n, rails, eager, chunk, seed, false)
+    }
+
+    /// A network whose ranks offer and accept single-copy pulls (as on one host).
+    pub fn with_pull(n: u32, rails: usize, eager: u64, chunk: u64, seed: u64, pull: bool) -> Self {
         let nodes = (0..n)
             .map(|r| Node {
-                engine: Engine::new(Config::uniform(Rank(r), n, eager, chunk)),
+                engine: Engine::new(Config {
+                    offer_pull: vec![pull; n as usize],
+                    can_pull: vec![pull; n as usize],
+                    ..Config::uniform(Rank(r), n, eager, chunk)
+                }),
                 send_bufs: HashMap::new(),
                 recv_bufs: HashMap::new(),
                 sends_done: HashMap::new(),
@@ -106,14 +119,18 @@ impl Net {
             in_progress: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             errors: Vec::new(),
+            pulls: HashMap::new(),
+            pull_failure: 0.0,
         }
     }
 
     pub fn send(&mut self, from: u32, to: u32, tag: i32, data: Vec<u8>, mode: SendMode) -> ReqId {
+        let addr = 0x1000 + self.pulls.len() as u64 * 0x1000;
+        self.pulls.insert(addr, data.clone());
         let n = &mut self.nodes[from as usize];
         let req = n
             .engine
-            .post_send(ContextId(0), Rank(to), Tag(tag), data.len() as u64, mode)
+            .post_send(ContextId(0), Rank(to), Tag(tag), data.len() as u64, mode, addr)
             .expect("valid send");
         n.send_bufs.insert(req, data);
         self.pump(from);
@@ -158,6 +175,20 @@ impl Net {
                         header: t.header,
                         payload,
                     });
+            }
+            while let Some(p) = self.nodes[r as usize].engine.poll_pull() {
+                any = true;
+                let ok = !self.rng.gen_bool(self.pull_failure);
+                if ok {
+                    let src = &self.pulls[&p.addr];
+                    let len = p.len as usize;
+                    let dst = self.nodes[r as usize]
+                        .recv_bufs
+                        .get_mut(&p.req)
+                        .expect("pull into a live receive");
+                    dst[..len].copy_from_slice(&src[..len]);
+                }
+                self.nodes[r as usize].engine.handle_pull_done(p.req, ok);
             }
             while let Some(c) = self.nodes[r as usize].engine.poll_completion() {
                 any = true;

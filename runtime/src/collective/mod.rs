@@ -1,0 +1,1426 @@
+//! Collective operations on any communicator: blocking, in-place and nonblocking forms.
+//!
+//! Every collective is built as a [`schedule::Schedule`] of rounds by the algorithms in
+//! [`algorithms`], chosen by message size, communicator size and host layout (see [`info`]),
+//! then run to completion (blocking) or advanced whenever the caller waits or tests on any
+//! request (`immediate_*`). Collective traffic travels on the communicator's collective
+//! context, one tag per collective call, so it never matches point-to-point messages nor
+//! another collective in flight.
+//!
+//! Two-level (host-aware) versions of barrier, broadcast, reduce and allreduce run when a
+//! communicator spans several hosts and some host holds several of its ranks: first among the
+//! ranks of each host, then among one leader per host (the lowest rank on it).
+//!
+//! # Standard section(s)
+//! MPI-4.1 §6 (collective communication), §6.12 (nonblocking collectives).
+//!
+//! # Not yet implemented
+//! Intercommunicator collectives, `reduce_scatter` with varying counts, neighborhood
+//! collectives, persistent collectives, collectives on non-contiguous [`View`]s, progress of
+//! nonblocking collectives while the caller computes (they advance inside wait/test calls).
+//!
+//! [`View`]: crate::datatype::View
+
+pub(crate) mod algorithms;
+pub(crate) mod op;
+pub(crate) mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use braid_engine::{ContextId, ReqId, SendMode};
+pub use op::{Operation, SystemOperation, UserOperation, ValueIndex, reduce_local_into};
+
+use self::algorithms as alg;
+use self::algorithms::Team;
+use self::op::ResolvedOp;
+use self::schedule::{Exec, Loc, Schedule, Slice};
+use crate::communicator::{CommData, Communicator, Process, Rank};
+use crate::core::{Core, Finished, with_core};
+use crate::datatype::{Buffer, BufferMut};
+use crate::error::Error;
+use crate::request::{Request, Scope};
+
+/// Tags of barrier rounds of the finalize barrier on the world's collective context.
+const BARRIER_TAG: i32 = 1;
+/// Collective calls use tags `TAG_BASE + (call number mod TAG_SPAN)`.
+const TAG_BASE: i32 = 1 << 16;
+const TAG_SPAN: u32 = 1 << 29;
+/// Communicator creation over a subgroup (`MPI_Comm_create_group`) uses `GROUP_TAG + tag`.
+pub(crate) const GROUP_TAG: i32 = 1 << 30;
+
+/// Dissemination barrier over the whole world, used by finalize (the core is already held).
+pub(crate) fn barrier(c: &mut Core, ctx: ContextId) -> Result<(), Error> {
+    let (me, p) = (c.rank, c.size);
+    let mut dist = 1u32;
+    let mut round = 0;
+    while dist < p {
+        let to = (me + dist) % p;
+        let from = (me + p - dist) % p;
+        let tag = BARRIER_TAG + round;
+        // SAFETY: zero-length buffers: nothing is read or written through the pointers.
+        let r = unsafe { c.irecv(ctx, Some(from), Some(tag), std::ptr::NonNull::dangling().as_ptr(), 0) }?;
+        // SAFETY: as above.
+        let s = unsafe { c.isend(ctx, to, tag, std::ptr::NonNull::dangling().as_ptr(), 0, SendMode::Standard) }?;
+        c.wait(s)??;
+        c.wait(r)??;
+        dist *= 2;
+        round += 1;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and algorithm selection
+// ---------------------------------------------------------------------------------------------
+
+/// Thresholds of algorithm selection (from `BRAID_COLL_*`, module `env`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CollSettings {
+    pub(crate) bcast_long: usize,
+    pub(crate) allreduce_short: usize,
+    pub(crate) allgather_short: usize,
+    pub(crate) gather_short: usize,
+    pub(crate) hierarchy: bool,
+}
+
+impl Default for CollSettings {
+    fn default() -> Self {
+        Self {
+            bcast_long: 128 * 1024,
+            allreduce_short: 64 * 1024,
+            allgather_short: 80 * 1024,
+            gather_short: 64 * 1024,
+            hierarchy: true,
+        }
+    }
+}
+
+/// The settings, read once (malformed variables were already reported by init).
+fn settings() -> CollSettings {
+    static S: OnceLock<CollSettings> = OnceLock::new();
+    *S.get_or_init(|| match crate::env::Settings::from_env() {
+        Ok(e) => CollSettings {
+            bcast_long: e.coll_bcast_long as usize,
+            allreduce_short: e.coll_allreduce_short as usize,
+            allgather_short: e.coll_allgather_short as usize,
+            gather_short: e.coll_gather_short as usize,
+            hierarchy: e.coll_hierarchy,
+        },
+        Err(_) => CollSettings::default(),
+    })
+}
+
+/// The algorithm chosen for a broadcast of `n` bytes over `p` ranks.
+pub(crate) fn choose_bcast(s: &CollSettings, n: usize, p: usize) -> &'static str {
+    if n >= s.bcast_long && p >= 8 { "scatter-allgather" } else { "binomial" }
+}
+
+/// The algorithm chosen for an allreduce of `n` bytes over `p` ranks.
+pub(crate) fn choose_allreduce(s: &CollSettings, n: usize, elems: usize, p: usize, commutative: bool) -> &'static str {
+    if n < s.allreduce_short || !commutative || elems < p {
+        "recursive-doubling"
+    } else if p.is_power_of_two() {
+        "rabenseifner"
+    } else {
+        "ring"
+    }
+}
+
+/// The algorithm chosen for an allgather producing `total` bytes.
+pub(crate) fn choose_allgather(s: &CollSettings, total: usize) -> &'static str {
+    if total < s.allgather_short { "bruck" } else { "ring" }
+}
+
+/// The algorithm chosen for a gather or scatter of `total` bytes at the root.
+pub(crate) fn choose_gather(s: &CollSettings, total: usize) -> &'static str {
+    if total < s.gather_short { "binomial" } else { "linear" }
+}
+
+/// A report of the algorithms and thresholds in force (for `braid-info` and logs).
+pub fn info() -> String {
+    let s = settings();
+    format!(
+        "braid collectives\n\
+         barrier: dissemination (two-level across hosts)\n\
+         bcast: binomial; scatter-allgather (van de Geijn) from BRAID_COLL_BCAST_LONG={} bytes and 8 ranks\n\
+         reduce: binomial (rank-ordered for non-commutative ops; two-level across hosts)\n\
+         allreduce: recursive doubling below BRAID_COLL_ALLREDUCE_SHORT={} bytes or non-commutative; \
+         else Rabenseifner (power-of-two ranks) or ring\n\
+         allgather: Bruck below BRAID_COLL_ALLGATHER_SHORT={} bytes of result; else ring; allgatherv: ring\n\
+         gather/scatter: binomial below BRAID_COLL_GATHER_SHORT={} bytes at the root; else linear; v-forms linear\n\
+         alltoall(v): pairwise exchange\n\
+         reduce_scatter_block: ring (commutative) or reduce + scatter\n\
+         scan/exscan: recursive doubling\n\
+         hierarchy (BRAID_COLL_HIERARCHY): {}",
+        s.bcast_long,
+        s.allreduce_short,
+        s.allgather_short,
+        s.gather_short,
+        if s.hierarchy { "on" } else { "off" }
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Call numbering and the registry of nonblocking collectives
+// ---------------------------------------------------------------------------------------------
+
+/// Next call number per collective context. Every member makes the same collective calls in
+/// the same order (MPI's rule), so all members draw the same numbers.
+static CALLS: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
+
+pub(crate) fn next_tag(ctx: ContextId) -> i32 {
+    let mut g = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = g.get_or_insert_with(HashMap::new).entry(ctx.0).or_insert(0);
+    let t = TAG_BASE + (*n % TAG_SPAN) as i32;
+    *n = n.wrapping_add(1);
+    t
+}
+
+/// Forgets the call numbers of a freed context.
+pub(crate) fn forget_context(ctx: ContextId) {
+    let mut g = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(m) = g.as_mut() {
+        m.remove(&ctx.0);
+    }
+}
+
+type Shared = Arc<Mutex<Exec>>;
+
+/// Nonblocking collectives in flight, advanced by every wait and test.
+static ACTIVE: Mutex<Vec<Weak<Mutex<Exec>>>> = Mutex::new(Vec::new());
+
+fn active() -> Vec<Shared> {
+    let mut g = ACTIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    g.retain(|w| w.upgrade().is_some_and(|e| e.try_lock().map_or(true, |e| !e.is_done())));
+    g.iter().filter_map(Weak::upgrade).collect()
+}
+
+/// Whether no nonblocking collective is in flight.
+pub(crate) fn nothing_active() -> bool {
+    active().is_empty()
+}
+
+/// Advances every nonblocking collective not currently being advanced elsewhere. Errors stay
+/// with their schedules (reported by their own wait).
+pub(crate) fn progress_all() {
+    for e in active() {
+        if let Ok(mut e) = e.try_lock() {
+            let _ = with_core(|c| e.advance(c, false));
+        }
+    }
+}
+
+/// Waits for point-to-point request `id`, advancing nonblocking collectives meanwhile.
+pub(crate) fn wait_p2p(id: ReqId) -> Result<Finished, Error> {
+    if active().is_empty() {
+        return with_core(|c| c.wait(id));
+    }
+    loop {
+        progress_all();
+        let got = with_core(|c| -> Result<Option<Finished>, Error> {
+            if let Some(f) = c.test(id)? {
+                return Ok(Some(f));
+            }
+            c.progress(Some(Duration::from_micros(200)))?;
+            Ok(None)
+        })?;
+        if let Some(f) = got {
+            return Ok(f);
+        }
+    }
+}
+
+/// Tests a nonblocking collective once.
+pub(crate) fn test_exec(e: &Shared) -> Result<bool, Error> {
+    progress_all();
+    let mut g = e.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    with_core(|c| g.advance(c, false))
+}
+
+/// Waits for a nonblocking collective, advancing the others too.
+pub(crate) fn wait_exec(e: &Shared) -> Result<(), Error> {
+    loop {
+        if test_exec(e)? {
+            return Ok(());
+        }
+        with_core(|c| c.progress(Some(Duration::from_micros(200))))?;
+    }
+}
+
+/// Runs a schedule to completion.
+fn run_blocking(s: Schedule) -> Result<(), Error> {
+    if active().is_empty() {
+        let mut e = Exec::new(s);
+        return with_core(|c| e.advance(c, true)).map(drop);
+    }
+    let e = Arc::new(Mutex::new(Exec::new(s)));
+    wait_exec(&e)
+}
+
+/// Starts a schedule as a nonblocking collective.
+fn start(s: Schedule) -> Result<Shared, Error> {
+    let e = Arc::new(Mutex::new(Exec::new(s)));
+    {
+        let mut g = e.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        with_core(|c| g.advance(c, false))?;
+    }
+    ACTIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Arc::downgrade(&e));
+    Ok(e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building schedules
+// ---------------------------------------------------------------------------------------------
+
+/// What a collective runs over: the members' world ranks, this rank, the context, their
+/// hosts.
+pub(crate) struct Over<'a> {
+    world: &'a [u32],
+    me: usize,
+    ctx: ContextId,
+    tag: i32,
+}
+
+impl<'a> Over<'a> {
+    /// A collective call on `comm` (draws the next call number).
+    pub(crate) fn comm(comm: &'a CommData) -> Self {
+        Self {
+            world: comm.group().world_ranks(),
+            me: comm.rank_index(),
+            ctx: comm.coll_context(),
+            tag: next_tag(comm.coll_context()),
+        }
+    }
+
+    /// A collective among the ranks `world` only (`MPI_Comm_create_group`), with its own tag.
+    pub(crate) fn subgroup(world: &'a [u32], me: usize, ctx: ContextId, tag: i32) -> Self {
+        Self { world, me, ctx, tag }
+    }
+
+    fn p(&self) -> usize {
+        self.world.len()
+    }
+
+    fn schedule(&self, name: &'static str) -> Schedule {
+        Schedule::new(name, self.world.to_vec(), self.ctx, self.tag)
+    }
+
+    fn team(&self) -> Team {
+        Team {
+            members: (0..self.p()).collect(),
+            me: self.me,
+        }
+    }
+}
+
+/// The two levels of a team spread over hosts: this rank's host team and, on leaders, the
+/// team of leaders; plus the leader index (in the full team) of every member.
+struct Levels {
+    node: Team,
+    leaders: Option<Team>,
+    leader_of: Vec<usize>,
+}
+
+/// Splits the whole-communicator team by host, if that is worth it.
+fn levels(over: &Over<'_>) -> Option<Levels> {
+    if !settings().hierarchy || over.p() < 3 {
+        return None;
+    }
+    let hosts = with_core(|c| over.world.iter().map(|w| c.hosts[*w as usize].clone()).collect::<Vec<_>>());
+    levels_of(&hosts, over.me)
+}
+
+/// [`levels`] over explicit host names (unit-testable).
+fn levels_of(hosts: &[String], me: usize) -> Option<Levels> {
+    let p = hosts.len();
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let leader_of: Vec<usize> = (0..p).map(|i| *first.entry(hosts[i].as_str()).or_insert(i)).collect();
+    let nhosts = first.len();
+    if nhosts < 2 || nhosts == p {
+        return None;
+    }
+    let node = Team {
+        members: (0..p).filter(|i| leader_of[*i] == leader_of[me]).collect(),
+        me: (0..me).filter(|i| leader_of[*i] == leader_of[me]).count(),
+    };
+    let leaders = (leader_of[me] == me).then(|| {
+        let members: Vec<usize> = (0..p).filter(|i| leader_of[*i] == *i).collect();
+        let me = members.iter().position(|x| *x == me).unwrap_or(0);
+        Team { members, me }
+    });
+    Some(Levels {
+        node,
+        leaders,
+        leader_of,
+    })
+}
+
+fn index_in(t: &Team, comm_rank: usize) -> usize {
+    t.members.iter().position(|x| *x == comm_rank).unwrap_or(0)
+}
+
+fn bcast_flat(s: &mut Schedule, t: &Team, root: usize, buf: Slice) {
+    if choose_bcast(&settings(), buf.len, t.p()) == "scatter-allgather" {
+        alg::bcast_scatter_allgather(s, t, root, buf);
+    } else {
+        alg::bcast_binomial(s, t, root, buf);
+    }
+}
+
+fn build_barrier(over: &Over<'_>) -> Schedule {
+    let mut s = over.schedule("MPI_Barrier");
+    match levels(over) {
+        Some(l) => {
+            alg::barrier_dissemination(&mut s, &l.node);
+            if let Some(lt) = &l.leaders {
+                alg::barrier_dissemination(&mut s, lt);
+            }
+            alg::barrier_dissemination(&mut s, &l.node);
+        }
+        None => alg::barrier_dissemination(&mut s, &over.team()),
+    }
+    s
+}
+
+fn build_bcast(over: &Over<'_>, root: usize, len: usize) -> Schedule {
+    let mut s = over.schedule("MPI_Bcast");
+    let buf = Slice::new(Loc::Recv, 0, len);
+    match levels(over) {
+        Some(l) => {
+            let lr = l.leader_of[root];
+            s.round();
+            if root != lr {
+                if over.me == root {
+                    s.send(lr, buf);
+                } else if over.me == lr {
+                    s.recv(root, buf);
+                }
+                s.round();
+            }
+            if let Some(lt) = &l.leaders {
+                bcast_flat(&mut s, lt, index_in(lt, lr), buf);
+            }
+            alg::bcast_binomial(&mut s, &l.node, 0, buf);
+        }
+        None => bcast_flat(&mut s, &over.team(), root, buf),
+    }
+    s
+}
+
+fn allreduce_flat(s: &mut Schedule, t: &Team, op: &ResolvedOp, acc: Slice, tmp: Slice) {
+    let elems = acc.len / op.elem.max(1);
+    match choose_allreduce(&settings(), acc.len, elems, t.p(), op.commutative) {
+        "rabenseifner" => alg::allreduce_rabenseifner(s, t, op.elem, acc, tmp),
+        "ring" => alg::allreduce_ring(s, t, op.elem, acc, tmp),
+        _ => alg::allreduce_recursive_doubling(s, t, acc, tmp),
+    }
+}
+
+/// Allreduce of `acc` (holding this rank's operand) in place.
+fn allreduce_into_acc(over: &Over<'_>, s: &mut Schedule, op: &ResolvedOp, acc: Slice) {
+    let tmp = s.tmp(acc.len);
+    match levels(over).filter(|_| op.commutative) {
+        Some(l) => {
+            alg::reduce_binomial(s, &l.node, 0, true, acc, tmp);
+            if let Some(lt) = &l.leaders {
+                allreduce_flat(s, lt, op, acc, tmp);
+            }
+            alg::bcast_binomial(s, &l.node, 0, acc);
+        }
+        None => allreduce_flat(s, &over.team(), op, acc, tmp),
+    }
+}
+
+/// Reduce of `acc` to `root` (result in `acc` at the root).
+fn reduce_into_acc(over: &Over<'_>, s: &mut Schedule, op: &ResolvedOp, root: usize, acc: Slice) {
+    let tmp = s.tmp(acc.len);
+    match levels(over).filter(|_| op.commutative) {
+        Some(l) => {
+            let lr = l.leader_of[root];
+            alg::reduce_binomial(s, &l.node, 0, true, acc, tmp);
+            if let Some(lt) = &l.leaders {
+                alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
+            }
+            s.round();
+            if root != lr {
+                if over.me == lr {
+                    s.send(root, acc);
+                } else if over.me == root {
+                    s.recv(lr, acc);
+                }
+                s.round();
+            }
+        }
+        None => alg::reduce_binomial(s, &over.team(), root, op.commutative, acc, tmp),
+    }
+}
+
+/// Byte blocks from counts and displacements in elements.
+fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slice> {
+    counts
+        .iter()
+        .zip(displs)
+        .map(|(c, d)| Slice::new(loc, d * elem, c * elem))
+        .collect()
+}
+
+fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
+    (0..p).map(|i| Slice::new(loc, i * n, n)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------
+
+fn check_root(root: Rank, p: usize) -> Result<usize, Error> {
+    if (0..p as Rank).contains(&root) {
+        Ok(root as usize)
+    } else {
+        Err(Error::UsageInvalidRoot {
+            root,
+            size: p as Rank,
+        })
+    }
+}
+
+fn mismatch(op: &'static str, detail: String) -> Error {
+    Error::UsageCountMismatch { op, detail }
+}
+
+fn contiguous_send<B: Buffer + ?Sized>(op: &'static str, b: &B) -> Result<(), Error> {
+    if matches!(b.packed(), std::borrow::Cow::Owned(_)) {
+        return Err(Error::UsageDatatype(format!("{op}: non-contiguous views are not supported in collectives")));
+    }
+    Ok(())
+}
+
+fn contiguous_recv<B: BufferMut + ?Sized>(op: &'static str, b: &B) -> Result<(), Error> {
+    if b.layout().is_some() {
+        return Err(Error::UsageDatatype(format!("{op}: non-contiguous views are not supported in collectives")));
+    }
+    Ok(())
+}
+
+/// Validates `counts`/`displs` (elements) for `p` ranks against a buffer of `len` elements.
+fn check_partition(op: &'static str, p: usize, counts: &[i32], displs: &[i32], len: usize) -> Result<(Vec<usize>, Vec<usize>), Error> {
+    if counts.len() != p || displs.len() != p {
+        return Err(mismatch(op, format!("{} counts and {} displacements for {p} ranks", counts.len(), displs.len())));
+    }
+    let mut c = Vec::with_capacity(p);
+    let mut d = Vec::with_capacity(p);
+    for (cnt, dis) in counts.iter().zip(displs) {
+        let (Ok(cu), Ok(du)) = (usize::try_from(*cnt), usize::try_from(*dis)) else {
+            return Err(mismatch(op, format!("negative count {cnt} or displacement {dis}")));
+        };
+        if du + cu > len {
+            return Err(mismatch(op, format!("block {du}+{cu} outside a buffer of {len} elements")));
+        }
+        c.push(cu);
+        d.push(du);
+    }
+    Ok((c, d))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------------
+
+/// A buffer cut into per-rank blocks by counts and displacements, in elements (rsmpi's
+/// `Partition`), for the `_varcount` collectives.
+#[derive(Debug)]
+pub struct Partition<'a, B: ?Sized> {
+    buf: &'a B,
+    counts: Vec<i32>,
+    displs: Vec<i32>,
+}
+
+impl<'a, B: Buffer + ?Sized> Partition<'a, B> {
+    /// Block i is `counts[i]` elements from element `displs[i]` of `buf`.
+    pub fn new(buf: &'a B, counts: impl Into<Vec<i32>>, displs: impl Into<Vec<i32>>) -> Self {
+        Self {
+            buf,
+            counts: counts.into(),
+            displs: displs.into(),
+        }
+    }
+}
+
+/// A mutable buffer cut into per-rank blocks (rsmpi's `PartitionMut`).
+#[derive(Debug)]
+pub struct PartitionMut<'a, B: ?Sized> {
+    buf: &'a mut B,
+    counts: Vec<i32>,
+    displs: Vec<i32>,
+}
+
+impl<'a, B: BufferMut + ?Sized> PartitionMut<'a, B> {
+    /// Block i is `counts[i]` elements from element `displs[i]` of `buf`.
+    pub fn new(buf: &'a mut B, counts: impl Into<Vec<i32>>, displs: impl Into<Vec<i32>>) -> Self {
+        Self {
+            buf,
+            counts: counts.into(),
+            displs: displs.into(),
+        }
+    }
+}
+
+/// Either runs a schedule now or returns it started.
+enum Mode {
+    Blocking,
+    Immediate,
+}
+
+fn finish(s: Schedule, mode: Mode) -> Result<Option<Shared>, Error> {
+    match mode {
+        Mode::Blocking => run_blocking(s).map(|()| None),
+        Mode::Immediate => start(s).map(Some),
+    }
+}
+
+fn finish_req<'a, Sc: Scope<'a>>(s: Schedule, scope: Sc) -> Result<Request<'a, Sc>, Error> {
+    let e = start(s)?;
+    Ok(Request::collective(e, scope))
+}
+
+/// Sets the schedule's user buffers.
+fn bind(s: &mut Schedule, send: &[u8], recv: &mut [u8]) {
+    // SAFETY: every caller either runs the schedule to completion before `send` and `recv`
+    // go out of scope (blocking forms), or hands it to a `Request` whose lifetime 'a borrows
+    // both buffers (immediate forms), and that request waits for it before it is dropped.
+    unsafe { s.set_buffers(send, recv) };
+}
+
+fn do_allreduce(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Allreduce";
+    if let Some(sb) = send
+        && sb.len() != recv.len()
+    {
+        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", sb.len(), recv.len())));
+    }
+    if !recv.len().is_multiple_of(op.elem.max(1)) {
+        return Err(mismatch(name, format!("{} bytes are not whole elements", recv.len())));
+    }
+    let over = Over::comm(comm);
+    let mut s = over.schedule(name);
+    let acc = Slice::new(Loc::Recv, 0, recv.len());
+    if let Some(sb) = send {
+        s.copy(Slice::new(Loc::Send, 0, sb.len()), acc);
+    }
+    s.set_op(op.clone());
+    allreduce_into_acc(&over, &mut s, &op, acc);
+    bind(&mut s, send.unwrap_or(&[]), recv);
+    finish(s, mode)
+}
+
+fn do_reduce(comm: &CommData, root: usize, send: &[u8], recv: Option<&mut [u8]>, in_place: bool, op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Reduce";
+    let over = Over::comm(comm);
+    let mut s = over.schedule(name);
+    s.set_op(op.clone());
+    let n = if in_place { recv.as_ref().map_or(0, |r| r.len()) } else { send.len() };
+    let mut empty = [0u8; 0];
+    let recv = match recv {
+        Some(r) => {
+            if r.len() != n {
+                return Err(mismatch(name, format!("send {} bytes, receive {} bytes at the root", n, r.len())));
+            }
+            r
+        }
+        None => &mut empty[..],
+    };
+    let acc = if over.me == root { Slice::new(Loc::Recv, 0, n) } else { s.tmp(n) };
+    if !in_place {
+        s.copy(Slice::new(Loc::Send, 0, n), acc);
+    }
+    reduce_into_acc(&over, &mut s, &op, root, acc);
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+/// Gather of uniform (`counts == None`) or variable blocks; `mine` is `None` in place.
+#[allow(clippy::too_many_arguments)]
+fn do_gather(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Gather";
+    let over = Over::comm(comm);
+    let p = over.p();
+    let is_root = over.me == root;
+    let mut s = over.schedule(name);
+    match vblocks {
+        None => {
+            let n = if in_place { recv.len() / p.max(1) } else { send.len() };
+            if is_root && recv.len() != n * p {
+                return Err(mismatch(name, format!("{p} blocks of {n} bytes into {} bytes", recv.len())));
+            }
+            let mine = if in_place { Slice::new(Loc::Recv, root * n, n) } else { Slice::new(Loc::Send, 0, n) };
+            if choose_gather(&settings(), n * p) == "binomial" {
+                let work = if is_root { s.tmp(n * p) } else { s.tmp(alg_subtree_bytes(over.me, root, p, n)) };
+                let out = is_root.then(|| Slice::new(Loc::Recv, 0, n * p));
+                alg::gather_binomial(&mut s, &over.team(), root, mine, work.sub(0, work.len), out);
+            } else {
+                let b = uniform(Loc::Recv, p, n);
+                alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
+            }
+        }
+        Some((counts, displs, elem)) => {
+            let b = blocks(Loc::Recv, &counts, &displs, elem);
+            let mine = if in_place { b[root] } else { Slice::new(Loc::Send, 0, send.len()) };
+            if is_root && !in_place && send.len() != b[root].len {
+                return Err(mismatch(name, format!("root sends {} bytes into a {}-byte block", send.len(), b[root].len)));
+            }
+            alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
+        }
+    }
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+/// Work bytes a non-root needs in the binomial gather (its subtree's blocks; the tree may
+/// write up to p blocks at the root).
+fn alg_subtree_bytes(me: usize, root: usize, p: usize, n: usize) -> usize {
+    let vr = (me + p - root) % p;
+    let k = if vr == 0 { p } else { (vr & vr.wrapping_neg()).min(p - vr) };
+    k.max(1) * n
+}
+
+#[allow(clippy::too_many_arguments)]
+fn do_scatter(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Scatter";
+    let over = Over::comm(comm);
+    let p = over.p();
+    let is_root = over.me == root;
+    let mut s = over.schedule(name);
+    match vblocks {
+        None => {
+            let n = if is_root { send.len() / p.max(1) } else { recv.len() };
+            if is_root && send.len() != n * p {
+                return Err(mismatch(name, format!("{} bytes are not {p} equal blocks", send.len())));
+            }
+            if is_root && !in_place && recv.len() != n {
+                return Err(mismatch(name, format!("blocks of {n} bytes into {} bytes", recv.len())));
+            }
+            let mine = if in_place { s.tmp(n) } else { Slice::new(Loc::Recv, 0, n) };
+            if choose_gather(&settings(), n * p) == "binomial" {
+                let work = s.tmp(if is_root { n * p } else { alg_subtree_bytes(over.me, root, p, n) });
+                let src = is_root.then(|| Slice::new(Loc::Send, 0, n * p));
+                alg::scatter_binomial(&mut s, &over.team(), root, src, work, mine);
+            } else {
+                let b = uniform(Loc::Send, p, n);
+                alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
+            }
+        }
+        Some((counts, displs, elem)) => {
+            let b = blocks(Loc::Send, &counts, &displs, elem);
+            let mine = if in_place { s.tmp(b[root].len) } else { Slice::new(Loc::Recv, 0, recv.len()) };
+            if is_root && !in_place && recv.len() != b[root].len {
+                return Err(mismatch(name, format!("root block of {} bytes into {} bytes", b[root].len, recv.len())));
+            }
+            alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
+        }
+    }
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+fn do_allgather(comm: &CommData, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Allgather";
+    let over = Over::comm(comm);
+    let p = over.p();
+    let me = over.me;
+    let mut s = over.schedule(name);
+    let blks = match vblocks {
+        None => {
+            let n = if in_place { recv.len() / p.max(1) } else { send.len() };
+            if recv.len() != n * p {
+                return Err(mismatch(name, format!("{p} blocks of {n} bytes into {} bytes", recv.len())));
+            }
+            if choose_allgather(&settings(), n * p) == "bruck" && p > 1 {
+                let mine = if in_place { Slice::new(Loc::Recv, me * n, n) } else { Slice::new(Loc::Send, 0, n) };
+                let work = s.tmp(n * p);
+                alg::allgather_bruck(&mut s, &over.team(), mine, work, Slice::new(Loc::Recv, 0, n * p));
+                bind(&mut s, send, recv);
+                return finish(s, mode);
+            }
+            uniform(Loc::Recv, p, n)
+        }
+        Some((counts, displs, elem)) => {
+            let b = blocks(Loc::Recv, &counts, &displs, elem);
+            if !in_place && send.len() != b[me].len {
+                return Err(mismatch(name, format!("sends {} bytes into a {}-byte block", send.len(), b[me].len)));
+            }
+            b
+        }
+    };
+    if !in_place {
+        s.copy(Slice::new(Loc::Send, 0, blks[me].len), blks[me]);
+    }
+    alg::allgather_ring(&mut s, &over.team(), &blks);
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn do_alltoall(comm: &CommData, send: &[u8], recv: &mut [u8], sblocks: Option<Vec<Slice>>, rblocks: Option<Vec<Slice>>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Alltoall";
+    let over = Over::comm(comm);
+    let p = over.p();
+    let mut s = over.schedule(name);
+    let n = recv.len() / p.max(1);
+    if rblocks.is_none() && recv.len() != n * p {
+        return Err(mismatch(name, format!("{} bytes are not {p} equal blocks", recv.len())));
+    }
+    if rblocks.is_none() && !in_place && send.len() != recv.len() {
+        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", send.len(), recv.len())));
+    }
+    let rb = rblocks.unwrap_or_else(|| uniform(Loc::Recv, p, n));
+    let sb = if in_place {
+        let tmp = s.tmp(recv.len());
+        s.copy(Slice::new(Loc::Recv, 0, recv.len()), tmp);
+        s.round();
+        rb.iter().map(|b| Slice::new(tmp.loc, b.off, b.len)).collect()
+    } else {
+        sblocks.unwrap_or_else(|| uniform(Loc::Send, p, n))
+    };
+    alg::alltoall_pairwise(&mut s, &over.team(), &sb, &rb);
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+fn do_reduce_scatter_block(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Reduce_scatter_block";
+    let over = Over::comm(comm);
+    let p = over.p();
+    let n = match send {
+        Some(sb) => {
+            if sb.len() != recv.len() * p {
+                return Err(mismatch(name, format!("send {} bytes for {p} blocks of {} bytes", sb.len(), recv.len())));
+            }
+            recv.len()
+        }
+        None => recv.len() / p.max(1),
+    };
+    if !n.is_multiple_of(op.elem.max(1)) {
+        return Err(mismatch(name, format!("{n} bytes are not whole elements")));
+    }
+    let mut s = over.schedule(name);
+    s.set_op(op.clone());
+    let acc = s.tmp(n * p);
+    let src = if send.is_some() { Loc::Send } else { Loc::Recv };
+    s.copy(Slice::new(src, 0, n * p), acc);
+    let t = over.team();
+    if op.commutative {
+        let tmp = s.tmp(n * p);
+        alg::reduce_scatter_block_ring(&mut s, &t, op.elem, acc, tmp);
+        s.copy(acc.sub(over.me * n, n), Slice::new(Loc::Recv, 0, n));
+    } else {
+        let tmp = s.tmp(n * p);
+        alg::reduce_binomial(&mut s, &t, 0, false, acc, tmp);
+        let b: Vec<Slice> = (0..p).map(|i| acc.sub(i * n, n)).collect();
+        alg::scatter_linear(&mut s, &t, 0, (over.me == 0).then_some(&b[..]), Slice::new(Loc::Recv, 0, n));
+    }
+    s.round();
+    bind(&mut s, send.unwrap_or(&[]), recv);
+    finish(s, mode)
+}
+
+fn do_scan(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, exclusive: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+    let name = if exclusive { "MPI_Exscan" } else { "MPI_Scan" };
+    if let Some(sb) = send
+        && sb.len() != recv.len()
+    {
+        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", sb.len(), recv.len())));
+    }
+    let over = Over::comm(comm);
+    let n = recv.len();
+    let mut s = over.schedule(name);
+    s.set_op(op);
+    let partial = s.tmp(n);
+    let tmp = s.tmp(n);
+    let src = if send.is_some() { Loc::Send } else { Loc::Recv };
+    s.copy(Slice::new(src, 0, n), partial);
+    let out = Slice::new(Loc::Recv, 0, n);
+    alg::scan_recursive_doubling(&mut s, &over.team(), partial, tmp, out, exclusive);
+    s.round();
+    bind(&mut s, send.unwrap_or(&[]), recv);
+    finish(s, mode)
+}
+
+/// Internal blocking allgather of equal byte blocks (communicator creation).
+pub(crate) fn allgather_bytes(over: Over<'_>, mine: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    let mut s = over.schedule("MPI_Allgather");
+    let n = mine.len();
+    let b = uniform(Loc::Recv, over.p(), n);
+    s.copy(Slice::new(Loc::Send, 0, n), b[over.me]);
+    alg::allgather_ring(&mut s, &over.team(), &b);
+    bind(&mut s, mine, out);
+    run_blocking(s)
+}
+
+/// Internal blocking allreduce of u64 words with bitwise and (context allocation).
+pub(crate) fn allreduce_band_u64(over: Over<'_>, words: &mut [u64]) -> Result<(), Error> {
+    let op = SystemOperation::BitwiseAnd.resolve(&crate::datatype::Datatype::primitive(crate::datatype::Primitive::U64))?;
+    let bytes = crate::datatype::bytes_of_mut(words);
+    let mut s = over.schedule("context allocation");
+    s.set_op(op.clone());
+    let acc = Slice::new(Loc::Recv, 0, bytes.len());
+    let tmp = s.tmp(bytes.len());
+    alg::allreduce_recursive_doubling(&mut s, &over.team(), acc, tmp);
+    bind(&mut s, &[], bytes);
+    run_blocking(s)
+}
+
+/// Blocking barrier over a communicator.
+pub(crate) fn comm_barrier(comm: &CommData) -> Result<(), Error> {
+    run_blocking(build_barrier(&Over::comm(comm)))
+}
+
+/// Collective operations of every communicator (rsmpi's `CommunicatorCollectives`).
+///
+/// Operations on buffers of Equivalence types with [`SystemOperation`]s or
+/// [`UserOperation`]s. Every member must call the same collectives in the same order.
+///
+/// # Errors
+/// Locally detectable misuse (mismatched lengths, invalid roots, undefined operations) is
+/// reported before any communication; a message of the wrong length from a peer gives
+/// [`Error::UsageCountMismatch`] or [`Error::UsageTruncated`]; a lost peer [`Error::PeerLost`].
+///
+/// # Standard section(s)
+/// MPI-4.1 §6.4-§6.12.
+pub trait CommunicatorCollectives: Communicator {
+    /// `MPI_Allgather`: block i of `recv` gets rank i's `send`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_gather_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+        contiguous_send("MPI_Allgather", send)?;
+        contiguous_recv("MPI_Allgather", recv)?;
+        do_allgather(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Allgather` with `MPI_IN_PLACE`: this rank's block is already in `buf`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_gather_in_place<R: BufferMut + ?Sized>(&self, buf: &mut R) -> Result<(), Error> {
+        contiguous_recv("MPI_Allgather", buf)?;
+        do_allgather(self.data(), &[], buf.as_bytes_mut(), None, true, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Allgatherv`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_gather_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+        contiguous_send("MPI_Allgatherv", send)?;
+        let elem = recv.buf.item_datatype().size().max(1);
+        let len = recv.buf.as_bytes_mut().len() / elem;
+        let (c, d) = check_partition("MPI_Allgatherv", self.size() as usize, &recv.counts, &recv.displs, len)?;
+        do_allgather(self.data(), send.as_bytes(), recv.buf.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Alltoall`: block j of `send` goes to rank j; block i of `recv` comes from rank i.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_to_all_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+        contiguous_send("MPI_Alltoall", send)?;
+        contiguous_recv("MPI_Alltoall", recv)?;
+        do_alltoall(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, None, false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Alltoall` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_to_all_in_place<R: BufferMut + ?Sized>(&self, buf: &mut R) -> Result<(), Error> {
+        contiguous_recv("MPI_Alltoall", buf)?;
+        do_alltoall(self.data(), &[], buf.as_bytes_mut(), None, None, true, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Alltoallv`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_to_all_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+        let p = self.size() as usize;
+        let se = send.buf.item_datatype().size().max(1);
+        let re = recv.buf.item_datatype().size().max(1);
+        let (sc, sd) = check_partition("MPI_Alltoallv", p, &send.counts, &send.displs, send.buf.as_bytes().len() / se)?;
+        let rlen = recv.buf.as_bytes_mut().len() / re;
+        let (rc, rd) = check_partition("MPI_Alltoallv", p, &recv.counts, &recv.displs, rlen)?;
+        let sb = blocks(Loc::Send, &sc, &sd, se);
+        let rb = blocks(Loc::Recv, &rc, &rd, re);
+        do_alltoall(self.data(), send.buf.as_bytes(), recv.buf.as_bytes_mut(), Some(sb), Some(rb), false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Allreduce`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_reduce_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+        contiguous_send("MPI_Allreduce", send)?;
+        contiguous_recv("MPI_Allreduce", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_allreduce(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Allreduce` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_reduce_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+        contiguous_recv("MPI_Allreduce", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        do_allreduce(self.data(), None, buf.as_bytes_mut(), op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Reduce_scatter_block`: rank i gets block i of the reduction of every `send`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn reduce_scatter_block_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+        contiguous_send("MPI_Reduce_scatter_block", send)?;
+        contiguous_recv("MPI_Reduce_scatter_block", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_reduce_scatter_block(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Reduce_scatter_block` with `MPI_IN_PLACE`: `buf` holds all p blocks; block
+    /// `rank` holds the result afterwards.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn reduce_scatter_block_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+        contiguous_recv("MPI_Reduce_scatter_block", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let bytes = buf.as_bytes_mut();
+        let p = self.size() as usize;
+        let n = bytes.len() / p.max(1);
+        if n * p != bytes.len() {
+            return Err(mismatch("MPI_Reduce_scatter_block", format!("{} bytes are not {p} equal blocks", bytes.len())));
+        }
+        let whole = bytes.to_vec();
+        let me = self.rank() as usize;
+        let mut out = vec![0u8; n];
+        do_reduce_scatter_block(self.data(), Some(&whole), &mut out, op, Mode::Blocking)?;
+        bytes[me * n..(me + 1) * n].copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// `MPI_Scan`: rank i gets the reduction of ranks 0..=i.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+        contiguous_send("MPI_Scan", send)?;
+        contiguous_recv("MPI_Scan", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Scan` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scan_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+        contiguous_recv("MPI_Scan", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        do_scan(self.data(), None, buf.as_bytes_mut(), op, false, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Exscan`: rank i > 0 gets the reduction of ranks 0..i; rank 0's `recv` is left
+    /// untouched.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn exscan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+        contiguous_send("MPI_Exscan", send)?;
+        contiguous_recv("MPI_Exscan", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, true, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Exscan` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn exscan_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+        contiguous_recv("MPI_Exscan", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        do_scan(self.data(), None, buf.as_bytes_mut(), op, true, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Ibarrier`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_barrier(&self) -> Result<Request<'static, crate::request::StaticScope>, Error> {
+        let s = build_barrier(&Over::comm(self.data()));
+        finish_req(s, crate::request::StaticScope)
+    }
+
+    /// `MPI_Iallreduce`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Iallreduce", send)?;
+        contiguous_recv("MPI_Iallreduce", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let e = do_allreduce(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+
+    /// `MPI_Iallgather`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, scope: Sc, send: &'a S, recv: &'a mut R) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Iallgather", send)?;
+        contiguous_recv("MPI_Iallgather", recv)?;
+        let e = do_allgather(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+
+    /// `MPI_Ialltoall`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_to_all_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, scope: Sc, send: &'a S, recv: &'a mut R) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Ialltoall", send)?;
+        contiguous_recv("MPI_Ialltoall", recv)?;
+        let e = do_alltoall(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, None, false, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+
+    /// `MPI_Iscan`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scan_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Iscan", send)?;
+        contiguous_recv("MPI_Iscan", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let e = do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, false, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+}
+
+impl<C: Communicator> CommunicatorCollectives for C {}
+
+/// Rooted collectives, called on the root process (rsmpi's `Root`): every member calls the
+/// same method on `comm.process_at_rank(root)`; the `_root` forms are for the root, the others
+/// for the rest.
+///
+/// # Errors
+/// As [`CommunicatorCollectives`]; an invalid root gives [`Error::UsageInvalidRoot`].
+///
+/// # Standard section(s)
+/// MPI-4.1 §6.4 (bcast), §6.5 (gather), §6.6 (scatter), §6.9 (reduce).
+pub trait Root {
+    /// `MPI_Bcast`: the root's `buf` is copied into every other member's.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn broadcast_into<B: BufferMut + ?Sized>(&self, buf: &mut B) -> Result<(), Error>;
+    /// `MPI_Ibcast`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(&self, scope: Sc, buf: &'a mut B) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Gather` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error>;
+    /// `MPI_Gather` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Gather` at the root with `MPI_IN_PLACE` (its block is already in `recv`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_in_place_root<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Gatherv` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error>;
+    /// `MPI_Gatherv` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error>;
+    /// `MPI_Scatter` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Scatter` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Scatter` at the root with `MPI_IN_PLACE` (the root keeps its block in `send`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_in_place_root<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error>;
+    /// `MPI_Scatterv` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Scatterv` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut R) -> Result<(), Error>;
+    /// `MPI_Reduce` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error>;
+    /// `MPI_Reduce` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error>;
+    /// `MPI_Reduce` at the root with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error>;
+    /// `MPI_Ireduce` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Ireduce` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, op: O) -> Result<Request<'a, Sc>, Error>;
+}
+
+impl Process<'_> {
+    fn root(&self) -> Result<usize, Error> {
+        check_root(self.rank(), self.comm_data().group().size() as usize)
+    }
+
+    fn not_root(&self, what: &'static str) -> Result<usize, Error> {
+        let r = self.root()?;
+        if r == self.comm_data().rank_index() {
+            return Err(Error::UsageArgument(format!("{what}: the root must call the _root form")));
+        }
+        Ok(r)
+    }
+
+    fn is_root(&self, what: &'static str) -> Result<usize, Error> {
+        let r = self.root()?;
+        if r != self.comm_data().rank_index() {
+            return Err(Error::UsageArgument(format!("{what}: only the root may call the _root form")));
+        }
+        Ok(r)
+    }
+}
+
+impl Root for Process<'_> {
+    fn broadcast_into<B: BufferMut + ?Sized>(&self, buf: &mut B) -> Result<(), Error> {
+        let root = self.root()?;
+        if let Some((count, dt)) = buf.layout() {
+            // Non-contiguous: broadcast the packed form, then unpack.
+            let mut packed = vec![0u8; dt.pack_size(count)];
+            if root == self.comm_data().rank_index() {
+                let mut pos = 0;
+                dt.pack_into(buf.as_bytes_mut(), count, &mut packed, &mut pos)?;
+            }
+            run_blocking({
+                let mut s = build_bcast(&Over::comm(self.comm_data()), root, packed.len());
+                bind(&mut s, &[], &mut packed);
+                s
+            })?;
+            let mut pos = 0;
+            return dt.unpack_from(&packed, &mut pos, buf.as_bytes_mut(), count);
+        }
+        let bytes = buf.as_bytes_mut();
+        let mut s = build_bcast(&Over::comm(self.comm_data()), root, bytes.len());
+        bind(&mut s, &[], bytes);
+        run_blocking(s)
+    }
+
+    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(&self, scope: Sc, buf: &'a mut B) -> Result<Request<'a, Sc>, Error> {
+        let root = self.root()?;
+        contiguous_recv("MPI_Ibcast", buf)?;
+        let bytes = buf.as_bytes_mut();
+        let mut s = build_bcast(&Over::comm(self.comm_data()), root, bytes.len());
+        bind(&mut s, &[], bytes);
+        finish_req(s, scope)
+    }
+
+    fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
+        let root = self.not_root("MPI_Gather")?;
+        contiguous_send("MPI_Gather", send)?;
+        do_gather(self.comm_data(), root, send.as_bytes(), &mut [], None, false, Mode::Blocking).map(drop)
+    }
+
+    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+        let root = self.is_root("MPI_Gather")?;
+        contiguous_send("MPI_Gather", send)?;
+        contiguous_recv("MPI_Gather", recv)?;
+        do_gather(self.comm_data(), root, send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+    }
+
+    fn gather_in_place_root<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
+        let root = self.is_root("MPI_Gather")?;
+        contiguous_recv("MPI_Gather", recv)?;
+        do_gather(self.comm_data(), root, &[], recv.as_bytes_mut(), None, true, Mode::Blocking).map(drop)
+    }
+
+    fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
+        let root = self.not_root("MPI_Gatherv")?;
+        contiguous_send("MPI_Gatherv", send)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = Some((vec![0; p], vec![0; p], 1));
+        do_gather(self.comm_data(), root, send.as_bytes(), &mut [], v, false, Mode::Blocking).map(drop)
+    }
+
+    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+        let root = self.is_root("MPI_Gatherv")?;
+        contiguous_send("MPI_Gatherv", send)?;
+        let p = self.comm_data().group().size() as usize;
+        let elem = recv.buf.item_datatype().size().max(1);
+        let len = recv.buf.as_bytes_mut().len() / elem;
+        let (c, d) = check_partition("MPI_Gatherv", p, &recv.counts, &recv.displs, len)?;
+        do_gather(self.comm_data(), root, send.as_bytes(), recv.buf.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+    }
+
+    fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
+        let root = self.not_root("MPI_Scatter")?;
+        contiguous_recv("MPI_Scatter", recv)?;
+        do_scatter(self.comm_data(), root, &[], recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+    }
+
+    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+        let root = self.is_root("MPI_Scatter")?;
+        contiguous_send("MPI_Scatter", send)?;
+        contiguous_recv("MPI_Scatter", recv)?;
+        do_scatter(self.comm_data(), root, send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+    }
+
+    fn scatter_in_place_root<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
+        let root = self.is_root("MPI_Scatter")?;
+        contiguous_send("MPI_Scatter", send)?;
+        do_scatter(self.comm_data(), root, send.as_bytes(), &mut [], None, true, Mode::Blocking).map(drop)
+    }
+
+    fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
+        let root = self.not_root("MPI_Scatterv")?;
+        contiguous_recv("MPI_Scatterv", recv)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = Some((vec![0; p], vec![0; p], 1));
+        do_scatter(self.comm_data(), root, &[], recv.as_bytes_mut(), v, false, Mode::Blocking).map(drop)
+    }
+
+    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut R) -> Result<(), Error> {
+        let root = self.is_root("MPI_Scatterv")?;
+        contiguous_recv("MPI_Scatterv", recv)?;
+        let p = self.comm_data().group().size() as usize;
+        let elem = send.buf.item_datatype().size().max(1);
+        let (c, d) = check_partition("MPI_Scatterv", p, &send.counts, &send.displs, send.buf.as_bytes().len() / elem)?;
+        do_scatter(self.comm_data(), root, send.buf.as_bytes(), recv.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+    }
+
+    fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {
+        let root = self.not_root("MPI_Reduce")?;
+        contiguous_send("MPI_Reduce", send)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_reduce(self.comm_data(), root, send.as_bytes(), None, false, op, Mode::Blocking).map(drop)
+    }
+
+    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+        let root = self.is_root("MPI_Reduce")?;
+        contiguous_send("MPI_Reduce", send)?;
+        contiguous_recv("MPI_Reduce", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        do_reduce(self.comm_data(), root, send.as_bytes(), Some(recv.as_bytes_mut()), false, op, Mode::Blocking).map(drop)
+    }
+
+    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+        let root = self.is_root("MPI_Reduce")?;
+        contiguous_recv("MPI_Reduce", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        do_reduce(self.comm_data(), root, &[], Some(buf.as_bytes_mut()), true, op, Mode::Blocking).map(drop)
+    }
+
+    fn immediate_reduce_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Ireduce")?;
+        contiguous_send("MPI_Ireduce", send)?;
+        contiguous_recv("MPI_Ireduce", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let e = do_reduce(self.comm_data(), root, send.as_bytes(), Some(recv.as_bytes_mut()), false, op, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+
+    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, op: O) -> Result<Request<'a, Sc>, Error> {
+        let root = self.not_root("MPI_Ireduce")?;
+        contiguous_send("MPI_Ireduce", send)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let e = do_reduce(self.comm_data(), root, send.as_bytes(), None, false, op, Mode::Immediate)?;
+        Ok(Request::collective_opt(e, scope))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection() {
+        let s = CollSettings::default();
+        assert_eq!(choose_bcast(&s, 100, 64), "binomial");
+        assert_eq!(choose_bcast(&s, 1 << 20, 8), "scatter-allgather");
+        assert_eq!(choose_bcast(&s, 1 << 20, 4), "binomial");
+        assert_eq!(choose_allreduce(&s, 8, 1, 8, true), "recursive-doubling");
+        assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 8, true), "rabenseifner");
+        assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 6, true), "ring");
+        assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 6, false), "recursive-doubling");
+        assert_eq!(choose_allgather(&s, 10), "bruck");
+        assert_eq!(choose_allgather(&s, 1 << 20), "ring");
+        assert_eq!(choose_gather(&s, 10), "binomial");
+        assert_eq!(choose_gather(&s, 1 << 20), "linear");
+        assert!(info().contains("BRAID_COLL_ALLREDUCE_SHORT"));
+    }
+
+    #[test]
+    fn host_levels() {
+        let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(levels_of(&h(&["a", "a", "a"]), 0).is_none());
+        assert!(levels_of(&h(&["a", "b", "c"]), 0).is_none());
+        let l = levels_of(&h(&["a", "b", "a", "b", "a"]), 2).unwrap();
+        assert_eq!(l.node.members, vec![0, 2, 4]);
+        assert_eq!(l.node.me, 1);
+        assert!(l.leaders.is_none());
+        assert_eq!(l.leader_of, vec![0, 1, 0, 1, 0]);
+        let l = levels_of(&h(&["a", "b", "a", "b", "a"]), 1).unwrap();
+        assert_eq!(l.leaders.unwrap().members, vec![0, 1]);
+        assert_eq!(l.node.members, vec![1, 3]);
+    }
+
+    #[test]
+    fn tags_advance_per_context() {
+        let a = next_tag(ContextId(9001));
+        let b = next_tag(ContextId(9001));
+        let c = next_tag(ContextId(9003));
+        assert_eq!(b, a + 1);
+        assert_eq!(c, TAG_BASE);
+        forget_context(ContextId(9001));
+        assert_eq!(next_tag(ContextId(9001)), TAG_BASE);
+    }
+}
