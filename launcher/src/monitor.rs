@@ -101,21 +101,33 @@ pub fn run_job(cli: &Cli) -> Result<u8> {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
     let cpus = spawn::allowed_cpus();
-    let host_specs = host_specs(cli, cpus.len())?;
+    // `--testbed SPEC`: hosts, launch agent and PMI address come from the testbed.
+    let testbed = cli
+        .testbed
+        .as_deref()
+        .map(crate::testbed::job)
+        .transpose()?;
+    let (host_specs, launch_agent, pmi_addr) = match testbed {
+        Some(t) => (t.hosts, Some(t.launch_agent), Some(t.pmi_addr)),
+        None => (
+            host_specs(cli, cpus.len())?,
+            cli.launch_agent.clone(),
+            cli.pmi_addr,
+        ),
+    };
     let total_slots: u32 = host_specs
         .iter()
         .map(|h| h.slots)
         .fold(0, u32::saturating_add);
     let n = cli.np.unwrap_or(total_slots).max(1);
     let placement = hosts::place(&host_specs, n, &hostname);
-    if let (None, Some(p)) = (&cli.launch_agent, placement.iter().find(|p| !p.is_local)) {
+    if let (None, Some(p)) = (&launch_agent, placement.iter().find(|p| !p.is_local)) {
         bail!(
             "host '{}' is not this machine ({hostname}) and no --launch-agent was given to reach it",
             p.host
         );
     }
-    let agent = cli
-        .launch_agent
+    let agent = launch_agent
         .as_deref()
         .map(spawn::split_words)
         .transpose()?;
@@ -125,7 +137,7 @@ pub fn run_job(cli: &Cli) -> Result<u8> {
     let any_remote = placement.iter().any(|p| !p.is_local);
 
     let received = signals::install()?;
-    let pmi = pmi::start(n, any_remote, cli.pmi_addr, &hostname)?;
+    let pmi = pmi::start(n, any_remote, pmi_addr, &hostname)?;
     let job_id = env::new_job_id();
     let mut forwarders = Forwarders::new(cli.tag_output);
     let mut ranks: Vec<Rank> = Vec::with_capacity(placement.len());
@@ -196,7 +208,18 @@ pub fn run_job(cli: &Cli) -> Result<u8> {
     };
     terminate(&mut ranks);
     forwarders.wait_until(Instant::now() + STDIO_DRAIN);
+    remove_segments(&job_id);
     Ok(code)
+}
+
+/// Removes shared segments the job's ranks left behind (ranks remove their own once wire-up
+/// is done, so only a crash during start-up leaves any).
+fn remove_segments(job_id: &str) {
+    match braid_shm::unlink_job_segments(&format!("braid-{job_id}-")) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("mpirun: removed {n} shared-memory segments left by the job"),
+        Err(e) => eprintln!("mpirun: cannot remove the job's shared-memory segments: {e}"),
+    }
 }
 
 /// The hosts from `--hostfile` and `-H` (both may be given), or this machine with one slot
@@ -257,6 +280,9 @@ fn watch(
                 r.exited = Some((status, now));
             }
         }
+        // Several ranks may be seen dead in one tick (a killed rank and the peers that
+        // noticed it); blame a death by signal first, as it is the likely cause.
+        let mut faults: Vec<(bool, Fault)> = Vec::new();
         for r in ranks.iter_mut().filter(|r| !r.judged) {
             let Some((status, seen)) = r.exited else {
                 continue;
@@ -266,14 +292,23 @@ fn watch(
             }
             r.judged = true;
             if !status.success() {
-                return Some(Fault::Exit {
-                    who: r.describe(),
-                    status,
-                });
+                let by_signal = ExitStatusExt::signal(&status).is_some();
+                faults.push((
+                    by_signal,
+                    Fault::Exit {
+                        who: r.describe(),
+                        status,
+                    },
+                ));
+            } else if r.pmi_initialized && !r.pmi_finalized {
+                faults.push((false, Fault::NoFinalize { who: r.describe() }));
             }
-            if r.pmi_initialized && !r.pmi_finalized {
-                return Some(Fault::NoFinalize { who: r.describe() });
-            }
+        }
+        if let Some(i) = faults.iter().position(|(sig, _)| *sig) {
+            return Some(faults.swap_remove(i).1);
+        }
+        if let Some((_, f)) = faults.into_iter().next() {
+            return Some(f);
         }
         if ranks.iter().all(|r| r.judged) {
             return None;

@@ -4,13 +4,12 @@
 //! Both front-ends (the Rust API here, the C ABI later) call into [`Core`] with raw buffers.
 //! One `Core` exists per process, behind a mutex ([`with_core`]).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use braid_engine::wire::{HEADER_LEN, Header};
 use braid_engine::{
-    Completion, ContextId, Engine, FrameToken, Outcome, Placement, Rank as ERank, RecvStatus,
+    Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank, RecvStatus,
     ReqId, SendMode, SourceSel, TagSel, Transmit,
 };
 use braid_shm::transport::ShmTransport;
@@ -103,17 +102,17 @@ pub(crate) struct Core {
     pub(crate) pmi: Option<braid_pmi::PmiClient>,
     /// Send buffers of requests whose frames may still be emitted. Invariant: an entry lives
     /// until the engine completes the request and the transport returned every lent body.
-    sends: HashMap<ReqId, RawBuf>,
+    sends: IdMap<ReqId, RawBuf>,
     /// Receive buffers of requests that may still get payload.
-    recvs: HashMap<ReqId, RawBuf>,
+    recvs: IdMap<ReqId, RawBuf>,
     /// Number of bodies of a send request that the transport still holds.
-    lent: HashMap<ReqId, u32>,
+    lent: IdMap<ReqId, u32>,
     /// Sends the engine completed while bodies were still lent.
-    sent_waiting: HashMap<ReqId, ()>,
+    sent_waiting: IdMap<ReqId, ()>,
     /// Finished requests not yet collected.
-    finished: HashMap<ReqId, Finished>,
+    finished: IdMap<ReqId, Finished>,
     /// Why each lost peer was lost.
-    lost: HashMap<u32, String>,
+    lost: IdMap<u32, String>,
     pub(crate) spin: SpinPolicy,
 }
 
@@ -135,10 +134,10 @@ impl std::fmt::Debug for Core {
 /// mutably at the same time.
 struct Sink<'a> {
     engine: &'a mut Engine,
-    recvs: &'a HashMap<ReqId, RawBuf>,
-    lent: &'a mut HashMap<ReqId, u32>,
+    recvs: &'a IdMap<ReqId, RawBuf>,
+    lent: &'a mut IdMap<ReqId, u32>,
     returned: &'a mut Vec<ReqId>,
-    lost: &'a mut HashMap<u32, String>,
+    lost: &'a mut IdMap<u32, String>,
 }
 
 // SAFETY: destinations point into receive buffers registered in `recvs` (kept alive by their
@@ -177,7 +176,7 @@ unsafe impl FrameSink for Sink<'_> {
 /// Turns an engine placement into transport memory.
 fn dest_for(
     engine: &mut Engine,
-    recvs: &HashMap<ReqId, RawBuf>,
+    recvs: &IdMap<ReqId, RawBuf>,
     token: FrameToken,
     placement: &Placement,
     payload_len: u64,
@@ -248,12 +247,12 @@ impl Core {
             engine,
             tcp,
             pmi,
-            sends: HashMap::new(),
-            recvs: HashMap::new(),
-            lent: HashMap::new(),
-            sent_waiting: HashMap::new(),
-            finished: HashMap::new(),
-            lost: HashMap::new(),
+            sends: IdMap::default(),
+            recvs: IdMap::default(),
+            lent: IdMap::default(),
+            sent_waiting: IdMap::default(),
+            finished: IdMap::default(),
+            lost: IdMap::default(),
             spin,
         }
     }

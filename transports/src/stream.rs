@@ -282,7 +282,7 @@ impl<S: ByteStream> FramedConn<S> {
         let mut did = false;
         loop {
             // A large payload remainder goes straight to its destination.
-            if let ReadState::Payload { ptr, take, .. } = &mut self.rd
+            if let ReadState::Payload { ptr, take, skip, .. } = &mut self.rd
                 && *take >= DIRECT_READ
             {
                 // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
@@ -294,7 +294,7 @@ impl<S: ByteStream> FramedConn<S> {
                         // SAFETY: n <= take, so the pointer stays inside the destination.
                         *ptr = unsafe { ptr.add(n) };
                         *take -= n;
-                        if *take == 0 {
+                        if *take == 0 && *skip == 0 {
                             self.finish_payload(sink);
                         }
                         continue;

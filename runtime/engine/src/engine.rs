@@ -1,8 +1,8 @@
 //! The point-to-point state machine.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::{ContextId, FrameToken, Rank, ReqId, Seq, Tag};
+use crate::ids::{ContextId, FrameToken, IdMap, Rank, ReqId, Seq, Tag};
 use crate::wire::{FLAG_PULL, FLAG_SYNC, FrameKind, Header, MAX_PAYLOAD};
 
 /// Engine parameters. Per-peer values are indexed by rank.
@@ -424,17 +424,17 @@ pub struct Engine {
     /// Per-peer sequencing, indexed by rank.
     peers: Vec<Peer>,
     /// Matching queues per context.
-    queues: HashMap<ContextId, Queues>,
+    queues: IdMap<ContextId, Queues>,
     /// Envelopes released to matching or waiting for their turn.
-    arrivals: HashMap<u64, Arrival>,
+    arrivals: IdMap<u64, Arrival>,
     /// Sends waiting for the peer (sync ack or CTS).
-    sends: HashMap<ReqId, SendState>,
+    sends: IdMap<ReqId, SendState>,
     /// Receives matched but not yet complete.
-    recvs: HashMap<ReqId, RecvState>,
+    recvs: IdMap<ReqId, RecvState>,
     /// Posted receives not yet matched: request to context (for cancellation).
-    posted_ctx: HashMap<ReqId, ContextId>,
+    posted_ctx: IdMap<ReqId, ContextId>,
     /// Frames whose payload is being placed.
-    in_flight: HashMap<FrameToken, InFlight>,
+    in_flight: IdMap<FrameToken, InFlight>,
     /// Frames to send, in order.
     transmits: VecDeque<Transmit>,
     /// Single-copy transfers for the driver, in order.
@@ -457,12 +457,12 @@ impl Engine {
             next_token: 1,
             next_arrival: 1,
             peers,
-            queues: HashMap::new(),
-            arrivals: HashMap::new(),
-            sends: HashMap::new(),
-            recvs: HashMap::new(),
-            posted_ctx: HashMap::new(),
-            in_flight: HashMap::new(),
+            queues: IdMap::default(),
+            arrivals: IdMap::default(),
+            sends: IdMap::default(),
+            recvs: IdMap::default(),
+            posted_ctx: IdMap::default(),
+            in_flight: IdMap::default(),
             transmits: VecDeque::new(),
             pulls: VecDeque::new(),
             completions: VecDeque::new(),

@@ -41,3 +41,39 @@ id_newtype!(
     /// Identifies one received frame whose payload the driver is still placing.
     FrameToken(u64)
 );
+
+/// A fast hasher for the engine's maps, whose keys are small integers the engine issues
+/// itself (never chosen by a peer, so hash flooding is not a concern). Multiplicative
+/// hashing as in Firefox's and rustc's `FxHasher`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// `BuildHasher` for [`IdHasher`].
+pub type IdBuildHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A hash map keyed by engine-issued ids.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuildHasher>;
