@@ -81,6 +81,16 @@ pub struct Cli {
     #[arg(long = "pmi-addr", value_name = "ADDR")]
     pub pmi_addr: Option<IpAddr>,
 
+    /// Run on a braid-testbed virtual cluster (`braid-testbed up SPEC` first): the hosts are
+    /// the spec's hosts (or guests) with their slots, each rank starts through
+    /// `ip netns exec NETNS`, and the PMI server listens on the testbed's management address.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        conflicts_with_all = ["hosts", "hostfile", "launch_agent", "pmi_addr"]
+    )]
+    pub testbed: Option<PathBuf>,
+
     /// The program and its arguments.
     #[arg(
         required = true,
@@ -104,6 +114,7 @@ const TAKES_VALUE: &[&str] = &[
     "--bind-to",
     "--launch-agent",
     "--pmi-addr",
+    "--testbed",
 ];
 
 /// Open MPI single-dash long options and their `--` forms.
@@ -222,5 +233,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.bind_to, Some(BindTo::None));
         assert_eq!(c.timeout, Some(3));
+    }
+
+    #[test]
+    fn testbed_replaces_hosts_agent_and_pmi_addr() {
+        let c = p(&["--testbed", "tb.toml", "-n", "2", "prog"]).unwrap();
+        assert_eq!(c.testbed.as_deref(), Some(std::path::Path::new("tb.toml")));
+        assert!(p(&["--testbed", "tb.toml", "-H", "a", "prog"]).is_err());
+        assert!(
+            p(&[
+                "--testbed",
+                "tb.toml",
+                "--launch-agent",
+                "ssh {host}",
+                "prog"
+            ])
+            .is_err()
+        );
     }
 }

@@ -10,6 +10,7 @@
 //!    environment of [`mod@env`], and binds local ranks to cores.
 //! 4. [`pmi`] runs the PMI-1 server ([`braid_pmi::KvsServer`]) on TCP.
 //! 5. [`stdio`] forwards each rank's output line by line.
+//!    With `--testbed SPEC`, [`mod@testbed`] supplies hosts, launch agent and PMI address.
 //! 6. [`monitor`] waits for the ranks and handles exits, signals, aborts and the time limit.
 //!
 //! What it does not do: it does not copy programs to other hosts, authenticate PMI peers
@@ -35,6 +36,7 @@ pub mod pmi;
 pub mod signals;
 pub mod spawn;
 pub mod stdio;
+pub mod testbed;
 
 /// Exit code when the launcher itself cannot start the job (bad host list, spawn failure).
 pub const EXIT_SETUP: u8 = 1;

@@ -3,14 +3,26 @@
 //! # Standard section(s)
 //! MPI-4.1 §3 (point-to-point communication), §7 (groups, contexts, communicators).
 //!
+//! A communicator holds its group (communicator rank → world rank and back), this process's
+//! rank, and a context slot: two matching contexts, one for point-to-point messages and one
+//! for collectives. The engine speaks world ranks; statuses are translated back here.
+//! Context slots are agreed collectively (the lowest slot free at every member, by an
+//! allreduce of free-slot bit masks on the parent's collective context) and released when the
+//! last handle of a communicator is dropped.
+//!
 //! # Not yet implemented
-//! Communicator creation (dup, split), groups, topologies, buffered and ready send modes.
+//! Intercommunicators, attributes, names, `MPI_Comm_idup`, buffered and ready send modes.
 
-use braid_engine::{ContextId, ReqId, SendMode};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
-use crate::core::{Finished, WORLD_COLL_CONTEXT, WORLD_CONTEXT, with_core};
-use crate::datatype::{Buffer, BufferMut, Equivalence, zeroed_vec};
+use braid_engine::{ContextId, SendMode};
+
+use crate::collective::Over;
+use crate::core::{Finished, with_core};
+use crate::datatype::{Buffer, BufferMut, Datatype, Equivalence, zeroed_vec};
 use crate::error::Error;
+use crate::group::{Group, GroupRelation};
 use crate::request::{Kind, Request, Scope};
 
 /// A process's rank in a communicator (rsmpi's `Rank`).
@@ -27,6 +39,37 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status of a finished collective (no source, no tag).
+    pub(crate) fn collective() -> Self {
+        Self {
+            source: -1,
+            tag: -1,
+            bytes: 0,
+        }
+    }
+
+    /// The source translated from a world rank to a rank of `g`.
+    pub(crate) fn translated(mut self, g: &Group) -> Self {
+        if self.source >= 0
+            && let Some(r) = g.rank_of_world(self.source as u32)
+        {
+            self.source = r;
+        }
+        self
+    }
+
+    /// Number of whole elements of `datatype` received (`MPI_Get_count`); `None` when the
+    /// bytes are not whole elements (`MPI_UNDEFINED`).
+    pub fn count_with(&self, datatype: &Datatype) -> Option<usize> {
+        datatype.count_of(self.bytes)
+    }
+
+    /// Number of primitive elements received, given the datatype received with
+    /// (`MPI_Get_elements`).
+    pub fn elements_with(&self, datatype: &Datatype) -> Option<usize> {
+        datatype.elements_of(self.bytes)
+    }
+
     /// The sender's rank (`MPI_SOURCE`); -1 for a send.
     pub fn source(&self) -> Rank {
         self.source
@@ -50,7 +93,7 @@ impl Status {
     pub(crate) fn from_finished(f: Finished, kind: Kind) -> Result<Self, Error> {
         let s = f?;
         match kind {
-            Kind::Send => Ok(Self {
+            Kind::Send | Kind::Collective => Ok(Self {
                 source: -1,
                 tag: -1,
                 bytes: 0,
@@ -74,7 +117,12 @@ impl Status {
     }
 }
 
-mod sealed {
+/// The data behind a communicator.
+pub(crate) fn sealed_data(c: &SimpleCommunicator) -> &CommData {
+    &c.data
+}
+
+pub(crate) mod sealed {
     use braid_engine::ContextId;
 
     /// Implementation details every communicator provides.
@@ -436,6 +484,7 @@ pub struct SimpleCommunicator {
 
 impl SimpleCommunicator {
     pub(crate) fn world(rank: u32, size: u32) -> Self {
+        debug_assert_eq!(ContextId(0), crate::core::WORLD_CONTEXT);
         let group = Group::from_world_ranks((0..size).collect())
             .unwrap_or_else(|_| Group::empty());
         Self {
@@ -532,7 +581,7 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// [`Error::UsageTruncated`] when the message is longer than `buf`; a lost peer.
     fn receive_into<B: BufferMut + ?Sized>(&self, buf: &mut B) -> Result<Status, Error> {
-        recv_into(self.context(), self.source_rank()?, None, buf)
+        recv_into(self.comm(), self.source_rank()?, None, buf)
     }
 
     /// Receives into `buf` a message with tag `tag`.
@@ -544,7 +593,7 @@ pub trait Source: sealed::Peer {
         buf: &mut B,
         tag: Tag,
     ) -> Result<Status, Error> {
-        recv_into(self.context(), self.source_rank()?, Some(check_tag(tag)?), buf)
+        recv_into(self.comm(), self.source_rank()?, Some(check_tag(tag)?), buf)
     }
 
     /// Receives one value.
@@ -553,7 +602,7 @@ pub trait Source: sealed::Peer {
     /// As [`Source::receive_into`].
     fn receive<T: Equivalence>(&self) -> Result<(T, Status), Error> {
         let mut v = zeroed_vec::<T>(1);
-        let s = recv_into(self.context(), self.source_rank()?, None, &mut v[..])?;
+        let s = recv_into(self.comm(), self.source_rank()?, None, &mut v[..])?;
         Ok((v[0], s))
     }
 
@@ -562,7 +611,7 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// A message that is not a whole number of `T`; a lost peer.
     fn receive_vec<T: Equivalence>(&self) -> Result<(Vec<T>, Status), Error> {
-        recv_vec(self.context(), self.source_rank()?, None)
+        recv_vec(self.comm(), self.source_rank()?, None)
     }
 
     /// Receives a message with tag `tag` into a new vector.
@@ -570,7 +619,7 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// As [`Source::receive_vec`]; a negative tag.
     fn receive_vec_with_tag<T: Equivalence>(&self, tag: Tag) -> Result<(Vec<T>, Status), Error> {
-        recv_vec(self.context(), self.source_rank()?, Some(check_tag(tag)?))
+        recv_vec(self.comm(), self.source_rank()?, Some(check_tag(tag)?))
     }
 
     /// Starts a receive into `buf` (`MPI_Irecv`).
@@ -582,7 +631,7 @@ pub trait Source: sealed::Peer {
         scope: S,
         buf: &'a mut B,
     ) -> Result<Request<'a, S>, Error> {
-        irecv(self.context(), self.source_rank()?, None, scope, buf)
+        irecv(self.comm(), self.source_rank()?, None, scope, buf)
     }
 
     /// Starts a receive of a message with tag `tag` into `buf`.
@@ -595,7 +644,7 @@ pub trait Source: sealed::Peer {
         buf: &'a mut B,
         tag: Tag,
     ) -> Result<Request<'a, S>, Error> {
-        irecv(self.context(), self.source_rank()?, Some(check_tag(tag)?), scope, buf)
+        irecv(self.comm(), self.source_rank()?, Some(check_tag(tag)?), scope, buf)
     }
 
     /// Blocks until a message is available and returns its envelope (`MPI_Probe`).
@@ -603,8 +652,9 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// A lost peer.
     fn probe(&self) -> Result<Status, Error> {
-        let (ctx, src) = (self.context(), self.source_rank()?);
-        with_core(|c| c.probe(ctx, src, None)).map(probe_status)
+        let (comm, src) = (self.comm(), self.source_rank()?);
+        let ctx = comm.context();
+        with_core(|c| c.probe(ctx, src, None)).map(|st| probe_status(st, comm))
     }
 
     /// Blocks until a message with tag `tag` is available.
@@ -612,8 +662,9 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// A lost peer; a negative tag.
     fn probe_with_tag(&self, tag: Tag) -> Result<Status, Error> {
-        let (ctx, src, tag) = (self.context(), self.source_rank()?, check_tag(tag)?);
-        with_core(|c| c.probe(ctx, src, Some(tag))).map(probe_status)
+        let (comm, src, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
+        let ctx = comm.context();
+        with_core(|c| c.probe(ctx, src, Some(tag))).map(|st| probe_status(st, comm))
     }
 
     /// Returns a message's envelope if one is available (`MPI_Iprobe`).
@@ -621,8 +672,9 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// A lost peer.
     fn immediate_probe(&self) -> Result<Option<Status>, Error> {
-        let (ctx, src) = (self.context(), self.source_rank()?);
-        with_core(|c| c.iprobe(ctx, src, None)).map(|o| o.map(probe_status))
+        let (comm, src) = (self.comm(), self.source_rank()?);
+        let ctx = comm.context();
+        with_core(|c| c.iprobe(ctx, src, None)).map(|o| o.map(|st| probe_status(st, comm)))
     }
 
     /// Returns the envelope of a message with tag `tag` if one is available.
@@ -630,8 +682,9 @@ pub trait Source: sealed::Peer {
     /// # Errors
     /// A lost peer; a negative tag.
     fn immediate_probe_with_tag(&self, tag: Tag) -> Result<Option<Status>, Error> {
-        let (ctx, src, tag) = (self.context(), self.source_rank()?, check_tag(tag)?);
-        with_core(|c| c.iprobe(ctx, src, Some(tag))).map(|o| o.map(probe_status))
+        let (comm, src, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
+        let ctx = comm.context();
+        with_core(|c| c.iprobe(ctx, src, Some(tag))).map(|o| o.map(|st| probe_status(st, comm)))
     }
 }
 
@@ -745,11 +798,30 @@ impl Destination for Process<'_> {
     }
 }
 
-fn probe_status(s: braid_engine::RecvStatus) -> Status {
+fn probe_status(s: braid_engine::RecvStatus, comm: &CommData) -> Status {
     Status {
         source: s.source.0 as Rank,
         tag: s.tag.0,
         bytes: s.len as usize,
+    }
+    .translated(&comm.group)
+}
+
+/// Translates the world rank in a truncation error to a communicator rank.
+fn translate_err(e: Error, g: &Group) -> Error {
+    match e {
+        Error::UsageTruncated {
+            source_rank,
+            tag,
+            len,
+            capacity,
+        } => Error::UsageTruncated {
+            source_rank: g.rank_of_world(source_rank as u32).unwrap_or(source_rank),
+            tag,
+            len,
+            capacity,
+        },
+        other => other,
     }
 }
 
@@ -760,36 +832,45 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     buf: &B,
     mode: SendMode,
 ) -> Result<(), Error> {
-    let bytes = buf.as_bytes();
-    with_core(|c| {
-        // SAFETY: `bytes` stays borrowed until `wait` below has collected the request.
-        let id = unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) }?;
-        c.wait(id).and_then(|f| Status::from_finished(f, Kind::Send)).map(drop)
-    })
+    let bytes = buf.packed();
+    // SAFETY: `bytes` stays borrowed until `wait_p2p` below has collected the request.
+    let id = with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
+    crate::collective::wait_p2p(id)
+        .and_then(|f| Status::from_finished(f, Kind::Send))
+        .map(drop)
 }
 
 pub(crate) fn recv_into<B: BufferMut + ?Sized>(
-    ctx: ContextId,
+    comm: &CommData,
     from: Option<u32>,
     tag: Option<i32>,
     buf: &mut B,
 ) -> Result<Status, Error> {
+    let ctx = comm.context();
+    if let Some((count, dt)) = buf.layout() {
+        let mut packed = vec![0u8; dt.pack_size(count)];
+        let st = recv_into(comm, from, tag, &mut packed[..])?;
+        let whole = dt.count_of(st.bytes).unwrap_or(st.bytes / dt.size().max(1));
+        let mut pos = 0;
+        dt.unpack_from(&packed[..st.bytes], &mut pos, buf.as_bytes_mut(), whole)?;
+        return Ok(st);
+    }
     let bytes = buf.as_bytes_mut();
     let capacity = bytes.len();
-    with_core(|c| {
-        // SAFETY: `bytes` stays mutably borrowed until `wait` below has collected the request.
-        let id = unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) }?;
-        c.wait(id)
-            .and_then(|f| Status::from_finished(f, Kind::Recv { capacity }))
-    })
+    // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` below has collected the request.
+    let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
+    crate::collective::wait_p2p(id)
+        .and_then(|f| Status::from_finished(f, Kind::Recv { capacity }))
+        .map(|s| s.translated(&comm.group))
+        .map_err(|e| translate_err(e, &comm.group))
 }
 
 fn recv_vec<T: Equivalence>(
-    ctx: ContextId,
+    comm: &CommData,
     from: Option<u32>,
     tag: Option<i32>,
 ) -> Result<(Vec<T>, Status), Error> {
-    let p = with_core(|c| c.probe(ctx, from, tag))?;
+    let p = with_core(|c| c.probe(comm.context(), from, tag))?;
     let elem = size_of::<T>().max(1);
     let len = p.len as usize;
     if !len.is_multiple_of(elem) {
@@ -798,7 +879,7 @@ fn recv_vec<T: Equivalence>(
     let mut v = zeroed_vec::<T>(len / elem);
     // The probed message is the first from its source with its tag, so a receive naming both
     // gets exactly it.
-    let s = recv_into(ctx, Some(p.source.0), Some(p.tag.0), &mut v[..])?;
+    let s = recv_into(comm, Some(p.source.0), Some(p.tag.0), &mut v[..])?;
     Ok((v, s))
 }
 
@@ -810,24 +891,44 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
     buf: &'a B,
     mode: SendMode,
 ) -> Result<Request<'a, S>, Error> {
-    let bytes = buf.as_bytes();
-    // SAFETY: `buf` is borrowed for 'a, and the request (or its scope) waits for completion
-    // before 'a ends.
-    let id: ReqId = with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
-    Ok(Request::new(id, scope, Kind::Send))
+    let (id, keep) = match buf.packed() {
+        Cow::Borrowed(bytes) => {
+            // SAFETY: `buf` is borrowed for 'a, and the request (or its scope) waits for
+            // completion before 'a ends.
+            let id = with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
+            (id, None)
+        }
+        Cow::Owned(v) => {
+            // SAFETY: the packed copy moves into the request, which keeps it (its heap memory
+            // does not move) until the send completes.
+            let id = with_core(|c| unsafe { c.isend(ctx, to, tag, v.as_ptr(), v.len(), mode) })?;
+            (id, Some(v))
+        }
+    };
+    let r: Request<'a, S> = Request::new(id, scope, Kind::Send);
+    Ok(match keep {
+        Some(v) => r.with_group(Group::empty(), Some(v)),
+        None => r,
+    })
 }
 
 fn irecv<'a, S: Scope<'a>, B: BufferMut + ?Sized>(
-    ctx: ContextId,
+    comm: &CommData,
     from: Option<u32>,
     tag: Option<i32>,
     scope: S,
     buf: &'a mut B,
 ) -> Result<Request<'a, S>, Error> {
+    if buf.layout().is_some() {
+        return Err(Error::UsageDatatype(
+            "nonblocking receives into non-contiguous views are not supported yet".into(),
+        ));
+    }
+    let ctx = comm.context();
     let bytes = buf.as_bytes_mut();
     let capacity = bytes.len();
     // SAFETY: `buf` is mutably borrowed for 'a, and the request (or its scope) waits for
     // completion before 'a ends.
     let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
-    Ok(Request::new(id, scope, Kind::Recv { capacity }))
+    Ok(Request::new(id, scope, Kind::Recv { capacity }).with_group(comm.group.clone(), None))
 }

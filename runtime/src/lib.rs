@@ -23,8 +23,11 @@
 //! It bootstraps through PMI-1, wires up TCP connections authenticated by a per-job key, and
 //! runs the sans-IO engine of `braid-engine` over them. All I/O happens in the progress
 //! engine (module `core`), driven from the calling thread when it waits. Nothing read from the
-//! network is trusted. Not yet: shared memory, multiple rails at once, collectives beyond
-//! barrier, communicators beyond world, derived datatypes, the global address space.
+//! network is trusted. Communicators and groups (dup, split, create, Cartesian topologies),
+//! blocking and nonblocking collectives with size- and host-aware algorithm choice, and
+//! derived datatypes are in modules `communicator`, `group`, `topology`, `collective` and
+//! `datatype`. Not yet: shared memory, multiple rails at once, intercommunicators, the global
+//! address space.
 //!
 //! # Glossary
 //! - **rank**: a process's index in a communicator.
@@ -34,6 +37,9 @@
 //! - **rendezvous**: large messages wait for the receiver to match, then move straight into
 //!   the receive buffer.
 //! - **business card**: what a rank publishes through PMI: host identity and addresses.
+//! - **group**: an ordered set of processes; a communicator's members.
+//! - **schedule**: the rounds of messages and local reductions one collective call runs.
+//! - **typemap**: a datatype's sequence of (displacement, primitive type) pairs.
 //!
 //! Environment variables are listed in one place: module `env` (see the README).
 
@@ -41,24 +47,31 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod bootstrap;
-mod collective;
+pub mod collective;
 pub mod communicator;
 mod core;
 pub mod datatype;
 mod env;
 pub mod error;
+pub mod group;
 pub mod point_to_point;
 pub mod request;
+pub mod topology;
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
-pub use communicator::{AnyProcess, Process, Rank, SimpleCommunicator, Status, Tag};
+pub use communicator::{
+    AnyProcess, Color, CommunicatorRelation, Process, Rank, SimpleCommunicator, Status, Tag,
+};
+/// `#[derive(Equivalence)]` for structs whose fields are all [`traits::Equivalence`].
+pub use braid_derive::Equivalence;
 pub use env::EnvError;
 pub use error::{Error, InitError};
 
 /// The traits most programs need in scope: `use braid::traits::*;`.
 pub mod traits {
+    pub use crate::collective::{CommunicatorCollectives, Operation, Root};
     pub use crate::communicator::{Communicator, Destination, Source};
     pub use crate::datatype::{Buffer, BufferMut, Equivalence};
 }

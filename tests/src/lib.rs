@@ -177,3 +177,142 @@ pub fn leftovers_after(marker: &str, within: Duration) -> Vec<(u32, String)> {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the point-to-point test programs (`src/bin/p2p_*.rs`) and `tests/p2p.rs`.
+// ---------------------------------------------------------------------------------------------
+
+/// Outcome of one step of a test program: `Err` carries a message naming what went wrong.
+pub type Check<T = ()> = Result<T, String>;
+
+/// Adds context to any displayable error, turning it into a [`Check`] failure.
+pub trait OrFail<T> {
+    /// `Err(e)` becomes `Err("{what}: {e}")`.
+    fn or_fail(self, what: impl std::fmt::Display) -> Check<T>;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: impl std::fmt::Display) -> Check<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// `Err(msg())` unless `cond`.
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Check {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// Runs the body of a test program on every rank: initializes Braid, runs `body`, and on
+/// success finalizes and prints `NAME ok rank R of N`. On failure it prints
+/// `NAME FAILED on rank R of N: ...` to stderr and exits 1 without finalizing (the launcher
+/// then ends the job).
+pub fn run_rank(name: &str, body: impl FnOnce(&braid::SimpleCommunicator) -> Check) {
+    use braid::traits::Communicator;
+    let universe = match braid::initialize() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{name} FAILED: initialize: {e}");
+            std::process::exit(1);
+        }
+    };
+    let world = universe.world();
+    let (rank, size) = (world.rank(), world.size());
+    match body(&world) {
+        Ok(()) => {
+            drop(universe);
+            println!("{name} ok rank {rank} of {size}");
+        }
+        Err(e) => {
+            eprintln!("{name} FAILED on rank {rank} of {size}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Word `k` of the test pattern with salt `salt`: a function of the byte offset `8 * k`.
+fn pattern_word(salt: u64, offset: u64) -> u64 {
+    let mut z = salt.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    offset.wrapping_add(z).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (offset << 3)
+}
+
+/// Fills `buf` with the pattern of its byte offsets, salted by `salt`.
+pub fn fill_pattern(buf: &mut [u8], salt: u64) {
+    let mut chunks = buf.chunks_exact_mut(8);
+    let mut off = 0u64;
+    for c in &mut chunks {
+        c.copy_from_slice(&pattern_word(salt, off).to_le_bytes());
+        off += 8;
+    }
+    let rest = chunks.into_remainder();
+    let n = rest.len();
+    rest.copy_from_slice(&pattern_word(salt, off).to_le_bytes()[..n]);
+}
+
+/// A vector of `len` pattern bytes (see [`fill_pattern`]).
+pub fn pattern(len: usize, salt: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fill_pattern(&mut v, salt);
+    v
+}
+
+/// Checks that `buf` holds the pattern of [`fill_pattern`] with `salt` from byte `from` on;
+/// the error names the first wrong offset.
+pub fn check_pattern_from(buf: &[u8], salt: u64, from: usize) -> Check {
+    let start = from / 8 * 8;
+    for (i, c) in buf[start..].chunks(8).enumerate() {
+        let off = (start + i * 8) as u64;
+        let want = pattern_word(salt, off).to_le_bytes();
+        if c != &want[..c.len()] {
+            for (j, (got, want)) in c.iter().zip(want).enumerate() {
+                let at = off as usize + j;
+                if at >= from && *got != want {
+                    return Err(format!(
+                        "content wrong at byte {at} of {}: got {got:#04x}, want {want:#04x}",
+                        buf.len()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_pattern_from`] from byte 0.
+pub fn check_pattern(buf: &[u8], salt: u64) -> Check {
+    check_pattern_from(buf, salt, 0)
+}
+
+/// A salt made of several small numbers (ranks, indices).
+pub fn salt_of(parts: &[u64]) -> u64 {
+    parts.iter().fold(0x00C0_FFEE_u64, |acc, p| {
+        acc.rotate_left(13).wrapping_mul(31).wrapping_add(*p)
+    })
+}
+
+/// Whether `mpiexec.mpich` (MPICH's hydra) is on `PATH`.
+pub fn mpich_mpiexec() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("mpiexec.mpich"))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the namespace testbed tests (`tests/testbed.rs`).
+// ---------------------------------------------------------------------------------------------
+
+/// Prints the visible `SKIPPED: TEST: WHY` line for a test that cannot run here.
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("SKIPPED: {test}: {why}");
+}
+
+/// Root of the workspace (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}

@@ -34,19 +34,31 @@ fn bench(name: &str) -> String {
 
 /// Powers of two from `min` to `max`.
 fn pow2(min: usize, max: usize) -> Vec<usize> {
-    std::iter::successors(Some(min), |s| Some(s * 2)).take_while(|s| *s <= max).collect()
+    std::iter::successors(Some(min), |s| Some(s * 2))
+        .take_while(|s| *s <= max)
+        .collect()
 }
 
 /// Checks OSU text output: the header lines, then one row per size of `sizes` with
-/// `value_columns` positive numbers and a final `Pass`.
+/// `value_columns` numbers and a final `Pass`. The numbers are printed with two decimals, so a
+/// tiny bandwidth can read `0.00`; they must be non-negative, and positive for the largest size.
 fn check_text(stdout: &str, header: &[&str], sizes: &[usize], value_columns: usize) {
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     for (i, want) in header.iter().enumerate() {
         let got = lines.get(i).copied().unwrap_or("");
-        assert!(got.starts_with(want), "header line {i}: want {want:?}, got {got:?}\n{stdout}");
+        assert!(
+            got.starts_with(want),
+            "header line {i}: want {want:?}, got {got:?}\n{stdout}"
+        );
     }
-    let size_line = lines.iter().find(|l| l.starts_with("# Size")).expect("a `# Size` line");
-    assert!(size_line.trim_end().ends_with("Validation"), "{size_line:?}");
+    let size_line = lines
+        .iter()
+        .find(|l| l.starts_with("# Size"))
+        .expect("a `# Size` line");
+    assert!(
+        size_line.trim_end().ends_with("Validation"),
+        "{size_line:?}"
+    );
     let rows: Vec<Vec<&str>> = lines
         .iter()
         .filter(|l| !l.starts_with('#'))
@@ -57,8 +69,13 @@ fn check_text(stdout: &str, header: &[&str], sizes: &[usize], value_columns: usi
     for row in &rows {
         assert_eq!(row.len(), 2 + value_columns, "columns of {row:?}");
         for v in &row[1..=value_columns] {
-            let v: f64 = v.parse().unwrap_or_else(|e| panic!("{v:?} in {row:?}: {e}"));
-            assert!(v > 0.0 && v.is_finite(), "value {v} in {row:?}");
+            let v: f64 = v
+                .parse()
+                .unwrap_or_else(|e| panic!("{v:?} in {row:?}: {e}"));
+            assert!(v >= 0.0 && v.is_finite(), "value {v} in {row:?}");
+            if row[0] == sizes[sizes.len() - 1].to_string() {
+                assert!(v > 0.0, "value {v} for the largest size in {row:?}");
+            }
         }
         assert_eq!(row[value_columns + 1], "Pass", "validation of {row:?}");
     }
@@ -66,10 +83,17 @@ fn check_text(stdout: &str, header: &[&str], sizes: &[usize], value_columns: usi
 
 #[test]
 fn osu_latency_validates_and_prints_osu_format() {
-    let done = job(2, &bench("osu_latency"), &["-m", "1:4096", "-i", "50", "-x", "5", "-c"]);
+    let done = job(
+        2,
+        &bench("osu_latency"),
+        &["-m", "1:4096", "-i", "50", "-x", "5", "-c"],
+    );
     check_text(
         &done.stdout,
-        &["# OSU MPI Latency Test v7.3", "# Size          Latency (us)"],
+        &[
+            "# OSU MPI Latency Test v7.3",
+            "# Size          Latency (us)",
+        ],
         &pow2(1, 4096),
         1,
     );
@@ -77,10 +101,17 @@ fn osu_latency_validates_and_prints_osu_format() {
 
 #[test]
 fn osu_bw_validates() {
-    let done = job(2, &bench("osu_bw"), &["-m", "1:65536", "-i", "10", "-x", "2", "-W", "16", "-c"]);
+    let done = job(
+        2,
+        &bench("osu_bw"),
+        &["-m", "1:65536", "-i", "10", "-x", "2", "-W", "16", "-c"],
+    );
     check_text(
         &done.stdout,
-        &["# OSU MPI Bandwidth Test v7.3", "# Size      Bandwidth (MB/s)"],
+        &[
+            "# OSU MPI Bandwidth Test v7.3",
+            "# Size      Bandwidth (MB/s)",
+        ],
         &pow2(1, 65536),
         1,
     );
@@ -88,10 +119,17 @@ fn osu_bw_validates() {
 
 #[test]
 fn osu_bibw_validates() {
-    let done = job(2, &bench("osu_bibw"), &["-m", "1:65536", "-i", "10", "-x", "2", "-c"]);
+    let done = job(
+        2,
+        &bench("osu_bibw"),
+        &["-m", "1:65536", "-i", "10", "-x", "2", "-c"],
+    );
     check_text(
         &done.stdout,
-        &["# OSU MPI Bi-Directional Bandwidth Test v7.3", "# Size      Bandwidth (MB/s)"],
+        &[
+            "# OSU MPI Bi-Directional Bandwidth Test v7.3",
+            "# Size      Bandwidth (MB/s)",
+        ],
         &pow2(1, 65536),
         1,
     );
@@ -99,7 +137,11 @@ fn osu_bibw_validates() {
 
 #[test]
 fn osu_mbw_mr_four_ranks_validates() {
-    let done = job(4, &bench("osu_mbw_mr"), &["-m", "1:16384", "-i", "10", "-x", "2", "-W", "8", "-c"]);
+    let done = job(
+        4,
+        &bench("osu_mbw_mr"),
+        &["-m", "1:16384", "-i", "10", "-x", "2", "-W", "8", "-c"],
+    );
     check_text(
         &done.stdout,
         &[
@@ -114,10 +156,17 @@ fn osu_mbw_mr_four_ranks_validates() {
 
 #[test]
 fn osu_multi_lat_four_ranks_validates() {
-    let done = job(4, &bench("osu_multi_lat"), &["-m", "1:4096", "-i", "50", "-x", "5", "-c"]);
+    let done = job(
+        4,
+        &bench("osu_multi_lat"),
+        &["-m", "1:4096", "-i", "50", "-x", "5", "-c"],
+    );
     check_text(
         &done.stdout,
-        &["# OSU MPI Multi Latency Test v7.3", "# Size          Latency (us)"],
+        &[
+            "# OSU MPI Multi Latency Test v7.3",
+            "# Size          Latency (us)",
+        ],
         &pow2(1, 4096),
         1,
     );
@@ -125,17 +174,38 @@ fn osu_multi_lat_four_ranks_validates() {
 
 #[test]
 fn bundled_benchmark_runs_by_name() {
-    let done = job(2, "osu_latency", &["-m", "1:64", "-i", "20", "-x", "2", "-c"]);
-    check_text(&done.stdout, &["# OSU MPI Latency Test v7.3"], &pow2(1, 64), 1);
+    let done = job(
+        2,
+        "osu_latency",
+        &["-m", "1:64", "-i", "20", "-x", "2", "-c"],
+    );
+    check_text(
+        &done.stdout,
+        &["# OSU MPI Latency Test v7.3"],
+        &pow2(1, 64),
+        1,
+    );
 }
 
 #[test]
 fn json_records_parse() {
-    let done = job(2, &bench("osu_bw"), &["-m", "1:1024", "-i", "10", "-x", "2", "-c", "--format", "json"]);
+    let done = job(
+        2,
+        &bench("osu_bw"),
+        &[
+            "-m", "1:1024", "-i", "10", "-x", "2", "-c", "--format", "json",
+        ],
+    );
     let records: Vec<serde_json::Value> = serde_json::from_str(&done.stdout)
         .unwrap_or_else(|e| panic!("stdout is not a JSON array ({e}):\n{}", done.stdout));
-    let sizes: Vec<u64> = records.iter().map(|r| r["size"].as_u64().expect("size")).collect();
-    assert_eq!(sizes, pow2(1, 1024).iter().map(|&s| s as u64).collect::<Vec<_>>());
+    let sizes: Vec<u64> = records
+        .iter()
+        .map(|r| r["size"].as_u64().expect("size"))
+        .collect();
+    assert_eq!(
+        sizes,
+        pow2(1, 1024).iter().map(|&s| s as u64).collect::<Vec<_>>()
+    );
     for r in &records {
         assert_eq!(r["benchmark"], "osu_bw");
         assert_eq!(r["backend"], "braid");
@@ -154,9 +224,24 @@ fn output_file_gets_json_while_stdout_keeps_text() {
     let done = job(
         2,
         &bench("osu_latency"),
-        &["-m", "8:16", "-i", "20", "-x", "2", "--format", "json", "--output", path_str(&file)],
+        &[
+            "-m",
+            "8:16",
+            "-i",
+            "20",
+            "-x",
+            "2",
+            "--format",
+            "json",
+            "--output",
+            path_str(&file),
+        ],
     );
-    assert!(done.stdout.starts_with("# OSU MPI Latency Test v7.3"), "{}", done.stdout);
+    assert!(
+        done.stdout.starts_with("# OSU MPI Latency Test v7.3"),
+        "{}",
+        done.stdout
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert_eq!(records.len(), 2);
@@ -171,10 +256,20 @@ fn output_file_gets_json_while_stdout_keeps_text() {
 #[test]
 fn wrong_rank_count_fails_with_a_message() {
     let mut cmd = Command::new(mpirun());
-    cmd.args(["-n", "3"]).arg(bench("osu_latency")).args(["-m", "1:1", "-i", "1"]);
+    cmd.args(["-n", "3"])
+        .arg(bench("osu_latency"))
+        .args(["-m", "1:1", "-i", "1"]);
     let done = run_with_deadline(&mut cmd, DEADLINE);
-    assert!(!done.status.success(), "osu_latency on 3 ranks succeeded:\n{}", done.stdout);
-    assert!(done.stderr.contains("exactly two processes"), "stderr:\n{}", done.stderr);
+    assert!(
+        !done.status.success(),
+        "osu_latency on 3 ranks succeeded:\n{}",
+        done.stdout
+    );
+    assert!(
+        done.stderr.contains("exactly two processes"),
+        "stderr:\n{}",
+        done.stderr
+    );
 }
 
 fn path_str(p: &Path) -> &str {

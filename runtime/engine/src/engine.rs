@@ -365,15 +365,15 @@ enum SendState {
 enum RecvState {
     /// Matched an eager arrival whose payload is still arriving; `capacity` is the size of
     /// the receive buffer.
-    AwaitEager { arrival: u64, capacity: u64 },
+    Eager { arrival: u64, capacity: u64 },
     /// Matched a pull-offering RTS; the driver is copying the data (see [`Pull`]).
-    AwaitPull {
+    Pull {
         from: Rank,
         status: RecvStatus,
         send_req: ReqId,
     },
     /// Matched an RTS; `received` of `accepted` bytes of data are placed.
-    AwaitData {
+    Data {
         from: Rank,
         status: RecvStatus,
         accepted: u64,
@@ -706,7 +706,7 @@ impl Engine {
                 Ok(self.empty(token))
             }
             FrameKind::Data => {
-                let Some(RecvState::AwaitData {
+                let Some(RecvState::Data {
                     from: src,
                     accepted,
                     ..
@@ -775,14 +775,14 @@ impl Engine {
                     *complete = true;
                 }
                 if let Some(req) = a.matched
-                    && let Some(RecvState::AwaitEager { capacity, .. }) = self.recvs.remove(&req)
+                    && let Some(RecvState::Eager { capacity, .. }) = self.recvs.remove(&req)
                 {
                     self.finish_eager(arrival, req, capacity);
                 }
             }
             Some(InFlight::Data { req, len }) => {
                 let done = match self.recvs.get_mut(&req) {
-                    Some(RecvState::AwaitData {
+                    Some(RecvState::Data {
                         accepted, received, ..
                     }) => {
                         *received += len;
@@ -790,7 +790,7 @@ impl Engine {
                     }
                     _ => false,
                 };
-                if done && let Some(RecvState::AwaitData { status, .. }) = self.recvs.remove(&req)
+                if done && let Some(RecvState::Data { status, .. }) = self.recvs.remove(&req)
                 {
                     self.complete(
                         req,
@@ -833,8 +833,8 @@ impl Engine {
         let arrivals = &self.arrivals;
         self.recvs.retain(|req, st| {
             let from = match st {
-                RecvState::AwaitData { from, .. } | RecvState::AwaitPull { from, .. } => *from,
-                RecvState::AwaitEager { arrival, .. } => {
+                RecvState::Data { from, .. } | RecvState::Pull { from, .. } => *from,
+                RecvState::Eager { arrival, .. } => {
                     arrivals.get(arrival).map_or(peer, |a| a.source)
                 }
             };
@@ -885,7 +885,7 @@ impl Engine {
     /// Says how the pull for receive `req` went. On success the receive completes and the
     /// sender is told; on failure the engine falls back to the sender pushing the data (CTS).
     pub fn handle_pull_done(&mut self, req: ReqId, ok: bool) {
-        let Some(RecvState::AwaitPull {
+        let Some(RecvState::Pull {
             from,
             status,
             send_req,
@@ -914,7 +914,7 @@ impl Engine {
             });
             self.recvs.insert(
                 req,
-                RecvState::AwaitData {
+                RecvState::Data {
                     from,
                     status,
                     accepted: status.stored,
@@ -1014,10 +1014,10 @@ impl Engine {
         let placement = match self.arrivals.get_mut(&id) {
             Some(a) => match (a.matched, &mut a.kind) {
                 (Some(req), ArrivalKind::Eager { buffer: None, .. })
-                    if matches!(self.recvs.get(&req), Some(RecvState::AwaitEager { .. })) =>
+                    if matches!(self.recvs.get(&req), Some(RecvState::Eager { .. })) =>
                 {
                     let stored = match self.recvs.get(&req) {
-                        Some(RecvState::AwaitEager { capacity, .. }) => a.len.min(*capacity),
+                        Some(RecvState::Eager { capacity, .. }) => a.len.min(*capacity),
                         _ => 0,
                     };
                     Placement::Request {
@@ -1084,7 +1084,7 @@ impl Engine {
                     // happened at header time, else into the arrival's buffer.
                     self.recvs.insert(
                         p.req,
-                        RecvState::AwaitEager {
+                        RecvState::Eager {
                             arrival: id,
                             capacity: p.capacity,
                         },
@@ -1121,7 +1121,7 @@ impl Engine {
                         });
                         self.recvs.insert(
                             p.req,
-                            RecvState::AwaitPull {
+                            RecvState::Pull {
                                 from: to,
                                 status,
                                 send_req,
@@ -1150,7 +1150,7 @@ impl Engine {
                 } else {
                     self.recvs.insert(
                         p.req,
-                        RecvState::AwaitData {
+                        RecvState::Data {
                             from: to,
                             status,
                             accepted: stored,

@@ -843,6 +843,9 @@ fn do_scan(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp
     let src = if send.is_some() { Loc::Send } else { Loc::Recv };
     s.copy(Slice::new(src, 0, n), partial);
     let out = Slice::new(Loc::Recv, 0, n);
+    if !exclusive && send.is_some() {
+        s.copy(Slice::new(Loc::Send, 0, n), out);
+    }
     alg::scan_recursive_doubling(&mut s, &over.team(), partial, tmp, out, exclusive);
     s.round();
     bind(&mut s, send.unwrap_or(&[]), recv);

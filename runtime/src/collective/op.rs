@@ -67,6 +67,7 @@ mod sealed {
 pub trait Operation: sealed::Sealed {
     /// Binds the operation to `datatype`.
     #[doc(hidden)]
+    #[allow(private_interfaces)]
     fn resolve(&self, datatype: &Datatype) -> Result<ResolvedOp, Error>;
 }
 
@@ -190,7 +191,7 @@ macro_rules! int_op {
     ($op:expr, $t:ty) => {{
         let z: $t = 0;
         let one: $t = 1;
-        let b = |x: bool| if x { one } else { z };
+        let b = move |x: bool| if x { one } else { z };
         match $op {
             SystemOperation::Max => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.max(y)))),
             SystemOperation::Min => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.min(y)))),
@@ -300,6 +301,7 @@ value_index!(
 impl sealed::Sealed for SystemOperation {}
 
 impl Operation for SystemOperation {
+    #[allow(private_interfaces)]
     fn resolve(&self, datatype: &Datatype) -> Result<ResolvedOp, Error> {
         let err = || Error::UsageOpType {
             op: self.name(),
@@ -365,6 +367,7 @@ impl<T: Equivalence> UserOperation<T> {
 impl<T> sealed::Sealed for UserOperation<T> {}
 
 impl<T: Equivalence> Operation for UserOperation<T> {
+    #[allow(private_interfaces)]
     fn resolve(&self, datatype: &Datatype) -> Result<ResolvedOp, Error> {
         let elem = size_of::<T>();
         if datatype.size() != elem || elem == 0 {

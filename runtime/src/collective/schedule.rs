@@ -229,8 +229,7 @@ pub(crate) struct Exec {
     posted: bool,
     /// Posted requests not yet collected, with the length a receive must deliver.
     pending: Vec<(ReqId, Option<usize>, usize)>,
-    /// First error seen; the schedule stops once its posted requests have drained, and reports
-    /// it on every later advance.
+    /// First error seen; reported when the schedule ends and on every later advance.
     error: Option<Error>,
     done: bool,
 }
@@ -338,20 +337,26 @@ impl Exec {
                 self.pending.remove(0);
                 self.record(f, expect, peer);
             }
-            if let Some(e) = &self.error {
-                self.done = true;
-                return Err(e.clone());
-            }
             if self.round >= self.sched.rounds.len() {
                 self.done = true;
-                return Ok(true);
+                return match &self.error {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(true),
+                };
             }
             if self.posted {
-                self.sched.local(self.round)?;
+                // After an error the rounds still run (without local steps) so that the
+                // other members, which may not have seen it, are not left waiting.
+                if self.error.is_none()
+                    && let Err(e) = self.sched.local(self.round)
+                {
+                    self.error = Some(e);
+                }
                 self.round += 1;
                 self.posted = false;
             } else if let Err(e) = self.post(c) {
-                self.error = Some(e);
+                self.error.get_or_insert(e);
+                self.posted = true;
             }
         }
     }

@@ -1,0 +1,120 @@
+//! Cross-memory attach: single-copy reads from another process's address space
+//! (`process_vm_readv`), for large messages (rendezvous).
+
+use std::io;
+
+use crate::error::with_context;
+use crate::sys;
+
+/// Copies `dst.len()` bytes from address `remote_addr` in process `pid` into `dst`, looping
+/// over partial reads (the kernel stops at page or iovec boundaries).
+///
+/// The reader needs ptrace access to `pid`: same user, and under Yama `ptrace_scope = 1` the
+/// *target* must have called [`allow_ptrace_from_any`].
+///
+/// # Errors
+///
+/// The OS error (`ESRCH`: no such process; `EPERM`: no ptrace access; `EFAULT`: bad remote
+/// range) or [`io::ErrorKind::UnexpectedEof`] if the kernel reads 0 bytes before the end.
+/// Messages name the pid, address and length.
+pub fn cma_read(pid: i32, remote_addr: u64, dst: &mut [u8]) -> io::Result<()> {
+    let len = dst.len();
+    let ctx = |done: usize| {
+        format!("process_vm_readv(pid {pid}, addr {remote_addr:#x}, len {len}) after {done} bytes")
+    };
+    let mut done = 0;
+    while done < len {
+        // `done < len <= isize::MAX` fits in u64.
+        let addr = remote_addr.checked_add(done as u64).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: address overflow", ctx(done)),
+            )
+        })?;
+        match sys::process_vm_read(pid, addr, &mut dst[done..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: read 0 bytes", ctx(done)),
+                ));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(with_context(e, ctx(done))),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the 8 bytes at `remote_addr` in process `pid` can be read and equal `expected`
+/// (native byte order). A cheap check that cross-memory attach works towards a peer before
+/// choosing it for large transfers.
+pub fn cma_probe(pid: i32, remote_addr: u64, expected: u64) -> bool {
+    let mut buf = [0u8; 8];
+    cma_read(pid, remote_addr, &mut buf).is_ok() && u64::from_ne_bytes(buf) == expected
+}
+
+/// Lets any process (of the same user) ptrace this one, so that peers can
+/// [`cma_read`] from it under Yama `ptrace_scope = 1`. Errors are ignored: without Yama the
+/// call fails and is not needed.
+pub fn allow_ptrace_from_any() {
+    let _ = sys::set_ptracer_any();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> i32 {
+        i32::try_from(std::process::id()).unwrap()
+    }
+
+    #[test]
+    fn reads_own_memory_across_pages() {
+        let src: Vec<u8> = (0..3 * 4096 + 123).map(|i| (i * 7 % 251) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        cma_read(me(), src.as_ptr() as u64, &mut dst).unwrap();
+        assert_eq!(src, dst);
+        cma_read(me(), src.as_ptr() as u64, &mut []).unwrap();
+    }
+
+    #[test]
+    fn probe() {
+        let word: u64 = 0xB4A1_D000_1234_5678;
+        let addr = &raw const word as u64;
+        assert!(cma_probe(me(), addr, word));
+        assert!(!cma_probe(me(), addr, word + 1));
+        assert!(!cma_probe(me(), 0, word)); // unmapped page 0
+    }
+
+    #[test]
+    fn bogus_pid_and_address_fail_with_context() {
+        let mut dst = [0u8; 16];
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let e = cma_read(i32::MAX - 1, 0x1000, &mut dst).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("pid {}", i32::MAX - 1)), "{msg}");
+        assert!(
+            msg.contains("addr 0x1000") && msg.contains("len 16"),
+            "{msg}"
+        );
+        let os = e
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<crate::OsError>())
+            .unwrap();
+        assert_eq!(os.os_error().raw_os_error(), Some(libc::ESRCH));
+        let e = cma_read(me(), 8, &mut dst).unwrap_err();
+        let os = e
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<crate::OsError>())
+            .unwrap();
+        assert_eq!(os.os_error().raw_os_error(), Some(libc::EFAULT), "{e}");
+    }
+
+    #[test]
+    fn allow_ptrace_is_harmless() {
+        allow_ptrace_from_any();
+        let word = 5u64;
+        assert!(cma_probe(me(), &raw const word as u64, 5));
+    }
+}

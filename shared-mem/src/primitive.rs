@@ -1,0 +1,133 @@
+//! The synchronization primitives the lock-free code uses, switched to
+//! [loom](https://docs.rs/loom)'s model-checked versions under `cfg(braid_loom)`.
+//!
+//! Lock-free code imports atomics, fences, spin hints and the futex from here and nowhere
+//! else, so that `RUSTFLAGS="--cfg braid_loom"` checks the very same code.
+//! (Pattern: crossbeam `crossbeam-utils/src/lib.rs`, the `primitive` module.)
+//!
+//! Under loom the futex cannot be modeled: `futex_wait` yields to the model scheduler and
+//! returns, which is a legal (spurious) futex outcome since every caller re-checks its
+//! condition; `futex_wake` does nothing.
+
+#[cfg(not(braid_loom))]
+pub(crate) mod sync {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}
+
+#[cfg(braid_loom)]
+pub(crate) mod sync {
+    pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}
+
+use std::time::Duration;
+
+use sync::AtomicU32;
+
+/// Shadow cells that let loom see the ring's plain data-byte accesses (raw copies are
+/// invisible to it): one [`loom::cell::UnsafeCell`] per data byte of a (tiny) model ring.
+#[cfg(braid_loom)]
+pub(crate) mod shadow {
+    /// Largest ring capacity the loom shadow covers.
+    pub(crate) const MAX: usize = 16;
+
+    /// One cell per data byte.
+    pub(crate) type Cells = [loom::cell::UnsafeCell<()>; MAX];
+
+    pub(crate) fn new() -> Cells {
+        std::array::from_fn(|_| loom::cell::UnsafeCell::new(()))
+    }
+
+    /// Records a write of bytes `[start, start + len)`.
+    pub(crate) fn write(cells: &Cells, start: usize, len: usize) {
+        for c in &cells[start..start + len] {
+            c.with_mut(|_| ());
+        }
+    }
+
+    /// Records a read of bytes `[start, start + len)`.
+    pub(crate) fn read(cells: &Cells, start: usize, len: usize) {
+        for c in &cells[start..start + len] {
+            c.with(|_| ());
+        }
+    }
+}
+
+/// Waits on a shared futex word; see [`crate::sys`]. Spurious returns are allowed.
+#[cfg(not(braid_loom))]
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    crate::sys::futex_wait(word, expected, timeout);
+}
+
+/// Under loom: a yield (a spurious wake-up as far as callers can tell).
+#[cfg(braid_loom)]
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {
+    loom::thread::yield_now();
+}
+
+/// Wakes up to `n` futex waiters on `word`.
+#[cfg(not(braid_loom))]
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
+    crate::sys::futex_wake(word, n);
+}
+
+/// Under loom: nothing to wake (see [`futex_wait`]).
+#[cfg(braid_loom)]
+pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) {}
+
+/// Exponential backoff for spin loops: spin `2^step` pause instructions, then yield, then
+/// report completion so the caller parks (on a futex) instead.
+///
+/// Source: crossbeam `crossbeam-utils/src/backoff.rs` (same limits).
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// Number of `snooze` calls so far; grows to `YIELD_LIMIT + 1` and stays there.
+    step: u32,
+}
+
+impl Backoff {
+    const SPIN_LIMIT: u32 = 6;
+    const YIELD_LIMIT: u32 = 10;
+
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Backs off once: spins while `step <= SPIN_LIMIT`, then yields the thread.
+    pub(crate) fn snooze(&mut self) {
+        if self.step <= Self::SPIN_LIMIT {
+            for _ in 0..1u32 << self.step {
+                spin_hint();
+            }
+        } else {
+            yield_now();
+        }
+        if self.step <= Self::YIELD_LIMIT {
+            self.step += 1;
+        }
+    }
+
+    /// Whether spinning has stopped paying and the caller should block.
+    pub(crate) fn is_completed(&self) -> bool {
+        self.step > Self::YIELD_LIMIT
+    }
+}
+
+#[cfg(not(braid_loom))]
+fn spin_hint() {
+    std::hint::spin_loop();
+}
+
+#[cfg(braid_loom)]
+fn spin_hint() {
+    loom::thread::yield_now();
+}
+
+#[cfg(not(braid_loom))]
+fn yield_now() {
+    std::thread::yield_now();
+}
+
+#[cfg(braid_loom)]
+fn yield_now() {
+    loom::thread::yield_now();
+}
