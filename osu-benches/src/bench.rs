@@ -1,7 +1,24 @@
-//! The five benchmarks, written once over [`Backend`], and the program entry point.
+//! The benchmarks, written once over [`Backend`], and the program entry point.
 //!
 //! Each follows the loop of the OSU 7 C program of the same name; the differences are listed
 //! at each function. Timing uses the backend's `MPI_Wtime`.
+//!
+//! # Collectives
+//! [`blocking`] times one collective per iteration between barriers, like OSU's
+//! `osu_allreduce.c` and siblings: each rank averages its own times, and rank 0 reports the
+//! mean over the ranks of those averages, with their min and max. [`nonblocking`] follows
+//! OSU's `osu_iallreduce.c` and siblings: it first times the collective alone (start, wait),
+//! then starts it, computes for that long (OSU's `dummy_compute`, no `MPI_Test` calls: OSU's
+//! default), and waits; overlap is `max(0, 100 - 100 * (overall - compute) / pure)`.
+//!
+//! Rooted collectives use root 0, as OSU does by default. The v-forms use equal counts, as
+//! OSU does. `osu_reduce_scatter` times `MPI_Reduce_scatter_block` (equal blocks of
+//! `size / 4 / ranks` floats, at least one) rather than OSU's `MPI_Reduce_scatter` with a
+//! remainder on some ranks: Braid has no `MPI_Reduce_scatter` with varying counts yet.
+//!
+//! Not implemented: `osu_igather`, `osu_iscatter` and the nonblocking v-forms (Braid has no
+//! nonblocking gather, scatter or v-form collectives), OSU's `-t` (`MPI_Test` calls during
+//! the compute), `-r` (root rotation) and datatypes other than `MPI_CHAR`/`MPI_FLOAT`.
 
 use std::fs;
 use std::io::Write as _;
@@ -12,8 +29,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use hdrhistogram::Histogram;
 
-use crate::backend::{Backend, ReduceOp};
-use crate::options::{Args, BackendKind, Bench, Config, Format};
+use crate::backend::{Backend, Coll, ReduceOp};
+use crate::options::{Args, BackendKind, Bench, Config, Family, Format};
 use crate::report::{self, Record};
 use crate::validation;
 
@@ -106,12 +123,14 @@ pub fn run_on<B: Backend>(b: &B, config: &Config, args: &Args) -> anyhow::Result
     }
     let mut out = Output::new(b, config, args);
     out.start()?;
-    match config.bench {
-        Bench::Bibw => bandwidth(b, config, &mut out, true)?,
-        Bench::Bw => bandwidth(b, config, &mut out, false)?,
-        Bench::Latency => latency(b, config, &mut out)?,
-        Bench::MbwMr => mbw_mr(b, config, &mut out)?,
-        Bench::MultiLat => multi_lat(b, config, &mut out)?,
+    match (config.bench, config.bench.family()) {
+        (Bench::Bibw, _) => bandwidth(b, config, &mut out, true)?,
+        (Bench::Bw, _) => bandwidth(b, config, &mut out, false)?,
+        (Bench::Latency, _) => latency(b, config, &mut out)?,
+        (Bench::MbwMr, _) => mbw_mr(b, config, &mut out)?,
+        (Bench::MultiLat, _) => multi_lat(b, config, &mut out)?,
+        (_, Family::Nonblocking) => nonblocking(b, config, &mut out)?,
+        (_, _) => blocking(b, config, &mut out)?,
     }
     out.finish()
 }
@@ -129,6 +148,8 @@ struct Output {
     backend: &'static str,
     ranks: i32,
     validate: bool,
+    /// OSU's full listing (`-f`).
+    full: bool,
     window: usize,
     /// Records so far (rank 0 only).
     records: Vec<Record>,
@@ -147,6 +168,7 @@ impl Output {
             backend: b.name(),
             ranks: b.size(),
             validate: config.validate,
+            full: config.full,
             window: config.window,
             records: Vec::new(),
             local_errors: 0,
@@ -155,8 +177,13 @@ impl Output {
 
     fn start(&self) -> anyhow::Result<()> {
         if self.root && self.live_text {
-            let header =
-                report::text_header(self.bench, self.validate, self.ranks / 2, self.window);
+            let header = report::text_header(
+                self.bench,
+                self.validate,
+                self.full,
+                self.ranks / 2,
+                self.window,
+            );
             print_flush(&header)?;
         }
         Ok(())
@@ -187,12 +214,13 @@ impl Output {
             iterations: loops.0,
             warmup: loops.1,
             window: self.bench.has_window().then_some(self.window),
+            ..Record::default()
         }
     }
 
     fn push(&mut self, r: Record) -> anyhow::Result<()> {
         if self.live_text {
-            print_flush(&report::text_row(&r))?;
+            print_flush(&report::text_row(&r, self.full))?;
         }
         self.records.push(r);
         Ok(())
@@ -205,6 +233,7 @@ impl Output {
                 self.format,
                 self.bench,
                 self.validate,
+                self.full,
                 self.ranks / 2,
                 self.window,
                 &self.records,
@@ -468,6 +497,348 @@ fn multi_lat<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<
     Ok(())
 }
 
+/// Root of the rooted collectives (OSU's default).
+const ROOT: i32 = 0;
+
+/// Buffers of a collective benchmark, allocated once for the largest size.
+#[derive(Debug, Default)]
+struct CollBuffers {
+    send: Vec<u8>,
+    recv: Vec<u8>,
+    fsend: Vec<f32>,
+    frecv: Vec<f32>,
+    /// Per-rank counts of the v-forms (bytes), rebuilt per size.
+    counts: Vec<i32>,
+    /// Per-rank displacements of the v-forms (bytes), rebuilt per size.
+    displs: Vec<i32>,
+}
+
+/// The buffer lengths one call of `bench` with `size`-byte messages uses on `p` ranks:
+/// `(send bytes, recv bytes, send floats, recv floats)`.
+fn coll_lengths(bench: Bench, size: usize, p: usize) -> (usize, usize, usize, usize) {
+    let floats = size / size_of::<f32>();
+    match bench {
+        Bench::Allgather | Bench::Allgatherv | Bench::Gather | Bench::Gatherv => {
+            (size, size * p, 0, 0)
+        }
+        Bench::Iallgather => (size, size * p, 0, 0),
+        Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall => (size * p, size * p, 0, 0),
+        Bench::Bcast | Bench::Ibcast => (0, size, 0, 0),
+        Bench::Scatter | Bench::Scatterv => (size * p, size, 0, 0),
+        Bench::Allreduce | Bench::Iallreduce | Bench::Ireduce | Bench::Reduce => {
+            (0, 0, floats, floats)
+        }
+        Bench::ReduceScatter => {
+            let portion = reduce_scatter_portion(size, p);
+            (0, 0, portion * p, portion)
+        }
+        _ => (0, 0, 0, 0),
+    }
+}
+
+/// Floats per rank of `osu_reduce_scatter` for a `size`-byte vector on `p` ranks (at least 1).
+fn reduce_scatter_portion(size: usize, p: usize) -> usize {
+    (size / size_of::<f32>() / p.max(1)).max(1)
+}
+
+impl CollBuffers {
+    /// Buffers for every size of `c` on `p` ranks.
+    fn new(c: &Config, p: usize) -> Self {
+        let mut out = Self::default();
+        for &size in &c.sizes {
+            let (s, r, fs, fr) = coll_lengths(c.bench, size, p);
+            out.send.resize(out.send.len().max(s), b'a');
+            out.recv.resize(out.recv.len().max(r), b'b');
+            out.fsend.resize(out.fsend.len().max(fs), 1.0);
+            out.frecv.resize(out.frecv.len().max(fr), 0.0);
+        }
+        out
+    }
+
+    /// Sets the v-form counts and displacements for `size` bytes per rank.
+    fn set_partition(&mut self, size: usize, p: usize) -> anyhow::Result<()> {
+        let count = i32::try_from(size).context("message size exceeds i32 counts")?;
+        self.counts = vec![count; p];
+        self.displs = (0..p)
+            .map(|i| i32::try_from(i * size).context("displacement exceeds i32"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(())
+    }
+
+    /// The call of `bench` for `size` bytes on `p` ranks, over these buffers.
+    fn call(&mut self, bench: Bench, size: usize, p: usize) -> Coll<'_> {
+        let (s, r, fs, fr) = coll_lengths(bench, size, p);
+        let send = &self.send[..s];
+        let recv = &mut self.recv[..r];
+        let fsend = &self.fsend[..fs];
+        let frecv = &mut self.frecv[..fr];
+        let (counts, displs) = (&self.counts[..], &self.displs[..]);
+        match bench {
+            Bench::Allgather | Bench::Iallgather => Coll::Allgather { send, recv },
+            Bench::Allgatherv => Coll::Allgatherv {
+                send,
+                recv,
+                counts,
+                displs,
+            },
+            Bench::Allreduce | Bench::Iallreduce => Coll::Allreduce {
+                send: fsend,
+                recv: frecv,
+            },
+            Bench::Alltoall | Bench::Ialltoall => Coll::Alltoall { send, recv },
+            Bench::Alltoallv => Coll::Alltoallv {
+                send,
+                recv,
+                counts,
+                displs,
+            },
+            Bench::Bcast | Bench::Ibcast => Coll::Bcast {
+                root: ROOT,
+                buf: recv,
+            },
+            Bench::Gather => Coll::Gather {
+                root: ROOT,
+                send,
+                recv,
+            },
+            Bench::Gatherv => Coll::Gatherv {
+                root: ROOT,
+                send,
+                recv,
+                counts,
+                displs,
+            },
+            Bench::Reduce | Bench::Ireduce => Coll::Reduce {
+                root: ROOT,
+                send: fsend,
+                recv: frecv,
+            },
+            Bench::ReduceScatter => Coll::ReduceScatterBlock {
+                send: fsend,
+                recv: frecv,
+            },
+            Bench::Scatter => Coll::Scatter {
+                root: ROOT,
+                send,
+                recv,
+            },
+            Bench::Scatterv => Coll::Scatterv {
+                root: ROOT,
+                send,
+                recv,
+                counts,
+                displs,
+            },
+            _ => Coll::Barrier,
+        }
+    }
+
+    /// Fills the send buffers with iteration `iter`'s data and zeroes the receive buffers.
+    fn fill(&mut self, bench: Bench, size: usize, me: usize, p: usize, iter: usize) {
+        let (s, r, fs, fr) = coll_lengths(bench, size, p);
+        self.recv[..r].fill(0);
+        self.frecv[..fr].fill(0.0);
+        match bench {
+            Bench::Bcast | Bench::Ibcast => {
+                if me == ROOT as usize {
+                    validation::fill_salted(&mut self.recv[..r], ROOT as usize, iter);
+                }
+            }
+            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall if size > 0 => {
+                for (j, block) in self.send[..s].chunks_mut(size).enumerate() {
+                    validation::fill_salted(block, me * p + j, iter);
+                }
+            }
+            Bench::Scatter | Bench::Scatterv if size > 0 => {
+                for (j, block) in self.send[..s].chunks_mut(size).enumerate() {
+                    validation::fill_salted(block, j, iter);
+                }
+            }
+            _ => validation::fill_salted(&mut self.send[..s], me, iter),
+        }
+        for (k, v) in self.fsend[..fs].iter_mut().enumerate() {
+            *v = validation::reduction_value(me, k, iter);
+        }
+    }
+
+    /// Counts 1 if this rank's result of iteration `iter` is wrong (ranks that receive
+    /// nothing check nothing).
+    fn check(&self, bench: Bench, size: usize, me: usize, p: usize, iter: usize) -> u64 {
+        let (_, r, _, fr) = coll_lengths(bench, size, p);
+        let recv = &self.recv[..r];
+        let frecv = &self.frecv[..fr];
+        let root = me == ROOT as usize;
+        let blocks_ok = |salt: &dyn Fn(usize) -> usize| {
+            size == 0
+                || recv
+                    .chunks(size)
+                    .enumerate()
+                    .all(|(j, block)| validation::check_salted(block, salt(j), iter))
+        };
+        let sums_ok = |first: usize| {
+            frecv
+                .iter()
+                .enumerate()
+                .all(|(k, &v)| v == validation::reduction_sum(p, first + k, iter))
+        };
+        let ok = match bench {
+            Bench::Allgather | Bench::Allgatherv | Bench::Iallgather => blocks_ok(&|j| j),
+            Bench::Gather | Bench::Gatherv => !root || blocks_ok(&|j| j),
+            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall => blocks_ok(&|j| j * p + me),
+            Bench::Bcast | Bench::Ibcast => validation::check_salted(recv, ROOT as usize, iter),
+            Bench::Scatter | Bench::Scatterv => validation::check_salted(recv, me, iter),
+            Bench::Allreduce | Bench::Iallreduce => sums_ok(0),
+            Bench::Reduce | Bench::Ireduce => !root || sums_ok(0),
+            Bench::ReduceScatter => sums_ok(me * fr),
+            _ => true,
+        };
+        u64::from(!ok)
+    }
+}
+
+/// The blocking collectives (`osu_barrier`, `osu_bcast`, `osu_allreduce`, ...): OSU's
+/// `t_start; MPI_X; t_stop; MPI_Barrier` loop per size, with `-c` filling the buffers and
+/// synchronizing before each timed call and checking the result after it.
+fn blocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
+    let me = usize::try_from(b.rank()).context("negative rank")?;
+    let p = usize::try_from(b.size()).context("negative job size")?;
+    let mut bufs = CollBuffers::new(c, p);
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        bufs.set_partition(size, p)?;
+        let mut timer = 0.0;
+        let mut errors = 0u64;
+        b.barrier()?;
+        for i in 0..iters + skip {
+            if c.validate {
+                bufs.fill(c.bench, size, me, p, i);
+                b.barrier()?;
+            }
+            let t0 = b.time();
+            b.collective(bufs.call(c.bench, size, p))?;
+            let t1 = b.time();
+            if c.bench != Bench::Barrier {
+                // OSU's barrier benchmark times back-to-back barriers.
+                b.barrier()?;
+            }
+            if c.validate {
+                errors += bufs.check(c.bench, size, me, p, i);
+            }
+            if i >= skip {
+                timer += t1 - t0;
+            }
+        }
+        let lat = timer * 1e6 / iters as f64;
+        let min = b.reduce_to_root(lat, ReduceOp::Min)?;
+        let max = b.reduce_to_root(lat, ReduceOp::Max)?;
+        let sum = b.reduce_to_root(lat, ReduceOp::Sum)?;
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            let mut rec = out.record(size, sum / p as f64, "us", (iters, skip), all_errors);
+            rec.min_us = Some(min);
+            rec.max_us = Some(max);
+            out.push(rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// OSU's `dummy_compute`: busy work on a small array until `seconds` have passed.
+fn dummy_compute<B: Backend>(b: &B, seconds: f64, work: &mut [f32]) {
+    let start = b.time();
+    while b.time() - start < seconds {
+        for x in work.iter_mut() {
+            *x = std::hint::black_box(*x * 0.999 + 1.0);
+        }
+    }
+}
+
+/// The nonblocking collectives (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, ...), as
+/// OSU's `osu_iallreduce.c`: per size, time start+wait alone (the pure communication time),
+/// then start, compute for that long, and wait; rank 0 reports the means over the ranks.
+fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
+    let me = usize::try_from(b.rank()).context("negative rank")?;
+    let p = usize::try_from(b.size()).context("negative job size")?;
+    let mut bufs = CollBuffers::new(c, p);
+    // OSU's compute kernel works on 25 x 25 floats.
+    let mut work = vec![1.0f32; 625];
+    for &size in &c.sizes {
+        let (iters, skip) = c.loops(size);
+        let mut errors = 0u64;
+        b.barrier()?;
+        let mut pure = 0.0;
+        for i in 0..iters + skip {
+            if c.validate {
+                bufs.fill(c.bench, size, me, p, i);
+            }
+            let t0 = b.time();
+            b.immediate(bufs.call(c.bench, size, p), &mut || {})?;
+            let t1 = b.time();
+            if i >= skip {
+                pure += t1 - t0;
+            }
+            b.barrier()?;
+            if c.validate {
+                errors += bufs.check(c.bench, size, me, p, i);
+            }
+        }
+        let pure_secs = pure / iters as f64;
+        b.barrier()?;
+        let (mut overall, mut compute, mut init, mut wait) = (0.0, 0.0, 0.0, 0.0);
+        for i in 0..iters + skip {
+            if c.validate {
+                bufs.fill(c.bench, size, me, p, i);
+            }
+            let mut marks = (0.0, 0.0);
+            let t0 = b.time();
+            b.immediate(bufs.call(c.bench, size, p), &mut || {
+                marks.0 = b.time();
+                dummy_compute(b, pure_secs, &mut work);
+                marks.1 = b.time();
+            })?;
+            let t1 = b.time();
+            if i >= skip {
+                overall += t1 - t0;
+                compute += marks.1 - marks.0;
+                init += marks.0 - t0;
+                wait += t1 - marks.1;
+            }
+            b.barrier()?;
+            if c.validate {
+                errors += bufs.check(c.bench, size, me, p, i);
+            }
+        }
+        let per_iter_us = 1e6 / iters as f64;
+        let mut means = [0.0; 5];
+        for (m, v) in means.iter_mut().zip([overall, compute, pure, init, wait]) {
+            *m = b.reduce_to_root(v * per_iter_us, ReduceOp::Sum)? / p as f64;
+        }
+        out.local_errors += errors;
+        let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
+        if me == 0 {
+            let [overall, compute, pure, init, wait] = means;
+            let mut rec = out.record(size, overall, "us", (iters, skip), all_errors);
+            rec.compute_us = Some(compute);
+            rec.pure_comm_us = Some(pure);
+            rec.overlap_pct = Some(overlap(overall, compute, pure));
+            rec.init_us = Some(init);
+            rec.wait_us = Some(wait);
+            out.push(rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// OSU's overlap in percent: `max(0, 100 - 100 * (overall - compute) / pure)` (0 when the
+/// pure time is 0).
+fn overlap(overall: f64, compute: f64, pure: f64) -> f64 {
+    if pure <= 0.0 {
+        return 0.0;
+    }
+    (100.0 - 100.0 * (overall - compute) / pure).max(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -557,6 +928,42 @@ mod tests {
             }
             Ok(acc)
         }
+        fn collective(&self, op: Coll<'_>) -> anyhow::Result<()> {
+            match op {
+                Coll::Barrier => self.barrier(),
+                Coll::Bcast { root, buf } => {
+                    if self.rank == root {
+                        for r in (0..self.size()).filter(|&r| r != root) {
+                            self.send(r, 998, buf)?;
+                        }
+                        Ok(())
+                    } else {
+                        self.recv(root, 998, buf)
+                    }
+                }
+                Coll::Allreduce { send, recv } => {
+                    // Everyone sends to everyone; sum in rank order.
+                    let bytes: Vec<u8> = send.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    for r in 0..self.size() {
+                        self.send(r, 997, &bytes)?;
+                    }
+                    recv.fill(0.0);
+                    let mut tmp = vec![0u8; bytes.len()];
+                    for r in 0..self.size() {
+                        self.recv(r, 997, &mut tmp)?;
+                        for (acc, v) in recv.iter_mut().zip(tmp.chunks(4)) {
+                            *acc += f32::from_le_bytes(v.try_into().unwrap());
+                        }
+                    }
+                    Ok(())
+                }
+                other => anyhow::bail!("threads: no {}", other.mpi_name()),
+            }
+        }
+        fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
+            between();
+            self.collective(op)
+        }
     }
 
     /// Runs `argv` on `n` thread ranks; returns rank 0's outcome and the JSON file it wrote.
@@ -642,10 +1049,35 @@ mod tests {
                 4,
                 &["osu_multi_lat", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..],
             ),
+            (
+                3,
+                &["osu_bcast", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..],
+            ),
+            (
+                3,
+                &["osu_allreduce", "-m", "1:1024", "-i", "20", "-x", "2", "-c"][..],
+            ),
+            (
+                3,
+                &[
+                    "osu_iallreduce",
+                    "-m",
+                    "1:1024",
+                    "-i",
+                    "20",
+                    "-x",
+                    "2",
+                    "-c",
+                ][..],
+            ),
         ] {
             let (ok, records) = run_threads(n, argv);
             assert!(ok, "{argv:?} failed validation");
-            let min = if argv[0] == "osu_latency" { 0 } else { 1 };
+            let min = match argv[0] {
+                "osu_latency" => 0,
+                "osu_allreduce" | "osu_iallreduce" => 4,
+                _ => 1,
+            };
             assert_eq!(records.first().map(|r| r.size), Some(min), "{argv:?}");
             assert_eq!(records.last().map(|r| r.size), Some(1024), "{argv:?}");
             for r in &records {
@@ -653,6 +1085,18 @@ mod tests {
                 assert!(r.value > 0.0 && r.value.is_finite(), "{r:?}");
                 assert_eq!(r.ranks, n as i32);
                 assert_eq!(r.iterations, if r.unit == "us" { 20 } else { 5 });
+            }
+            if argv[0] == "osu_iallreduce" {
+                assert!(records.iter().all(|r| {
+                    r.compute_us.is_some() && r.pure_comm_us.is_some() && r.overlap_pct >= Some(0.0)
+                }));
+            }
+            if argv[0] == "osu_bcast" {
+                assert!(
+                    records
+                        .iter()
+                        .all(|r| r.min_us <= r.max_us && r.min_us.is_some())
+                );
             }
             if argv[0] == "osu_mbw_mr" {
                 assert!(
@@ -708,6 +1152,9 @@ mod tests {
         buf[3] = buf[3].wrapping_add(1);
         assert_eq!(check(&buf, 7), 1);
         assert_eq!(nanos(-1.0), 1);
+        assert_eq!(overlap(15.0, 10.0, 10.0), 50.0);
+        assert_eq!(overlap(30.0, 10.0, 10.0), 0.0);
+        assert_eq!(overlap(1.0, 0.0, 0.0), 0.0);
         assert_eq!(nanos(1e-6), 1000);
     }
 }

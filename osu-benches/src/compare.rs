@@ -78,7 +78,9 @@ impl SystemMpi {
     about = "Run an OSU benchmark on Braid and on a system MPI in alternating rounds and compare"
 )]
 pub struct CompareArgs {
-    /// Benchmark to run: osu_latency, osu_bw, osu_bibw, osu_mbw_mr or osu_multi_lat.
+    /// Benchmark to run: any bundled benchmark (`osu_latency`, `osu_bw`, `osu_allreduce`, ...);
+    /// the comparison uses each record's headline value (latency, bandwidth, or for the
+    /// nonblocking collectives the overall time).
     pub bench: String,
 
     /// Number of rounds (each runs Braid once and the system MPI once).
@@ -465,6 +467,7 @@ mod tests {
             iterations: 1,
             warmup: 0,
             window: Some(64),
+            ..Record::default()
         }
     }
 

@@ -1,10 +1,14 @@
 //! OSU micro-benchmarks 7.x look-alikes for Braid, written once over a small [`Backend`] trait.
 //!
-//! The benchmarks (`osu_latency`, `osu_bw`, `osu_bibw`, `osu_mbw_mr`, `osu_multi_lat`) follow
-//! the OSU micro-benchmarks 7.3 point-to-point programs: the same default message sizes, loop
-//! counts, window size, validation pattern and text output, so scripts that parse OSU output
-//! parse these too. Each benchmark runs over one of two backends, chosen at run time with
-//! `--backend`:
+//! The point-to-point benchmarks (`osu_latency`, `osu_bw`, `osu_bibw`, `osu_mbw_mr`,
+//! `osu_multi_lat`) follow the OSU micro-benchmarks 7.3 point-to-point programs: the same
+//! default message sizes, loop counts, window size, validation pattern and text output, so
+//! scripts that parse OSU output parse these too. The collective benchmarks (`osu_barrier`,
+//! `osu_bcast`, `osu_reduce`, `osu_allreduce`, `osu_allgather(v)`, `osu_alltoall(v)`,
+//! `osu_gather(v)`, `osu_scatter(v)`, `osu_reduce_scatter`) and the nonblocking ones
+//! (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, `osu_iallgather`, `osu_ialltoall`,
+//! `osu_ireduce`) follow OSU 7.3's collective programs the same way (see [`bench`]). Each
+//! benchmark runs over one of two backends, chosen at run time with `--backend`:
 //!
 //! - `braid` (default): Braid's own Rust API (crate `braid`).
 //! - `rsmpi` (cargo feature `rsmpi`): a system MPI (Open MPI or MPICH) through the rsmpi crate,
@@ -16,8 +20,9 @@
 //!
 //! What this crate does not do: it opens no sockets and spawns no ranks itself (`mpirun` does),
 //! except for `osu_compare`, which only spawns launchers; it does not implement OSU's
-//! accelerator (CUDA/ROCm) buffers, datatypes other than `MPI_CHAR`, sessions, or tail-latency
-//! options beyond the p50/p99 fields of the machine-readable records.
+//! accelerator (CUDA/ROCm) buffers, datatypes other than `MPI_CHAR` (and `MPI_FLOAT` for
+//! reductions), sessions, tail-latency options beyond the p50/p99 fields of the
+//! machine-readable records, or the collectives listed as missing in [`bench`].
 //!
 //! # Glossary
 //! - *rank*: a process of the job, numbered from 0; only rank 0 prints results.
@@ -25,6 +30,8 @@
 //!   it waits for all of them (`-W`, default 64).
 //! - *pair*: in `osu_mbw_mr` and `osu_multi_lat`, rank `i < n/2` and rank `i + n/2`.
 //! - *warm-up*: iterations run before timing starts (`-x`), not counted in the results.
+//! - *overlap*: for a nonblocking collective, the share of its pure communication time hidden
+//!   behind computation between its start and its wait (OSU's `Overlap(%)`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -48,6 +55,25 @@ pub mod builtin {
         "osu_bibw",
         "osu_mbw_mr",
         "osu_multi_lat",
+        "osu_barrier",
+        "osu_bcast",
+        "osu_reduce",
+        "osu_allreduce",
+        "osu_allgather",
+        "osu_allgatherv",
+        "osu_alltoall",
+        "osu_alltoallv",
+        "osu_gather",
+        "osu_gatherv",
+        "osu_scatter",
+        "osu_scatterv",
+        "osu_reduce_scatter",
+        "osu_ibarrier",
+        "osu_ibcast",
+        "osu_iallreduce",
+        "osu_iallgather",
+        "osu_ialltoall",
+        "osu_ireduce",
     ];
 
     /// Runs bundled benchmark `name` with command-line `args` (args[0] is the program name).
@@ -56,5 +82,21 @@ pub mod builtin {
     /// code for them, and for a run whose validation (`-c`) failed.
     pub fn run(name: &str, args: Vec<String>) -> ExitCode {
         crate::bench::main(name, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn builtin_names_match_the_benchmarks() {
+        let names: Vec<&str> = crate::options::Bench::ALL
+            .iter()
+            .map(|b| b.name())
+            .collect();
+        assert_eq!(names, crate::builtin::NAMES);
+        for name in crate::builtin::NAMES {
+            let bin = format!("{}/src/bin/{name}.rs", env!("CARGO_MANIFEST_DIR"));
+            assert!(std::path::Path::new(&bin).exists(), "{bin} is missing");
+        }
     }
 }

@@ -7,6 +7,8 @@ use clap::{Parser, ValueEnum};
 
 /// Largest default message size: 4 MiB (OSU's `MAX_MESSAGE_SIZE`).
 pub const MAX_MESSAGE_SIZE: usize = 1 << 22;
+/// Largest default message size of the collective benchmarks: 1 MiB (OSU's `MAX_MSG_SIZE_COLL`).
+pub const MAX_MSG_SIZE_COLL: usize = 1 << 20;
 /// Smallest default message size (OSU 7's `MIN_MESSAGE_SIZE`).
 pub const MIN_MESSAGE_SIZE: usize = 1;
 /// Messages larger than this use the "large" loop counts (OSU's `LARGE_MESSAGE_SIZE`).
@@ -17,26 +19,95 @@ pub const DEFAULT_WINDOW: usize = 64;
 /// Which benchmark is running; decides defaults, rank-count rules and output columns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bench {
+    /// `osu_allgather`: `MPI_Allgather` latency.
+    Allgather,
+    /// `osu_allgatherv`: `MPI_Allgatherv` latency (equal counts, as OSU).
+    Allgatherv,
+    /// `osu_allreduce`: `MPI_Allreduce` latency (`MPI_FLOAT`, `MPI_SUM`).
+    Allreduce,
+    /// `osu_alltoall`: `MPI_Alltoall` latency.
+    Alltoall,
+    /// `osu_alltoallv`: `MPI_Alltoallv` latency (equal counts, as OSU).
+    Alltoallv,
+    /// `osu_barrier`: `MPI_Barrier` latency.
+    Barrier,
+    /// `osu_bcast`: `MPI_Bcast` latency from rank 0.
+    Bcast,
     /// `osu_bibw`: both ranks send a window to each other at once.
     Bibw,
     /// `osu_bw`: rank 0 sends windows to rank 1, which acknowledges each window.
     Bw,
+    /// `osu_gather`: `MPI_Gather` latency to rank 0.
+    Gather,
+    /// `osu_gatherv`: `MPI_Gatherv` latency to rank 0 (equal counts, as OSU).
+    Gatherv,
+    /// `osu_iallgather`: `MPI_Iallgather` overlap.
+    Iallgather,
+    /// `osu_iallreduce`: `MPI_Iallreduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
+    Iallreduce,
+    /// `osu_ialltoall`: `MPI_Ialltoall` overlap.
+    Ialltoall,
+    /// `osu_ibarrier`: `MPI_Ibarrier` overlap.
+    Ibarrier,
+    /// `osu_ibcast`: `MPI_Ibcast` overlap.
+    Ibcast,
+    /// `osu_ireduce`: `MPI_Ireduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
+    Ireduce,
     /// `osu_latency`: ping-pong between two ranks.
     Latency,
     /// `osu_mbw_mr`: `n/2` pairs stream windows at once; aggregate MB/s and messages/s.
     MbwMr,
     /// `osu_multi_lat`: `n/2` pairs ping-pong at once; average latency.
     MultiLat,
+    /// `osu_reduce`: `MPI_Reduce` latency to rank 0 (`MPI_FLOAT`, `MPI_SUM`).
+    Reduce,
+    /// `osu_reduce_scatter`: reduce-scatter latency (`MPI_FLOAT`, `MPI_SUM`; see
+    /// [`crate::bench`] for the equal-block form it times).
+    ReduceScatter,
+    /// `osu_scatter`: `MPI_Scatter` latency from rank 0.
+    Scatter,
+    /// `osu_scatterv`: `MPI_Scatterv` latency from rank 0 (equal counts, as OSU).
+    Scatterv,
+}
+
+/// The three kinds of benchmark, which differ in loops, defaults and output columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Blocking collectives: average/min/max latency over the ranks.
+    Blocking,
+    /// Nonblocking collectives: overall, compute, pure communication and overlap.
+    Nonblocking,
+    /// The point-to-point benchmarks.
+    PointToPoint,
 }
 
 impl Bench {
     /// Every benchmark, in `builtin::NAMES` order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 24] = [
         Self::Latency,
         Self::Bw,
         Self::Bibw,
         Self::MbwMr,
         Self::MultiLat,
+        Self::Barrier,
+        Self::Bcast,
+        Self::Reduce,
+        Self::Allreduce,
+        Self::Allgather,
+        Self::Allgatherv,
+        Self::Alltoall,
+        Self::Alltoallv,
+        Self::Gather,
+        Self::Gatherv,
+        Self::Scatter,
+        Self::Scatterv,
+        Self::ReduceScatter,
+        Self::Ibarrier,
+        Self::Ibcast,
+        Self::Iallreduce,
+        Self::Iallgather,
+        Self::Ialltoall,
+        Self::Ireduce,
     ];
 
     /// Finds a benchmark by program name (`osu_latency`, ...); a path prefix is ignored.
@@ -50,12 +121,64 @@ impl Bench {
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
+            Self::Allgather => "osu_allgather",
+            Self::Allgatherv => "osu_allgatherv",
+            Self::Allreduce => "osu_allreduce",
+            Self::Alltoall => "osu_alltoall",
+            Self::Alltoallv => "osu_alltoallv",
+            Self::Barrier => "osu_barrier",
+            Self::Bcast => "osu_bcast",
             Self::Bibw => "osu_bibw",
             Self::Bw => "osu_bw",
+            Self::Gather => "osu_gather",
+            Self::Gatherv => "osu_gatherv",
+            Self::Iallgather => "osu_iallgather",
+            Self::Iallreduce => "osu_iallreduce",
+            Self::Ialltoall => "osu_ialltoall",
+            Self::Ibarrier => "osu_ibarrier",
+            Self::Ibcast => "osu_ibcast",
+            Self::Ireduce => "osu_ireduce",
             Self::Latency => "osu_latency",
             Self::MbwMr => "osu_mbw_mr",
             Self::MultiLat => "osu_multi_lat",
+            Self::Reduce => "osu_reduce",
+            Self::ReduceScatter => "osu_reduce_scatter",
+            Self::Scatter => "osu_scatter",
+            Self::Scatterv => "osu_scatterv",
         }
+    }
+
+    /// Which kind of benchmark this is.
+    #[must_use]
+    pub fn family(self) -> Family {
+        match self {
+            Self::Bibw | Self::Bw | Self::Latency | Self::MbwMr | Self::MultiLat => {
+                Family::PointToPoint
+            }
+            Self::Iallgather
+            | Self::Iallreduce
+            | Self::Ialltoall
+            | Self::Ibarrier
+            | Self::Ibcast
+            | Self::Ireduce => Family::Nonblocking,
+            _ => Family::Blocking,
+        }
+    }
+
+    /// Whether the benchmark reduces `MPI_FLOAT`s (4-byte elements; smaller sizes are skipped,
+    /// as OSU skips sizes that hold no element).
+    #[must_use]
+    pub fn is_reduction(self) -> bool {
+        matches!(
+            self,
+            Self::Allreduce | Self::Iallreduce | Self::Ireduce | Self::Reduce | Self::ReduceScatter
+        )
+    }
+
+    /// Whether the benchmark has no message size (barriers): it runs once, as size 0.
+    #[must_use]
+    pub fn is_sizeless(self) -> bool {
+        matches!(self, Self::Barrier | Self::Ibarrier)
     }
 
     /// Whether the benchmark keeps a window of messages in flight (`-W` applies).
@@ -64,11 +187,27 @@ impl Bench {
         matches!(self, Self::Bibw | Self::Bw | Self::MbwMr)
     }
 
+    /// The default message sizes (`-m` absent): OSU visits 1 B .. 4 MiB for point-to-point
+    /// and 1 B .. 1 MiB for collectives.
+    #[must_use]
+    pub fn default_sizes(self) -> SizeRange {
+        match self.family() {
+            Family::PointToPoint => SizeRange::default(),
+            Family::Blocking | Family::Nonblocking => SizeRange {
+                min: MIN_MESSAGE_SIZE,
+                max: MAX_MSG_SIZE_COLL,
+            },
+        }
+    }
+
     /// Default `(iterations, warm-up)` for a message of `size` bytes (OSU 7.4 `osu_util.h`:
-    /// `LAT_LOOP_*`/`LAT_SKIP_*` and `BW_LOOP_*`/`BW_SKIP_*`).
+    /// `LAT_LOOP_*`/`LAT_SKIP_*`, `BW_LOOP_*`/`BW_SKIP_*` and `COLL_LOOP_*`/`COLL_SKIP_*`).
     #[must_use]
     pub fn default_loops(self, size: usize) -> (usize, usize) {
         let large = size > LARGE_MESSAGE_SIZE;
+        if self.family() != Family::PointToPoint {
+            return if large { (100, 10) } else { (1_000, 100) };
+        }
         match (self.has_window(), large) {
             (false, false) => (10_000, 100),
             (false, true) => (1_000, 10),
@@ -196,21 +335,20 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 
 /// Command-line options of every benchmark (OSU 7 names where OSU has the option).
 #[derive(Clone, Debug, Parser)]
-#[command(
-    version,
-    about = "OSU-style MPI point-to-point benchmark over Braid or a system MPI"
-)]
+#[command(version, about = "OSU-style MPI benchmark over Braid or a system MPI")]
 pub struct Args {
-    /// Message sizes: `MAX`, `MIN:MAX` or `MIN:` in bytes (default 1:4194304).
+    /// Message sizes: `MAX`, `MIN:MAX` or `MIN:` in bytes (default 1:4194304 point-to-point,
+    /// 1:1048576 collectives; reductions skip sizes below 4 bytes, one `MPI_FLOAT`).
     #[arg(short = 'm', long = "message-size", value_name = "[MIN:]MAX", value_parser = parse_size_range)]
     pub message_size: Option<SizeRange>,
 
     /// Timed iterations per size (default: 10000 small / 1000 large for latency, 100 / 20 for
-    /// bandwidth; "large" is above 8192 bytes).
+    /// bandwidth, 1000 / 100 for collectives; "large" is above 8192 bytes).
     #[arg(short = 'i', long = "iterations", value_name = "ITER", value_parser = parse_positive)]
     pub iterations: Option<usize>,
 
-    /// Warm-up iterations per size (default: 100 / 10 for latency, 10 / 2 for bandwidth).
+    /// Warm-up iterations per size (default: 100 / 10 for latency, 10 / 2 for bandwidth,
+    /// 100 / 10 for collectives).
     #[arg(short = 'x', long = "warmup", value_name = "WARMUP")]
     pub warmup: Option<usize>,
 
@@ -224,8 +362,13 @@ pub struct Args {
 
     /// Format of the results: OSU text, JSON or CSV. Goes to standard output, or to `--output`
     /// (then standard output still gets OSU text).
-    #[arg(short = 'f', long = "format", value_enum, default_value_t)]
+    #[arg(long = "format", value_enum, default_value_t)]
     pub format: Format,
+
+    /// OSU's full listing (`-f`): collectives also print min and max latency and iterations;
+    /// nonblocking ones also print init, test and wait times.
+    #[arg(short = 'f', long = "full")]
+    pub full: bool,
 
     /// Write the results in `--format` to this file (rank 0 only).
     #[arg(long = "output", value_name = "FILE")]
@@ -251,6 +394,8 @@ pub struct Config {
     pub window: usize,
     /// Whether to validate received data.
     pub validate: bool,
+    /// OSU's full listing (`-f`).
+    pub full: bool,
 }
 
 impl Config {
@@ -262,9 +407,22 @@ impl Config {
         if args.window.is_some() && !bench.has_window() {
             return Err(format!("{} has no window: -W does not apply", bench.name()));
         }
+        let range = args.message_size.unwrap_or_else(|| bench.default_sizes());
+        let sizes = if bench.is_sizeless() {
+            vec![0]
+        } else if bench.is_reduction() {
+            // OSU: `num_elements = size / sizeof(float); if (num_elements == 0) continue;`
+            range
+                .sizes()
+                .into_iter()
+                .filter(|&s| s >= size_of::<f32>())
+                .collect()
+        } else {
+            range.sizes()
+        };
         Ok(Self {
             bench,
-            sizes: args.message_size.unwrap_or_default().sizes(),
+            sizes,
             iterations: args.iterations,
             warmup: args.warmup,
             window: if bench.has_window() {
@@ -273,6 +431,7 @@ impl Config {
                 1
             },
             validate: args.validate,
+            full: args.full,
         })
     }
 
@@ -367,8 +526,29 @@ mod tests {
             assert_eq!(Bench::from_name(b.name()), Some(b));
         }
         assert_eq!(Bench::from_name("/x/y/osu_mbw_mr"), Some(Bench::MbwMr));
-        assert_eq!(Bench::from_name("osu_allreduce"), None);
+        assert_eq!(Bench::from_name("osu_allreduce"), Some(Bench::Allreduce));
+        assert_eq!(Bench::from_name("osu_iscatter"), None);
         assert_eq!(Bench::Bw.default_loops(1), (100, 10));
         assert_eq!(Bench::MbwMr.default_loops(1 << 20), (20, 2));
+        assert_eq!(Bench::Bcast.default_loops(8192), (1_000, 100));
+        assert_eq!(Bench::Ibcast.default_loops(8193), (100, 10));
+    }
+
+    #[test]
+    fn collective_sizes_follow_osu() {
+        let c = Config::new(Bench::Allreduce, &parse(&["osu_allreduce"])).unwrap();
+        assert_eq!(c.sizes.first(), Some(&4), "reductions start at one float");
+        assert_eq!(c.sizes.last(), Some(&(1 << 20)));
+        let c = Config::new(Bench::Bcast, &parse(&["osu_bcast", "-f"])).unwrap();
+        assert_eq!((c.sizes[0], c.sizes.len()), (1, 21));
+        assert!(c.full);
+        let c = Config::new(Bench::Barrier, &parse(&["osu_barrier", "-m", "1:64"])).unwrap();
+        assert_eq!(c.sizes, vec![0]);
+        assert_eq!(
+            Config::new(Bench::Ireduce, &parse(&["osu_ireduce", "-m", "2:16"]))
+                .unwrap()
+                .sizes,
+            vec![4, 8, 16]
+        );
     }
 }

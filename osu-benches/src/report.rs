@@ -2,12 +2,16 @@
 //!
 //! The text layout is OSU's: a `# OSU MPI ... Test v7.3` title, column headers left-aligned
 //! in 10 characters for the size and right-aligned in 18 for each value, two decimals.
+//! Collectives print OSU's `Avg Latency(us)` (plus `Min Latency(us)`, `Max Latency(us)` and
+//! `Iterations` with `-f`); nonblocking collectives print `Overall(us)`, `Compute(us)`,
+//! `Pure Comm.(us)` and `Overlap(%)` (plus `Coll. Init(us)`, `MPI_Test(us)` and `MPI_Wait(us)`
+//! with `-f`). Barriers have no size column, as in OSU.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::Bench;
+use crate::options::{Bench, Family};
 
 /// The OSU version whose output this crate imitates.
 pub const OSU_VERSION: &str = "7.3";
@@ -18,7 +22,7 @@ const SIZE_WIDTH: usize = 10;
 const FIELD_WIDTH: usize = 18;
 
 /// The result for one message size.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Program name, e.g. `osu_latency`.
     pub benchmark: String,
@@ -51,6 +55,27 @@ pub struct Record {
     /// Window size (bandwidth benchmarks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<usize>,
+    /// Smallest per-rank mean latency in microseconds (blocking collectives only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_us: Option<f64>,
+    /// Largest per-rank mean latency in microseconds (blocking collectives only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_us: Option<f64>,
+    /// Mean dummy-compute time per iteration in microseconds (nonblocking collectives only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_us: Option<f64>,
+    /// Mean time of the collective alone (start then wait) in microseconds (nonblocking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pure_comm_us: Option<f64>,
+    /// OSU's overlap: `max(0, 100 - 100 * (overall - compute) / pure)` (nonblocking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_pct: Option<f64>,
+    /// Mean time of the starting call in microseconds (nonblocking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_us: Option<f64>,
+    /// Mean time of the final wait in microseconds (nonblocking only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_us: Option<f64>,
 }
 
 impl Record {
@@ -71,21 +96,44 @@ pub fn validation_status(errors: u64) -> &'static str {
 #[must_use]
 pub fn title(bench: Bench) -> String {
     let name = match bench {
+        Bench::Allgather => "Allgather Latency Test",
+        Bench::Allgatherv => "Allgatherv Latency Test",
+        Bench::Allreduce => "Allreduce Latency Test",
+        Bench::Alltoall => "All-to-All Personalized Exchange Latency Test",
+        Bench::Alltoallv => "All-to-Allv Personalized Exchange Latency Test",
+        Bench::Barrier => "Barrier Latency Test",
+        Bench::Bcast => "Broadcast Latency Test",
         Bench::Bibw => "Bi-Directional Bandwidth Test",
         Bench::Bw => "Bandwidth Test",
+        Bench::Gather => "Gather Latency Test",
+        Bench::Gatherv => "Gatherv Latency Test",
+        Bench::Iallgather => "Non-blocking Allgather Latency Test",
+        Bench::Iallreduce => "Non-blocking Allreduce Latency Test",
+        Bench::Ialltoall => "Non-blocking All-to-All Latency Test",
+        Bench::Ibarrier => "Non-blocking Barrier Latency Test",
+        Bench::Ibcast => "Non-blocking Broadcast Latency Test",
+        Bench::Ireduce => "Non-blocking Reduce Latency Test",
         Bench::Latency => "Latency Test",
         Bench::MbwMr => "Multiple Bandwidth / Message Rate Test",
         Bench::MultiLat => "Multi Latency Test",
+        Bench::Reduce => "Reduce Latency Test",
+        Bench::ReduceScatter => "Reduce_scatter Latency Test",
+        Bench::Scatter => "Scatter Latency Test",
+        Bench::Scatterv => "Scatterv Latency Test",
     };
     format!("# OSU MPI {name} v{OSU_VERSION}")
 }
 
 /// The OSU text header: title, the pairs/window line of `osu_mbw_mr`, column headers and
-/// the datatype line, each ending in a newline.
+/// the datatype line, each ending in a newline. `full` is OSU's `-f`.
 #[must_use]
-pub fn text_header(bench: Bench, validate: bool, pairs: i32, window: usize) -> String {
+pub fn text_header(bench: Bench, validate: bool, full: bool, pairs: i32, window: usize) -> String {
     let mut s = title(bench);
     s.push('\n');
+    if bench.family() != Family::PointToPoint {
+        collective_header(&mut s, bench, validate, full);
+        return s;
+    }
     if bench == Bench::MbwMr {
         let _ = writeln!(s, "# [ pairs: {pairs} ] [ window size: {window} ]");
     }
@@ -94,11 +142,11 @@ pub fn text_header(bench: Bench, validate: bool, pairs: i32, window: usize) -> S
         Bench::Bibw | Bench::Bw => {
             let _ = write!(s, "{:>FIELD_WIDTH$}", "Bandwidth (MB/s)");
         }
-        Bench::Latency | Bench::MultiLat => {
-            let _ = write!(s, "{:>FIELD_WIDTH$}", "Latency (us)");
-        }
         Bench::MbwMr => {
             let _ = write!(s, "{:>FIELD_WIDTH$}{:>FIELD_WIDTH$}", "MB/s", "Messages/s");
+        }
+        _ => {
+            let _ = write!(s, "{:>FIELD_WIDTH$}", "Latency (us)");
         }
     }
     if validate {
@@ -109,12 +157,108 @@ pub fn text_header(bench: Bench, validate: bool, pairs: i32, window: usize) -> S
     s
 }
 
-/// One OSU text row for `r`, ending in a newline.
+/// The collective part of [`text_header`] after the title (OSU 7 `print_preamble` and
+/// `print_preamble_nbc`): datatype, the nonblocking legend, column headers.
+fn collective_header(s: &mut String, bench: Bench, validate: bool, full: bool) {
+    if !bench.is_sizeless() {
+        let dt = if bench.is_reduction() {
+            "MPI_FLOAT"
+        } else {
+            "MPI_CHAR"
+        };
+        let _ = writeln!(s, "# Datatype: {dt}.");
+    }
+    let columns: &[&str] = if bench.family() == Family::Nonblocking {
+        s.push_str("# Overall = Coll. Init + Compute + MPI_Test + MPI_Wait\n\n");
+        if bench.is_sizeless() {
+            s.push_str("# Overall(us)");
+        } else {
+            let _ = write!(
+                s,
+                "{:<SIZE_WIDTH$}{:>FIELD_WIDTH$}",
+                "# Size", "Overall(us)"
+            );
+        }
+        if full {
+            &[
+                "Compute(us)",
+                "Coll. Init(us)",
+                "MPI_Test(us)",
+                "MPI_Wait(us)",
+                "Pure Comm.(us)",
+                "Overlap(%)",
+            ]
+        } else {
+            &["Compute(us)", "Pure Comm.(us)", "Overlap(%)"]
+        }
+    } else {
+        if bench.is_sizeless() {
+            s.push_str("# Avg Latency(us)");
+        } else {
+            let _ = write!(
+                s,
+                "{:<SIZE_WIDTH$}{:>FIELD_WIDTH$}",
+                "# Size", "Avg Latency(us)"
+            );
+        }
+        if full {
+            &["Min Latency(us)", "Max Latency(us)"]
+        } else {
+            &[]
+        }
+    };
+    for c in columns {
+        let _ = write!(s, "{c:>FIELD_WIDTH$}");
+    }
+    if full && bench.family() == Family::Blocking {
+        let _ = write!(s, "{:>ITER_WIDTH$}", "Iterations");
+    }
+    if validate {
+        let _ = write!(s, "{:>FIELD_WIDTH$}", "Validation");
+    }
+    s.push('\n');
+}
+
+/// Width of OSU's `Iterations` column.
+const ITER_WIDTH: usize = 12;
+/// Width of the first value of a barrier row, which has no size column (OSU prints `%17.2f`).
+const SIZELESS_WIDTH: usize = 17;
+
+/// One OSU text row for `r`, ending in a newline; `full` is OSU's `-f`.
 #[must_use]
-pub fn text_row(r: &Record) -> String {
-    let mut s = format!("{:<SIZE_WIDTH$}{:>FIELD_WIDTH$.2}", r.size, r.value);
-    if let Some(rate) = r.messages_per_sec {
-        let _ = write!(s, "{rate:>FIELD_WIDTH$.2}");
+pub fn text_row(r: &Record, full: bool) -> String {
+    let bench = Bench::from_name(&r.benchmark);
+    let family = bench.map_or(Family::PointToPoint, Bench::family);
+    let mut s = match bench {
+        Some(b) if b.is_sizeless() => format!("{:>SIZELESS_WIDTH$.2}", r.value),
+        _ => format!("{:<SIZE_WIDTH$}{:>FIELD_WIDTH$.2}", r.size, r.value),
+    };
+    let num = |s: &mut String, v: Option<f64>| {
+        let _ = write!(s, "{:>FIELD_WIDTH$.2}", v.unwrap_or(f64::NAN));
+    };
+    match family {
+        Family::PointToPoint => {
+            if let Some(rate) = r.messages_per_sec {
+                num(&mut s, Some(rate));
+            }
+        }
+        Family::Blocking => {
+            if full {
+                num(&mut s, r.min_us);
+                num(&mut s, r.max_us);
+                let _ = write!(s, "{:>ITER_WIDTH$}", r.iterations);
+            }
+        }
+        Family::Nonblocking => {
+            num(&mut s, r.compute_us);
+            if full {
+                num(&mut s, r.init_us);
+                num(&mut s, Some(0.0));
+                num(&mut s, r.wait_us);
+            }
+            num(&mut s, r.pure_comm_us);
+            num(&mut s, r.overlap_pct);
+        }
     }
     if let Some(v) = &r.validation {
         let _ = write!(s, "{v:>FIELD_WIDTH$}");
@@ -157,6 +301,7 @@ pub fn render(
     format: crate::options::Format,
     bench: Bench,
     validate: bool,
+    full: bool,
     pairs: i32,
     window: usize,
     records: &[Record],
@@ -164,8 +309,8 @@ pub fn render(
     use crate::options::Format;
     match format {
         Format::Text => {
-            let mut s = text_header(bench, validate, pairs, window);
-            records.iter().for_each(|r| s.push_str(&text_row(r)));
+            let mut s = text_header(bench, validate, full, pairs, window);
+            records.iter().for_each(|r| s.push_str(&text_row(r, full)));
             s
         }
         Format::Csv => {
@@ -216,38 +361,40 @@ mod tests {
             iterations: 50,
             warmup: 5,
             window: None,
+            ..Record::default()
         }
     }
 
     #[test]
     fn latency_text_matches_osu_layout() {
-        let h = text_header(Bench::Latency, false, 1, 1);
+        let h = text_header(Bench::Latency, false, false, 1, 1);
         assert_eq!(
             h,
             "# OSU MPI Latency Test v7.3\n# Size          Latency (us)\n# Datatype: MPI_CHAR.\n"
         );
         let mut r = rec(1, 5.1);
         r.validation = None;
-        assert_eq!(text_row(&r), "1                       5.10\n");
+        assert_eq!(text_row(&r, false), "1                       5.10\n");
         let r = rec(4_194_304, 1234.567);
         assert_eq!(
-            text_row(&r),
+            text_row(&r, false),
             "4194304              1234.57              Pass\n"
         );
         assert!(
-            text_header(Bench::Latency, true, 1, 1).contains("Latency (us)        Validation\n")
+            text_header(Bench::Latency, true, false, 1, 1)
+                .contains("Latency (us)        Validation\n")
         );
     }
 
     #[test]
     fn bandwidth_and_mbw_mr_headers() {
-        let h = text_header(Bench::Bw, false, 1, 64);
+        let h = text_header(Bench::Bw, false, false, 1, 64);
         assert!(h.starts_with("# OSU MPI Bandwidth Test v7.3\n# Size      Bandwidth (MB/s)\n"));
         assert!(
-            text_header(Bench::Bibw, false, 1, 64)
+            text_header(Bench::Bibw, false, false, 1, 64)
                 .starts_with("# OSU MPI Bi-Directional Bandwidth Test v7.3\n")
         );
-        let h = text_header(Bench::MbwMr, false, 2, 64);
+        let h = text_header(Bench::MbwMr, false, false, 2, 64);
         assert!(h.starts_with(
             "# OSU MPI Multiple Bandwidth / Message Rate Test v7.3\n\
              # [ pairs: 2 ] [ window size: 64 ]\n\
@@ -257,11 +404,11 @@ mod tests {
         r.messages_per_sec = Some(8_361_985.11);
         r.validation = None;
         assert_eq!(
-            text_row(&r),
+            text_row(&r, false),
             "1                       8.36        8361985.11\n"
         );
         assert!(
-            text_header(Bench::MultiLat, false, 2, 1)
+            text_header(Bench::MultiLat, false, false, 2, 1)
                 .starts_with("# OSU MPI Multi Latency Test v7.3\n# Size          Latency (us)\n")
         );
     }
@@ -269,16 +416,69 @@ mod tests {
     #[test]
     fn json_and_csv_round_trip() {
         let records = vec![rec(1, 1.5), rec(2, 2.5)];
-        let json = render(Format::Json, Bench::Latency, true, 1, 1, &records);
+        let json = render(Format::Json, Bench::Latency, true, false, 1, 1, &records);
         assert_eq!(parse_json(&json).unwrap(), records);
         assert_eq!(
-            parse_json(&render(Format::Json, Bench::Latency, true, 1, 1, &[])).unwrap(),
+            parse_json(&render(
+                Format::Json,
+                Bench::Latency,
+                true,
+                false,
+                1,
+                1,
+                &[]
+            ))
+            .unwrap(),
             vec![]
         );
-        let csv = render(Format::Csv, Bench::Latency, true, 1, 1, &records);
+        let csv = render(Format::Csv, Bench::Latency, true, false, 1, 1, &records);
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].split(',').count(), lines[1].split(',').count());
         assert_eq!(lines[1], "osu_latency,braid,2,1,1.5,us,,5,,Pass,50,5,");
+    }
+
+    #[test]
+    fn collective_text_matches_osu_layout() {
+        assert_eq!(
+            text_header(Bench::Allreduce, false, false, 1, 1),
+            "# OSU MPI Allreduce Latency Test v7.3\n# Datatype: MPI_FLOAT.\n\
+             # Size       Avg Latency(us)\n"
+        );
+        let h = text_header(Bench::Bcast, true, true, 1, 1);
+        assert!(h.ends_with(concat!(
+            "# Size       Avg Latency(us)   Min Latency(us)   Max Latency(us)  Iterations",
+            "        Validation\n"
+        )));
+        assert!(h.contains("# Datatype: MPI_CHAR.\n"));
+        assert_eq!(
+            text_header(Bench::Barrier, false, false, 1, 1),
+            "# OSU MPI Barrier Latency Test v7.3\n# Avg Latency(us)\n"
+        );
+        let h = text_header(Bench::Iallreduce, false, false, 1, 1);
+        assert!(h.ends_with(
+            "# Overall = Coll. Init + Compute + MPI_Test + MPI_Wait\n\n\
+             # Size           Overall(us)       Compute(us)    Pure Comm.(us)        Overlap(%)\n"
+        ));
+        let mut r = rec(1024, 12.5);
+        r.benchmark = "osu_bcast".into();
+        r.validation = None;
+        r.min_us = Some(10.0);
+        r.max_us = Some(15.0);
+        assert_eq!(text_row(&r, false), "1024                   12.50\n");
+        assert_eq!(
+            text_row(&r, true),
+            "1024                   12.50             10.00             15.00          50\n"
+        );
+        r.benchmark = "osu_barrier".into();
+        assert_eq!(text_row(&r, false), "            12.50\n");
+        let mut r = rec(8, 20.0);
+        r.benchmark = "osu_ibcast".into();
+        r.compute_us = Some(10.0);
+        r.pure_comm_us = Some(10.0);
+        r.overlap_pct = Some(0.0);
+        let row = text_row(&r, false);
+        assert_eq!(row.split_whitespace().count(), 6, "{row}");
+        assert!(row.ends_with("0.00              Pass\n"), "{row}");
     }
 }

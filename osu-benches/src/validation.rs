@@ -34,6 +34,42 @@ pub fn check(buf: &[u8], iter: usize) -> bool {
         .all(|(i, &b)| b == pattern_byte(i, size, iter))
 }
 
+/// Multiplier that spreads the salts of [`fill_salted`] over the 256 byte values (odd, so
+/// salts 0..256 give distinct offsets).
+const SALT_MULTIPLIER: usize = 37;
+
+/// Fills `buf` like [`fill`], offset by `salt` (the collective benchmarks use the sending
+/// rank, or sender and receiver, so every block of a gathered buffer differs).
+pub fn fill_salted(buf: &mut [u8], salt: usize, iter: usize) {
+    let size = buf.len().wrapping_add(salt.wrapping_mul(SALT_MULTIPLIER));
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(i, size, iter);
+    }
+}
+
+/// Returns whether `buf` holds exactly what [`fill_salted`] wrote for `salt` and `iter`.
+#[must_use]
+pub fn check_salted(buf: &[u8], salt: usize, iter: usize) -> bool {
+    let size = buf.len().wrapping_add(salt.wrapping_mul(SALT_MULTIPLIER));
+    buf.iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i, size, iter))
+}
+
+/// The `MPI_FLOAT` a rank contributes at element `index` in iteration `iter` of a reduction:
+/// a small integer, so sums over any job size are exact in `f32`.
+#[must_use]
+pub fn reduction_value(rank: usize, index: usize, iter: usize) -> f32 {
+    // Both terms stay below 2^16, so the conversions are exact.
+    ((index.wrapping_add(iter) % 64) + rank % 1024) as f32
+}
+
+/// The sum over `ranks` ranks of [`reduction_value`] at `index` in iteration `iter`.
+#[must_use]
+pub fn reduction_sum(ranks: usize, index: usize, iter: usize) -> f32 {
+    (0..ranks).map(|r| reduction_value(r, index, iter)).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +91,15 @@ mod tests {
         // wraps like a C char store: 7 * 40 + 1 + 0 = 281 -> 25.
         assert_eq!(pattern_byte(39, 1, 0), 25);
         assert!(check(&[], 0), "an empty message is trivially valid");
+    }
+
+    #[test]
+    fn salted_patterns_differ_by_salt() {
+        let mut buf = vec![0u8; 64];
+        fill_salted(&mut buf, 3, 5);
+        assert!(check_salted(&buf, 3, 5));
+        assert!(!check_salted(&buf, 4, 5));
+        assert!(!check_salted(&buf, 3, 6));
+        assert_eq!(reduction_sum(3, 1, 2), 3.0 * 3.0 + 3.0);
     }
 }

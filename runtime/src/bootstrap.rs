@@ -7,7 +7,7 @@ use braid_engine::{Config, Engine, Rank as ERank};
 use braid_transports::JobKey;
 use braid_transports::rail::rails_from_spec;
 use braid_shm::transport::ShmTransport;
-use braid_transports::tcp::{PeerCard, TcpTransport};
+use braid_transports::tcp::{PeerCard, RailConfig, TcpTransport};
 
 use crate::core::{self, Core, SpinPolicy, WORLD_COLL_CONTEXT};
 use crate::env::Settings;
@@ -99,6 +99,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         host: host.clone(),
         source,
     };
+    let nrails = rails.len();
     let mut tcp = TcpTransport::bind(ERank(rank), size, rails).map_err(wire)?;
     let card = format!("{host}|{}", tcp.card().map_err(wire)?);
     pmi.put(&card_key(rank), &card)?;
@@ -131,22 +132,44 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         .job_id
         .clone()
         .unwrap_or_else(|| pmi.kvsname().to_string());
+    // Every rank passes the same PMI barriers, whether it has local peers or not.
     let shm = if settings.shm && local.len() > 1 {
         Some(shm_wire_up(&mut pmi, &settings, &sanitize(&job), rank, size, &local)?)
     } else {
+        if settings.shm {
+            pmi.barrier()?;
+            pmi.barrier()?;
+        }
         None
     };
     let reached_by_shm = |r: u32| shm.as_ref().is_some_and(|s| s.reaches(ERank(r)));
+    // Local rank: position among the ranks with the same host identity (rail choice of
+    // `indep`), computed from the cards so it holds under any PMI launcher.
+    let local_rank = |r: u32| (0..r).filter(|q| hosts[*q as usize] == hosts[r as usize]).count();
+    let local_rank = |r: u32| u32::try_from(local_rank(r)).unwrap_or(u32::MAX);
     let peers: Vec<PeerCard> = (0..size)
         .filter(|r| *r != rank && !reached_by_shm(*r))
         .map(|r| PeerCard {
             rank: ERank(r),
             same_host: hosts[r as usize] == host,
+            host: hosts[r as usize].clone(),
+            local_rank: local_rank(r),
             card: cards[r as usize].1.clone(),
         })
         .collect();
-    tcp.wire_up(key, &peers, settings.connect_timeout)
+    let rail_cfg = RailConfig {
+        mode: settings.rail_mode,
+        local_rank: local_rank(rank),
+        stall_timeout: settings.rail_timeout,
+    };
+    tcp.wire_up(key, rail_cfg, &peers, settings.connect_timeout)
         .map_err(wire)?;
+    // Striping needs chunks small enough that one message spreads over every rail.
+    let chunk_size = if settings.rail_mode.is_multi() && nrails > 1 {
+        settings.rail_chunk
+    } else {
+        settings.chunk_size
+    };
 
     let oversubscribed = local.len() > online_cpus();
     let spin = SpinPolicy {
@@ -157,7 +180,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         }),
         yield_between: oversubscribed,
     };
-    let mut cfg = Config::uniform(ERank(rank), size, settings.eager_limit, settings.chunk_size);
+    let mut cfg = Config::uniform(ERank(rank), size, settings.eager_limit, chunk_size);
     if let Some(s) = &shm {
         for r in 0..size {
             if s.reaches(ERank(r)) {

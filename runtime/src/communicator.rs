@@ -154,7 +154,8 @@ const fn initial_slots() -> [u64; SLOTS / 64] {
 }
 
 fn used() -> std::sync::MutexGuard<'static, [u64; SLOTS / 64]> {
-    USED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    USED.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The free slots of this process as a bit mask.
@@ -356,7 +357,11 @@ pub trait Communicator: sealed::Sealed {
     ///
     /// # Errors
     /// As [`Communicator::split_by_color`].
-    fn split_by_color_with_key(&self, color: Color, key: Rank) -> Result<Option<SimpleCommunicator>, Error> {
+    fn split_by_color_with_key(
+        &self,
+        color: Color,
+        key: Rank,
+    ) -> Result<Option<SimpleCommunicator>, Error> {
         split(self.data(), color, key)
     }
 
@@ -369,7 +374,11 @@ pub trait Communicator: sealed::Sealed {
         let d = self.data();
         let color = with_core(|c| {
             let mine = &c.hosts[c.rank as usize];
-            d.group.world_ranks().iter().position(|w| &c.hosts[*w as usize] == mine).unwrap_or(0)
+            d.group
+                .world_ranks()
+                .iter()
+                .position(|w| &c.hosts[*w as usize] == mine)
+                .unwrap_or(0)
         });
         split(d, Color::with_value(color as i32), d.rank)?
             .ok_or_else(|| Error::LocalOs("split_shared gave no communicator".into()))
@@ -380,10 +389,19 @@ pub trait Communicator: sealed::Sealed {
     ///
     /// # Errors
     /// A group with processes outside this communicator; as [`Communicator::split_by_color`].
-    fn split_by_subgroup_collective(&self, group: &Group) -> Result<Option<SimpleCommunicator>, Error> {
+    fn split_by_subgroup_collective(
+        &self,
+        group: &Group,
+    ) -> Result<Option<SimpleCommunicator>, Error> {
         let d = self.data();
-        if group.world_ranks().iter().any(|w| d.group.rank_of_world(*w).is_none()) {
-            return Err(Error::UsageArgument("the group has processes outside the communicator".into()));
+        if group
+            .world_ranks()
+            .iter()
+            .any(|w| d.group.rank_of_world(*w).is_none())
+        {
+            return Err(Error::UsageArgument(
+                "the group has processes outside the communicator".into(),
+            ));
         }
         let me = d.group.world_of(d.rank_index());
         let (color, key) = match group.rank_of_world(me) {
@@ -405,15 +423,26 @@ pub trait Communicator: sealed::Sealed {
         if tag >= crate::collective::GROUP_TAG {
             return Err(Error::UsageInvalidTag(tag));
         }
-        if group.world_ranks().iter().any(|w| d.group.rank_of_world(*w).is_none()) {
-            return Err(Error::UsageArgument("the group has processes outside the communicator".into()));
+        if group
+            .world_ranks()
+            .iter()
+            .any(|w| d.group.rank_of_world(*w).is_none())
+        {
+            return Err(Error::UsageArgument(
+                "the group has processes outside the communicator".into(),
+            ));
         }
         let me = d.group.world_of(d.rank_index());
         let my_index = group
             .rank_of_world(me)
             .ok_or_else(|| Error::UsageArgument("this process is not in the group".into()))?;
         let world: Vec<u32> = group.world_ranks().to_vec();
-        let over = Over::subgroup(&world, my_index as usize, d.coll_context(), crate::collective::GROUP_TAG + tag);
+        let over = Over::subgroup(
+            &world,
+            my_index as usize,
+            d.coll_context(),
+            crate::collective::GROUP_TAG + tag,
+        );
         let slot = agree_slot(over, world.len())?;
         d.derived(group.clone(), slot)
     }
@@ -451,7 +480,10 @@ pub trait Communicator: sealed::Sealed {
 /// `MPI_Comm_split`: allgather of (color, key), agreement on a slot, then the new group.
 fn split(d: &CommData, color: Color, key: Rank) -> Result<Option<SimpleCommunicator>, Error> {
     if color.0 < 0 && color != Color::undefined() {
-        return Err(Error::UsageArgument(format!("color {} is negative", color.0)));
+        return Err(Error::UsageArgument(format!(
+            "color {} is negative",
+            color.0
+        )));
     }
     let p = d.size() as usize;
     let mine = [color.0, key];
@@ -485,8 +517,7 @@ pub struct SimpleCommunicator {
 impl SimpleCommunicator {
     pub(crate) fn world(rank: u32, size: u32) -> Self {
         debug_assert_eq!(ContextId(0), crate::core::WORLD_CONTEXT);
-        let group = Group::from_world_ranks((0..size).collect())
-            .unwrap_or_else(|_| Group::empty());
+        let group = Group::from_world_ranks((0..size).collect()).unwrap_or_else(|_| Group::empty());
         Self {
             data: Arc::new(CommData {
                 group,
@@ -644,7 +675,13 @@ pub trait Source: sealed::Peer {
         buf: &'a mut B,
         tag: Tag,
     ) -> Result<Request<'a, S>, Error> {
-        irecv(self.comm(), self.source_rank()?, Some(check_tag(tag)?), scope, buf)
+        irecv(
+            self.comm(),
+            self.source_rank()?,
+            Some(check_tag(tag)?),
+            scope,
+            buf,
+        )
     }
 
     /// Blocks until a message is available and returns its envelope (`MPI_Probe`).
@@ -711,7 +748,13 @@ pub trait Destination: sealed::Peer {
     /// # Errors
     /// An invalid destination; a lost peer.
     fn send<B: Buffer + ?Sized>(&self, buf: &B) -> Result<(), Error> {
-        send(self.context(), self.destination_rank()?, 0, buf, SendMode::Standard)
+        send(
+            self.context(),
+            self.destination_rank()?,
+            0,
+            buf,
+            SendMode::Standard,
+        )
     }
 
     /// Sends `buf` with tag `tag`.
@@ -719,7 +762,13 @@ pub trait Destination: sealed::Peer {
     /// # Errors
     /// As [`Destination::send`]; a negative tag.
     fn send_with_tag<B: Buffer + ?Sized>(&self, buf: &B, tag: Tag) -> Result<(), Error> {
-        send(self.context(), self.destination_rank()?, check_tag(tag)?, buf, SendMode::Standard)
+        send(
+            self.context(),
+            self.destination_rank()?,
+            check_tag(tag)?,
+            buf,
+            SendMode::Standard,
+        )
     }
 
     /// Sends `buf` and returns only once the receiver matched it (`MPI_Ssend`).
@@ -727,16 +776,32 @@ pub trait Destination: sealed::Peer {
     /// # Errors
     /// As [`Destination::send`].
     fn synchronous_send<B: Buffer + ?Sized>(&self, buf: &B) -> Result<(), Error> {
-        send(self.context(), self.destination_rank()?, 0, buf, SendMode::Synchronous)
+        send(
+            self.context(),
+            self.destination_rank()?,
+            0,
+            buf,
+            SendMode::Synchronous,
+        )
     }
 
     /// Synchronous send with tag `tag`.
     ///
     /// # Errors
     /// As [`Destination::send_with_tag`].
-    fn synchronous_send_with_tag<B: Buffer + ?Sized>(&self, buf: &B, tag: Tag) -> Result<(), Error> {
+    fn synchronous_send_with_tag<B: Buffer + ?Sized>(
+        &self,
+        buf: &B,
+        tag: Tag,
+    ) -> Result<(), Error> {
         let tag = check_tag(tag)?;
-        send(self.context(), self.destination_rank()?, tag, buf, SendMode::Synchronous)
+        send(
+            self.context(),
+            self.destination_rank()?,
+            tag,
+            buf,
+            SendMode::Synchronous,
+        )
     }
 
     /// Starts a send of `buf` (`MPI_Isend`).
@@ -748,7 +813,14 @@ pub trait Destination: sealed::Peer {
         scope: S,
         buf: &'a B,
     ) -> Result<Request<'a, S>, Error> {
-        isend(self.context(), self.destination_rank()?, 0, scope, buf, SendMode::Standard)
+        isend(
+            self.context(),
+            self.destination_rank()?,
+            0,
+            scope,
+            buf,
+            SendMode::Standard,
+        )
     }
 
     /// Starts a send of `buf` with tag `tag`.
@@ -762,7 +834,14 @@ pub trait Destination: sealed::Peer {
         tag: Tag,
     ) -> Result<Request<'a, S>, Error> {
         let tag = check_tag(tag)?;
-        isend(self.context(), self.destination_rank()?, tag, scope, buf, SendMode::Standard)
+        isend(
+            self.context(),
+            self.destination_rank()?,
+            tag,
+            scope,
+            buf,
+            SendMode::Standard,
+        )
     }
 
     /// Starts a synchronous send (`MPI_Issend`).
@@ -774,7 +853,14 @@ pub trait Destination: sealed::Peer {
         scope: S,
         buf: &'a B,
     ) -> Result<Request<'a, S>, Error> {
-        isend(self.context(), self.destination_rank()?, 0, scope, buf, SendMode::Synchronous)
+        isend(
+            self.context(),
+            self.destination_rank()?,
+            0,
+            scope,
+            buf,
+            SendMode::Synchronous,
+        )
     }
 
     /// Starts a synchronous send with tag `tag`.
@@ -788,7 +874,14 @@ pub trait Destination: sealed::Peer {
         tag: Tag,
     ) -> Result<Request<'a, S>, Error> {
         let tag = check_tag(tag)?;
-        isend(self.context(), self.destination_rank()?, tag, scope, buf, SendMode::Synchronous)
+        isend(
+            self.context(),
+            self.destination_rank()?,
+            tag,
+            scope,
+            buf,
+            SendMode::Synchronous,
+        )
     }
 }
 
@@ -895,7 +988,8 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
         Cow::Borrowed(bytes) => {
             // SAFETY: `buf` is borrowed for 'a, and the request (or its scope) waits for
             // completion before 'a ends.
-            let id = with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
+            let id =
+                with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
             (id, None)
         }
         Cow::Owned(v) => {
@@ -931,4 +1025,28 @@ fn irecv<'a, S: Scope<'a>, B: BufferMut + ?Sized>(
     // completion before 'a ends.
     let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
     Ok(Request::new(id, scope, Kind::Recv { capacity }).with_group(comm.group.clone(), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_agreement() {
+        // Free masks of three members: the lowest slot free at all of them wins.
+        let a = [!0b0111u64, !0];
+        let b = [!0b1011u64, !0];
+        let c = [!0b0001u64, !0];
+        let and: Vec<u64> = (0..2).map(|i| a[i] & b[i] & c[i]).collect();
+        assert_eq!(lowest_free(&and), Some(4));
+        assert_eq!(lowest_free(&[0, 0b100]), Some(66));
+        assert_eq!(lowest_free(&[0, 0]), None);
+        // Claim and release keep the table consistent; slot 0 (world) is never freed.
+        claim(700);
+        assert_eq!(free_mask()[700 / 64] & (1 << (700 % 64)), 0);
+        release(700);
+        assert_ne!(free_mask()[700 / 64] & (1 << (700 % 64)), 0);
+        release(0);
+        assert_eq!(free_mask()[0] & 1, 0);
+    }
 }

@@ -14,6 +14,7 @@ use braid_engine::{
 };
 use braid_shm::transport::ShmTransport;
 use braid_transports::tcp::TcpTransport;
+use braid_transports::stream::COPY_LIMIT;
 use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
 
 use crate::error::Error;
@@ -500,6 +501,9 @@ impl Core {
                 None => (std::ptr::null(), 0, None),
             },
         };
+        // Transports copy small bodies they cannot write at once, so lending them is moot:
+        // without an owner the send completes as soon as the engine says so.
+        let owner = owner.filter(|_| len > COPY_LIMIT);
         if t.to.0 == self.rank {
             self.loopback(&t.header, ptr, len);
             return;

@@ -131,7 +131,9 @@ macro_rules! equivalence {
         }
     )* };
 }
-equivalence!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64);
+equivalence!(
+    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
+);
 
 // SAFETY: arrays of plain old data are plain old data.
 unsafe impl<T: Equivalence, const N: usize> Equivalence for [T; N] {
@@ -180,6 +182,8 @@ struct TypeInner {
     opaque: bool,
     /// `MPI_Type_commit` was called (predefined types are born committed).
     committed: bool,
+    /// A MINLOC/MAXLOC pair type: only those operations apply to it.
+    pair: bool,
 }
 
 impl PartialEq for Datatype {
@@ -248,6 +252,7 @@ impl Datatype {
                 size,
                 opaque: false,
                 committed: true,
+                pair: true,
             }),
         }
     }
@@ -271,6 +276,7 @@ impl Datatype {
                 size: p.size() * count,
                 opaque,
                 committed: true,
+                pair: false,
             }),
         }
     }
@@ -316,6 +322,7 @@ impl Datatype {
                 size,
                 opaque,
                 committed: false,
+                pair: false,
             }),
         }
     }
@@ -339,7 +346,8 @@ impl Datatype {
     pub fn vector(count: usize, blocklen: usize, stride: isize, old: &Self) -> Self {
         let s = stride as i64 * old.extent();
         let mut t = Self::hvector(count, blocklen, s as isize, old);
-        Arc::make_mut(&mut t.inner).name = format!("vector({count}, {blocklen}, {stride}, {})", old.name());
+        Arc::make_mut(&mut t.inner).name =
+            format!("vector({count}, {blocklen}, {stride}, {})", old.name());
         t
     }
 
@@ -353,7 +361,10 @@ impl Datatype {
             })
             .collect();
         Self::from_blocks(
-            format!("hvector({count}, {blocklen}, {stride_bytes}, {})", old.name()),
+            format!(
+                "hvector({count}, {blocklen}, {stride_bytes}, {})",
+                old.name()
+            ),
             &blocks,
         )
     }
@@ -367,7 +378,8 @@ impl Datatype {
         let ext = old.extent();
         let bytes: Vec<isize> = displs.iter().map(|d| (*d as i64 * ext) as isize).collect();
         let mut t = Self::hindexed(blocklens, &bytes, old)?;
-        Arc::make_mut(&mut t.inner).name = format!("indexed({} blocks, {})", blocklens.len(), old.name());
+        Arc::make_mut(&mut t.inner).name =
+            format!("indexed({} blocks, {})", blocklens.len(), old.name());
         Ok(t)
     }
 
@@ -400,7 +412,11 @@ impl Datatype {
     pub fn indexed_block(blocklen: usize, displs: &[isize], old: &Self) -> Self {
         let lens = vec![blocklen; displs.len()];
         let mut t = Self::indexed(&lens, displs, old).unwrap_or_else(|_| Self::opaque(0));
-        Arc::make_mut(&mut t.inner).name = format!("indexed_block({blocklen}, {} blocks, {})", displs.len(), old.name());
+        Arc::make_mut(&mut t.inner).name = format!(
+            "indexed_block({blocklen}, {} blocks, {})",
+            displs.len(),
+            old.name()
+        );
         t
     }
 
@@ -409,7 +425,11 @@ impl Datatype {
     ///
     /// # Errors
     /// [`Error::UsageDatatype`] when the slices differ in length.
-    pub fn structure(blocklens: &[usize], displs: &[isize], types: &[&Self]) -> Result<Self, Error> {
+    pub fn structure(
+        blocklens: &[usize],
+        displs: &[isize],
+        types: &[&Self],
+    ) -> Result<Self, Error> {
         if blocklens.len() != displs.len() || displs.len() != types.len() {
             return Err(Error::UsageDatatype(format!(
                 "struct with {} lengths, {} displacements, {} types",
@@ -425,7 +445,10 @@ impl Datatype {
                 ty: types[i],
             })
             .collect();
-        Ok(Self::from_blocks(format!("struct({} blocks)", blocks.len()), &blocks))
+        Ok(Self::from_blocks(
+            format!("struct({} blocks)", blocks.len()),
+            &blocks,
+        ))
     }
 
     /// `old` with lower bound `lb` and extent `extent` (`MPI_Type_create_resized`).
@@ -493,17 +516,19 @@ impl Datatype {
     pub(crate) fn homogeneous_primitive(&self) -> Option<Primitive> {
         let first = self.inner.segs.first()?;
         let same = self.inner.segs.iter().all(|s| s.prim == first.prim);
-        (!self.inner.opaque && same && self.is_contiguous()).then_some(first.prim)
+        (!self.inner.opaque && !self.inner.pair && same && self.is_contiguous())
+            .then_some(first.prim)
     }
 
     /// `(value, index)` primitives if this is a [`crate::collective::ValueIndex`] pair.
     pub(crate) fn as_pair(&self) -> Option<(Primitive, Primitive)> {
         match self.inner.segs[..] {
-            [a, b] if a.disp == 0
-                && a.count == 1
-                && b.count == 1
-                && b.disp == a.prim.size() as i64
-                && self.extent() == (a.prim.size() + b.prim.size()) as i64 =>
+            [a, b]
+                if a.disp == 0
+                    && a.count == 1
+                    && b.count == 1
+                    && b.disp == a.prim.size() as i64
+                    && self.extent() == (a.prim.size() + b.prim.size()) as i64 =>
             {
                 Some((a.prim, b.prim))
             }
@@ -547,7 +572,10 @@ impl Datatype {
     /// it, and that the type is committed.
     fn check_span(&self, count: usize, len: usize) -> Result<(), Error> {
         if !self.inner.committed {
-            return Err(Error::UsageDatatype(format!("{} is not committed", self.name())));
+            return Err(Error::UsageDatatype(format!(
+                "{} is not committed",
+                self.name()
+            )));
         }
         if count == 0 || self.size() == 0 {
             return Ok(());
@@ -572,13 +600,22 @@ impl Datatype {
     /// # Errors
     /// [`Error::UsageDatatype`] when the layout leaves `buf` or the type is not committed;
     /// [`Error::UsageTruncated`]-like [`Error::UsageCountMismatch`] when `out` is too small.
-    pub fn pack_into(&self, buf: &[u8], count: usize, out: &mut [u8], position: &mut usize) -> Result<(), Error> {
+    pub fn pack_into(
+        &self,
+        buf: &[u8],
+        count: usize,
+        out: &mut [u8],
+        position: &mut usize,
+    ) -> Result<(), Error> {
         self.check_span(count, buf.len())?;
         let need = self.pack_size(count);
         if position.checked_add(need).is_none_or(|e| e > out.len()) {
             return Err(Error::UsageCountMismatch {
                 op: "MPI_Pack",
-                detail: format!("{need} bytes at position {position} of a {}-byte buffer", out.len()),
+                detail: format!(
+                    "{need} bytes at position {position} of a {}-byte buffer",
+                    out.len()
+                ),
             });
         }
         if self.is_contiguous() {
@@ -602,13 +639,22 @@ impl Datatype {
     ///
     /// # Errors
     /// As [`Datatype::pack_into`].
-    pub fn unpack_from(&self, packed: &[u8], position: &mut usize, buf: &mut [u8], count: usize) -> Result<(), Error> {
+    pub fn unpack_from(
+        &self,
+        packed: &[u8],
+        position: &mut usize,
+        buf: &mut [u8],
+        count: usize,
+    ) -> Result<(), Error> {
         self.check_span(count, buf.len())?;
         let need = self.pack_size(count);
         if position.checked_add(need).is_none_or(|e| e > packed.len()) {
             return Err(Error::UsageCountMismatch {
                 op: "MPI_Unpack",
-                detail: format!("{need} bytes at position {position} of a {}-byte buffer", packed.len()),
+                detail: format!(
+                    "{need} bytes at position {position} of a {}-byte buffer",
+                    packed.len()
+                ),
             });
         }
         if self.is_contiguous() {
@@ -733,7 +779,9 @@ impl Buffer for View<'_> {
         let mut out = vec![0u8; self.datatype.pack_size(self.count)];
         let mut pos = 0;
         // The span was checked at construction, and out is exactly pack_size long.
-        let _ = self.datatype.pack_into(self.buf, self.count, &mut out, &mut pos);
+        let _ = self
+            .datatype
+            .pack_into(self.buf, self.count, &mut out, &mut pos);
         Cow::Owned(out)
     }
 }
@@ -897,5 +945,140 @@ mod tests {
         x.as_bytes_mut().copy_from_slice(&[1, 1]);
         assert_eq!(x, 257);
         assert_eq!(zeroed_vec::<f64>(3), vec![0.0; 3]);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn f64t() -> Datatype {
+        Datatype::primitive(Primitive::F64)
+    }
+
+    #[test]
+    fn constructors() {
+        let v = Datatype::vector(3, 2, 4, &Datatype::primitive(Primitive::I32));
+        assert_eq!((v.size(), v.extent(), v.lower_bound()), (24, 40, 0));
+        assert!(!v.is_committed() && !v.is_contiguous());
+        let c = Datatype::contiguous(4, &f64t());
+        assert!(c.is_contiguous() && c.is_committed());
+        assert_eq!(c.homogeneous_primitive(), Some(Primitive::F64));
+        let h = Datatype::hvector(2, 1, -16, &f64t());
+        assert_eq!((h.lower_bound(), h.extent()), (-16, 24));
+        let i = Datatype::indexed(&[1, 2], &[3, 0], &f64t()).unwrap();
+        assert_eq!((i.size(), i.extent(), i.true_extent()), (24, 32, (0, 32)));
+        let ib = Datatype::indexed_block(2, &[0, 5], &Datatype::primitive(Primitive::U8));
+        assert_eq!((ib.size(), ib.extent()), (4, 7));
+        let s = Datatype::structure(
+            &[1, 1],
+            &[0, 8],
+            &[&Datatype::primitive(Primitive::I32), &f64t()],
+        )
+        .unwrap();
+        assert_eq!((s.size(), s.extent(), s.true_extent()), (12, 16, (0, 16)));
+        assert_eq!(s.elements_of(12), Some(2));
+        assert_eq!(s.elements_of(4), Some(1));
+        assert_eq!(s.elements_of(6), None);
+        assert_eq!(s.count_of(24), Some(2));
+        assert_eq!(s.count_of(13), None);
+        let r = Datatype::resized(&s, -4, 24);
+        assert_eq!((r.lower_bound(), r.extent(), r.size()), (-4, 24, 12));
+        let d = r.dup();
+        assert_eq!(d, r);
+        assert!(Datatype::structure(&[1], &[0, 1], &[&f64t()]).is_err());
+        assert_eq!(
+            <[u16; 3]>::equivalent_datatype().homogeneous_primitive(),
+            Some(Primitive::U16)
+        );
+        assert_eq!(Datatype::opaque(8).homogeneous_primitive(), None);
+    }
+
+    #[test]
+    fn pack_unpack_vector() {
+        let mut t = Datatype::vector(2, 2, 3, &Datatype::primitive(Primitive::U8));
+        t.commit();
+        let src: Vec<u8> = (0..12).collect();
+        let mut out = vec![0u8; t.pack_size(2)];
+        let mut pos = 0;
+        t.pack_into(&src, 2, &mut out, &mut pos).unwrap();
+        // Extent 5: element 0 at 0 (bytes 0,1,3,4), element 1 at 5 (5,6,8,9).
+        assert_eq!(out, [0, 1, 3, 4, 5, 6, 8, 9]);
+        let mut back = vec![0u8; 12];
+        let mut pos = 0;
+        t.unpack_from(&out, &mut pos, &mut back, 2).unwrap();
+        assert_eq!(back, [0, 1, 0, 3, 4, 5, 6, 0, 8, 9, 0, 0]);
+        let mut small = vec![0u8; 3];
+        assert!(t.pack_into(&src, 2, &mut small, &mut 0).is_err());
+        assert!(t.pack_into(&src[..6], 2, &mut out, &mut 0).is_err());
+        let raw = Datatype::vector(2, 2, 3, &Datatype::primitive(Primitive::U8));
+        assert!(raw.pack_into(&src, 1, &mut out, &mut 0).is_err());
+    }
+
+    /// A random layout: a tree of constructors over primitives.
+    fn layout() -> impl Strategy<Value = Datatype> {
+        let leaf = prop_oneof![
+            Just(Datatype::primitive(Primitive::U8)),
+            Just(Datatype::primitive(Primitive::I32)),
+            Just(Datatype::primitive(Primitive::F64)),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                (1usize..4, inner.clone()).prop_map(|(n, t)| Datatype::contiguous(n, &t)),
+                (1usize..4, 1usize..3, 0isize..4, inner.clone())
+                    .prop_map(|(c, b, extra, t)| Datatype::vector(c, b, b as isize + extra, &t)),
+                (
+                    proptest::collection::vec((1usize..3, 0isize..6), 1..4),
+                    inner.clone()
+                )
+                    .prop_map(|(bl, t)| {
+                        // Non-overlapping, increasing displacements.
+                        let mut d = 0isize;
+                        let (lens, displs): (Vec<usize>, Vec<isize>) = bl
+                            .into_iter()
+                            .map(|(l, gap)| {
+                                let here = d + gap;
+                                d = here + l as isize;
+                                (l, here)
+                            })
+                            .unzip();
+                        Datatype::indexed(&lens, &displs, &t).unwrap()
+                    }),
+                (inner, 0isize..16).prop_map(|(t, pad)| Datatype::resized(
+                    &t,
+                    0,
+                    t.extent() as isize + pad
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn pack_unpack_round_trip(t in layout(), count in 0usize..4, seed in any::<u64>()) {
+            let mut t = t;
+            t.commit();
+            let (tlb, text) = t.true_extent();
+            prop_assume!(tlb >= 0);
+            let span = if count == 0 { 0 } else { (count as i64 - 1) * t.extent() + (tlb + text) as i64 };
+            let len = span.max(0) as usize;
+            let src: Vec<u8> = (0..len).map(|i| (i as u64).wrapping_mul(seed | 1).wrapping_shr(7) as u8).collect();
+            let mut packed = vec![0u8; t.pack_size(count)];
+            let mut pos = 0;
+            t.pack_into(&src, count, &mut packed, &mut pos).unwrap();
+            prop_assert_eq!(pos, t.pack_size(count));
+            let mut back = vec![0u8; len];
+            let mut pos = 0;
+            t.unpack_from(&packed, &mut pos, &mut back, count).unwrap();
+            // Packing what was unpacked gives the same bytes; bytes outside the typemap stay 0.
+            let mut again = vec![0u8; packed.len()];
+            t.pack_into(&back, count, &mut again, &mut 0).unwrap();
+            prop_assert_eq!(&again, &packed);
+            let data: usize = back.iter().zip(&src).filter(|(b, s)| b == s && **s != 0).count();
+            prop_assert!(data <= t.pack_size(count));
+            prop_assert_eq!(t.count_of(packed.len()), Some(if t.size() == 0 { 0 } else { count }));
+        }
     }
 }

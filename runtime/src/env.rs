@@ -15,12 +15,17 @@
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
 //! | `BRAID_JOB_ID` | set by `mpirun` | names the job's shared segments (`/dev/shm/braid-<job>-<rank>`); otherwise the PMI kvsname |
+//! | **rails** (read by `bootstrap`; see `braid_transports::rail::RailMode`) | | |
+//! | `BRAID_RAIL_MODE` | single | how TCP traffic uses the rails of `BRAID_RAILS`, the same on every rank: `single` (one connection per peer, rail 0), `indep` (one rail per peer pair: min of the two local ranks mod rails), `stripe` (a connection per rail; data chunks round-robin), `weighted` (as stripe, chunks by measured rail rate) |
+//! | `BRAID_RAIL_CHUNK` | 262144 | largest data frame of a rendezvous transfer in `stripe` and `weighted` mode with several rails (replaces `BRAID_CHUNK_SIZE` there, so a message spreads over the rails) |
+//! | `BRAID_RAIL_TIMEOUT_MS` | 2000 | a TCP connection with unacknowledged bytes and no ACK from the peer's host for this long is dropped (its frames fail over to the other rails; on the last rail the peer is lost) |
 //! | **collectives** (read by `collective::settings`; see `braid::collective::info()`) | | |
 //! | `BRAID_COLL_BCAST_LONG` | 131072 | broadcasts of at least this many bytes (and ≥ 8 ranks) use scatter-allgather instead of the binomial tree |
 //! | `BRAID_COLL_ALLREDUCE_SHORT` | 65536 | allreduces below this many bytes use recursive doubling; longer commutative ones Rabenseifner (power-of-two ranks) or ring |
 //! | `BRAID_COLL_ALLGATHER_SHORT` | 81920 | allgathers whose result is below this many bytes use Bruck; longer ones the ring |
 //! | `BRAID_COLL_GATHER_SHORT` | 65536 | gathers/scatters whose whole buffer is below this many bytes use the binomial tree; longer ones are linear |
 //! | `BRAID_COLL_HIERARCHY` | 1 | 0 turns off host-aware (two-level) collectives |
+//! | `BRAID_COLL_FAKE_HOSTS` | 0 | testing: when k > 0, collectives pretend world rank r is on host r·k/size (two-level algorithms on one machine); `split_shared` still uses real hosts |
 
 use std::time::Duration;
 
@@ -39,6 +44,13 @@ pub(crate) struct Settings {
     pub(crate) shm_ring_size: usize,
     pub(crate) fake_hosts: Option<u32>,
     pub(crate) job_id: Option<String>,
+    // ---- rails (bootstrap) ----
+    /// `BRAID_RAIL_MODE`.
+    pub(crate) rail_mode: braid_transports::rail::RailMode,
+    /// `BRAID_RAIL_CHUNK`.
+    pub(crate) rail_chunk: u64,
+    /// `BRAID_RAIL_TIMEOUT_MS`.
+    pub(crate) rail_timeout: Duration,
     // ---- collectives: thresholds of algorithm selection (module `collective`) ----
     /// `BRAID_COLL_BCAST_LONG`.
     pub(crate) coll_bcast_long: u64,
@@ -50,6 +62,8 @@ pub(crate) struct Settings {
     pub(crate) coll_gather_short: u64,
     /// `BRAID_COLL_HIERARCHY`.
     pub(crate) coll_hierarchy: bool,
+    /// `BRAID_COLL_FAKE_HOSTS`.
+    pub(crate) coll_fake_hosts: u64,
 }
 
 /// A variable that is set but does not parse.
@@ -105,6 +119,17 @@ fn ring_size() -> Result<usize, EnvError> {
     Ok(n)
 }
 
+fn rail_mode() -> Result<braid_transports::rail::RailMode, EnvError> {
+    match var("BRAID_RAIL_MODE") {
+        None => Ok(braid_transports::rail::RailMode::default()),
+        Some(v) => v.parse().map_err(|_| EnvError {
+            name: "BRAID_RAIL_MODE",
+            value: v,
+            expected: "one of single, indep, stripe, weighted",
+        }),
+    }
+}
+
 /// Parses `123`, `64k`, `1m`, `2g` (binary multiples).
 pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -138,12 +163,17 @@ impl Settings {
                 .transpose()?
                 .map(|k| u32::try_from(k.max(1)).unwrap_or(u32::MAX)),
             job_id: var("BRAID_JOB_ID"),
+            // ---- rails ----
+            rail_mode: rail_mode()?,
+            rail_chunk: number("BRAID_RAIL_CHUNK", 256 * 1024)?.max(1),
+            rail_timeout: Duration::from_millis(number("BRAID_RAIL_TIMEOUT_MS", 2000)?.max(1)),
             // ---- collectives ----
             coll_bcast_long: number("BRAID_COLL_BCAST_LONG", 128 * 1024)?,
             coll_allreduce_short: number("BRAID_COLL_ALLREDUCE_SHORT", 64 * 1024)?,
             coll_allgather_short: number("BRAID_COLL_ALLGATHER_SHORT", 80 * 1024)?,
             coll_gather_short: number("BRAID_COLL_GATHER_SHORT", 64 * 1024)?,
             coll_hierarchy: number("BRAID_COLL_HIERARCHY", 1)? != 0,
+            coll_fake_hosts: number("BRAID_COLL_FAKE_HOSTS", 0)?,
         })
     }
 }

@@ -48,7 +48,9 @@ pub enum InitError {
 pub enum Error {
     /// A message was longer than the receive buffer (`MPI_ERR_TRUNCATE`). The first
     /// `stored` bytes were received.
-    #[error("message truncated: {len} bytes from rank {source_rank} (tag {tag}) into a buffer of {capacity} bytes")]
+    #[error(
+        "message truncated: {len} bytes from rank {source_rank} (tag {tag}) into a buffer of {capacity} bytes"
+    )]
     UsageTruncated {
         /// Sender.
         source_rank: Rank,

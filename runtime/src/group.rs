@@ -52,7 +52,9 @@ impl Group {
         let mut inverse = HashMap::with_capacity(world.len());
         for (i, w) in world.iter().enumerate() {
             if inverse.insert(*w, i as Rank).is_some() {
-                return Err(Error::UsageArgument(format!("process {w} appears twice in a group")));
+                return Err(Error::UsageArgument(format!(
+                    "process {w} appears twice in a group"
+                )));
             }
         }
         Ok(Self {
@@ -111,7 +113,10 @@ impl Group {
     /// # Errors
     /// A rank out of range or given twice.
     pub fn include(&self, ranks: &[Rank]) -> Result<Self, Error> {
-        let world = ranks.iter().map(|r| self.check(*r)).collect::<Result<_, _>>()?;
+        let world = ranks
+            .iter()
+            .map(|r| self.check(*r))
+            .collect::<Result<_, _>>()?;
         Self::from_world_ranks(world)
     }
 
@@ -171,9 +176,7 @@ impl Group {
     /// Members of `self`, then members of `other` not in `self` (`MPI_Group_union`).
     pub fn union(&self, other: &Self) -> Self {
         let mut world = self.inner.world.clone();
-        world.extend(
-            (other.inner.world.iter()).filter(|w| !self.inner.inverse.contains_key(w)),
-        );
+        world.extend((other.inner.world.iter()).filter(|w| !self.inner.inverse.contains_key(w)));
         Self::from_world_ranks(world).unwrap_or_else(|_| Self::empty())
     }
 
@@ -245,13 +248,28 @@ mod tests {
         assert_eq!(a.include(&[4, 0]).unwrap().world_ranks(), &[4, 0]);
         assert_eq!(a.exclude(&[4, 0]).unwrap().world_ranks(), &[1, 2, 3, 5]);
         assert!(a.include(&[1, 1]).is_err());
-        assert!(matches!(a.include(&[6]), Err(Error::UsageInvalidRank { rank: 6, size: 6 })));
+        assert!(matches!(
+            a.include(&[6]),
+            Err(Error::UsageInvalidRank { rank: 6, size: 6 })
+        ));
         assert!(a.exclude(&[2, 2]).is_err());
-        assert_eq!(a.range_include(&[(0, 5, 2)]).unwrap().world_ranks(), &[0, 2, 4]);
-        assert_eq!(a.range_include(&[(5, 0, -3)]).unwrap().world_ranks(), &[5, 2]);
-        assert_eq!(a.range_exclude(&[(1, 4, 1)]).unwrap().world_ranks(), &[0, 5]);
+        assert_eq!(
+            a.range_include(&[(0, 5, 2)]).unwrap().world_ranks(),
+            &[0, 2, 4]
+        );
+        assert_eq!(
+            a.range_include(&[(5, 0, -3)]).unwrap().world_ranks(),
+            &[5, 2]
+        );
+        assert_eq!(
+            a.range_exclude(&[(1, 4, 1)]).unwrap().world_ranks(),
+            &[0, 5]
+        );
         assert!(a.range_include(&[(0, 5, 0)]).is_err());
-        assert_eq!(a.translate_ranks(&[0, 3, 5, 9], &b), vec![UNDEFINED, 1, 0, UNDEFINED]);
+        assert_eq!(
+            a.translate_ranks(&[0, 3, 5, 9], &b),
+            vec![UNDEFINED, 1, 0, UNDEFINED]
+        );
         assert_eq!(b.translate_rank(2, &a), None);
         assert_eq!(a.compare(&a.clone()), GroupRelation::Identical);
         assert_eq!(g(&[3, 5]).compare(&g(&[5, 3])), GroupRelation::Similar);

@@ -61,11 +61,11 @@ pub mod topology;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// `#[derive(Equivalence)]` for structs whose fields are all [`traits::Equivalence`].
+pub use braid_derive::Equivalence;
 pub use communicator::{
     AnyProcess, Color, CommunicatorRelation, Process, Rank, SimpleCommunicator, Status, Tag,
 };
-/// `#[derive(Equivalence)]` for structs whose fields are all [`traits::Equivalence`].
-pub use braid_derive::Equivalence;
 pub use env::EnvError;
 pub use error::{Error, InitError};
 

@@ -12,7 +12,12 @@ use crate::error::Error;
 ///
 /// # Errors
 /// Truncation, invalid ranks, a lost peer.
-pub fn send_receive_into<M, D, B, S>(msg: &M, destination: &D, buf: &mut B, source: &S) -> Result<Status, Error>
+pub fn send_receive_into<M, D, B, S>(
+    msg: &M,
+    destination: &D,
+    buf: &mut B,
+    source: &S,
+) -> Result<Status, Error>
 where
     M: Buffer + ?Sized,
     D: Destination,

@@ -294,7 +294,9 @@ pub fn wait_all<'a, S: Scope<'a>>(reqs: Vec<Request<'a, S>>) -> Result<Vec<Statu
 ///
 /// # Errors
 /// That request's error; also when `reqs` is empty.
-pub fn wait_any<'a, S: Scope<'a>>(reqs: &mut Vec<Request<'a, S>>) -> Result<(usize, Status), Error> {
+pub fn wait_any<'a, S: Scope<'a>>(
+    reqs: &mut Vec<Request<'a, S>>,
+) -> Result<(usize, Status), Error> {
     if reqs.is_empty() {
         return Err(Error::LocalOs("wait_any on no requests".into()));
     }
@@ -311,7 +313,8 @@ pub fn wait_any<'a, S: Scope<'a>>(reqs: &mut Vec<Request<'a, S>>) -> Result<(usi
             let i = with_core(|c| c.wait_any(&ids))?;
             let mut r = reqs.remove(i);
             let id = ids[i];
-            let f = with_core(|c| c.collect(id)).ok_or_else(|| Error::LocalOs("request vanished".into()))?;
+            let f = with_core(|c| c.collect(id))
+                .ok_or_else(|| Error::LocalOs("request vanished".into()))?;
             return r.finish(f).map(|s| (i, s));
         }
         with_core(|c| c.progress(Some(std::time::Duration::from_micros(200))))?;
@@ -322,7 +325,9 @@ pub fn wait_any<'a, S: Scope<'a>>(reqs: &mut Vec<Request<'a, S>>) -> Result<(usi
 ///
 /// # Errors
 /// The first error among them, once all have finished.
-pub fn test_all<'a, S: Scope<'a>>(reqs: &mut Vec<Request<'a, S>>) -> Result<Option<Vec<Status>>, Error> {
+pub fn test_all<'a, S: Scope<'a>>(
+    reqs: &mut Vec<Request<'a, S>>,
+) -> Result<Option<Vec<Status>>, Error> {
     crate::collective::progress_all();
     let ids: Vec<ReqId> = reqs.iter().filter_map(Request::p2p_id).collect();
     let mut all = with_core(|c| -> Result<bool, Error> {

@@ -19,19 +19,25 @@ use crate::error::Error;
 /// `nnodes`.
 pub fn dims_create(nnodes: Rank, dims: &mut [Rank]) -> Result<(), Error> {
     if nnodes < 0 || dims.iter().any(|d| *d < 0) {
-        return Err(Error::UsageArgument("negative node count or dimension".into()));
+        return Err(Error::UsageArgument(
+            "negative node count or dimension".into(),
+        ));
     }
     let fixed: Rank = dims.iter().filter(|d| **d > 0).product();
     let free = dims.iter().filter(|d| **d == 0).count();
     if fixed == 0 || nnodes % fixed != 0 {
-        return Err(Error::UsageArgument(format!("{nnodes} nodes do not divide into fixed dimensions {dims:?}")));
+        return Err(Error::UsageArgument(format!(
+            "{nnodes} nodes do not divide into fixed dimensions {dims:?}"
+        )));
     }
     let mut rest = nnodes / fixed;
     if free == 0 {
         return if rest == 1 {
             Ok(())
         } else {
-            Err(Error::UsageArgument(format!("dimensions {dims:?} do not make {nnodes} nodes")))
+            Err(Error::UsageArgument(format!(
+                "dimensions {dims:?} do not make {nnodes} nodes"
+            )))
         };
     }
     // Prime factors, largest first, each given to the currently smallest dimension.
@@ -82,24 +88,36 @@ impl CartesianCommunicator {
     ///
     /// # Errors
     /// Mismatched `dims`/`periods`, non-positive dimensions, more grid points than ranks.
-    pub fn new<C: Communicator>(comm: &C, dims: &[Rank], periods: &[bool], _reorder: bool) -> Result<Option<Self>, Error> {
+    pub fn new<C: Communicator>(
+        comm: &C,
+        dims: &[Rank],
+        periods: &[bool],
+        _reorder: bool,
+    ) -> Result<Option<Self>, Error> {
         if dims.len() != periods.len() || dims.iter().any(|d| *d <= 0) {
-            return Err(Error::UsageArgument(format!("dims {dims:?} with periods {periods:?}")));
+            return Err(Error::UsageArgument(format!(
+                "dims {dims:?} with periods {periods:?}"
+            )));
         }
         let n: Rank = dims.iter().product();
         if n > comm.size() {
-            return Err(Error::UsageArgument(format!("a grid of {n} points on {} ranks", comm.size())));
+            return Err(Error::UsageArgument(format!(
+                "a grid of {n} points on {} ranks",
+                comm.size()
+            )));
         }
         let color = if comm.rank() < n {
             crate::communicator::Color::with_value(0)
         } else {
             crate::communicator::Color::undefined()
         };
-        Ok(comm.split_by_color_with_key(color, comm.rank())?.map(|c| Self {
-            comm: c,
-            dims: dims.to_vec(),
-            periods: periods.to_vec(),
-        }))
+        Ok(comm
+            .split_by_color_with_key(color, comm.rank())?
+            .map(|c| Self {
+                comm: c,
+                dims: dims.to_vec(),
+                periods: periods.to_vec(),
+            }))
     }
 
     /// Extent of each dimension (`MPI_Cart_get`).
@@ -118,7 +136,10 @@ impl CartesianCommunicator {
     /// A rank out of range.
     pub fn rank_to_coordinates(&self, rank: Rank) -> Result<Vec<Rank>, Error> {
         if !(0..self.size()).contains(&rank) {
-            return Err(Error::UsageInvalidRank { rank, size: self.size() });
+            return Err(Error::UsageInvalidRank {
+                rank,
+                size: self.size(),
+            });
         }
         let mut c = vec![0; self.dims.len()];
         let mut r = rank;
@@ -140,7 +161,11 @@ impl CartesianCommunicator {
     /// A coordinate outside a non-periodic dimension, or the wrong number of coordinates.
     pub fn coordinates_to_rank(&self, coords: &[Rank]) -> Result<Rank, Error> {
         if coords.len() != self.dims.len() {
-            return Err(Error::UsageArgument(format!("{} coordinates for {} dimensions", coords.len(), self.dims.len())));
+            return Err(Error::UsageArgument(format!(
+                "{} coordinates for {} dimensions",
+                coords.len(),
+                self.dims.len()
+            )));
         }
         let mut r = 0;
         for (i, &x) in coords.iter().enumerate() {
@@ -150,7 +175,9 @@ impl CartesianCommunicator {
             } else if (0..d).contains(&x) {
                 x
             } else {
-                return Err(Error::UsageArgument(format!("coordinate {x} outside dimension {i} of extent {d}")));
+                return Err(Error::UsageArgument(format!(
+                    "coordinate {x} outside dimension {i} of extent {d}"
+                )));
             };
             r = r * d + x;
         }
@@ -164,7 +191,10 @@ impl CartesianCommunicator {
     /// A dimension out of range.
     pub fn shift(&self, dim: usize, disp: Rank) -> Result<(Option<Rank>, Option<Rank>), Error> {
         if dim >= self.dims.len() {
-            return Err(Error::UsageArgument(format!("dimension {dim} of {}", self.dims.len())));
+            return Err(Error::UsageArgument(format!(
+                "dimension {dim} of {}",
+                self.dims.len()
+            )));
         }
         let me = self.coordinates();
         let at = |delta: Rank| {

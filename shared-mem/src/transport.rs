@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_engine::{Rank, ReqId};
-use braid_transports::stream::{ByteStream, FramedConn};
+use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
 use crate::{
@@ -48,8 +48,13 @@ impl ByteStream for ShmPipe {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let srcs: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-        match self.tx.write_vectored(&srcs) {
+        // Frames are a header and at most one body: no allocation on this path.
+        let mut srcs: [&[u8]; 4] = [&[]; 4];
+        let k = bufs.len().min(srcs.len());
+        for (d, b) in srcs.iter_mut().zip(bufs) {
+            *d = b;
+        }
+        match self.tx.write_vectored(&srcs[..k]) {
             0 => Err(io::ErrorKind::WouldBlock.into()),
             n => {
                 self.bell.ring();
@@ -103,6 +108,8 @@ pub struct ShmTransport {
     bell: Doorbell,
     /// Connection per world rank; `None` for ranks on other hosts and self.
     conns: Vec<Option<FramedConn<ShmPipe>>>,
+    /// World ranks that have a connection (the ones to poll).
+    connected: Vec<usize>,
     /// Process id of every local peer, for single-copy reads.
     pids: Vec<i32>,
     /// Per world rank: single-copy reads from that peer work.
@@ -171,6 +178,7 @@ impl ShmTransport {
             ring_capacity,
             bell,
             conns: (0..size).map(|_| None).collect(),
+            connected: Vec::new(),
             pids: vec![0; size as usize],
             can_pull: vec![false; size as usize],
             sent: Vec::new(),
@@ -232,6 +240,7 @@ impl ShmTransport {
             let i = peer.0 as usize;
             self.pids[i] = pid;
             self.can_pull[i] = cma && cma_probe(pid, probe, PROBE_WORD);
+            self.connected.push(i);
             self.conns[i] = Some(FramedConn::new(
                 *peer,
                 format!("shm:{name}"),
@@ -271,7 +280,8 @@ impl ShmTransport {
 
     fn poll_once(&mut self, sink: &mut dyn FrameSink) -> bool {
         let mut did = false;
-        for i in 0..self.conns.len() {
+        for k in 0..self.connected.len() {
+            let i = self.connected[k];
             let Some(c) = self.conns[i].as_mut() else {
                 continue;
             };
@@ -280,7 +290,7 @@ impl ShmTransport {
             } else {
                 Ok(false)
             }
-            .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, false)?));
+            .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
             match res {
                 Ok(d) => did |= d,
                 Err(e) => {

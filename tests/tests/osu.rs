@@ -1,5 +1,6 @@
 //! The OSU-style benchmarks (`braid-osu`) run as real jobs through Braid's `mpirun`: headers,
-//! message sizes, `Validation` = `Pass`, positive figures, and the JSON records.
+//! message sizes, `Validation` = `Pass`, positive figures, and the JSON records; every
+//! collective benchmark on 3 and 4 ranks and on 8 oversubscribed ranks.
 //!
 //! Needs the binaries of the same profile: `cargo build --workspace --bins` (or `--release`).
 
@@ -269,6 +270,236 @@ fn wrong_rank_count_fails_with_a_message() {
         done.stderr.contains("exactly two processes"),
         "stderr:\n{}",
         done.stderr
+    );
+}
+
+/// Every collective benchmark: name, OSU title, whether it reduces floats, nonblocking.
+const COLLECTIVES: &[(&str, &str, bool, bool)] = &[
+    ("osu_barrier", "Barrier Latency Test", false, false),
+    ("osu_bcast", "Broadcast Latency Test", false, false),
+    ("osu_reduce", "Reduce Latency Test", true, false),
+    ("osu_allreduce", "Allreduce Latency Test", true, false),
+    ("osu_allgather", "Allgather Latency Test", false, false),
+    ("osu_allgatherv", "Allgatherv Latency Test", false, false),
+    (
+        "osu_alltoall",
+        "All-to-All Personalized Exchange Latency Test",
+        false,
+        false,
+    ),
+    (
+        "osu_alltoallv",
+        "All-to-Allv Personalized Exchange Latency Test",
+        false,
+        false,
+    ),
+    ("osu_gather", "Gather Latency Test", false, false),
+    ("osu_gatherv", "Gatherv Latency Test", false, false),
+    ("osu_scatter", "Scatter Latency Test", false, false),
+    ("osu_scatterv", "Scatterv Latency Test", false, false),
+    (
+        "osu_reduce_scatter",
+        "Reduce_scatter Latency Test",
+        true,
+        false,
+    ),
+    (
+        "osu_ibarrier",
+        "Non-blocking Barrier Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ibcast",
+        "Non-blocking Broadcast Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iallreduce",
+        "Non-blocking Allreduce Latency Test",
+        true,
+        true,
+    ),
+    (
+        "osu_iallgather",
+        "Non-blocking Allgather Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ialltoall",
+        "Non-blocking All-to-All Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ireduce",
+        "Non-blocking Reduce Latency Test",
+        true,
+        true,
+    ),
+];
+
+/// Checks the OSU text of a collective benchmark run with `-m 1:<max> -c`: title, datatype
+/// line, column line, one row per size (none for barriers) with its value columns and `Pass`.
+fn check_collective_text(stdout: &str, entry: (&str, &str, bool, bool), max: usize, np: u32) {
+    let (name, title, reduction, nonblocking) = entry;
+    let ctx = format!("{name} on {np} ranks:\n{stdout}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines[0], format!("# OSU MPI {title} v7.3"), "{ctx}");
+    let sizeless = name.ends_with("barrier");
+    if !sizeless {
+        let dt = if reduction { "MPI_FLOAT" } else { "MPI_CHAR" };
+        assert_eq!(lines[1], format!("# Datatype: {dt}."), "{ctx}");
+    }
+    let want_columns = match (sizeless, nonblocking) {
+        (false, false) => "# Size       Avg Latency(us)",
+        (true, false) => "# Avg Latency(us)",
+        (false, true) => "# Size           Overall(us)       Compute(us)    Pure Comm.(us)",
+        (true, true) => "# Overall(us)       Compute(us)    Pure Comm.(us)",
+    };
+    let columns = lines
+        .iter()
+        .find(|l| l.starts_with(want_columns))
+        .unwrap_or_else(|| panic!("no {want_columns:?} line; {ctx}"));
+    assert!(columns.ends_with("Validation"), "{ctx}");
+    if nonblocking {
+        assert!(
+            lines.contains(&"# Overall = Coll. Init + Compute + MPI_Test + MPI_Wait"),
+            "{ctx}"
+        );
+    }
+    let rows: Vec<Vec<&str>> = lines
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let values = if nonblocking { 4 } else { 1 };
+    let size_column = usize::from(!sizeless);
+    if sizeless {
+        assert_eq!(rows.len(), 1, "{ctx}");
+    } else {
+        let sizes: Vec<usize> = rows.iter().map(|r| r[0].parse().expect("size")).collect();
+        assert_eq!(sizes, pow2(if reduction { 4 } else { 1 }, max), "{ctx}");
+    }
+    for row in &rows {
+        assert_eq!(row.len(), size_column + values + 1, "{row:?}; {ctx}");
+        for v in &row[size_column..size_column + values] {
+            let v: f64 = v.parse().unwrap_or_else(|e| panic!("{v:?}: {e}; {ctx}"));
+            assert!(v >= 0.0 && v.is_finite(), "{v}; {ctx}");
+        }
+        assert!(
+            row[size_column].parse::<f64>().unwrap() > 0.0,
+            "latency; {ctx}"
+        );
+        assert_eq!(row[size_column + values], "Pass", "{ctx}");
+    }
+}
+
+#[test]
+fn collectives_validate_on_three_and_four_ranks() {
+    // 16 KiB crosses OSU's 8 KiB large-message threshold and Braid's algorithm switches.
+    let max = 16384;
+    let m = format!("1:{max}");
+    for np in [3, 4] {
+        for &entry in COLLECTIVES {
+            let done = job(np, &bench(entry.0), &["-m", &m, "-i", "5", "-x", "1", "-c"]);
+            check_collective_text(&done.stdout, entry, max, np);
+        }
+    }
+}
+
+#[test]
+fn collectives_complete_on_eight_oversubscribed_ranks() {
+    for &entry in COLLECTIVES {
+        // Run by name: the bundled benchmarks.
+        let done = job(8, entry.0, &["-m", "1:1024", "-i", "3", "-x", "1", "-c"]);
+        check_collective_text(&done.stdout, entry, 1024, 8);
+    }
+}
+
+#[test]
+fn collective_json_records_parse() {
+    for name in ["osu_allreduce", "osu_iallreduce", "osu_barrier"] {
+        let done = job(
+            3,
+            &bench(name),
+            &[
+                "-m", "1:256", "-i", "5", "-x", "1", "-c", "--format", "json",
+            ],
+        );
+        let records: Vec<serde_json::Value> =
+            serde_json::from_str(&done.stdout).unwrap_or_else(|e| {
+                panic!("{name}: stdout is not a JSON array ({e}):\n{}", done.stdout)
+            });
+        let sizes: Vec<u64> = records
+            .iter()
+            .map(|r| r["size"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = match name {
+            "osu_barrier" => vec![0],
+            _ => pow2(4, 256).iter().map(|&s| s as u64).collect(),
+        };
+        assert_eq!(sizes, want, "{name}");
+        for r in &records {
+            assert_eq!(r["benchmark"], name);
+            assert_eq!(
+                (r["ranks"].clone(), r["unit"].clone()),
+                (3.into(), "us".into())
+            );
+            assert_eq!(r["validation"], "Pass", "{r}");
+            assert_eq!(r["iterations"], 5, "{r}");
+            let value = r["value"].as_f64().unwrap();
+            assert!(value > 0.0, "{r}");
+            if name == "osu_iallreduce" {
+                let overlap = r["overlap_pct"].as_f64().unwrap();
+                assert!((0.0..=100.0).contains(&overlap), "{r}");
+                assert!(r["pure_comm_us"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(r["compute_us"].as_f64().is_some(), "{r}");
+            } else {
+                let (min, max) = (r["min_us"].as_f64().unwrap(), r["max_us"].as_f64().unwrap());
+                assert!(min <= value && value <= max, "{r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn full_listing_adds_osu_columns() {
+    let done = job(
+        3,
+        &bench("osu_bcast"),
+        &["-m", "1:8", "-i", "5", "-x", "1", "-f"],
+    );
+    assert!(
+        done.stdout.contains(
+            "# Size       Avg Latency(us)   Min Latency(us)   Max Latency(us)  Iterations\n"
+        ),
+        "{}",
+        done.stdout
+    );
+    for row in done.stdout.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols.len(), 5, "{row}");
+        assert_eq!(cols[4], "5", "{row}");
+        let (avg, min, max): (f64, f64, f64) = (
+            cols[1].parse().unwrap(),
+            cols[2].parse().unwrap(),
+            cols[3].parse().unwrap(),
+        );
+        assert!(min <= avg && avg <= max, "{row}");
+    }
+    let done = job(
+        2,
+        &bench("osu_ibcast"),
+        &["-m", "1:8", "-i", "5", "-x", "1", "-f"],
+    );
+    assert!(
+        done.stdout
+            .contains("Coll. Init(us)      MPI_Test(us)      MPI_Wait(us)"),
+        "{}",
+        done.stdout
     );
 }
 

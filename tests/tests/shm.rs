@@ -153,3 +153,19 @@ fn killed_rank_leaves_no_segment() {
         assert!(procs.is_empty(), "{mode}: processes left: {procs:?}");
     }
 }
+
+#[test]
+fn uneven_hosts_through_a_launch_agent() {
+    let _g = one_job_at_a_time();
+    // Three hosts of 3, 2 and 1 ranks (the agent runs them here with BRAID_HOST_ID set): a
+    // host with a single rank has no shared-memory peers but must pass the same bootstrap
+    // barriers as the others.
+    for (bin, args) in [("p2p_pairs", &["2"][..]), ("coll_all", &[][..])] {
+        let mut cmd = Command::new(mpirun());
+        cmd.args(["-H", "hosta:3,hostb:2,hostc:1", "--launch-agent", "env", "-n", "6"])
+            .arg(binary(bin))
+            .args(args);
+        let f = run_with_deadline(&mut cmd, DEADLINE);
+        assert_ok(&f, &format!("{bin} on three uneven hosts"));
+    }
+}

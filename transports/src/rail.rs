@@ -5,8 +5,85 @@
 //! a real cluster: `eth1,eth2`) or literal IPv4 addresses. Without it a rank uses one
 //! default rail: loopback towards ranks of the same host, and otherwise the host's first
 //! non-loopback IPv4 address.
+//!
+//! How a job spreads its traffic over the rails is its [`RailMode`] (`BRAID_RAIL_MODE`).
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// How the TCP transport uses the rails (`BRAID_RAIL_MODE`). The mode must be the same on
+/// every rank of a job.
+///
+/// The names follow Strazdins, Alexander and Barr (2006), section 4: `single` over a kernel
+/// bond device is their `driver.bond`, `indep` is `driver.indep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum RailMode {
+    /// Connection-parallel: each peer pair uses one rail, `min(local rank of a, local rank of
+    /// b) mod rails`, so the local ranks of a host spread over the rails.
+    Indep,
+    /// One connection per peer pair, on rail 0.
+    #[default]
+    Single,
+    /// One connection per rail per peer pair; rendezvous data chunks go round-robin over the
+    /// live rails, everything else on the least-loaded (normally the first) rail.
+    Stripe,
+    /// As `Stripe`, but each data chunk goes to the rail expected to finish it first, from
+    /// the rail's backlog and its measured drain rate.
+    Weighted,
+}
+
+impl RailMode {
+    /// Every mode, by name, for messages.
+    pub const NAMES: &'static str = "single, indep, stripe, weighted";
+
+    /// Whether the mode holds one connection per rail per peer pair.
+    pub fn is_multi(self) -> bool {
+        matches!(self, Self::Stripe | Self::Weighted)
+    }
+
+    /// The rails a pair of ranks connects on, given the local ranks of both (the position of
+    /// each among the ranks of its host) and the number of rails. Symmetric in the two local
+    /// ranks, so both ends agree.
+    pub fn rails_for_pair(self, local_a: u32, local_b: u32, nrails: usize) -> Vec<usize> {
+        let n = nrails.max(1);
+        match self {
+            Self::Single => vec![0],
+            Self::Indep => vec![local_a.min(local_b) as usize % n],
+            Self::Stripe | Self::Weighted => (0..n).collect(),
+        }
+    }
+}
+
+impl fmt::Display for RailMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Indep => "indep",
+            Self::Single => "single",
+            Self::Stripe => "stripe",
+            Self::Weighted => "weighted",
+        })
+    }
+}
+
+/// A `BRAID_RAIL_MODE` value that names no mode.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown rail mode '{0}' (expected one of: {names})", names = RailMode::NAMES)]
+pub struct UnknownRailMode(pub String);
+
+impl FromStr for RailMode {
+    type Err = UnknownRailMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "indep" => Ok(Self::Indep),
+            "single" => Ok(Self::Single),
+            "stripe" => Ok(Self::Stripe),
+            "weighted" => Ok(Self::Weighted),
+            _ => Err(UnknownRailMode(s.into())),
+        }
+    }
+}
 
 /// Index of a rail in the job's rail list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,6 +217,22 @@ mod tests {
         let r = rails_from_spec(Some("lo,127.0.0.1"), "h").unwrap();
         assert_eq!(r[0].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(r[1].id, RailId(1));
+    }
+
+    #[test]
+    fn modes_parse_and_pick_rails() {
+        for m in ["single", "indep", "stripe", "Weighted"] {
+            let mode: RailMode = m.parse().unwrap();
+            assert_eq!(mode.to_string(), m.to_ascii_lowercase());
+        }
+        let e = "bond".parse::<RailMode>().unwrap_err().to_string();
+        assert!(e.contains("bond") && e.contains("stripe"), "{e}");
+        assert_eq!(RailMode::Indep.rails_for_pair(3, 1, 4), vec![1]);
+        assert_eq!(RailMode::Indep.rails_for_pair(1, 3, 4), vec![1]);
+        assert_eq!(RailMode::Indep.rails_for_pair(6, 5, 4), vec![1]);
+        assert_eq!(RailMode::Single.rails_for_pair(3, 3, 4), vec![0]);
+        assert_eq!(RailMode::Stripe.rails_for_pair(0, 0, 3), vec![0, 1, 2]);
+        assert!(RailMode::Weighted.is_multi() && !RailMode::Indep.is_multi());
     }
 
     #[test]

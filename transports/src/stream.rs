@@ -24,6 +24,18 @@ pub const COPY_LIMIT: usize = 64 * 1024;
 /// Payload remainders at least this long are read straight into their destination.
 const DIRECT_READ: usize = 32 * 1024;
 
+/// How [`FramedConn::read_all`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Large reads into the staging buffer, so one system call carries many small frames;
+    /// payload remainders of 32 KiB or more go straight to their destination. A short read
+    /// ends the loop (edge-triggered sockets report new data as a new event). For sockets.
+    Batched,
+    /// Header bytes into the header, payload bytes straight into their destination: no
+    /// staging copy. For streams whose reads are cheap (shared-memory rings).
+    Exact,
+}
+
 /// A non-blocking byte stream: reads and writes return `WouldBlock` instead of waiting.
 pub trait ByteStream {
     /// Reads available bytes; `Ok(0)` means the peer closed the stream.
@@ -266,9 +278,8 @@ impl<S: ByteStream> FramedConn<S> {
         Ok(did)
     }
 
-    /// Reads everything available into frames. With `short_read_drains`, a read that returns
-    /// less than the staging buffer ends the loop (edge-triggered sockets report new data as
-    /// a new event). Returns whether any byte was read.
+    /// Reads everything available into frames (see [`ReadMode`]). Returns whether any byte
+    /// was read.
     ///
     /// # Errors
     /// The stream closed or failed, or the sink rejected a frame; the connection is then
@@ -277,13 +288,17 @@ impl<S: ByteStream> FramedConn<S> {
         &mut self,
         staging: &mut [u8],
         sink: &mut dyn FrameSink,
-        short_read_drains: bool,
+        mode: ReadMode,
     ) -> Result<bool, TransportError> {
+        let (direct_from, short_read_drains) = match mode {
+            ReadMode::Batched => (DIRECT_READ, true),
+            ReadMode::Exact => (1, false),
+        };
         let mut did = false;
         loop {
-            // A large payload remainder goes straight to its destination.
+            // A payload remainder goes straight to its destination.
             if let ReadState::Payload { ptr, take, skip, .. } = &mut self.rd
-                && *take >= DIRECT_READ
+                && *take >= direct_from
             {
                 // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
                 let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *take) };
@@ -304,7 +319,12 @@ impl<S: ByteStream> FramedConn<S> {
                     Err(e) => return Err(self.io_err("read", e)),
                 }
             }
-            let n = match self.stream.read(staging) {
+            let limit = match (mode, &self.rd) {
+                (ReadMode::Batched, _) => staging.len(),
+                (ReadMode::Exact, ReadState::Header { got, .. }) => HEADER_LEN - got,
+                (ReadMode::Exact, ReadState::Payload { skip, .. }) => (*skip).min(staging.len()),
+            };
+            let n = match self.stream.read(&mut staging[..limit]) {
                 Ok(0) => return Err(self.closed()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(did),

@@ -1,21 +1,45 @@
-//! The TCP transport: one authenticated connection per peer pair over one rail, non-blocking
-//! sockets driven by mio.
+//! The TCP transport: authenticated connections between ranks over one or more rails,
+//! non-blocking sockets driven by mio, spread over the rails as the [`RailMode`] says.
 //!
 //! # Wire-up
 //! Every rank listens on each rail and publishes the listening addresses in its business
-//! card. A rank connects to every lower rank and accepts connections from every higher one.
-//! A new connection starts with a 32-byte hello: the magic `BRAIDv01`, the 16-byte job key,
-//! the sender's rank (u32 LE), the rail (u16 LE) and two zero bytes. A connection with a wrong
-//! magic, key or rank is closed with a warning; the listener stays open for the whole job,
-//! so a stray connection can arrive at any time and is always refused.
+//! card. A rank connects to every lower rank and accepts connections from every higher one,
+//! on the rails [`RailMode::rails_for_pair`] gives the pair (`single`: rail 0; `indep`: one
+//! rail chosen from the two local ranks; `stripe`, `weighted`: every rail). A new connection
+//! starts with a 32-byte hello: the magic `BRAIDv01`, the 16-byte job key, the sender's rank
+//! (u32 LE), the rail (u16 LE) and two zero bytes. A connection with a wrong magic, key, rank
+//! or rail is closed with a warning; the listener stays open for the whole job, so a stray
+//! connection can arrive at any time and is always refused.
+//!
+//! # Scheduling (`stripe`, `weighted`)
+//! Every frame travels whole on one connection; the engine's per-pair sequence numbers put
+//! envelopes back in order whatever rail delivered them. Frames other than rendezvous data
+//! (eager messages, RTS, CTS, acknowledgements) take the least-queued rail, rail 0 when all
+//! are idle. Data chunks go round-robin over the live rails (`stripe`), or to the rail that
+//! would finish the chunk first given its backlog (bytes queued here and in the kernel) and
+//! its measured drain rate (`weighted`): bytes the peer's host acknowledged per second while
+//! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run.
+//!
+//! # Rail failure
+//! A connection whose write or read fails, or whose kernel holds unacknowledged segments
+//! while no ACK arrived for the stall timeout (2 s by default), is dropped, with a line on
+//! stderr naming rank, rail, addresses, peer and host. On a peer with other live rails the
+//! frames it held are resent whole on them, including those the dead socket had accepted but
+//! the peer never received (see the `conn` module: reliable connections). When the last
+//! connection to a peer goes, the peer is reported lost with an error naming host, rail and
+//! addresses.
 //!
 //! # Implementation notes
 //! Reads go through a staging buffer, so one `read` call can carry many small frames;
 //! a large payload that a receive is waiting for is read straight into the receive buffer.
-//! Writes use `writev` of header and body; what the socket does not take at once is queued:
-//! small bodies are copied, large ones stay borrowed from the send request until written.
+//! Writes gather several frames into one `writev`; what the socket does not take at once is
+//! queued: small bodies are copied, large ones stay borrowed from the send request.
 
-use std::io::{self, IoSlice, Read, Write};
+mod conn;
+mod sys;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -24,8 +48,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::rail::{Rail, RailError, published_addrs};
-use crate::stream::{ByteStream, FramedConn};
+use self::conn::{Conn, Entry, Event, Ident, KIND_LOST, Saved, control_header};
+use crate::rail::{Rail, RailError, RailMode, published_addrs};
 use crate::{Body, FrameSink, HEADER_LEN, JobKey, Transport, TransportError};
 
 const MAGIC: &[u8; 8] = b"BRAIDv01";
@@ -33,8 +57,16 @@ const HELLO_LEN: usize = 32;
 const STAGING: usize = 256 * 1024;
 /// How long an accepted connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const LISTENER_BASE: usize = 1 << 30;
-const PENDING_BASE: usize = 1 << 31;
+/// Connection tokens are `peer * RAIL_SLOTS + rail`.
+const RAIL_SLOTS: usize = 64;
+const LISTENER_BASE: usize = 1 << 40;
+const PENDING_BASE: usize = 1 << 41;
+/// How often connections are checked for stalls.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+/// How often drain rates are sampled (`weighted`).
+const RATE_CHECK: Duration = Duration::from_millis(20);
+/// Default stall timeout.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why wire-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +115,9 @@ pub enum WireUpError {
         /// Ranks still missing.
         missing: Vec<u32>,
     },
+    /// More rails than the transport supports.
+    #[error("{0} rails given; at most {RAIL_SLOTS} are supported")]
+    TooManyRails(usize),
     /// The poller failed.
     #[error("poller failed: {0}")]
     Poll(io::Error),
@@ -95,8 +130,33 @@ pub struct PeerCard {
     pub rank: Rank,
     /// Whether the peer runs on this host.
     pub same_host: bool,
+    /// The peer's host identity, for messages.
+    pub host: String,
+    /// The peer's position among the ranks of its host (for [`RailMode::Indep`]).
+    pub local_rank: u32,
     /// The peer's TCP card as published (see [`TcpTransport::card`]).
     pub card: String,
+}
+
+/// How the transport uses its rails; the same on every rank of a job.
+#[derive(Debug, Clone, Copy)]
+pub struct RailConfig {
+    /// The rail mode.
+    pub mode: RailMode,
+    /// This rank's position among the ranks of its host.
+    pub local_rank: u32,
+    /// A connection with unacknowledged bytes and no ACK for this long is dropped.
+    pub stall_timeout: Duration,
+}
+
+impl Default for RailConfig {
+    fn default() -> Self {
+        Self {
+            mode: RailMode::Single,
+            local_rank: 0,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
 }
 
 struct Pending {
@@ -107,6 +167,47 @@ struct Pending {
     since: Instant,
 }
 
+/// A rail of a peer that died, with the frames it held until the peer says which it got.
+#[derive(Debug)]
+struct DeadRail {
+    rail: u16,
+    /// Frames of the dead connection; `None` once resent or released.
+    history: Option<std::collections::VecDeque<Entry>>,
+    /// Tracked frames sent on it (the peer cannot have received more).
+    sent_pos: u64,
+    /// Tracked frames released by acknowledgement (the peer received at least these).
+    acked_pos: u64,
+}
+
+/// Everything about one peer.
+#[derive(Debug)]
+struct Link {
+    host: String,
+    /// Connection per rail index; `None`: not used, or dead.
+    conns: Vec<Option<Conn>>,
+    /// Rails this pair is wired on.
+    rails: Vec<usize>,
+    /// Several rails: connections keep history and fail over.
+    reliable: bool,
+    /// Frames cut short on a dead rail, finished by their resends.
+    partials: HashMap<Ident, Saved>,
+    dead: Vec<DeadRail>,
+    /// Round-robin cursor (`stripe`).
+    rr: usize,
+    /// The peer is gone.
+    lost: bool,
+}
+
+impl Link {
+    fn live(&self) -> impl Iterator<Item = &Conn> {
+        self.conns.iter().flatten().filter(|c| !c.broken)
+    }
+
+    fn live_count(&self) -> usize {
+        self.live().count()
+    }
+}
+
 /// The TCP transport of one rank.
 pub struct TcpTransport {
     rank: Rank,
@@ -114,24 +215,31 @@ pub struct TcpTransport {
     /// The job key; all zero (accepting nothing) until wire-up sets it.
     key: JobKey,
     rails: Vec<Rail>,
+    cfg: RailConfig,
     poll: Poll,
     events: Events,
     listeners: Vec<TcpListener>,
     /// Listening port per rail.
     ports: Vec<u16>,
-    /// Connection per peer rank (index); `None` for self and unconnected peers.
-    conns: Vec<Option<FramedConn<TcpStream>>>,
+    /// Per peer rank; `None` for self and peers not reached over TCP.
+    links: Vec<Option<Link>>,
     /// Accepted connections that have not sent their hello yet, by slot.
     pending: Vec<Option<Pending>>,
-    /// Requests whose borrowed bodies were fully written since the last progress call.
+    /// Requests whose borrowed bodies are no longer needed since the last progress call.
     sent: Vec<ReqId>,
-    /// Connections that failed inside `send`, reported at the next progress call.
-    failed: Vec<(Rank, TransportError)>,
-    /// Conn indices with queued output.
+    /// Connections whose write failed inside `send`, killed at the next progress call.
+    failed: Vec<(u32, usize, TransportError)>,
+    /// Connections with queued output, as tokens.
     dirty: Vec<usize>,
+    /// Peers with frames to acknowledge.
+    ack_pending: Vec<u32>,
+    /// Control events of the read in progress.
+    rail_events: Vec<Event>,
     staging: Vec<u8>,
     /// Read every connection at the next progress call (set during wire-up).
     recheck_all: bool,
+    last_stall_check: Instant,
+    last_rate_check: Instant,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -139,6 +247,7 @@ impl std::fmt::Debug for TcpTransport {
         f.debug_struct("TcpTransport")
             .field("rank", &self.rank)
             .field("rails", &self.rails)
+            .field("mode", &self.cfg.mode)
             .field("ports", &self.ports)
             .finish_non_exhaustive()
     }
@@ -150,6 +259,9 @@ impl TcpTransport {
     /// # Errors
     /// [`WireUpError::Listen`] naming the rail.
     pub fn bind(rank: Rank, size: u32, rails: Vec<Rail>) -> Result<Self, WireUpError> {
+        if rails.len() > RAIL_SLOTS {
+            return Err(WireUpError::TooManyRails(rails.len()));
+        }
         let poll = Poll::new().map_err(WireUpError::Poll)?;
         let mut listeners = Vec::new();
         let mut ports = Vec::new();
@@ -166,22 +278,28 @@ impl TcpTransport {
                 .map_err(listen)?;
             listeners.push(l);
         }
+        let now = Instant::now();
         Ok(Self {
             rank,
             size,
             key: JobKey([0; 16]),
             rails,
+            cfg: RailConfig::default(),
             poll,
             events: Events::with_capacity(256),
             listeners,
             ports,
-            conns: (0..size).map(|_| None).collect(),
+            links: (0..size).map(|_| None).collect(),
             pending: Vec::new(),
             sent: Vec::new(),
             failed: Vec::new(),
             dirty: Vec::new(),
+            ack_pending: Vec::new(),
+            rail_events: Vec::new(),
             staging: vec![0u8; STAGING],
             recheck_all: true,
+            last_stall_check: now,
+            last_rate_check: now,
         })
     }
 
@@ -203,50 +321,62 @@ impl TcpTransport {
         &self.rails
     }
 
-    /// Connects to every lower rank of `peers` and accepts a connection from every higher
-    /// one, within `timeout`. From now on every connection must present `key`.
+    /// The rail mode in use.
+    pub fn mode(&self) -> RailMode {
+        self.cfg.mode
+    }
+
+    /// Connects to every lower rank of `peers` and accepts connections from every higher
+    /// one, on the rails `cfg.mode` gives each pair, within `timeout`. From now on every
+    /// connection must present `key`.
     ///
     /// # Errors
     /// [`WireUpError`] naming the peer, address or missing ranks.
     pub fn wire_up(
         &mut self,
         key: JobKey,
+        cfg: RailConfig,
         peers: &[PeerCard],
         timeout: Duration,
     ) -> Result<(), WireUpError> {
         self.key = key;
+        self.cfg = cfg;
         let deadline = Instant::now() + timeout;
         let me = self.rank;
+        let nrails = self.rails.len();
+        for p in peers {
+            let rails = cfg.mode.rails_for_pair(cfg.local_rank, p.local_rank, nrails);
+            let reliable = rails.len() > 1;
+            self.links[p.rank.0 as usize] = Some(Link {
+                host: p.host.clone(),
+                conns: (0..nrails).map(|_| None).collect(),
+                rails,
+                reliable,
+                partials: HashMap::new(),
+                dead: Vec::new(),
+                rr: 0,
+                lost: false,
+            });
+        }
         for p in peers.iter().filter(|p| p.rank < me) {
-            let (addr, local) = self.pick_addr(p, 0)?;
-            let stream = connect(addr, local, deadline).map_err(|e| WireUpError::Connect {
-                peer: p.rank,
-                addr,
-                local,
-                source: e,
-            })?;
-            let mut hello = [0u8; HELLO_LEN];
-            hello[..8].copy_from_slice(MAGIC);
-            hello[8..24].copy_from_slice(&self.key.0);
-            hello[24..28].copy_from_slice(&self.rank.0.to_le_bytes());
-            let mut std_stream: std::net::TcpStream = stream.into();
-            std_stream
-                .write_all(&hello)
-                .and_then(|()| std_stream.set_nonblocking(true))
-                .map_err(|e| WireUpError::Connect {
-                    peer: p.rank,
-                    addr,
-                    local,
-                    source: e,
-                })?;
-            self.add_conn(p.rank, TcpStream::from_std(std_stream), addr.to_string())
-                .map_err(WireUpError::Poll)?;
+            let rails = self.links[p.rank.0 as usize]
+                .as_ref()
+                .map(|l| l.rails.clone())
+                .unwrap_or_default();
+            for rail in rails {
+                self.connect_rail(p, rail, deadline)?;
+            }
         }
         loop {
             let missing: Vec<u32> = peers
                 .iter()
+                .filter(|p| p.rank > me)
+                .filter(|p| {
+                    self.links[p.rank.0 as usize]
+                        .as_ref()
+                        .is_some_and(|l| l.rails.iter().any(|r| l.conns[*r].is_none()))
+                })
                 .map(|p| p.rank.0)
-                .filter(|r| *r > me.0 && self.conns[*r as usize].is_none())
                 .collect();
             if missing.is_empty() {
                 return Ok(());
@@ -261,6 +391,36 @@ impl TcpTransport {
             self.poll_wire_up((deadline - now).min(Duration::from_millis(100)))
                 .map_err(WireUpError::Poll)?;
         }
+    }
+
+    fn connect_rail(
+        &mut self,
+        p: &PeerCard,
+        rail: usize,
+        deadline: Instant,
+    ) -> Result<(), WireUpError> {
+        let (addr, local) = self.pick_addr(p, rail)?;
+        let err = |e| WireUpError::Connect {
+            peer: p.rank,
+            addr,
+            local,
+            source: e,
+        };
+        let stream = connect(addr, local, deadline).map_err(err)?;
+        let mut hello = [0u8; HELLO_LEN];
+        hello[..8].copy_from_slice(MAGIC);
+        hello[8..24].copy_from_slice(&self.key.0);
+        hello[24..28].copy_from_slice(&self.rank.0.to_le_bytes());
+        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
+        hello[28..30].copy_from_slice(&rail16.to_le_bytes());
+        let mut std_stream: std::net::TcpStream = stream.into();
+        std_stream
+            .write_all(&hello)
+            .and_then(|()| std_stream.set_nonblocking(true))
+            .map_err(err)?;
+        let local_ip = std_stream.local_addr().map_or(local, |a| a.ip());
+        self.add_conn(p.rank, rail, TcpStream::from_std(std_stream), local_ip, addr)
+            .map_err(WireUpError::Poll)
     }
 
     /// One poll during wire-up: accepts connections and reads hellos. Frames that peers which
@@ -308,14 +468,36 @@ impl TcpTransport {
         Ok((SocketAddr::new(chosen.ok_or_else(bad)?, port), local))
     }
 
-    fn add_conn(&mut self, peer: Rank, mut stream: TcpStream, addr: String) -> io::Result<()> {
+    fn add_conn(
+        &mut self,
+        peer: Rank,
+        rail: usize,
+        mut stream: TcpStream,
+        local: IpAddr,
+        remote: SocketAddr,
+    ) -> io::Result<()> {
         let i = peer.0 as usize;
+        let Some(link) = self.links.get_mut(i).and_then(Option::as_mut) else {
+            return Err(io::Error::other(format!("rank {peer} is not a TCP peer")));
+        };
         self.poll.registry().register(
             &mut stream,
-            Token(i),
+            Token(i * RAIL_SLOTS + rail),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.conns[i] = Some(FramedConn::new(peer, addr, stream));
+        let rail_name = self.rails.get(rail).map_or_else(|| format!("#{rail}"), |r| r.name.clone());
+        let path = format!("{local} -> {}", remote.ip());
+        let desc = format!("host {}, rail {rail_name}, {local} -> {remote}", link.host);
+        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
+        link.conns[rail] = Some(Conn::new(
+            rail16,
+            rail_name,
+            path,
+            desc,
+            stream,
+            peer,
+            link.reliable,
+        ));
         Ok(())
     }
 
@@ -357,7 +539,7 @@ impl TcpTransport {
         let Some(p) = self.pending.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let verdict: Option<Result<Rank, String>> = loop {
+        let verdict: Option<Result<(Rank, usize), String>> = loop {
             match Read::read(&mut p.stream, &mut p.hello[p.got..]) {
                 Ok(0) => break Some(Err("closed before its hello".into())),
                 Ok(n) => {
@@ -375,16 +557,28 @@ impl TcpTransport {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.stream);
+        let verdict = verdict.and_then(|(peer, rail)| {
+            let link = self.links[peer.0 as usize]
+                .as_ref()
+                .ok_or_else(|| format!("rank {peer} is not a TCP peer of rank {}", self.rank))?;
+            if !link.rails.contains(&rail) {
+                return Err(format!("rank {peer} connected on rail {rail}, not one of {:?}", link.rails));
+            }
+            if link.conns[rail].is_some() || link.lost {
+                return Err(format!("a second connection claiming rank {peer} on rail {rail}"));
+            }
+            Ok((peer, rail))
+        });
         match verdict {
-            Ok(peer) if self.conns[peer.0 as usize].is_none() => {
-                if let Err(e) = self.add_conn(peer, p.stream, p.addr.to_string()) {
+            Ok((peer, rail)) => {
+                let local = p
+                    .stream
+                    .local_addr()
+                    .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                if let Err(e) = self.add_conn(peer, rail, p.stream, local, p.addr) {
                     eprintln!("braid: rank {}: cannot register rank {peer}: {e}", self.rank);
                 }
             }
-            Ok(peer) => eprintln!(
-                "braid: rank {}: refused a second connection claiming rank {peer} from {}",
-                self.rank, p.addr
-            ),
             Err(why) => eprintln!(
                 "braid: rank {}: refused a connection from {}: {why}",
                 self.rank, p.addr
@@ -407,33 +601,433 @@ impl TcpTransport {
         }
     }
 
-    fn fail(&mut self, i: usize, sink: &mut dyn FrameSink, err: TransportError) {
-        if let Some(mut c) = self.conns[i].take() {
-            let _ = self.poll.registry().deregister(c.stream_mut());
-            // Queued bodies will never be written: give their buffers back.
-            self.sent.extend(c.borrowed_requests());
-            sink.on_peer_lost(c.peer(), err);
+    fn link_mut(&mut self, peer: u32) -> Option<&mut Link> {
+        self.links.get_mut(peer as usize).and_then(Option::as_mut)
+    }
+
+    /// The live connection a frame to `peer` goes on.
+    fn choose(&mut self, peer: u32, data: bool, len: usize) -> Option<usize> {
+        let mode = self.cfg.mode;
+        let link = self.links.get_mut(peer as usize)?.as_mut()?;
+        if link.lost {
+            return None;
+        }
+        if !link.reliable {
+            return link.live().next().map(|c| c.rail as usize);
+        }
+        let n = link.live_count();
+        if n <= 1 {
+            return link.live().next().map(|c| c.rail as usize);
+        }
+        if !data {
+            return link
+                .live()
+                .min_by_key(|c| (c.queued, c.rail))
+                .map(|c| c.rail as usize);
+        }
+        match mode {
+            RailMode::Weighted => link
+                .live()
+                .map(|c| (c.rail as usize, (c.backlog() + len) as f64 / c.rate.max(1e6)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(r, _)| r),
+            _ => {
+                link.rr = link.rr.wrapping_add(1);
+                let k = link.rr % n;
+                link.live().nth(k).map(|c| c.rail as usize)
+            }
         }
     }
 
-    /// Reads everything available on connection `i`. Returns whether bytes were read.
-    fn read_conn(&mut self, i: usize, sink: &mut dyn FrameSink) -> bool {
-        let Some(c) = self.conns[i].as_mut() else {
+    /// Queues `entry` to `peer` on the connection [`Self::choose`] picks. Returns false when
+    /// the peer has no live connection.
+    fn enqueue(&mut self, peer: u32, entry: Entry) -> bool {
+        let data = entry.is_data();
+        let Some(rail) = self.choose(peer, data, entry.wire_len()) else {
+            entry.release(&mut self.sent);
             return false;
         };
-        match c.read_all(&mut self.staging, sink, true) {
+        let token = peer as usize * RAIL_SLOTS + rail;
+        let Some(c) = self
+            .links
+            .get_mut(peer as usize)
+            .and_then(Option::as_mut)
+            .and_then(|l| l.conns[rail].as_mut())
+        else {
+            return false;
+        };
+        if let Err(e) = c.push(entry, &mut self.sent) {
+            c.broken = true;
+            let err = TransportError::LocalIo {
+                peer: Rank(peer),
+                addr: c.framed_addr(),
+                op: "write",
+                source: e,
+            };
+            self.failed.push((peer, rail, err));
+        }
+        if c.queued > 0 {
+            self.dirty.push(token);
+        }
+        true
+    }
+
+    /// Reads everything available on one connection; handles its control events and its
+    /// failure. Returns whether bytes were read.
+    fn read_conn(&mut self, peer: u32, rail: usize, sink: &mut dyn FrameSink) -> bool {
+        let nrails = u32::try_from(self.rails.len()).unwrap_or(u32::MAX);
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(c) = link.conns.get_mut(rail).and_then(Option::as_mut) else {
+            return false;
+        };
+        let res = c.read(
+            &mut self.staging,
+            sink,
+            &mut link.partials,
+            &mut self.rail_events,
+            nrails,
+        );
+        if link.reliable && c.rx.ack_pending() && !self.ack_pending.contains(&peer) {
+            self.ack_pending.push(peer);
+        }
+        let events = std::mem::take(&mut self.rail_events);
+        for ev in events {
+            self.handle_event(peer, ev, sink);
+        }
+        match res {
             Ok(did) => did,
             Err(e) => {
-                self.fail(i, sink, e);
+                self.kill_conn(peer, rail, e, None, sink);
                 true
             }
         }
     }
 
-    fn flush(&mut self, i: usize) -> Result<bool, TransportError> {
-        match self.conns[i].as_mut() {
-            Some(c) => c.flush(&mut self.sent),
-            None => Ok(false),
+    fn handle_event(&mut self, peer: u32, ev: Event, sink: &mut dyn FrameSink) {
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if link.lost {
+            return;
+        }
+        match ev {
+            Event::Ack { rail, pos } => {
+                let Some(c) = link.conns.get_mut(rail as usize).and_then(Option::as_mut) else {
+                    return; // a rail that died meanwhile: its LOST exchange settles it
+                };
+                if let Err(reason) = c.ack(pos, &mut self.sent) {
+                    let addr = c.framed_addr();
+                    let err = TransportError::PeerProtocol {
+                        peer: Rank(peer),
+                        addr,
+                        reason,
+                    };
+                    self.lose_peer(peer, err, sink);
+                }
+            }
+            Event::Lost { rail, pos } => {
+                let rail = rail as usize;
+                if !link.rails.contains(&rail) {
+                    let err = TransportError::PeerProtocol {
+                        peer: Rank(peer),
+                        addr: format!("host {}", link.host),
+                        reason: format!("reported rail {rail} lost, which this pair does not use"),
+                    };
+                    self.lose_peer(peer, err, sink);
+                    return;
+                }
+                if link.conns[rail].is_some() {
+                    // Take what already arrived on it, then drop it as the peer did.
+                    self.read_conn(peer, rail, sink);
+                    let conn = self
+                        .links
+                        .get(peer as usize)
+                        .and_then(Option::as_ref)
+                        .and_then(|l| l.conns[rail].as_ref());
+                    if let Some(c) = conn {
+                        let err = TransportError::LocalIo {
+                            peer: Rank(peer),
+                            addr: c.framed_addr(),
+                            op: "read",
+                            source: io::Error::other(format!(
+                                "rank {peer} reported the rail lost"
+                            )),
+                        };
+                        self.kill_conn(peer, rail, err, Some(pos), sink);
+                        return;
+                    }
+                }
+                self.resend_from(peer, rail, pos, sink);
+            }
+        }
+    }
+
+    /// Drops connection `rail` of `peer`. With other live rails its frames move there once
+    /// the peer's received count is known (`remote`, or its LOST frame later); otherwise the
+    /// peer is lost.
+    fn kill_conn(
+        &mut self,
+        peer: u32,
+        rail: usize,
+        err: TransportError,
+        remote: Option<u64>,
+        sink: &mut dyn FrameSink,
+    ) {
+        let me = self.rank;
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(mut c) = link.conns.get_mut(rail).and_then(Option::take) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(c.framed.stream_mut());
+        if let Some((ident, saved)) = c.partial() {
+            link.partials.insert(ident, saved);
+        }
+        let rx_pos = c.rx.pos;
+        let quiet = remote.is_none() && is_quiet(&err);
+        let protocol = matches!(err, TransportError::PeerProtocol { .. });
+        let left = link.live_count();
+        link.dead.push(DeadRail {
+            rail: c.rail,
+            sent_pos: c.next_pos,
+            acked_pos: c.acked_pos,
+            history: None,
+        });
+        let (rail_name, path) = (c.rail_name.clone(), c.path.clone());
+        let hist = c.into_history();
+        if let Some(d) = link.dead.last_mut() {
+            d.history = Some(hist);
+        }
+        if !link.reliable || protocol || left == 0 {
+            self.lose_peer(peer, err, sink);
+            return;
+        }
+        if !quiet {
+            eprintln!(
+                "braid: rank {me} lost rail {rail_name} ({path}) to rank {peer} on host {}: \
+                 {err}; {left} rail(s) left",
+                link.host
+            );
+        }
+        // Acknowledgements for the other rails may have gone down with this one.
+        for c in link.conns.iter_mut().flatten() {
+            c.rx.force = true;
+        }
+        if !self.ack_pending.contains(&peer) {
+            self.ack_pending.push(peer);
+        }
+        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
+        let lost = control_header(KIND_LOST, me, rail16, rx_pos);
+        self.enqueue(peer, Entry::frame(&lost, Body::EMPTY));
+        if let Some(pos) = remote {
+            self.resend_from(peer, rail, pos, sink);
+        }
+    }
+
+    /// The peer received `pos` tracked frames of dead rail `rail`: release those, resend the
+    /// rest on the live rails.
+    fn resend_from(&mut self, peer: u32, rail: usize, pos: u64, sink: &mut dyn FrameSink) {
+        let me = self.rank;
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(d) = link.dead.iter_mut().find(|d| d.rail as usize == rail) else {
+            return;
+        };
+        let Some(hist) = d.history.take() else {
+            return; // resent already
+        };
+        if pos > d.sent_pos || pos < d.acked_pos {
+            let reason = format!(
+                "says it received {pos} frames of rail {rail}, but {} were sent and {} \
+                 acknowledged",
+                d.sent_pos, d.acked_pos
+            );
+            let addr = format!("host {}", link.host);
+            for e in hist {
+                e.release(&mut self.sent);
+            }
+            self.lose_peer(peer, TransportError::PeerProtocol {
+                peer: Rank(peer),
+                addr,
+                reason,
+            }, sink);
+            return;
+        }
+        let rail16 = d.rail;
+        for e in hist {
+            match (e.tracked(), e.pos()) {
+                (true, Some(p)) if p >= pos => {
+                    let ident = e.ident(rail16).unwrap_or((rail16, p));
+                    self.enqueue(peer, e.into_resend(me, ident));
+                }
+                _ => e.release(&mut self.sent),
+            }
+        }
+    }
+
+    /// The peer is gone: release everything held for it and tell the sink.
+    fn lose_peer(&mut self, peer: u32, err: TransportError, sink: &mut dyn FrameSink) {
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if link.lost {
+            return;
+        }
+        link.lost = true;
+        for slot in &mut link.conns {
+            if let Some(mut c) = slot.take() {
+                let _ = self.poll.registry().deregister(c.framed.stream_mut());
+                for e in c.into_history() {
+                    e.release(&mut self.sent);
+                }
+            }
+        }
+        for d in &mut link.dead {
+            for e in d.history.take().into_iter().flatten() {
+                e.release(&mut self.sent);
+            }
+        }
+        link.partials.clear();
+        sink.on_peer_lost(Rank(peer), err);
+    }
+
+    fn flush_token(&mut self, t: usize, sink: &mut dyn FrameSink) -> bool {
+        let (peer, rail) = ((t / RAIL_SLOTS) as u32, t % RAIL_SLOTS);
+        let Some(c) = self
+            .links
+            .get_mut(peer as usize)
+            .and_then(Option::as_mut)
+            .and_then(|l| l.conns.get_mut(rail))
+            .and_then(Option::as_mut)
+        else {
+            return false;
+        };
+        if c.broken {
+            return false;
+        }
+        match c.flush(&mut self.sent) {
+            Ok(did) => {
+                if c.queued > 0 {
+                    self.dirty.push(t);
+                }
+                did
+            }
+            Err(e) => {
+                let err = TransportError::LocalIo {
+                    peer: Rank(peer),
+                    addr: c.framed_addr(),
+                    op: "write",
+                    source: e,
+                };
+                self.kill_conn(peer, rail, err, None, sink);
+                true
+            }
+        }
+    }
+
+    /// Stall checks and drain-rate samples.
+    fn check_rails(&mut self, now: Instant, sink: &mut dyn FrameSink) {
+        if self.cfg.mode == RailMode::Weighted
+            && now.duration_since(self.last_rate_check) >= RATE_CHECK
+        {
+            self.last_rate_check = now;
+            for c in self.links.iter_mut().flatten().flat_map(|l| l.conns.iter_mut().flatten()) {
+                c.sample_rate(now);
+            }
+        }
+        if now.duration_since(self.last_stall_check) < STALL_CHECK {
+            return;
+        }
+        self.last_stall_check = now;
+        let timeout = self.cfg.stall_timeout;
+        let mut stalled = Vec::new();
+        for (peer, link) in self.links.iter_mut().enumerate() {
+            for c in link.iter_mut().flat_map(|l| l.conns.iter_mut().flatten()) {
+                if c.written > 0
+                    && let Some(why) = c.stalled(now, timeout)
+                {
+                    stalled.push((peer as u32, c.rail as usize, c.framed_addr(), why));
+                }
+            }
+        }
+        for (peer, rail, addr, why) in stalled {
+            let err = TransportError::LocalIo {
+                peer: Rank(peer),
+                addr,
+                op: "write",
+                source: io::Error::new(io::ErrorKind::TimedOut, why),
+            };
+            self.kill_conn(peer, rail, err, None, sink);
+        }
+    }
+
+    /// Sends the acknowledgements that are due.
+    fn send_acks(&mut self, now: Instant) {
+        let me = self.rank;
+        let peers = std::mem::take(&mut self.ack_pending);
+        for peer in peers {
+            let Some(link) = self.link_mut(peer) else { continue };
+            if link.lost {
+                continue;
+            }
+            let mut acks = Vec::new();
+            let mut still = false;
+            for c in link.conns.iter_mut().flatten() {
+                if c.rx.ack_due(now) {
+                    acks.push((c.rail, c.rx.pos));
+                    c.rx.mark_acked();
+                } else if c.rx.ack_pending() {
+                    still = true;
+                }
+            }
+            for (rail, pos) in acks {
+                // On its own rail unless that one is backed up.
+                let own = peer as usize * RAIL_SLOTS + rail as usize;
+                let link = self.links[peer as usize].as_mut();
+                let direct = link
+                    .and_then(|l| l.conns[rail as usize].as_mut())
+                    .filter(|c| !c.broken && c.queued < 256 * 1024);
+                match direct {
+                    Some(c) => {
+                        if c.push(Entry::ack(me, rail, pos), &mut self.sent).is_err() {
+                            c.broken = true;
+                        }
+                        if c.queued > 0 {
+                            self.dirty.push(own);
+                        }
+                    }
+                    None => {
+                        self.enqueue(peer, Entry::ack(me, rail, pos));
+                    }
+                }
+            }
+            if still {
+                self.ack_pending.push(peer);
+            }
+        }
+    }
+
+    /// A write failed for a connection that `send_acks` marked broken: find them.
+    fn collect_broken(&mut self) {
+        for (peer, link) in self.links.iter().enumerate() {
+            for c in link.iter().flat_map(|l| l.conns.iter().flatten()) {
+                if c.broken && !self.failed.iter().any(|(p, r, _)| *p == peer as u32 && *r == c.rail as usize) {
+                    self.failed.push((
+                        peer as u32,
+                        c.rail as usize,
+                        TransportError::LocalIo {
+                            peer: Rank(peer as u32),
+                            addr: c.framed_addr(),
+                            op: "write",
+                            source: io::Error::other("write failed"),
+                        },
+                    ));
+                }
+            }
         }
     }
 }
@@ -450,23 +1044,16 @@ impl Transport for TcpTransport {
         header: &[u8; HEADER_LEN],
         body: Body,
     ) -> Result<(), TransportError> {
-        let i = to.0 as usize;
-        let Some(c) = self.conns.get_mut(i).and_then(Option::as_mut) else {
+        if self.link_mut(to.0).is_none_or(|l| l.lost) {
             return Err(TransportError::NotConnected(to));
-        };
-        // SAFETY: forwarded from the caller (see # Safety).
-        let res = unsafe { c.send(header, body, &mut self.sent) };
-        if let Err(e) = res {
-            if let Some(mut c) = self.conns[i].take() {
-                let _ = self.poll.registry().deregister(c.stream_mut());
-                self.sent.extend(c.borrowed_requests());
-            }
-            return Err(e);
         }
-        if self.conns[i].as_ref().is_some_and(FramedConn::has_pending_writes) {
-            self.dirty.push(i);
+        // The entry borrows `body` for this call (see # Safety); `Conn::push` copies what it
+        // must keep without an owner.
+        if self.enqueue(to.0, Entry::frame(header, body)) {
+            Ok(())
+        } else {
+            Err(TransportError::NotConnected(to))
         }
-        Ok(())
     }
 
     fn progress(
@@ -476,30 +1063,37 @@ impl Transport for TcpTransport {
     ) -> io::Result<bool> {
         let mut did = false;
         if std::mem::take(&mut self.recheck_all) {
-            for i in 0..self.conns.len() {
-                did |= self.read_conn(i, sink);
+            for peer in 0..self.links.len() {
+                for rail in 0..self.rails.len() {
+                    did |= self.read_conn(peer as u32, rail, sink);
+                }
             }
         }
-        for (peer, err) in std::mem::take(&mut self.failed) {
-            sink.on_peer_lost(peer, err);
+        self.collect_broken();
+        for (peer, rail, err) in std::mem::take(&mut self.failed) {
+            self.kill_conn(peer, rail, err, None, sink);
+            did = true;
         }
-        let dirty = std::mem::take(&mut self.dirty);
-        for i in dirty {
-            match self.flush(i) {
-                Ok(d) => did |= d,
-                Err(e) => self.fail(i, sink, e),
-            }
-            if self.conns[i].as_ref().is_some_and(FramedConn::has_pending_writes) {
-                self.dirty.push(i);
-            }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for t in dirty {
+            did |= self.flush_token(t, sink);
         }
-        self.dirty.sort_unstable();
-        self.dirty.dedup();
-        let timeout = if did || !self.sent.is_empty() {
+        let now = Instant::now();
+        self.check_rails(now, sink);
+        let mut timeout = if did || !self.sent.is_empty() {
             Some(Duration::ZERO)
         } else {
             timeout
         };
+        // Wake up for delayed acknowledgements and stall checks.
+        let cap = if self.ack_pending.is_empty() {
+            STALL_CHECK
+        } else {
+            conn::ACK_DELAY
+        };
+        timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -517,15 +1111,15 @@ impl Transport for TcpTransport {
                 self.accept(t - LISTENER_BASE);
             } else {
                 if writable {
-                    match self.flush(t) {
-                        Ok(d) => did |= d,
-                        Err(e) => self.fail(t, sink, e),
-                    }
+                    did |= self.flush_token(t, sink);
                 }
                 if readable {
-                    did |= self.read_conn(t, sink);
+                    did |= self.read_conn((t / RAIL_SLOTS) as u32, t % RAIL_SLOTS, sink);
                 }
             }
+        }
+        if !self.ack_pending.is_empty() {
+            self.send_acks(Instant::now());
         }
         if !self.pending.is_empty() {
             self.expire_pending();
@@ -537,11 +1131,33 @@ impl Transport for TcpTransport {
     }
 
     fn has_pending_writes(&self) -> bool {
-        self.conns.iter().flatten().any(FramedConn::has_pending_writes)
+        self.links
+            .iter()
+            .flatten()
+            .flat_map(|l| l.conns.iter().flatten())
+            .any(|c| c.queued > 0 && !c.broken)
     }
 }
 
-fn check_hello(h: &[u8; HELLO_LEN], key: &JobKey, size: u32, me: Rank) -> Result<Rank, String> {
+/// Whether a connection error is what a peer closing its end looks like (process exit): no
+/// message for those; a dead path shows up as a stall or another error instead.
+fn is_quiet(err: &TransportError) -> bool {
+    match err {
+        TransportError::PeerClosed { .. } => true,
+        TransportError::LocalIo { source, .. } => matches!(
+            source.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+fn check_hello(
+    h: &[u8; HELLO_LEN],
+    key: &JobKey,
+    size: u32,
+    me: Rank,
+) -> Result<(Rank, usize), String> {
     if &h[..8] != MAGIC {
         return Err("not a Braid hello (bad magic)".into());
     }
@@ -552,7 +1168,11 @@ fn check_hello(h: &[u8; HELLO_LEN], key: &JobKey, size: u32, me: Rank) -> Result
     if rank >= size || rank <= me.0 {
         return Err(format!("claims rank {rank}, which may not connect to rank {me}"));
     }
-    Ok(Rank(rank))
+    let rail = u16::from_le_bytes([h[28], h[29]]);
+    if h[30..32] != [0, 0] {
+        return Err("reserved hello bytes set".into());
+    }
+    Ok((Rank(rank), usize::from(rail)))
 }
 
 fn connect(addr: SocketAddr, local: IpAddr, deadline: Instant) -> io::Result<Socket> {
@@ -577,12 +1197,12 @@ fn connect(addr: SocketAddr, local: IpAddr, deadline: Instant) -> io::Result<Soc
     Err(last)
 }
 
-impl ByteStream for TcpStream {
+impl crate::stream::ByteStream for TcpStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Read::read(self, buf)
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         Write::write_vectored(self, bufs)
     }
 }

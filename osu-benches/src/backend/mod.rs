@@ -9,6 +9,13 @@
 //! backends do exactly the same, so their figures stay comparable with each other; against C
 //! OSU the receive side touches `w` times more memory, which matters only once `w * size`
 //! outgrows the caches (large messages), where OSU's single buffer is the unrealistic one.
+//!
+//! # Collectives
+//! The collective benchmarks describe each call as a [`Coll`] over `MPI_COMM_WORLD`: bytes
+//! (`MPI_CHAR`) for the data-movement collectives, `f32` (`MPI_FLOAT`) summed for the
+//! reductions, as OSU 7 does. [`Backend::collective`] runs one blocking call;
+//! [`Backend::immediate`] starts the nonblocking form, runs a closure (the benchmark's dummy
+//! compute) and waits.
 
 pub mod braid;
 #[cfg(feature = "rsmpi")]
@@ -19,6 +26,8 @@ pub mod rsmpi;
 pub enum ReduceOp {
     /// The largest value.
     Max,
+    /// The smallest value.
+    Min,
     /// The sum of the values.
     Sum,
 }
@@ -29,7 +38,154 @@ impl ReduceOp {
     pub fn apply(self, a: f64, b: f64) -> f64 {
         match self {
             Self::Max => a.max(b),
+            Self::Min => a.min(b),
             Self::Sum => a + b,
+        }
+    }
+}
+
+/// One collective call on `MPI_COMM_WORLD`, with its buffers.
+///
+/// Rooted variants name their root; buffers only the root reads or writes (`recv` of gather
+/// and reduce, `send` of scatter) are ignored at the other ranks. The v-forms take counts and
+/// displacements in elements, one per rank (`Alltoallv` uses the same for send and receive).
+///
+/// # Standard section(s)
+/// MPI-4.1 §6.3-§6.12.
+#[derive(Debug)]
+pub enum Coll<'a> {
+    /// `MPI_Allgather`: block i of `recv` gets rank i's `send`.
+    Allgather {
+        /// This rank's block.
+        send: &'a [u8],
+        /// `size * send.len()` bytes.
+        recv: &'a mut [u8],
+    },
+    /// `MPI_Allgatherv`.
+    Allgatherv {
+        /// This rank's block (`counts[rank]` bytes).
+        send: &'a [u8],
+        /// Receives rank i's block at `displs[i]`.
+        recv: &'a mut [u8],
+        /// Bytes from each rank.
+        counts: &'a [i32],
+        /// Offset of each rank's block in `recv`.
+        displs: &'a [i32],
+    },
+    /// `MPI_Allreduce` with `MPI_SUM`.
+    Allreduce {
+        /// This rank's contribution.
+        send: &'a [f32],
+        /// The element-wise sum, same length as `send`.
+        recv: &'a mut [f32],
+    },
+    /// `MPI_Alltoall`: block j of `send` goes to rank j; block i of `recv` comes from rank i.
+    Alltoall {
+        /// `size` equal blocks.
+        send: &'a [u8],
+        /// `size` equal blocks.
+        recv: &'a mut [u8],
+    },
+    /// `MPI_Alltoallv` with the same counts and displacements on both sides.
+    Alltoallv {
+        /// Block j (at `displs[j]`, `counts[j]` bytes) goes to rank j.
+        send: &'a [u8],
+        /// Block i comes from rank i.
+        recv: &'a mut [u8],
+        /// Bytes per rank.
+        counts: &'a [i32],
+        /// Offset of each rank's block.
+        displs: &'a [i32],
+    },
+    /// `MPI_Barrier`.
+    Barrier,
+    /// `MPI_Bcast`.
+    Bcast {
+        /// The rank whose `buf` is copied.
+        root: i32,
+        /// Source at the root, destination elsewhere.
+        buf: &'a mut [u8],
+    },
+    /// `MPI_Gather`.
+    Gather {
+        /// Destination rank.
+        root: i32,
+        /// This rank's block.
+        send: &'a [u8],
+        /// `size * send.len()` bytes at the root.
+        recv: &'a mut [u8],
+    },
+    /// `MPI_Gatherv`.
+    Gatherv {
+        /// Destination rank.
+        root: i32,
+        /// This rank's block.
+        send: &'a [u8],
+        /// Rank i's block lands at `displs[i]` (root only).
+        recv: &'a mut [u8],
+        /// Bytes from each rank.
+        counts: &'a [i32],
+        /// Offset of each rank's block in `recv`.
+        displs: &'a [i32],
+    },
+    /// `MPI_Reduce` with `MPI_SUM`.
+    Reduce {
+        /// Destination rank.
+        root: i32,
+        /// This rank's contribution.
+        send: &'a [f32],
+        /// The sum (root only).
+        recv: &'a mut [f32],
+    },
+    /// `MPI_Reduce_scatter_block` with `MPI_SUM`: rank i gets block i of the sum.
+    ReduceScatterBlock {
+        /// `size` blocks of `recv.len()` elements.
+        send: &'a [f32],
+        /// This rank's block of the sum.
+        recv: &'a mut [f32],
+    },
+    /// `MPI_Scatter`.
+    Scatter {
+        /// Source rank.
+        root: i32,
+        /// `size` equal blocks (root only).
+        send: &'a [u8],
+        /// This rank's block.
+        recv: &'a mut [u8],
+    },
+    /// `MPI_Scatterv`.
+    Scatterv {
+        /// Source rank.
+        root: i32,
+        /// Rank i's block at `displs[i]` (root only).
+        send: &'a [u8],
+        /// This rank's block.
+        recv: &'a mut [u8],
+        /// Bytes for each rank.
+        counts: &'a [i32],
+        /// Offset of each rank's block in `send`.
+        displs: &'a [i32],
+    },
+}
+
+impl Coll<'_> {
+    /// The MPI name of the call, for error messages.
+    #[must_use]
+    pub fn mpi_name(&self) -> &'static str {
+        match self {
+            Self::Allgather { .. } => "MPI_Allgather",
+            Self::Allgatherv { .. } => "MPI_Allgatherv",
+            Self::Allreduce { .. } => "MPI_Allreduce",
+            Self::Alltoall { .. } => "MPI_Alltoall",
+            Self::Alltoallv { .. } => "MPI_Alltoallv",
+            Self::Barrier => "MPI_Barrier",
+            Self::Bcast { .. } => "MPI_Bcast",
+            Self::Gather { .. } => "MPI_Gather",
+            Self::Gatherv { .. } => "MPI_Gatherv",
+            Self::Reduce { .. } => "MPI_Reduce",
+            Self::ReduceScatterBlock { .. } => "MPI_Reduce_scatter_block",
+            Self::Scatter { .. } => "MPI_Scatter",
+            Self::Scatterv { .. } => "MPI_Scatterv",
         }
     }
 }
@@ -81,6 +237,17 @@ pub trait Backend {
     /// # Errors
     /// The library's error.
     fn reduce_to_root(&self, value: f64, op: ReduceOp) -> anyhow::Result<f64>;
+    /// Runs one blocking collective call.
+    ///
+    /// # Errors
+    /// The library's error.
+    fn collective(&self, op: Coll<'_>) -> anyhow::Result<()>;
+    /// Starts the nonblocking form of `op` (`MPI_I...`), calls `between` once it has started,
+    /// then waits for it (OSU's `MPI_I...`, dummy compute, `MPI_Wait`).
+    ///
+    /// # Errors
+    /// The library's error; a collective the library has no nonblocking form of.
+    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()>;
 }
 
 /// Splits `buf` into `n` equal disjoint slices (all empty when `buf` is).

@@ -2,12 +2,15 @@
 //!
 //! rsmpi reports MPI errors by aborting the job (MPI's default error handler), so these
 //! methods only return errors for misuse detected here.
+//!
+//! Every [`Coll`] maps onto the rsmpi call of the same name (`mpi::collective`).
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use mpi::collective::SystemOperation;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::traits::*;
 
-use super::{Backend, ReduceOp, split_window};
+use super::{Backend, Coll, ReduceOp, split_window};
 use crate::options::Config;
 
 /// The system MPI's `MPI_COMM_WORLD`, borrowed for one run.
@@ -116,6 +119,7 @@ impl Backend for RsmpiBackend<'_> {
     fn reduce_to_root(&self, value: f64, op: ReduceOp) -> anyhow::Result<f64> {
         let op = match op {
             ReduceOp::Max => SystemOperation::max(),
+            ReduceOp::Min => SystemOperation::min(),
             ReduceOp::Sum => SystemOperation::sum(),
         };
         let root = self.world.process_at_rank(0);
@@ -127,5 +131,142 @@ impl Backend for RsmpiBackend<'_> {
             root.reduce_into(&value, op);
             Ok(value)
         }
+    }
+
+    fn collective(&self, op: Coll<'_>) -> anyhow::Result<()> {
+        let me = self.rank();
+        let w = self.world;
+        let sum = SystemOperation::sum;
+        match op {
+            Coll::Allgather { send, recv } => w.all_gather_into(send, recv),
+            Coll::Allgatherv {
+                send,
+                recv,
+                counts,
+                displs,
+            } => w.all_gather_varcount_into(send, &mut PartitionMut::new(recv, counts, displs)),
+            Coll::Allreduce { send, recv } => w.all_reduce_into(send, recv, sum()),
+            Coll::Alltoall { send, recv } => w.all_to_all_into(send, recv),
+            Coll::Alltoallv {
+                send,
+                recv,
+                counts,
+                displs,
+            } => w.all_to_all_varcount_into(
+                &Partition::new(send, counts, displs),
+                &mut PartitionMut::new(recv, counts, displs),
+            ),
+            Coll::Barrier => w.barrier(),
+            Coll::Bcast { root, buf } => w.process_at_rank(root).broadcast_into(buf),
+            Coll::Gather { root, send, recv } => {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    p.gather_into_root(send, recv);
+                } else {
+                    p.gather_into(send);
+                }
+            }
+            Coll::Gatherv {
+                root,
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    p.gather_varcount_into_root(send, &mut PartitionMut::new(recv, counts, displs));
+                } else {
+                    p.gather_varcount_into(send);
+                }
+            }
+            Coll::Reduce { root, send, recv } => {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    p.reduce_into_root(send, recv, sum());
+                } else {
+                    p.reduce_into(send, sum());
+                }
+            }
+            Coll::ReduceScatterBlock { send, recv } => {
+                w.reduce_scatter_block_into(send, recv, sum());
+            }
+            Coll::Scatter { root, send, recv } => {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    p.scatter_into_root(send, recv);
+                } else {
+                    p.scatter_into(recv);
+                }
+            }
+            Coll::Scatterv {
+                root,
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    p.scatter_varcount_into_root(&Partition::new(send, counts, displs), recv);
+                } else {
+                    p.scatter_varcount_into(recv);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
+        let me = self.rank();
+        let w = self.world;
+        let sum = SystemOperation::sum;
+        // Each arm starts the request, computes, and waits: the request types differ.
+        mpi::request::scope(|scope| {
+            match op {
+                Coll::Allgather { send, recv } => {
+                    let r = w.immediate_all_gather_into(scope, send, recv);
+                    between();
+                    r.wait();
+                }
+                Coll::Allreduce { send, recv } => {
+                    let r = w.immediate_all_reduce_into(scope, send, recv, sum());
+                    between();
+                    r.wait();
+                }
+                Coll::Alltoall { send, recv } => {
+                    let r = w.immediate_all_to_all_into(scope, send, recv);
+                    between();
+                    r.wait();
+                }
+                Coll::Barrier => {
+                    let r = w.immediate_barrier();
+                    between();
+                    r.wait();
+                }
+                Coll::Bcast { root, buf } => {
+                    let r = w.process_at_rank(root).immediate_broadcast_into(scope, buf);
+                    between();
+                    r.wait();
+                }
+                Coll::Reduce { root, send, recv } => {
+                    let p = w.process_at_rank(root);
+                    if me == root {
+                        let r = p.immediate_reduce_into_root(scope, send, recv, sum());
+                        between();
+                        r.wait();
+                    } else {
+                        let r = p.immediate_reduce_into(scope, send, sum());
+                        between();
+                        r.wait();
+                    }
+                }
+                other => bail!(
+                    "the benchmarks use no nonblocking form of {}",
+                    other.mpi_name()
+                ),
+            }
+            Ok(())
+        })
     }
 }

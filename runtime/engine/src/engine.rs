@@ -388,6 +388,9 @@ enum InFlight {
     Eager { arrival: u64 },
     /// A data chunk for a rendezvous receive.
     Data { req: ReqId, len: u64 },
+    /// Eager payload going straight into receive `req`, which matched at header time; it
+    /// completes with `status` when the payload is placed.
+    Direct { req: ReqId, status: RecvStatus },
     /// A frame without payload (nothing to do on completion).
     Empty,
 }
@@ -801,6 +804,13 @@ impl Engine {
                     );
                 }
             }
+            Some(InFlight::Direct { req, status }) => self.complete(
+                req,
+                Outcome::Received {
+                    status,
+                    buffered: None,
+                },
+            ),
             Some(InFlight::Empty) | None => {}
         }
     }
@@ -868,6 +878,12 @@ impl Engine {
         let arrivals = &self.arrivals;
         self.in_flight.retain(|_, f| match f {
             InFlight::Eager { arrival } => arrivals.get(arrival).is_some_and(|a| a.source != peer),
+            InFlight::Direct { req, status } => {
+                if status.source == peer {
+                    failed.push(*req);
+                }
+                status.source != peer
+            }
             InFlight::Data { .. } | InFlight::Empty => true,
         });
         failed.sort();
@@ -976,6 +992,9 @@ impl Engine {
                 pull: (h.flags & FLAG_PULL != 0).then_some(h.offset),
             }
         };
+        if let Some(inc) = self.match_direct(from, h, token) {
+            return Ok(inc);
+        }
         let id = self.next_arrival;
         self.next_arrival += 1;
         self.arrivals.insert(
@@ -994,15 +1013,7 @@ impl Engine {
         if h.seq.0 == peer.next_recv {
             peer.next_recv += 1;
             self.release(id);
-            let mut more = Vec::new();
-            let peer = &mut self.peers[from.0 as usize];
-            while let Some(next) = peer.early.remove(&peer.next_recv) {
-                peer.next_recv += 1;
-                more.push(next);
-            }
-            for next in more {
-                self.release(next);
-            }
+            self.release_early(from);
         } else {
             peer.early.insert(h.seq.0, id);
         }
@@ -1036,6 +1047,69 @@ impl Engine {
             None => Placement::Buffer,
         };
         Ok(Incoming { token, placement })
+    }
+
+    /// The fast path of the common case: an in-order eager message with payload that a
+    /// posted receive accepts goes straight into that receive, with no arrival record.
+    fn match_direct(&mut self, from: Rank, h: &Header, token: FrameToken) -> Option<Incoming> {
+        if h.kind != FrameKind::Eager
+            || h.msg_len == 0
+            || h.seq.0 != self.peers[from.0 as usize].next_recv
+        {
+            return None;
+        }
+        let q = self.queues.get_mut(&h.context)?;
+        let i = q
+            .posted
+            .iter()
+            .position(|p| p.source.accepts(from) && p.tag.accepts(h.tag))?;
+        let p = q.posted.remove(i)?;
+        self.posted_ctx.remove(&p.req);
+        self.peers[from.0 as usize].next_recv += 1;
+        if h.is_sync() {
+            let mut ack = Header::new(FrameKind::SyncAck, self.cfg.rank);
+            ack.send_req = h.send_req;
+            self.transmits.push_back(Transmit {
+                to: from,
+                header: ack,
+                body: Body::None,
+            });
+        }
+        let stored = h.msg_len.min(p.capacity);
+        let status = RecvStatus {
+            source: from,
+            tag: h.tag,
+            len: h.msg_len,
+            stored,
+        };
+        self.in_flight
+            .insert(token, InFlight::Direct { req: p.req, status });
+        self.release_early(from);
+        Some(Incoming {
+            token,
+            placement: Placement::Request {
+                req: p.req,
+                offset: 0,
+                take: stored,
+                skip: h.msg_len - stored,
+            },
+        })
+    }
+
+    /// Releases the early arrivals from `from` that are now in order.
+    fn release_early(&mut self, from: Rank) {
+        let peer = &mut self.peers[from.0 as usize];
+        if peer.early.is_empty() {
+            return;
+        }
+        let mut more = Vec::new();
+        while let Some(next) = peer.early.remove(&peer.next_recv) {
+            peer.next_recv += 1;
+            more.push(next);
+        }
+        for next in more {
+            self.release(next);
+        }
     }
 
     /// Releases an in-order arrival to matching: binds it to the first posted receive that

@@ -107,7 +107,10 @@ pub(crate) fn bcast_scatter_allgather(s: &mut Schedule, t: &Team, root: usize, b
     mask >>= 1;
     while mask > 0 {
         if vr + mask < p {
-            s.send(t.at(vr + mask + root), range(vr + mask, (vr + 2 * mask).min(p)));
+            s.send(
+                t.at(vr + mask + root),
+                range(vr + mask, (vr + 2 * mask).min(p)),
+            );
         }
         mask >>= 1;
     }
@@ -230,7 +233,13 @@ pub(crate) fn allreduce_recursive_doubling(s: &mut Schedule, t: &Team, acc: Slic
 /// Rabenseifner's allreduce: reduce-scatter by recursive halving, then allgather by
 /// recursive doubling (with the non-power-of-two fold). Commutative operations only. Cost:
 /// 2 log2 p α + 2 (p-1)/p nβ + (p-1)/p nγ. Best for long messages on power-of-two teams.
-pub(crate) fn allreduce_rabenseifner(s: &mut Schedule, t: &Team, elem: usize, acc: Slice, tmp: Slice) {
+pub(crate) fn allreduce_rabenseifner(
+    s: &mut Schedule,
+    t: &Team,
+    elem: usize,
+    acc: Slice,
+    tmp: Slice,
+) {
     let p = t.p();
     let pof2 = pof2_floor(p);
     let rem = p - pof2;
@@ -295,7 +304,14 @@ pub(crate) fn allreduce_rabenseifner(s: &mut Schedule, t: &Team, elem: usize, ac
 
 /// Ring reduce-scatter over p chunks of `acc`; afterwards index i holds chunk `(i + shift)
 /// mod p` fully reduced. Commutative operations only. Cost: (p-1)(α + n/p β + n/p γ).
-fn reduce_scatter_ring(s: &mut Schedule, t: &Team, elem: usize, acc: Slice, tmp: Slice, shift: usize) {
+fn reduce_scatter_ring(
+    s: &mut Schedule,
+    t: &Team,
+    elem: usize,
+    acc: Slice,
+    tmp: Slice,
+    shift: usize,
+) {
     let p = t.p();
     let n = acc.len / elem.max(1);
     let part = |i: usize, buf: Slice| {
@@ -336,7 +352,13 @@ pub(crate) fn allreduce_ring(s: &mut Schedule, t: &Team, elem: usize, acc: Slice
 }
 
 /// Reduce-scatter with equal blocks by the ring: index i ends with block i of `acc`.
-pub(crate) fn reduce_scatter_block_ring(s: &mut Schedule, t: &Team, elem: usize, acc: Slice, tmp: Slice) {
+pub(crate) fn reduce_scatter_block_ring(
+    s: &mut Schedule,
+    t: &Team,
+    elem: usize,
+    acc: Slice,
+    tmp: Slice,
+) {
     if t.p() > 1 {
         reduce_scatter_ring(s, t, elem, acc, tmp, 0);
     }
@@ -344,13 +366,24 @@ pub(crate) fn reduce_scatter_block_ring(s: &mut Schedule, t: &Team, elem: usize,
 
 /// Subtree size of virtual rank `vr` in a binomial tree over p ranks.
 fn subtree(vr: usize, p: usize) -> usize {
-    if vr == 0 { p } else { (vr & vr.wrapping_neg()).min(p - vr) }
+    if vr == 0 {
+        p
+    } else {
+        (vr & vr.wrapping_neg()).min(p - vr)
+    }
 }
 
 /// Binomial gather of `n`-byte blocks to team index `root`. `work` (p·n bytes) collects
 /// blocks in virtual-rank order; at the root the blocks are rotated into `out` (p·n bytes, in
 /// team order). `mine` is this rank's block. Cost: ⌈log2 p⌉ α + (p-1)/p · p n β.
-pub(crate) fn gather_binomial(s: &mut Schedule, t: &Team, root: usize, mine: Slice, work: Slice, out: Option<Slice>) {
+pub(crate) fn gather_binomial(
+    s: &mut Schedule,
+    t: &Team,
+    root: usize,
+    mine: Slice,
+    work: Slice,
+    out: Option<Slice>,
+) {
     let p = t.p();
     let n = mine.len;
     let vr = (t.me + p - root) % p;
@@ -387,7 +420,14 @@ pub(crate) fn gather_binomial(s: &mut Schedule, t: &Team, root: usize, mine: Sli
 /// Binomial scatter of `n`-byte blocks from team index `root` (inverse of
 /// [`gather_binomial`]). `src` (p·n bytes, team order) is read at the root; `work` is p·n
 /// bytes; this rank's block lands in `mine`.
-pub(crate) fn scatter_binomial(s: &mut Schedule, t: &Team, root: usize, src: Option<Slice>, work: Slice, mine: Slice) {
+pub(crate) fn scatter_binomial(
+    s: &mut Schedule,
+    t: &Team,
+    root: usize,
+    src: Option<Slice>,
+    work: Slice,
+    mine: Slice,
+) {
     let p = t.p();
     let n = mine.len;
     let vr = (t.me + p - root) % p;
@@ -404,7 +444,11 @@ pub(crate) fn scatter_binomial(s: &mut Schedule, t: &Team, root: usize, src: Opt
         s.recv(t.at(parent + root), work.sub(0, subtree(vr, p) * n));
         s.round();
     }
-    let mut mask = if vr == 0 { pof2_floor(p.max(1)) } else { (vr & vr.wrapping_neg()) >> 1 };
+    let mut mask = if vr == 0 {
+        pof2_floor(p.max(1))
+    } else {
+        (vr & vr.wrapping_neg()) >> 1
+    };
     if vr == 0 && mask >= p {
         mask >>= 1;
     }
@@ -474,7 +518,13 @@ pub(crate) fn alltoall_pairwise(s: &mut Schedule, t: &Team, sends: &[Slice], rec
 
 /// Linear gather of variable blocks: the root posts every receive at once. Cost: (p-1) α +
 /// total β at the root.
-pub(crate) fn gather_linear(s: &mut Schedule, t: &Team, root: usize, mine: Slice, blocks: Option<&[Slice]>) {
+pub(crate) fn gather_linear(
+    s: &mut Schedule,
+    t: &Team,
+    root: usize,
+    mine: Slice,
+    blocks: Option<&[Slice]>,
+) {
     s.round();
     if t.me == root {
         if let Some(b) = blocks {
@@ -494,7 +544,13 @@ pub(crate) fn gather_linear(s: &mut Schedule, t: &Team, root: usize, mine: Slice
 
 /// Linear scatter of variable blocks: the root posts every send at once. Cost: (p-1) α +
 /// total β at the root.
-pub(crate) fn scatter_linear(s: &mut Schedule, t: &Team, root: usize, blocks: Option<&[Slice]>, mine: Slice) {
+pub(crate) fn scatter_linear(
+    s: &mut Schedule,
+    t: &Team,
+    root: usize,
+    blocks: Option<&[Slice]>,
+    mine: Slice,
+) {
     s.round();
     if t.me == root {
         if let Some(b) = blocks {
@@ -515,7 +571,14 @@ pub(crate) fn scatter_linear(s: &mut Schedule, t: &Team, root: usize, blocks: Op
 /// Recursive-doubling inclusive scan (MPICH's `MPIR_Scan_intra_recursive_doubling`), in rank
 /// order. `partial` holds this rank's operand on entry; `out` receives the prefix result and
 /// must hold the operand too on entry. Cost: ⌈log2 p⌉ (α + nβ + 2nγ).
-pub(crate) fn scan_recursive_doubling(s: &mut Schedule, t: &Team, partial: Slice, tmp: Slice, out: Slice, exclusive: bool) {
+pub(crate) fn scan_recursive_doubling(
+    s: &mut Schedule,
+    t: &Team,
+    partial: Slice,
+    tmp: Slice,
+    out: Slice,
+    exclusive: bool,
+) {
     let p = t.p();
     let mut mask = 1;
     let mut have = !exclusive;

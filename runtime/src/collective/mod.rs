@@ -60,9 +60,26 @@ pub(crate) fn barrier(c: &mut Core, ctx: ContextId) -> Result<(), Error> {
         let from = (me + p - dist) % p;
         let tag = BARRIER_TAG + round;
         // SAFETY: zero-length buffers: nothing is read or written through the pointers.
-        let r = unsafe { c.irecv(ctx, Some(from), Some(tag), std::ptr::NonNull::dangling().as_ptr(), 0) }?;
+        let r = unsafe {
+            c.irecv(
+                ctx,
+                Some(from),
+                Some(tag),
+                std::ptr::NonNull::dangling().as_ptr(),
+                0,
+            )
+        }?;
         // SAFETY: as above.
-        let s = unsafe { c.isend(ctx, to, tag, std::ptr::NonNull::dangling().as_ptr(), 0, SendMode::Standard) }?;
+        let s = unsafe {
+            c.isend(
+                ctx,
+                to,
+                tag,
+                std::ptr::NonNull::dangling().as_ptr(),
+                0,
+                SendMode::Standard,
+            )
+        }?;
         c.wait(s)??;
         c.wait(r)??;
         dist *= 2;
@@ -83,6 +100,8 @@ pub(crate) struct CollSettings {
     pub(crate) allgather_short: usize,
     pub(crate) gather_short: usize,
     pub(crate) hierarchy: bool,
+    /// Testing: pretend this many hosts (0: the real ones).
+    pub(crate) fake_hosts: usize,
 }
 
 impl Default for CollSettings {
@@ -93,6 +112,7 @@ impl Default for CollSettings {
             allgather_short: 80 * 1024,
             gather_short: 64 * 1024,
             hierarchy: true,
+            fake_hosts: 0,
         }
     }
 }
@@ -107,6 +127,7 @@ fn settings() -> CollSettings {
             allgather_short: e.coll_allgather_short as usize,
             gather_short: e.coll_gather_short as usize,
             hierarchy: e.coll_hierarchy,
+            fake_hosts: e.coll_fake_hosts as usize,
         },
         Err(_) => CollSettings::default(),
     })
@@ -114,11 +135,21 @@ fn settings() -> CollSettings {
 
 /// The algorithm chosen for a broadcast of `n` bytes over `p` ranks.
 pub(crate) fn choose_bcast(s: &CollSettings, n: usize, p: usize) -> &'static str {
-    if n >= s.bcast_long && p >= 8 { "scatter-allgather" } else { "binomial" }
+    if n >= s.bcast_long && p >= 8 {
+        "scatter-allgather"
+    } else {
+        "binomial"
+    }
 }
 
 /// The algorithm chosen for an allreduce of `n` bytes over `p` ranks.
-pub(crate) fn choose_allreduce(s: &CollSettings, n: usize, elems: usize, p: usize, commutative: bool) -> &'static str {
+pub(crate) fn choose_allreduce(
+    s: &CollSettings,
+    n: usize,
+    elems: usize,
+    p: usize,
+    commutative: bool,
+) -> &'static str {
     if n < s.allreduce_short || !commutative || elems < p {
         "recursive-doubling"
     } else if p.is_power_of_two() {
@@ -130,12 +161,20 @@ pub(crate) fn choose_allreduce(s: &CollSettings, n: usize, elems: usize, p: usiz
 
 /// The algorithm chosen for an allgather producing `total` bytes.
 pub(crate) fn choose_allgather(s: &CollSettings, total: usize) -> &'static str {
-    if total < s.allgather_short { "bruck" } else { "ring" }
+    if total < s.allgather_short {
+        "bruck"
+    } else {
+        "ring"
+    }
 }
 
 /// The algorithm chosen for a gather or scatter of `total` bytes at the root.
 pub(crate) fn choose_gather(s: &CollSettings, total: usize) -> &'static str {
-    if total < s.gather_short { "binomial" } else { "linear" }
+    if total < s.gather_short {
+        "binomial"
+    } else {
+        "linear"
+    }
 }
 
 /// A report of the algorithms and thresholds in force (for `braid-info` and logs).
@@ -153,12 +192,13 @@ pub fn info() -> String {
          alltoall(v): pairwise exchange\n\
          reduce_scatter_block: ring (commutative) or reduce + scatter\n\
          scan/exscan: recursive doubling\n\
-         hierarchy (BRAID_COLL_HIERARCHY): {}",
+         hierarchy (BRAID_COLL_HIERARCHY): {}; BRAID_COLL_FAKE_HOSTS={}",
         s.bcast_long,
         s.allreduce_short,
         s.allgather_short,
         s.gather_short,
-        if s.hierarchy { "on" } else { "off" }
+        if s.hierarchy { "on" } else { "off" },
+        s.fake_hosts
     )
 }
 
@@ -171,7 +211,9 @@ pub fn info() -> String {
 static CALLS: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
 
 pub(crate) fn next_tag(ctx: ContextId) -> i32 {
-    let mut g = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut g = CALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let n = g.get_or_insert_with(HashMap::new).entry(ctx.0).or_insert(0);
     let t = TAG_BASE + (*n % TAG_SPAN) as i32;
     *n = n.wrapping_add(1);
@@ -180,7 +222,9 @@ pub(crate) fn next_tag(ctx: ContextId) -> i32 {
 
 /// Forgets the call numbers of a freed context.
 pub(crate) fn forget_context(ctx: ContextId) {
-    let mut g = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut g = CALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(m) = g.as_mut() {
         m.remove(&ctx.0);
     }
@@ -192,8 +236,13 @@ type Shared = Arc<Mutex<Exec>>;
 static ACTIVE: Mutex<Vec<Weak<Mutex<Exec>>>> = Mutex::new(Vec::new());
 
 fn active() -> Vec<Shared> {
-    let mut g = ACTIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    g.retain(|w| w.upgrade().is_some_and(|e| e.try_lock().map_or(true, |e| !e.is_done())));
+    let mut g = ACTIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    g.retain(|w| {
+        w.upgrade()
+            .is_some_and(|e| e.try_lock().map_or(true, |e| !e.is_done()))
+    });
     g.iter().filter_map(Weak::upgrade).collect()
 }
 
@@ -283,23 +332,30 @@ pub(crate) struct Over<'a> {
     world: &'a [u32],
     me: usize,
     ctx: ContextId,
-    tag: i32,
+    /// Fixed tag (subgroup creation); `None`: the next call number, drawn when the schedule
+    /// starts.
+    tag: Option<i32>,
 }
 
 impl<'a> Over<'a> {
-    /// A collective call on `comm` (draws the next call number).
+    /// A collective call on `comm`.
     pub(crate) fn comm(comm: &'a CommData) -> Self {
         Self {
             world: comm.group().world_ranks(),
             me: comm.rank_index(),
             ctx: comm.coll_context(),
-            tag: next_tag(comm.coll_context()),
+            tag: None,
         }
     }
 
     /// A collective among the ranks `world` only (`MPI_Comm_create_group`), with its own tag.
     pub(crate) fn subgroup(world: &'a [u32], me: usize, ctx: ContextId, tag: i32) -> Self {
-        Self { world, me, ctx, tag }
+        Self {
+            world,
+            me,
+            ctx,
+            tag: Some(tag),
+        }
     }
 
     fn p(&self) -> usize {
@@ -331,7 +387,17 @@ fn levels(over: &Over<'_>) -> Option<Levels> {
     if !settings().hierarchy || over.p() < 3 {
         return None;
     }
-    let hosts = with_core(|c| over.world.iter().map(|w| c.hosts[*w as usize].clone()).collect::<Vec<_>>());
+    let fake = settings().fake_hosts;
+    let hosts = with_core(|c| {
+        let host = |w: usize| match fake {
+            0 => c.hosts[w].clone(),
+            k => format!("fake{}", w * k / c.hosts.len().max(1)),
+        };
+        over.world
+            .iter()
+            .map(|w| host(*w as usize))
+            .collect::<Vec<_>>()
+    });
     levels_of(&hosts, over.me)
 }
 
@@ -339,7 +405,9 @@ fn levels(over: &Over<'_>) -> Option<Levels> {
 fn levels_of(hosts: &[String], me: usize) -> Option<Levels> {
     let p = hosts.len();
     let mut first: HashMap<&str, usize> = HashMap::new();
-    let leader_of: Vec<usize> = (0..p).map(|i| *first.entry(hosts[i].as_str()).or_insert(i)).collect();
+    let leader_of: Vec<usize> = (0..p)
+        .map(|i| *first.entry(hosts[i].as_str()).or_insert(i))
+        .collect();
     let nhosts = first.len();
     if nhosts < 2 || nhosts == p {
         return None;
@@ -494,31 +562,54 @@ fn mismatch(op: &'static str, detail: String) -> Error {
 
 fn contiguous_send<B: Buffer + ?Sized>(op: &'static str, b: &B) -> Result<(), Error> {
     if matches!(b.packed(), std::borrow::Cow::Owned(_)) {
-        return Err(Error::UsageDatatype(format!("{op}: non-contiguous views are not supported in collectives")));
+        return Err(Error::UsageDatatype(format!(
+            "{op}: non-contiguous views are not supported in collectives"
+        )));
     }
     Ok(())
 }
 
 fn contiguous_recv<B: BufferMut + ?Sized>(op: &'static str, b: &B) -> Result<(), Error> {
     if b.layout().is_some() {
-        return Err(Error::UsageDatatype(format!("{op}: non-contiguous views are not supported in collectives")));
+        return Err(Error::UsageDatatype(format!(
+            "{op}: non-contiguous views are not supported in collectives"
+        )));
     }
     Ok(())
 }
 
 /// Validates `counts`/`displs` (elements) for `p` ranks against a buffer of `len` elements.
-fn check_partition(op: &'static str, p: usize, counts: &[i32], displs: &[i32], len: usize) -> Result<(Vec<usize>, Vec<usize>), Error> {
+fn check_partition(
+    op: &'static str,
+    p: usize,
+    counts: &[i32],
+    displs: &[i32],
+    len: usize,
+) -> Result<(Vec<usize>, Vec<usize>), Error> {
     if counts.len() != p || displs.len() != p {
-        return Err(mismatch(op, format!("{} counts and {} displacements for {p} ranks", counts.len(), displs.len())));
+        return Err(mismatch(
+            op,
+            format!(
+                "{} counts and {} displacements for {p} ranks",
+                counts.len(),
+                displs.len()
+            ),
+        ));
     }
     let mut c = Vec::with_capacity(p);
     let mut d = Vec::with_capacity(p);
     for (cnt, dis) in counts.iter().zip(displs) {
         let (Ok(cu), Ok(du)) = (usize::try_from(*cnt), usize::try_from(*dis)) else {
-            return Err(mismatch(op, format!("negative count {cnt} or displacement {dis}")));
+            return Err(mismatch(
+                op,
+                format!("negative count {cnt} or displacement {dis}"),
+            ));
         };
         if du + cu > len {
-            return Err(mismatch(op, format!("block {du}+{cu} outside a buffer of {len} elements")));
+            return Err(mismatch(
+                op,
+                format!("block {du}+{cu} outside a buffer of {len} elements"),
+            ));
         }
         c.push(cu);
         d.push(du);
@@ -595,15 +686,27 @@ fn bind(s: &mut Schedule, send: &[u8], recv: &mut [u8]) {
     unsafe { s.set_buffers(send, recv) };
 }
 
-fn do_allreduce(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_allreduce(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    op: ResolvedOp,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Allreduce";
     if let Some(sb) = send
         && sb.len() != recv.len()
     {
-        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", sb.len(), recv.len())));
+        return Err(mismatch(
+            name,
+            format!("send {} bytes, receive {} bytes", sb.len(), recv.len()),
+        ));
     }
     if !recv.len().is_multiple_of(op.elem.max(1)) {
-        return Err(mismatch(name, format!("{} bytes are not whole elements", recv.len())));
+        return Err(mismatch(
+            name,
+            format!("{} bytes are not whole elements", recv.len()),
+        ));
     }
     let over = Over::comm(comm);
     let mut s = over.schedule(name);
@@ -617,23 +720,42 @@ fn do_allreduce(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: Resol
     finish(s, mode)
 }
 
-fn do_reduce(comm: &CommData, root: usize, send: &[u8], recv: Option<&mut [u8]>, in_place: bool, op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_reduce(
+    comm: &CommData,
+    root: usize,
+    send: &[u8],
+    recv: Option<&mut [u8]>,
+    in_place: bool,
+    op: ResolvedOp,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Reduce";
     let over = Over::comm(comm);
     let mut s = over.schedule(name);
     s.set_op(op.clone());
-    let n = if in_place { recv.as_ref().map_or(0, |r| r.len()) } else { send.len() };
+    let n = if in_place {
+        recv.as_ref().map_or(0, |r| r.len())
+    } else {
+        send.len()
+    };
     let mut empty = [0u8; 0];
     let recv = match recv {
         Some(r) => {
             if r.len() != n {
-                return Err(mismatch(name, format!("send {} bytes, receive {} bytes at the root", n, r.len())));
+                return Err(mismatch(
+                    name,
+                    format!("send {} bytes, receive {} bytes at the root", n, r.len()),
+                ));
             }
             r
         }
         None => &mut empty[..],
     };
-    let acc = if over.me == root { Slice::new(Loc::Recv, 0, n) } else { s.tmp(n) };
+    let acc = if over.me == root {
+        Slice::new(Loc::Recv, 0, n)
+    } else {
+        s.tmp(n)
+    };
     if !in_place {
         s.copy(Slice::new(Loc::Send, 0, n), acc);
     }
@@ -644,7 +766,15 @@ fn do_reduce(comm: &CommData, root: usize, send: &[u8], recv: Option<&mut [u8]>,
 
 /// Gather of uniform (`counts == None`) or variable blocks; `mine` is `None` in place.
 #[allow(clippy::too_many_arguments)]
-fn do_gather(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_gather(
+    comm: &CommData,
+    root: usize,
+    send: &[u8],
+    recv: &mut [u8],
+    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    in_place: bool,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Gather";
     let over = Over::comm(comm);
     let p = over.p();
@@ -652,13 +782,28 @@ fn do_gather(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks
     let mut s = over.schedule(name);
     match vblocks {
         None => {
-            let n = if in_place { recv.len() / p.max(1) } else { send.len() };
+            let n = if in_place {
+                recv.len() / p.max(1)
+            } else {
+                send.len()
+            };
             if is_root && recv.len() != n * p {
-                return Err(mismatch(name, format!("{p} blocks of {n} bytes into {} bytes", recv.len())));
+                return Err(mismatch(
+                    name,
+                    format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
+                ));
             }
-            let mine = if in_place { Slice::new(Loc::Recv, root * n, n) } else { Slice::new(Loc::Send, 0, n) };
+            let mine = if in_place {
+                Slice::new(Loc::Recv, root * n, n)
+            } else {
+                Slice::new(Loc::Send, 0, n)
+            };
             if choose_gather(&settings(), n * p) == "binomial" {
-                let work = if is_root { s.tmp(n * p) } else { s.tmp(alg_subtree_bytes(over.me, root, p, n)) };
+                let work = if is_root {
+                    s.tmp(n * p)
+                } else {
+                    s.tmp(alg_subtree_bytes(over.me, root, p, n))
+                };
                 let out = is_root.then(|| Slice::new(Loc::Recv, 0, n * p));
                 alg::gather_binomial(&mut s, &over.team(), root, mine, work.sub(0, work.len), out);
             } else {
@@ -668,9 +813,20 @@ fn do_gather(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks
         }
         Some((counts, displs, elem)) => {
             let b = blocks(Loc::Recv, &counts, &displs, elem);
-            let mine = if in_place { b[root] } else { Slice::new(Loc::Send, 0, send.len()) };
+            let mine = if in_place {
+                b[root]
+            } else {
+                Slice::new(Loc::Send, 0, send.len())
+            };
             if is_root && !in_place && send.len() != b[root].len {
-                return Err(mismatch(name, format!("root sends {} bytes into a {}-byte block", send.len(), b[root].len)));
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "root sends {} bytes into a {}-byte block",
+                        send.len(),
+                        b[root].len
+                    ),
+                ));
             }
             alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
         }
@@ -683,12 +839,24 @@ fn do_gather(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks
 /// write up to p blocks at the root).
 fn alg_subtree_bytes(me: usize, root: usize, p: usize, n: usize) -> usize {
     let vr = (me + p - root) % p;
-    let k = if vr == 0 { p } else { (vr & vr.wrapping_neg()).min(p - vr) };
+    let k = if vr == 0 {
+        p
+    } else {
+        (vr & vr.wrapping_neg()).min(p - vr)
+    };
     k.max(1) * n
 }
 
 #[allow(clippy::too_many_arguments)]
-fn do_scatter(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_scatter(
+    comm: &CommData,
+    root: usize,
+    send: &[u8],
+    recv: &mut [u8],
+    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    in_place: bool,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Scatter";
     let over = Over::comm(comm);
     let p = over.p();
@@ -696,16 +864,34 @@ fn do_scatter(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblock
     let mut s = over.schedule(name);
     match vblocks {
         None => {
-            let n = if is_root { send.len() / p.max(1) } else { recv.len() };
+            let n = if is_root {
+                send.len() / p.max(1)
+            } else {
+                recv.len()
+            };
             if is_root && send.len() != n * p {
-                return Err(mismatch(name, format!("{} bytes are not {p} equal blocks", send.len())));
+                return Err(mismatch(
+                    name,
+                    format!("{} bytes are not {p} equal blocks", send.len()),
+                ));
             }
             if is_root && !in_place && recv.len() != n {
-                return Err(mismatch(name, format!("blocks of {n} bytes into {} bytes", recv.len())));
+                return Err(mismatch(
+                    name,
+                    format!("blocks of {n} bytes into {} bytes", recv.len()),
+                ));
             }
-            let mine = if in_place { s.tmp(n) } else { Slice::new(Loc::Recv, 0, n) };
+            let mine = if in_place {
+                s.tmp(n)
+            } else {
+                Slice::new(Loc::Recv, 0, n)
+            };
             if choose_gather(&settings(), n * p) == "binomial" {
-                let work = s.tmp(if is_root { n * p } else { alg_subtree_bytes(over.me, root, p, n) });
+                let work = s.tmp(if is_root {
+                    n * p
+                } else {
+                    alg_subtree_bytes(over.me, root, p, n)
+                });
                 let src = is_root.then(|| Slice::new(Loc::Send, 0, n * p));
                 alg::scatter_binomial(&mut s, &over.team(), root, src, work, mine);
             } else {
@@ -715,9 +901,20 @@ fn do_scatter(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblock
         }
         Some((counts, displs, elem)) => {
             let b = blocks(Loc::Send, &counts, &displs, elem);
-            let mine = if in_place { s.tmp(b[root].len) } else { Slice::new(Loc::Recv, 0, recv.len()) };
+            let mine = if in_place {
+                s.tmp(b[root].len)
+            } else {
+                Slice::new(Loc::Recv, 0, recv.len())
+            };
             if is_root && !in_place && recv.len() != b[root].len {
-                return Err(mismatch(name, format!("root block of {} bytes into {} bytes", b[root].len, recv.len())));
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "root block of {} bytes into {} bytes",
+                        b[root].len,
+                        recv.len()
+                    ),
+                ));
             }
             alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
         }
@@ -726,7 +923,14 @@ fn do_scatter(comm: &CommData, root: usize, send: &[u8], recv: &mut [u8], vblock
     finish(s, mode)
 }
 
-fn do_allgather(comm: &CommData, send: &[u8], recv: &mut [u8], vblocks: Option<(Vec<usize>, Vec<usize>, usize)>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_allgather(
+    comm: &CommData,
+    send: &[u8],
+    recv: &mut [u8],
+    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    in_place: bool,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Allgather";
     let over = Over::comm(comm);
     let p = over.p();
@@ -734,14 +938,31 @@ fn do_allgather(comm: &CommData, send: &[u8], recv: &mut [u8], vblocks: Option<(
     let mut s = over.schedule(name);
     let blks = match vblocks {
         None => {
-            let n = if in_place { recv.len() / p.max(1) } else { send.len() };
+            let n = if in_place {
+                recv.len() / p.max(1)
+            } else {
+                send.len()
+            };
             if recv.len() != n * p {
-                return Err(mismatch(name, format!("{p} blocks of {n} bytes into {} bytes", recv.len())));
+                return Err(mismatch(
+                    name,
+                    format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
+                ));
             }
             if choose_allgather(&settings(), n * p) == "bruck" && p > 1 {
-                let mine = if in_place { Slice::new(Loc::Recv, me * n, n) } else { Slice::new(Loc::Send, 0, n) };
+                let mine = if in_place {
+                    Slice::new(Loc::Recv, me * n, n)
+                } else {
+                    Slice::new(Loc::Send, 0, n)
+                };
                 let work = s.tmp(n * p);
-                alg::allgather_bruck(&mut s, &over.team(), mine, work, Slice::new(Loc::Recv, 0, n * p));
+                alg::allgather_bruck(
+                    &mut s,
+                    &over.team(),
+                    mine,
+                    work,
+                    Slice::new(Loc::Recv, 0, n * p),
+                );
                 bind(&mut s, send, recv);
                 return finish(s, mode);
             }
@@ -750,7 +971,10 @@ fn do_allgather(comm: &CommData, send: &[u8], recv: &mut [u8], vblocks: Option<(
         Some((counts, displs, elem)) => {
             let b = blocks(Loc::Recv, &counts, &displs, elem);
             if !in_place && send.len() != b[me].len {
-                return Err(mismatch(name, format!("sends {} bytes into a {}-byte block", send.len(), b[me].len)));
+                return Err(mismatch(
+                    name,
+                    format!("sends {} bytes into a {}-byte block", send.len(), b[me].len),
+                ));
             }
             b
         }
@@ -764,24 +988,40 @@ fn do_allgather(comm: &CommData, send: &[u8], recv: &mut [u8], vblocks: Option<(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn do_alltoall(comm: &CommData, send: &[u8], recv: &mut [u8], sblocks: Option<Vec<Slice>>, rblocks: Option<Vec<Slice>>, in_place: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_alltoall(
+    comm: &CommData,
+    send: &[u8],
+    recv: &mut [u8],
+    sblocks: Option<Vec<Slice>>,
+    rblocks: Option<Vec<Slice>>,
+    in_place: bool,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Alltoall";
     let over = Over::comm(comm);
     let p = over.p();
     let mut s = over.schedule(name);
     let n = recv.len() / p.max(1);
     if rblocks.is_none() && recv.len() != n * p {
-        return Err(mismatch(name, format!("{} bytes are not {p} equal blocks", recv.len())));
+        return Err(mismatch(
+            name,
+            format!("{} bytes are not {p} equal blocks", recv.len()),
+        ));
     }
     if rblocks.is_none() && !in_place && send.len() != recv.len() {
-        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", send.len(), recv.len())));
+        return Err(mismatch(
+            name,
+            format!("send {} bytes, receive {} bytes", send.len(), recv.len()),
+        ));
     }
     let rb = rblocks.unwrap_or_else(|| uniform(Loc::Recv, p, n));
     let sb = if in_place {
         let tmp = s.tmp(recv.len());
         s.copy(Slice::new(Loc::Recv, 0, recv.len()), tmp);
         s.round();
-        rb.iter().map(|b| Slice::new(tmp.loc, b.off, b.len)).collect()
+        rb.iter()
+            .map(|b| Slice::new(tmp.loc, b.off, b.len))
+            .collect()
     } else {
         sblocks.unwrap_or_else(|| uniform(Loc::Send, p, n))
     };
@@ -790,14 +1030,27 @@ fn do_alltoall(comm: &CommData, send: &[u8], recv: &mut [u8], sblocks: Option<Ve
     finish(s, mode)
 }
 
-fn do_reduce_scatter_block(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_reduce_scatter_block(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    op: ResolvedOp,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = "MPI_Reduce_scatter_block";
     let over = Over::comm(comm);
     let p = over.p();
     let n = match send {
         Some(sb) => {
             if sb.len() != recv.len() * p {
-                return Err(mismatch(name, format!("send {} bytes for {p} blocks of {} bytes", sb.len(), recv.len())));
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "send {} bytes for {p} blocks of {} bytes",
+                        sb.len(),
+                        recv.len()
+                    ),
+                ));
             }
             recv.len()
         }
@@ -820,19 +1073,35 @@ fn do_reduce_scatter_block(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8]
         let tmp = s.tmp(n * p);
         alg::reduce_binomial(&mut s, &t, 0, false, acc, tmp);
         let b: Vec<Slice> = (0..p).map(|i| acc.sub(i * n, n)).collect();
-        alg::scatter_linear(&mut s, &t, 0, (over.me == 0).then_some(&b[..]), Slice::new(Loc::Recv, 0, n));
+        alg::scatter_linear(
+            &mut s,
+            &t,
+            0,
+            (over.me == 0).then_some(&b[..]),
+            Slice::new(Loc::Recv, 0, n),
+        );
     }
     s.round();
     bind(&mut s, send.unwrap_or(&[]), recv);
     finish(s, mode)
 }
 
-fn do_scan(comm: &CommData, send: Option<&[u8]>, recv: &mut [u8], op: ResolvedOp, exclusive: bool, mode: Mode) -> Result<Option<Shared>, Error> {
+fn do_scan(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    op: ResolvedOp,
+    exclusive: bool,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
     let name = if exclusive { "MPI_Exscan" } else { "MPI_Scan" };
     if let Some(sb) = send
         && sb.len() != recv.len()
     {
-        return Err(mismatch(name, format!("send {} bytes, receive {} bytes", sb.len(), recv.len())));
+        return Err(mismatch(
+            name,
+            format!("send {} bytes, receive {} bytes", sb.len(), recv.len()),
+        ));
     }
     let over = Over::comm(comm);
     let n = recv.len();
@@ -865,7 +1134,9 @@ pub(crate) fn allgather_bytes(over: Over<'_>, mine: &[u8], out: &mut [u8]) -> Re
 
 /// Internal blocking allreduce of u64 words with bitwise and (context allocation).
 pub(crate) fn allreduce_band_u64(over: Over<'_>, words: &mut [u64]) -> Result<(), Error> {
-    let op = SystemOperation::BitwiseAnd.resolve(&crate::datatype::Datatype::primitive(crate::datatype::Primitive::U64))?;
+    let op = SystemOperation::BitwiseAnd.resolve(&crate::datatype::Datatype::primitive(
+        crate::datatype::Primitive::U64,
+    ))?;
     let bytes = crate::datatype::bytes_of_mut(words);
     let mut s = over.schedule("context allocation");
     s.set_op(op.clone());
@@ -898,10 +1169,22 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn all_gather_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+    fn all_gather_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Allgather", send)?;
         contiguous_recv("MPI_Allgather", recv)?;
-        do_allgather(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+        do_allgather(
+            self.data(),
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Allgather` with `MPI_IN_PLACE`: this rank's block is already in `buf`.
@@ -910,29 +1193,68 @@ pub trait CommunicatorCollectives: Communicator {
     /// See the trait.
     fn all_gather_in_place<R: BufferMut + ?Sized>(&self, buf: &mut R) -> Result<(), Error> {
         contiguous_recv("MPI_Allgather", buf)?;
-        do_allgather(self.data(), &[], buf.as_bytes_mut(), None, true, Mode::Blocking).map(drop)
+        do_allgather(
+            self.data(),
+            &[],
+            buf.as_bytes_mut(),
+            None,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Allgatherv`.
     ///
     /// # Errors
     /// See the trait.
-    fn all_gather_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+    fn all_gather_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Allgatherv", send)?;
         let elem = recv.buf.item_datatype().size().max(1);
         let len = recv.buf.as_bytes_mut().len() / elem;
-        let (c, d) = check_partition("MPI_Allgatherv", self.size() as usize, &recv.counts, &recv.displs, len)?;
-        do_allgather(self.data(), send.as_bytes(), recv.buf.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+        let (c, d) = check_partition(
+            "MPI_Allgatherv",
+            self.size() as usize,
+            &recv.counts,
+            &recv.displs,
+            len,
+        )?;
+        do_allgather(
+            self.data(),
+            send.as_bytes(),
+            recv.buf.as_bytes_mut(),
+            Some((c, d, elem)),
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Alltoall`: block j of `send` goes to rank j; block i of `recv` comes from rank i.
     ///
     /// # Errors
     /// See the trait.
-    fn all_to_all_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+    fn all_to_all_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Alltoall", send)?;
         contiguous_recv("MPI_Alltoall", recv)?;
-        do_alltoall(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, None, false, Mode::Blocking).map(drop)
+        do_alltoall(
+            self.data(),
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Alltoall` with `MPI_IN_PLACE`.
@@ -941,41 +1263,85 @@ pub trait CommunicatorCollectives: Communicator {
     /// See the trait.
     fn all_to_all_in_place<R: BufferMut + ?Sized>(&self, buf: &mut R) -> Result<(), Error> {
         contiguous_recv("MPI_Alltoall", buf)?;
-        do_alltoall(self.data(), &[], buf.as_bytes_mut(), None, None, true, Mode::Blocking).map(drop)
+        do_alltoall(
+            self.data(),
+            &[],
+            buf.as_bytes_mut(),
+            None,
+            None,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Alltoallv`.
     ///
     /// # Errors
     /// See the trait.
-    fn all_to_all_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+    fn all_to_all_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &Partition<'_, S>,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
         let p = self.size() as usize;
         let se = send.buf.item_datatype().size().max(1);
         let re = recv.buf.item_datatype().size().max(1);
-        let (sc, sd) = check_partition("MPI_Alltoallv", p, &send.counts, &send.displs, send.buf.as_bytes().len() / se)?;
+        let (sc, sd) = check_partition(
+            "MPI_Alltoallv",
+            p,
+            &send.counts,
+            &send.displs,
+            send.buf.as_bytes().len() / se,
+        )?;
         let rlen = recv.buf.as_bytes_mut().len() / re;
         let (rc, rd) = check_partition("MPI_Alltoallv", p, &recv.counts, &recv.displs, rlen)?;
         let sb = blocks(Loc::Send, &sc, &sd, se);
         let rb = blocks(Loc::Recv, &rc, &rd, re);
-        do_alltoall(self.data(), send.buf.as_bytes(), recv.buf.as_bytes_mut(), Some(sb), Some(rb), false, Mode::Blocking).map(drop)
+        do_alltoall(
+            self.data(),
+            send.buf.as_bytes(),
+            recv.buf.as_bytes_mut(),
+            Some(sb),
+            Some(rb),
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Allreduce`.
     ///
     /// # Errors
     /// See the trait.
-    fn all_reduce_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+    fn all_reduce_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Allreduce", send)?;
         contiguous_recv("MPI_Allreduce", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_allreduce(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Blocking).map(drop)
+        do_allreduce(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Allreduce` with `MPI_IN_PLACE`.
     ///
     /// # Errors
     /// See the trait.
-    fn all_reduce_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+    fn all_reduce_in_place<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_recv("MPI_Allreduce", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
         do_allreduce(self.data(), None, buf.as_bytes_mut(), op, Mode::Blocking).map(drop)
@@ -985,11 +1351,23 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn reduce_scatter_block_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+    fn reduce_scatter_block_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Reduce_scatter_block", send)?;
         contiguous_recv("MPI_Reduce_scatter_block", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_reduce_scatter_block(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Blocking).map(drop)
+        do_reduce_scatter_block(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Reduce_scatter_block` with `MPI_IN_PLACE`: `buf` holds all p blocks; block
@@ -997,14 +1375,21 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn reduce_scatter_block_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+    fn reduce_scatter_block_in_place<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_recv("MPI_Reduce_scatter_block", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
         let bytes = buf.as_bytes_mut();
         let p = self.size() as usize;
         let n = bytes.len() / p.max(1);
         if n * p != bytes.len() {
-            return Err(mismatch("MPI_Reduce_scatter_block", format!("{} bytes are not {p} equal blocks", bytes.len())));
+            return Err(mismatch(
+                "MPI_Reduce_scatter_block",
+                format!("{} bytes are not {p} equal blocks", bytes.len()),
+            ));
         }
         let whole = bytes.to_vec();
         let me = self.rank() as usize;
@@ -1018,21 +1403,46 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn scan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+    fn scan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Scan", send)?;
         contiguous_recv("MPI_Scan", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, false, Mode::Blocking).map(drop)
+        do_scan(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Scan` with `MPI_IN_PLACE`.
     ///
     /// # Errors
     /// See the trait.
-    fn scan_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+    fn scan_in_place<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_recv("MPI_Scan", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
-        do_scan(self.data(), None, buf.as_bytes_mut(), op, false, Mode::Blocking).map(drop)
+        do_scan(
+            self.data(),
+            None,
+            buf.as_bytes_mut(),
+            op,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Exscan`: rank i > 0 gets the reduction of ranks 0..i; rank 0's `recv` is left
@@ -1040,21 +1450,46 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn exscan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+    fn exscan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_send("MPI_Exscan", send)?;
         contiguous_recv("MPI_Exscan", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, true, Mode::Blocking).map(drop)
+        do_scan(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Exscan` with `MPI_IN_PLACE`.
     ///
     /// # Errors
     /// See the trait.
-    fn exscan_in_place<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+    fn exscan_in_place<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         contiguous_recv("MPI_Exscan", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
-        do_scan(self.data(), None, buf.as_bytes_mut(), op, true, Mode::Blocking).map(drop)
+        do_scan(
+            self.data(),
+            None,
+            buf.as_bytes_mut(),
+            op,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Ibarrier`.
@@ -1070,11 +1505,29 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_all_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_all_reduce_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
         contiguous_send("MPI_Iallreduce", send)?;
         contiguous_recv("MPI_Iallreduce", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        let e = do_allreduce(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, Mode::Immediate)?;
+        let e = do_allreduce(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 
@@ -1082,10 +1535,22 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_all_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, scope: Sc, send: &'a S, recv: &'a mut R) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_all_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
         contiguous_send("MPI_Iallgather", send)?;
         contiguous_recv("MPI_Iallgather", recv)?;
-        let e = do_allgather(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Immediate)?;
+        let e = do_allgather(
+            self.data(),
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            false,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 
@@ -1093,10 +1558,23 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_all_to_all_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, scope: Sc, send: &'a S, recv: &'a mut R) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_all_to_all_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
         contiguous_send("MPI_Ialltoall", send)?;
         contiguous_recv("MPI_Ialltoall", recv)?;
-        let e = do_alltoall(self.data(), send.as_bytes(), recv.as_bytes_mut(), None, None, false, Mode::Immediate)?;
+        let e = do_alltoall(
+            self.data(),
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            None,
+            false,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 
@@ -1104,11 +1582,30 @@ pub trait CommunicatorCollectives: Communicator {
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_scan_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_scan_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
         contiguous_send("MPI_Iscan", send)?;
         contiguous_recv("MPI_Iscan", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        let e = do_scan(self.data(), Some(send.as_bytes()), recv.as_bytes_mut(), op, false, Mode::Immediate)?;
+        let e = do_scan(
+            self.data(),
+            Some(send.as_bytes()),
+            recv.as_bytes_mut(),
+            op,
+            false,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 }
@@ -1134,7 +1631,11 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(&self, scope: Sc, buf: &'a mut B) -> Result<Request<'a, Sc>, Error>;
+    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut B,
+    ) -> Result<Request<'a, Sc>, Error>;
     /// `MPI_Gather` at a non-root.
     ///
     /// # Errors
@@ -1144,7 +1645,11 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error>;
+    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error>;
     /// `MPI_Gather` at the root with `MPI_IN_PLACE` (its block is already in `recv`).
     ///
     /// # Errors
@@ -1159,7 +1664,11 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error>;
+    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error>;
     /// `MPI_Scatter` at a non-root.
     ///
     /// # Errors
@@ -1169,7 +1678,11 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error>;
+    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error>;
     /// `MPI_Scatter` at the root with `MPI_IN_PLACE` (the root keeps its block in `send`).
     ///
     /// # Errors
@@ -1184,7 +1697,11 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut R) -> Result<(), Error>;
+    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &Partition<'_, S>,
+        recv: &mut R,
+    ) -> Result<(), Error>;
     /// `MPI_Reduce` at a non-root.
     ///
     /// # Errors
@@ -1194,22 +1711,48 @@ pub trait Root {
     ///
     /// # Errors
     /// See the trait.
-    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error>;
+    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error>;
     /// `MPI_Reduce` at the root with `MPI_IN_PLACE`.
     ///
     /// # Errors
     /// See the trait.
-    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error>;
+    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error>;
     /// `MPI_Ireduce` at the root.
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_reduce_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error>;
+    fn immediate_reduce_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error>;
     /// `MPI_Ireduce` at a non-root.
     ///
     /// # Errors
     /// See the trait.
-    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, op: O) -> Result<Request<'a, Sc>, Error>;
+    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error>;
 }
 
 impl Process<'_> {
@@ -1220,7 +1763,9 @@ impl Process<'_> {
     fn not_root(&self, what: &'static str) -> Result<usize, Error> {
         let r = self.root()?;
         if r == self.comm_data().rank_index() {
-            return Err(Error::UsageArgument(format!("{what}: the root must call the _root form")));
+            return Err(Error::UsageArgument(format!(
+                "{what}: the root must call the _root form"
+            )));
         }
         Ok(r)
     }
@@ -1228,7 +1773,9 @@ impl Process<'_> {
     fn is_root(&self, what: &'static str) -> Result<usize, Error> {
         let r = self.root()?;
         if r != self.comm_data().rank_index() {
-            return Err(Error::UsageArgument(format!("{what}: only the root may call the _root form")));
+            return Err(Error::UsageArgument(format!(
+                "{what}: only the root may call the _root form"
+            )));
         }
         Ok(r)
     }
@@ -1258,7 +1805,11 @@ impl Root for Process<'_> {
         run_blocking(s)
     }
 
-    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(&self, scope: Sc, buf: &'a mut B) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut B,
+    ) -> Result<Request<'a, Sc>, Error> {
         let root = self.root()?;
         contiguous_recv("MPI_Ibcast", buf)?;
         let bytes = buf.as_bytes_mut();
@@ -1270,20 +1821,51 @@ impl Root for Process<'_> {
     fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
         let root = self.not_root("MPI_Gather")?;
         contiguous_send("MPI_Gather", send)?;
-        do_gather(self.comm_data(), root, send.as_bytes(), &mut [], None, false, Mode::Blocking).map(drop)
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            &mut [],
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+    fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Gather")?;
         contiguous_send("MPI_Gather", send)?;
         contiguous_recv("MPI_Gather", recv)?;
-        do_gather(self.comm_data(), root, send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn gather_in_place_root<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
         let root = self.is_root("MPI_Gather")?;
         contiguous_recv("MPI_Gather", recv)?;
-        do_gather(self.comm_data(), root, &[], recv.as_bytes_mut(), None, true, Mode::Blocking).map(drop)
+        do_gather(
+            self.comm_data(),
+            root,
+            &[],
+            recv.as_bytes_mut(),
+            None,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
@@ -1291,36 +1873,89 @@ impl Root for Process<'_> {
         contiguous_send("MPI_Gatherv", send)?;
         let p = self.comm_data().group().size() as usize;
         let v = Some((vec![0; p], vec![0; p], 1));
-        do_gather(self.comm_data(), root, send.as_bytes(), &mut [], v, false, Mode::Blocking).map(drop)
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            &mut [],
+            v,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut PartitionMut<'_, R>) -> Result<(), Error> {
+    fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Gatherv")?;
         contiguous_send("MPI_Gatherv", send)?;
         let p = self.comm_data().group().size() as usize;
         let elem = recv.buf.item_datatype().size().max(1);
         let len = recv.buf.as_bytes_mut().len() / elem;
         let (c, d) = check_partition("MPI_Gatherv", p, &recv.counts, &recv.displs, len)?;
-        do_gather(self.comm_data(), root, send.as_bytes(), recv.buf.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            recv.buf.as_bytes_mut(),
+            Some((c, d, elem)),
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
         let root = self.not_root("MPI_Scatter")?;
         contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(self.comm_data(), root, &[], recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+        do_scatter(
+            self.comm_data(),
+            root,
+            &[],
+            recv.as_bytes_mut(),
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &S, recv: &mut R) -> Result<(), Error> {
+    fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        recv: &mut R,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Scatter")?;
         contiguous_send("MPI_Scatter", send)?;
         contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(self.comm_data(), root, send.as_bytes(), recv.as_bytes_mut(), None, false, Mode::Blocking).map(drop)
+        do_scatter(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            recv.as_bytes_mut(),
+            None,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn scatter_in_place_root<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
         let root = self.is_root("MPI_Scatter")?;
         contiguous_send("MPI_Scatter", send)?;
-        do_scatter(self.comm_data(), root, send.as_bytes(), &mut [], None, true, Mode::Blocking).map(drop)
+        do_scatter(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            &mut [],
+            None,
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
@@ -1328,54 +1963,151 @@ impl Root for Process<'_> {
         contiguous_recv("MPI_Scatterv", recv)?;
         let p = self.comm_data().group().size() as usize;
         let v = Some((vec![0; p], vec![0; p], 1));
-        do_scatter(self.comm_data(), root, &[], recv.as_bytes_mut(), v, false, Mode::Blocking).map(drop)
+        do_scatter(
+            self.comm_data(),
+            root,
+            &[],
+            recv.as_bytes_mut(),
+            v,
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(&self, send: &Partition<'_, S>, recv: &mut R) -> Result<(), Error> {
+    fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &Partition<'_, S>,
+        recv: &mut R,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Scatterv")?;
         contiguous_recv("MPI_Scatterv", recv)?;
         let p = self.comm_data().group().size() as usize;
         let elem = send.buf.item_datatype().size().max(1);
-        let (c, d) = check_partition("MPI_Scatterv", p, &send.counts, &send.displs, send.buf.as_bytes().len() / elem)?;
-        do_scatter(self.comm_data(), root, send.buf.as_bytes(), recv.as_bytes_mut(), Some((c, d, elem)), false, Mode::Blocking).map(drop)
+        let (c, d) = check_partition(
+            "MPI_Scatterv",
+            p,
+            &send.counts,
+            &send.displs,
+            send.buf.as_bytes().len() / elem,
+        )?;
+        do_scatter(
+            self.comm_data(),
+            root,
+            send.buf.as_bytes(),
+            recv.as_bytes_mut(),
+            Some((c, d, elem)),
+            false,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {
         let root = self.not_root("MPI_Reduce")?;
         contiguous_send("MPI_Reduce", send)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_reduce(self.comm_data(), root, send.as_bytes(), None, false, op, Mode::Blocking).map(drop)
+        do_reduce(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            None,
+            false,
+            op,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, send: &S, recv: &mut R, op: O) -> Result<(), Error> {
+    fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Reduce")?;
         contiguous_send("MPI_Reduce", send)?;
         contiguous_recv("MPI_Reduce", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        do_reduce(self.comm_data(), root, send.as_bytes(), Some(recv.as_bytes_mut()), false, op, Mode::Blocking).map(drop)
+        do_reduce(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            Some(recv.as_bytes_mut()),
+            false,
+            op,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(&self, buf: &mut R, op: O) -> Result<(), Error> {
+    fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
         let root = self.is_root("MPI_Reduce")?;
         contiguous_recv("MPI_Reduce", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
-        do_reduce(self.comm_data(), root, &[], Some(buf.as_bytes_mut()), true, op, Mode::Blocking).map(drop)
+        do_reduce(
+            self.comm_data(),
+            root,
+            &[],
+            Some(buf.as_bytes_mut()),
+            true,
+            op,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
-    fn immediate_reduce_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, recv: &'a mut R, op: O) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_reduce_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
         let root = self.is_root("MPI_Ireduce")?;
         contiguous_send("MPI_Ireduce", send)?;
         contiguous_recv("MPI_Ireduce", recv)?;
         let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(self.comm_data(), root, send.as_bytes(), Some(recv.as_bytes_mut()), false, op, Mode::Immediate)?;
+        let e = do_reduce(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            Some(recv.as_bytes_mut()),
+            false,
+            op,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 
-    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(&self, scope: Sc, send: &'a S, op: O) -> Result<Request<'a, Sc>, Error> {
+    fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
         let root = self.not_root("MPI_Ireduce")?;
         contiguous_send("MPI_Ireduce", send)?;
         let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(self.comm_data(), root, send.as_bytes(), None, false, op, Mode::Immediate)?;
+        let e = do_reduce(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            None,
+            false,
+            op,
+            Mode::Immediate,
+        )?;
         Ok(Request::collective_opt(e, scope))
     }
 }
@@ -1391,9 +2123,15 @@ mod tests {
         assert_eq!(choose_bcast(&s, 1 << 20, 8), "scatter-allgather");
         assert_eq!(choose_bcast(&s, 1 << 20, 4), "binomial");
         assert_eq!(choose_allreduce(&s, 8, 1, 8, true), "recursive-doubling");
-        assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 8, true), "rabenseifner");
+        assert_eq!(
+            choose_allreduce(&s, 1 << 20, 1 << 17, 8, true),
+            "rabenseifner"
+        );
         assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 6, true), "ring");
-        assert_eq!(choose_allreduce(&s, 1 << 20, 1 << 17, 6, false), "recursive-doubling");
+        assert_eq!(
+            choose_allreduce(&s, 1 << 20, 1 << 17, 6, false),
+            "recursive-doubling"
+        );
         assert_eq!(choose_allgather(&s, 10), "bruck");
         assert_eq!(choose_allgather(&s, 1 << 20), "ring");
         assert_eq!(choose_gather(&s, 10), "binomial");

@@ -195,19 +195,21 @@ macro_rules! int_op {
         match $op {
             SystemOperation::Max => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.max(y)))),
             SystemOperation::Min => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.min(y)))),
-            SystemOperation::Sum => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.wrapping_add(y)))),
+            SystemOperation::Sum => {
+                Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.wrapping_add(y))))
+            }
             SystemOperation::Product => {
                 Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x.wrapping_mul(y))))
             }
-            SystemOperation::LogicalAnd => {
-                Some(arc(move |i, o| zip_apply::<$t>(i, o, |x, y| b(x != z && y != z))))
-            }
-            SystemOperation::LogicalOr => {
-                Some(arc(move |i, o| zip_apply::<$t>(i, o, |x, y| b(x != z || y != z))))
-            }
-            SystemOperation::LogicalXor => {
-                Some(arc(move |i, o| zip_apply::<$t>(i, o, |x, y| b((x != z) != (y != z)))))
-            }
+            SystemOperation::LogicalAnd => Some(arc(move |i, o| {
+                zip_apply::<$t>(i, o, |x, y| b(x != z && y != z))
+            })),
+            SystemOperation::LogicalOr => Some(arc(move |i, o| {
+                zip_apply::<$t>(i, o, |x, y| b(x != z || y != z))
+            })),
+            SystemOperation::LogicalXor => Some(arc(move |i, o| {
+                zip_apply::<$t>(i, o, |x, y| b((x != z) != (y != z)))
+            })),
             SystemOperation::BitwiseAnd => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x & y))),
             SystemOperation::BitwiseOr => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x | y))),
             SystemOperation::BitwiseXor => Some(arc(|i, o| zip_apply::<$t>(i, o, |x, y| x ^ y))),
@@ -310,7 +312,10 @@ impl Operation for SystemOperation {
         let (f, elem) = match self {
             Self::MaxLoc | Self::MinLoc => {
                 let (v, i) = datatype.as_pair().ok_or_else(err)?;
-                (loc_fn(*self == Self::MaxLoc, v, i).ok_or_else(err)?, datatype.size())
+                (
+                    loc_fn(*self == Self::MaxLoc, v, i).ok_or_else(err)?,
+                    datatype.size(),
+                )
             }
             _ => {
                 let p = datatype.homogeneous_primitive().ok_or_else(err)?;
@@ -420,11 +425,18 @@ pub fn reduce_local_into<T: Equivalence>(
     if input.len() != inout.len() {
         return Err(Error::UsageCountMismatch {
             op: "MPI_Reduce_local",
-            detail: format!("{} input against {} inout elements", input.len(), inout.len()),
+            detail: format!(
+                "{} input against {} inout elements",
+                input.len(),
+                inout.len()
+            ),
         });
     }
     let r = op.resolve(&T::equivalent_datatype())?;
-    r.apply(crate::datatype::bytes_of(input), crate::datatype::bytes_of_mut(inout));
+    r.apply(
+        crate::datatype::bytes_of(input),
+        crate::datatype::bytes_of_mut(inout),
+    );
     Ok(())
 }
 
@@ -449,9 +461,18 @@ mod tests {
         assert_eq!(red(&a, &b, S::LogicalAnd).unwrap(), [1, 1, 0, 0]);
         assert_eq!(red(&a, &b, S::LogicalOr).unwrap(), [1, 1, 0, 1]);
         assert_eq!(red(&a, &b, S::LogicalXor).unwrap(), [0, 0, 0, 1]);
-        assert_eq!(red(&[0b1100u8], &[0b1010u8], S::BitwiseAnd).unwrap(), [0b1000]);
-        assert_eq!(red(&[0b1100u8], &[0b1010u8], S::BitwiseOr).unwrap(), [0b1110]);
-        assert_eq!(red(&[0b1100u8], &[0b1010u8], S::BitwiseXor).unwrap(), [0b0110]);
+        assert_eq!(
+            red(&[0b1100u8], &[0b1010u8], S::BitwiseAnd).unwrap(),
+            [0b1000]
+        );
+        assert_eq!(
+            red(&[0b1100u8], &[0b1010u8], S::BitwiseOr).unwrap(),
+            [0b1110]
+        );
+        assert_eq!(
+            red(&[0b1100u8], &[0b1010u8], S::BitwiseXor).unwrap(),
+            [0b0110]
+        );
         assert_eq!(red(&[u64::MAX], &[2u64], S::Sum).unwrap(), [1]);
         assert_eq!(red(&[i128::MIN], &[3i128], S::Min).unwrap(), [i128::MIN]);
         assert_eq!(red(&[[1u16, 2]], &[[3u16, 4]], S::Sum).unwrap(), [[4, 6]]);
@@ -463,8 +484,14 @@ mod tests {
         assert_eq!(red(&[1.5f64], &[2.0], S::Sum).unwrap(), [3.5]);
         assert_eq!(red(&[1.5f32], &[2.0], S::Product).unwrap(), [3.0]);
         assert_eq!(red(&[1.5f32], &[2.0], S::Max).unwrap(), [2.0]);
-        assert!(matches!(red(&[1.5f64], &[2.0], S::BitwiseAnd), Err(Error::UsageOpType { .. })));
-        assert!(matches!(red(&[1i32], &[2], S::MinLoc), Err(Error::UsageOpType { .. })));
+        assert!(matches!(
+            red(&[1.5f64], &[2.0], S::BitwiseAnd),
+            Err(Error::UsageOpType { .. })
+        ));
+        assert!(matches!(
+            red(&[1i32], &[2], S::MinLoc),
+            Err(Error::UsageOpType { .. })
+        ));
         let mut o = [1i32];
         assert!(matches!(
             reduce_local_into(&[1i32, 2], &mut o, &S::Sum),
@@ -476,12 +503,22 @@ mod tests {
     fn locations() {
         use SystemOperation as S;
         let v = |value, index| ValueIndex { value, index };
+        let w = |value: i32, index: i32| ValueIndex { value, index };
         let a = [v(1.0f64, 3i64), v(5.0, 1), v(2.0, 0)];
         let b = [v(1.0f64, 2i64), v(4.0, 0), v(3.0, 9)];
-        assert_eq!(red(&a, &b, S::MinLoc).unwrap(), [v(1.0, 2), v(4.0, 0), v(2.0, 0)]);
-        assert_eq!(red(&a, &b, S::MaxLoc).unwrap(), [v(1.0, 2), v(5.0, 1), v(3.0, 9)]);
-        assert_eq!(red(&[v(7i32, 1)], &[v(7i32, 0)], S::MaxLoc).unwrap(), [v(7, 0)]);
-        assert!(red(&[v(7i32, 1)], &[v(7i32, 0)], S::Sum).is_err());
+        assert_eq!(
+            red(&a, &b, S::MinLoc).unwrap(),
+            [v(1.0, 2), v(4.0, 0), v(2.0, 0)]
+        );
+        assert_eq!(
+            red(&a, &b, S::MaxLoc).unwrap(),
+            [v(1.0, 2), v(5.0, 1), v(3.0, 9)]
+        );
+        assert_eq!(
+            red(&[w(7i32, 1)], &[w(7i32, 0)], S::MaxLoc).unwrap(),
+            [w(7, 0)]
+        );
+        assert!(red(&[w(7i32, 1)], &[w(7i32, 0)], S::Sum).is_err());
     }
 
     #[test]

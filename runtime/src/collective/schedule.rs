@@ -39,7 +39,11 @@ impl Slice {
 
     /// The sub-range `[from, from + len)` of this slice.
     pub(crate) fn sub(self, from: usize, len: usize) -> Self {
-        debug_assert!(from + len <= self.len, "sub-slice {from}+{len} of {}", self.len);
+        debug_assert!(
+            from + len <= self.len,
+            "sub-slice {from}+{len} of {}",
+            self.len
+        );
         Self {
             loc: self.loc,
             off: self.off + from,
@@ -56,13 +60,28 @@ impl Slice {
 /// One step of a round. Peers are communicator ranks.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step {
-    Send { to: usize, src: Slice },
-    Recv { from: usize, dst: Slice },
-    Copy { src: Slice, dst: Slice },
+    Send {
+        to: usize,
+        src: Slice,
+    },
+    Recv {
+        from: usize,
+        dst: Slice,
+    },
+    Copy {
+        src: Slice,
+        dst: Slice,
+    },
     /// `inout = input ∘ inout`.
-    Reduce { input: Slice, inout: Slice },
+    Reduce {
+        input: Slice,
+        inout: Slice,
+    },
     /// `left = left ∘ right`.
-    ReduceLeft { left: Slice, right: Slice },
+    ReduceLeft {
+        left: Slice,
+        right: Slice,
+    },
 }
 
 /// A collective, ready to run.
@@ -82,13 +101,20 @@ pub(crate) struct Schedule {
     /// World rank of each communicator rank.
     world: Vec<u32>,
     ctx: ContextId,
-    tag: i32,
+    /// The call's tag; `None` until the schedule starts, so that a call refused by local
+    /// checks draws no call number (see `collective::next_tag`).
+    tag: Option<i32>,
 }
 
 impl Schedule {
     /// An empty schedule over a communicator (`world`: world rank of each rank) whose
     /// messages travel on `ctx` with `tag`.
-    pub(crate) fn new(name: &'static str, world: Vec<u32>, ctx: ContextId, tag: i32) -> Self {
+    pub(crate) fn new(
+        name: &'static str,
+        world: Vec<u32>,
+        ctx: ContextId,
+        tag: Option<i32>,
+    ) -> Self {
         Self {
             name,
             rounds: vec![Vec::new()],
@@ -169,7 +195,11 @@ impl Schedule {
             Loc::Recv => (self.recv.0, self.recv.1),
             Loc::Tmp(i) => (self.tmps[i].as_mut_ptr(), self.tmps[i].len()),
         };
-        assert!(s.off + s.len <= len, "{}: slice {s:?} outside a {len}-byte buffer", self.name);
+        assert!(
+            s.off + s.len <= len,
+            "{}: slice {s:?} outside a {len}-byte buffer",
+            self.name
+        );
         if s.len == 0 {
             return std::ptr::NonNull::dangling().as_ptr();
         }
@@ -189,9 +219,16 @@ impl Schedule {
                     // allows overlap.
                     unsafe { std::ptr::copy(a, b, src.len) };
                 }
-                Step::Reduce { input, inout } | Step::ReduceLeft { left: inout, right: input } => {
+                Step::Reduce { input, inout }
+                | Step::ReduceLeft {
+                    left: inout,
+                    right: input,
+                } => {
                     let Some(op) = self.op.clone() else {
-                        return Err(Error::LocalOs(format!("{}: reduction without an operation", self.name)));
+                        return Err(Error::LocalOs(format!(
+                            "{}: reduction without an operation",
+                            self.name
+                        )));
                     };
                     if input.len == 0 {
                         continue;
@@ -240,7 +277,10 @@ pub(crate) struct Exec {
 unsafe impl Send for Exec {}
 
 impl Exec {
-    pub(crate) fn new(sched: Schedule) -> Self {
+    pub(crate) fn new(mut sched: Schedule) -> Self {
+        if sched.tag.is_none() {
+            sched.tag = Some(super::next_tag(sched.ctx));
+        }
         Self {
             sched,
             round: 0,
@@ -253,7 +293,7 @@ impl Exec {
 
     /// An already finished, empty schedule.
     pub(crate) fn finished() -> Self {
-        let mut e = Self::new(Schedule::new("none", Vec::new(), ContextId(0), 0));
+        let mut e = Self::new(Schedule::new("none", Vec::new(), ContextId(0), Some(0)));
         e.done = true;
         e
     }
@@ -264,6 +304,7 @@ impl Exec {
 
     /// Posts the messages of the current round.
     fn post(&mut self, c: &mut Core) -> Result<(), Error> {
+        let tag = self.sched.tag.unwrap_or(0);
         let steps = self.sched.rounds[self.round].clone();
         for s in steps {
             match s {
@@ -272,7 +313,8 @@ impl Exec {
                     let w = self.sched.world[to];
                     // SAFETY: the range is inside a buffer that lives until the schedule ends
                     // (see the invariants of `Schedule::send`/`recv`/`tmps`).
-                    let id = unsafe { c.isend(self.sched.ctx, w, self.sched.tag, p, src.len, SendMode::Standard) }?;
+                    let id =
+                        unsafe { c.isend(self.sched.ctx, w, tag, p, src.len, SendMode::Standard) }?;
                     self.pending.push((id, None, to));
                 }
                 Step::Recv { from, dst } => {
@@ -280,7 +322,7 @@ impl Exec {
                     let w = self.sched.world[from];
                     // SAFETY: as above, and the range is written only by this receive until it
                     // completes.
-                    let id = unsafe { c.irecv(self.sched.ctx, Some(w), Some(self.sched.tag), p, dst.len) }?;
+                    let id = unsafe { c.irecv(self.sched.ctx, Some(w), Some(tag), p, dst.len) }?;
                     self.pending.push((id, Some(dst.len), from));
                 }
                 _ => {}

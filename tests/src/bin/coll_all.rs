@@ -31,10 +31,14 @@ fn mat(rank: usize, i: usize) -> [i64; 4] {
 
 fn matmul(a: [i64; 4], b: [i64; 4]) -> [i64; 4] {
     [
-        a[0].wrapping_mul(b[0]).wrapping_add(a[1].wrapping_mul(b[2])),
-        a[0].wrapping_mul(b[1]).wrapping_add(a[1].wrapping_mul(b[3])),
-        a[2].wrapping_mul(b[0]).wrapping_add(a[3].wrapping_mul(b[2])),
-        a[2].wrapping_mul(b[1]).wrapping_add(a[3].wrapping_mul(b[3])),
+        a[0].wrapping_mul(b[0])
+            .wrapping_add(a[1].wrapping_mul(b[2])),
+        a[0].wrapping_mul(b[1])
+            .wrapping_add(a[1].wrapping_mul(b[3])),
+        a[2].wrapping_mul(b[0])
+            .wrapping_add(a[3].wrapping_mul(b[2])),
+        a[2].wrapping_mul(b[1])
+            .wrapping_add(a[3].wrapping_mul(b[3])),
     ]
 }
 
@@ -48,7 +52,11 @@ fn matop() -> UserOperation<[i64; 4]> {
 
 fn same<T: PartialEq + std::fmt::Debug>(what: &str, got: &[T], want: &[T]) -> Check {
     if got.len() != want.len() {
-        return Err(format!("{what}: {} elements, want {}", got.len(), want.len()));
+        return Err(format!(
+            "{what}: {} elements, want {}",
+            got.len(),
+            want.len()
+        ));
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         if g != w {
@@ -70,7 +78,12 @@ fn expect_err(what: &str, r: Result<(), Error>, ok: impl Fn(&Error) -> bool) -> 
 fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     let p = comm.size() as usize;
     let me = comm.rank() as usize;
-    let w = |what: &str| format!("{name}: {what}");
+    let w = |what: &str| {
+        if std::env::var_os("COLL_TRACE").is_some() {
+            eprintln!("[{me}] {name}: {what}");
+        }
+        format!("{name}: {what}")
+    };
     comm.barrier().or_fail(w("barrier"))?;
 
     // Broadcast from every root, several sizes.
@@ -78,20 +91,30 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
         for n in [0usize, 1, 7, 3000] {
             let want: Vec<i64> = (0..n).map(|i| val(root, i)).collect();
             let mut buf = if me == root { want.clone() } else { vec![0; n] };
-            comm.process_at_rank(root as i32).broadcast_into(&mut buf[..]).or_fail(w("bcast"))?;
+            comm.process_at_rank(root as i32)
+                .broadcast_into(&mut buf[..])
+                .or_fail(w("bcast"))?;
             same(&w(&format!("bcast root {root} n {n}")), &buf, &want)?;
         }
     }
-    let sizes: &[usize] = if big { &[0, 1, 5, 20_000, 2 << 20] } else { &[0, 1, 5, 20_000] };
+    let sizes: &[usize] = if big {
+        &[0, 1, 5, 20_000, 2 << 20]
+    } else {
+        &[0, 1, 5, 20_000]
+    };
     for &n in sizes {
         let mine: Vec<i64> = (0..n).map(|i| val(me, i)).collect();
         let sum: Vec<i64> = (0..n).map(|i| (0..p).map(|r| val(r, i)).sum()).collect();
         let mut out = vec![0i64; n];
-        comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::sum()).or_fail(w("allreduce"))?;
+        comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::sum())
+            .or_fail(w("allreduce"))?;
         same(&w(&format!("allreduce sum n {n}")), &out, &sum)?;
         let mut inplace = mine.clone();
-        comm.all_reduce_in_place(&mut inplace[..], SystemOperation::max()).or_fail(w("allreduce in place"))?;
-        let max: Vec<i64> = (0..n).map(|i| (0..p).map(|r| val(r, i)).max().unwrap_or(0)).collect();
+        comm.all_reduce_in_place(&mut inplace[..], SystemOperation::max())
+            .or_fail(w("allreduce in place"))?;
+        let max: Vec<i64> = (0..n)
+            .map(|i| (0..p).map(|r| val(r, i)).max().unwrap_or(0))
+            .collect();
         same(&w(&format!("allreduce max in place n {n}")), &inplace, &max)?;
         for root in [0, p - 1, p / 2] {
             if me == root {
@@ -101,64 +124,93 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
                     .or_fail(w("reduce"))?;
                 same(&w(&format!("reduce root {root} n {n}")), &o, &sum)?;
             } else {
-                comm.process_at_rank(root as i32).reduce_into(&mine[..], SystemOperation::sum()).or_fail(w("reduce"))?;
+                comm.process_at_rank(root as i32)
+                    .reduce_into(&mine[..], SystemOperation::sum())
+                    .or_fail(w("reduce"))?;
             }
         }
         // Non-commutative: matrix products in rank order.
         if n <= 20_000 {
             let m = n.min(3000);
             let mm: Vec<[i64; 4]> = (0..m).map(|i| mat(me, i)).collect();
-            let prod: Vec<[i64; 4]> = (0..m).map(|i| (1..p).fold(mat(0, i), |a, r| matmul(a, mat(r, i)))).collect();
+            let prod: Vec<[i64; 4]> = (0..m)
+                .map(|i| (1..p).fold(mat(0, i), |a, r| matmul(a, mat(r, i))))
+                .collect();
             let mut o = vec![[0i64; 4]; m];
-            comm.all_reduce_into(&mm[..], &mut o[..], matop()).or_fail(w("allreduce matop"))?;
+            comm.all_reduce_into(&mm[..], &mut o[..], matop())
+                .or_fail(w("allreduce matop"))?;
             same(&w(&format!("allreduce non-commutative n {m}")), &o, &prod)?;
             let root = p - 1;
             if me == root {
                 let mut o = vec![[0i64; 4]; m];
-                comm.process_at_rank(root as i32).reduce_into_root(&mm[..], &mut o[..], matop()).or_fail(w("reduce matop"))?;
+                comm.process_at_rank(root as i32)
+                    .reduce_into_root(&mm[..], &mut o[..], matop())
+                    .or_fail(w("reduce matop"))?;
                 same(&w("reduce non-commutative"), &o, &prod)?;
             } else {
-                comm.process_at_rank(root as i32).reduce_into(&mm[..], matop()).or_fail(w("reduce matop"))?;
+                comm.process_at_rank(root as i32)
+                    .reduce_into(&mm[..], matop())
+                    .or_fail(w("reduce matop"))?;
             }
             let mut sc = vec![[0i64; 4]; m];
-            comm.scan_into(&mm[..], &mut sc[..], matop()).or_fail(w("scan matop"))?;
-            let pre: Vec<[i64; 4]> = (0..m).map(|i| (1..=me).fold(mat(0, i), |a, r| matmul(a, mat(r, i)))).collect();
+            comm.scan_into(&mm[..], &mut sc[..], matop())
+                .or_fail(w("scan matop"))?;
+            let pre: Vec<[i64; 4]> = (0..m)
+                .map(|i| (1..=me).fold(mat(0, i), |a, r| matmul(a, mat(r, i))))
+                .collect();
             same(&w("scan non-commutative"), &sc, &pre)?;
             let mut ex = vec![[7i64; 4]; m];
-            comm.exscan_into(&mm[..], &mut ex[..], matop()).or_fail(w("exscan matop"))?;
+            comm.exscan_into(&mm[..], &mut ex[..], matop())
+                .or_fail(w("exscan matop"))?;
             if me > 0 {
-                let pre: Vec<[i64; 4]> = (0..m).map(|i| (1..me).fold(mat(0, i), |a, r| matmul(a, mat(r, i)))).collect();
+                let pre: Vec<[i64; 4]> = (0..m)
+                    .map(|i| (1..me).fold(mat(0, i), |a, r| matmul(a, mat(r, i))))
+                    .collect();
                 same(&w("exscan non-commutative"), &ex, &pre)?;
             }
             let blocks: Vec<[i64; 4]> = (0..m * p).map(|i| mat(me, i)).collect();
             let mut rs = vec![[0i64; 4]; m];
-            comm.reduce_scatter_block_into(&blocks[..], &mut rs[..], matop()).or_fail(w("reduce_scatter_block matop"))?;
-            let want: Vec<[i64; 4]> = (0..m).map(|i| (1..p).fold(mat(0, me * m + i), |a, r| matmul(a, mat(r, me * m + i)))).collect();
+            comm.reduce_scatter_block_into(&blocks[..], &mut rs[..], matop())
+                .or_fail(w("reduce_scatter_block matop"))?;
+            let want: Vec<[i64; 4]> = (0..m)
+                .map(|i| (1..p).fold(mat(0, me * m + i), |a, r| matmul(a, mat(r, me * m + i))))
+                .collect();
             same(&w("reduce_scatter_block non-commutative"), &rs, &want)?;
         }
         // Scans with sum.
         let mut sc = vec![0i64; n];
-        comm.scan_into(&mine[..], &mut sc[..], SystemOperation::sum()).or_fail(w("scan"))?;
+        comm.scan_into(&mine[..], &mut sc[..], SystemOperation::sum())
+            .or_fail(w("scan"))?;
         let pre: Vec<i64> = (0..n).map(|i| (0..=me).map(|r| val(r, i)).sum()).collect();
         same(&w(&format!("scan n {n}")), &sc, &pre)?;
         let mut ex = mine.clone();
-        comm.exscan_in_place(&mut ex[..], SystemOperation::sum()).or_fail(w("exscan"))?;
+        comm.exscan_in_place(&mut ex[..], SystemOperation::sum())
+            .or_fail(w("exscan"))?;
         if me > 0 {
             let pre: Vec<i64> = (0..n).map(|i| (0..me).map(|r| val(r, i)).sum()).collect();
             same(&w(&format!("exscan in place n {n}")), &ex, &pre)?;
         }
         let mut sc2 = mine.clone();
-        comm.scan_in_place(&mut sc2[..], SystemOperation::sum()).or_fail(w("scan in place"))?;
+        comm.scan_in_place(&mut sc2[..], SystemOperation::sum())
+            .or_fail(w("scan in place"))?;
         same(&w("scan in place"), &sc2, &sc)?;
         // Reduce-scatter-block with sum.
         let blocks: Vec<i64> = (0..n * p).map(|i| val(me, i)).collect();
         let mut rs = vec![0i64; n];
-        comm.reduce_scatter_block_into(&blocks[..], &mut rs[..], SystemOperation::sum()).or_fail(w("rsb"))?;
-        let want: Vec<i64> = (0..n).map(|i| (0..p).map(|r| val(r, me * n + i)).sum()).collect();
+        comm.reduce_scatter_block_into(&blocks[..], &mut rs[..], SystemOperation::sum())
+            .or_fail(w("rsb"))?;
+        let want: Vec<i64> = (0..n)
+            .map(|i| (0..p).map(|r| val(r, me * n + i)).sum())
+            .collect();
         same(&w(&format!("reduce_scatter_block n {n}")), &rs, &want)?;
         let mut rsi = blocks.clone();
-        comm.reduce_scatter_block_in_place(&mut rsi[..], SystemOperation::sum()).or_fail(w("rsb in place"))?;
-        same(&w("reduce_scatter_block in place"), &rsi[me * n..(me + 1) * n], &want)?;
+        comm.reduce_scatter_block_in_place(&mut rsi[..], SystemOperation::sum())
+            .or_fail(w("rsb in place"))?;
+        same(
+            &w("reduce_scatter_block in place"),
+            &rsi[me * n..(me + 1) * n],
+            &want,
+        )?;
     }
 
     // Every op on every type it applies to (small vectors).
@@ -167,21 +219,27 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     // Gather / scatter / allgather / alltoall, uniform and variable, with roots.
     for n in [0usize, 3, 1000, 20_000] {
         let mine: Vec<i64> = (0..n).map(|i| val(me, i)).collect();
-        let all: Vec<i64> = (0..p).flat_map(|r| (0..n).map(move |i| val(r, i))).collect();
+        let all: Vec<i64> = (0..p)
+            .flat_map(|r| (0..n).map(move |i| val(r, i)))
+            .collect();
         for root in [0, p - 1] {
             let rp = comm.process_at_rank(root as i32);
             if me == root {
                 let mut o = vec![0i64; n * p];
-                rp.gather_into_root(&mine[..], &mut o[..]).or_fail(w("gather"))?;
+                rp.gather_into_root(&mine[..], &mut o[..])
+                    .or_fail(w("gather"))?;
                 same(&w(&format!("gather root {root} n {n}")), &o, &all)?;
                 let mut o2 = vec![0i64; n * p];
                 o2[root * n..(root + 1) * n].copy_from_slice(&mine);
-                rp.gather_in_place_root(&mut o2[..]).or_fail(w("gather in place"))?;
+                rp.gather_in_place_root(&mut o2[..])
+                    .or_fail(w("gather in place"))?;
                 same(&w("gather in place"), &o2, &all)?;
                 let mut s = vec![0i64; n];
-                rp.scatter_into_root(&all[..], &mut s[..]).or_fail(w("scatter"))?;
+                rp.scatter_into_root(&all[..], &mut s[..])
+                    .or_fail(w("scatter"))?;
                 same(&w("scatter"), &s, &mine)?;
-                rp.scatter_in_place_root(&all[..]).or_fail(w("scatter in place"))?;
+                rp.scatter_in_place_root(&all[..])
+                    .or_fail(w("scatter in place"))?;
             } else {
                 rp.gather_into(&mine[..]).or_fail(w("gather"))?;
                 rp.gather_into(&mine[..]).or_fail(w("gather in place"))?;
@@ -194,26 +252,36 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
             }
         }
         let mut ag = vec![0i64; n * p];
-        comm.all_gather_into(&mine[..], &mut ag[..]).or_fail(w("allgather"))?;
+        comm.all_gather_into(&mine[..], &mut ag[..])
+            .or_fail(w("allgather"))?;
         same(&w(&format!("allgather n {n}")), &ag, &all)?;
         let mut agi = vec![0i64; n * p];
         agi[me * n..(me + 1) * n].copy_from_slice(&mine);
-        comm.all_gather_in_place(&mut agi[..]).or_fail(w("allgather in place"))?;
+        comm.all_gather_in_place(&mut agi[..])
+            .or_fail(w("allgather in place"))?;
         same(&w("allgather in place"), &agi, &all)?;
         // Alltoall: block j of rank r is val(r, j*n + i) + 1000 j.
-        let sendb: Vec<i64> = (0..n * p).map(|k| val(me, k) + 1000 * (k / n.max(1)) as i64).collect();
-        let want: Vec<i64> = (0..p).flat_map(|r| (0..n).map(move |i| val(r, me * n + i) + 1000 * me as i64)).collect();
+        let sendb: Vec<i64> = (0..n * p)
+            .map(|k| val(me, k) + 1000 * (k / n.max(1)) as i64)
+            .collect();
+        let want: Vec<i64> = (0..p)
+            .flat_map(|r| (0..n).map(move |i| val(r, me * n + i) + 1000 * me as i64))
+            .collect();
         let mut at = vec![0i64; n * p];
-        comm.all_to_all_into(&sendb[..], &mut at[..]).or_fail(w("alltoall"))?;
+        comm.all_to_all_into(&sendb[..], &mut at[..])
+            .or_fail(w("alltoall"))?;
         same(&w(&format!("alltoall n {n}")), &at, &want)?;
         let mut ati = sendb.clone();
-        comm.all_to_all_in_place(&mut ati[..]).or_fail(w("alltoall in place"))?;
+        comm.all_to_all_in_place(&mut ati[..])
+            .or_fail(w("alltoall in place"))?;
         same(&w("alltoall in place"), &ati, &want)?;
     }
     // Variable counts: rank r contributes r+1 elements (zero for the last on even sizes).
     let cnt = |r: usize| if p % 2 == 0 && r == p - 1 { 0 } else { r + 1 };
     let counts: Vec<i32> = (0..p).map(|r| cnt(r) as i32).collect();
-    let displs: Vec<i32> = (0..p).map(|r| (0..r).map(|q| cnt(q) as i32 + 1).sum()).collect();
+    let displs: Vec<i32> = (0..p)
+        .map(|r| (0..r).map(|q| cnt(q) as i32 + 1).sum())
+        .collect();
     let total = (0..p).map(|r| cnt(r) + 1).sum::<usize>();
     let mine: Vec<i64> = (0..cnt(me)).map(|i| val(me, i)).collect();
     let mut want = vec![-1i64; total];
@@ -226,33 +294,51 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     if me == root {
         let mut o = vec![-1i64; total];
         comm.process_at_rank(root as i32)
-            .gather_varcount_into_root(&mine[..], &mut PartitionMut::new(&mut o[..], counts.clone(), displs.clone()))
+            .gather_varcount_into_root(
+                &mine[..],
+                &mut PartitionMut::new(&mut o[..], counts.clone(), displs.clone()),
+            )
             .or_fail(w("gatherv"))?;
         same(&w("gatherv"), &o, &want)?;
         let mut s = vec![0i64; cnt(me)];
         comm.process_at_rank(root as i32)
-            .scatter_varcount_into_root(&Partition::new(&want[..], counts.clone(), displs.clone()), &mut s[..])
+            .scatter_varcount_into_root(
+                &Partition::new(&want[..], counts.clone(), displs.clone()),
+                &mut s[..],
+            )
             .or_fail(w("scatterv"))?;
         same(&w("scatterv"), &s, &mine)?;
     } else {
-        comm.process_at_rank(root as i32).gather_varcount_into(&mine[..]).or_fail(w("gatherv"))?;
+        comm.process_at_rank(root as i32)
+            .gather_varcount_into(&mine[..])
+            .or_fail(w("gatherv"))?;
         let mut s = vec![0i64; cnt(me)];
-        comm.process_at_rank(root as i32).scatter_varcount_into(&mut s[..]).or_fail(w("scatterv"))?;
+        comm.process_at_rank(root as i32)
+            .scatter_varcount_into(&mut s[..])
+            .or_fail(w("scatterv"))?;
         same(&w("scatterv"), &s, &mine)?;
     }
     let mut o = vec![-1i64; total];
-    comm.all_gather_varcount_into(&mine[..], &mut PartitionMut::new(&mut o[..], counts.clone(), displs.clone()))
-        .or_fail(w("allgatherv"))?;
+    comm.all_gather_varcount_into(
+        &mine[..],
+        &mut PartitionMut::new(&mut o[..], counts.clone(), displs.clone()),
+    )
+    .or_fail(w("allgatherv"))?;
     same(&w("allgatherv"), &o, &want)?;
     // Alltoallv: rank r sends (r + j) % 3 elements to j.
     let sc: Vec<i32> = (0..p).map(|j| ((me + j) % 3) as i32).collect();
     let sd: Vec<i32> = (0..p).map(|j| (0..j).map(|q| sc[q]).sum()).collect();
     let rc: Vec<i32> = (0..p).map(|r| ((r + me) % 3) as i32).collect();
     let rd: Vec<i32> = (0..p).map(|r| (0..r).map(|q| rc[q]).sum()).collect();
-    let sbuf: Vec<i64> = (0..sc.iter().sum::<i32>() as usize).map(|k| val(me, k)).collect();
+    let sbuf: Vec<i64> = (0..sc.iter().sum::<i32>() as usize)
+        .map(|k| val(me, k))
+        .collect();
     let mut rbuf = vec![0i64; rc.iter().sum::<i32>() as usize];
-    comm.all_to_all_varcount_into(&Partition::new(&sbuf[..], sc, sd), &mut PartitionMut::new(&mut rbuf[..], rc.clone(), rd.clone()))
-        .or_fail(w("alltoallv"))?;
+    comm.all_to_all_varcount_into(
+        &Partition::new(&sbuf[..], sc, sd),
+        &mut PartitionMut::new(&mut rbuf[..], rc.clone(), rd.clone()),
+    )
+    .or_fail(w("alltoallv"))?;
     let want: Vec<i64> = (0..p)
         .flat_map(|r| {
             let off: usize = (0..me).map(|q| (r + q) % 3).sum();
@@ -270,12 +356,17 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
         if me == root {
             braid_tests::fill_pattern(&mut buf, 77);
         }
-        comm.process_at_rank(root as i32).broadcast_into(&mut buf[..]).or_fail(w("bcast 16 MiB"))?;
+        comm.process_at_rank(root as i32)
+            .broadcast_into(&mut buf[..])
+            .or_fail(w("bcast 16 MiB"))?;
         braid_tests::check_pattern(&buf, 77).map_err(|e| w(&format!("bcast 16 MiB: {e}")))?;
         let ones = vec![1u32; n / 4];
         let mut out = vec![0u32; n / 4];
-        comm.all_reduce_into(&ones[..], &mut out[..], SystemOperation::sum()).or_fail(w("allreduce 16 MiB"))?;
-        ensure(out.iter().all(|x| *x == p as u32), || w("allreduce 16 MiB wrong"))?;
+        comm.all_reduce_into(&ones[..], &mut out[..], SystemOperation::sum())
+            .or_fail(w("allreduce 16 MiB"))?;
+        ensure(out.iter().all(|x| *x == p as u32), || {
+            w("allreduce 16 MiB wrong")
+        })?;
     }
     comm.barrier().or_fail(w("final barrier"))
 }
@@ -307,7 +398,9 @@ fn ops(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
             }
         } )* };
     }
-    int_ops!(i8, u8, i16, u16, i32, u32, i64, u64, i128, u128, isize, usize);
+    int_ops!(
+        i8, u8, i16, u16, i32, u32, i64, u64, i128, u128, isize, usize
+    );
     macro_rules! float_ops {
         ($($t:ty),*) => { $( {
             let v = |r: usize, i: usize| -> $t { ((r * 37 + i * 11) % 13) as $t * 0.5 };
@@ -330,16 +423,48 @@ fn ops(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     float_ops!(f32, f64);
     // MINLOC / MAXLOC.
     let v = |r: usize| ((r * 5) % 3) as f64;
-    let mine = [ValueIndex { value: v(me), index: me as i64 }];
-    let mut out = [ValueIndex { value: 0.0, index: 0 }];
-    comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::min_loc()).or_fail(w("minloc"))?;
-    let best = (0..p).min_by(|a, b| v(*a).total_cmp(&v(*b)).then(a.cmp(b))).unwrap_or(0);
-    ensure(out[0] == ValueIndex { value: v(best), index: best as i64 }, || w(&format!("minloc {:?}", out[0])))?;
-    comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::max_loc()).or_fail(w("maxloc"))?;
-    let best = (0..p).max_by(|a, b| v(*a).total_cmp(&v(*b)).then(b.cmp(a))).unwrap_or(0);
-    ensure(out[0] == ValueIndex { value: v(best), index: best as i64 }, || w(&format!("maxloc {:?}", out[0])))?;
+    let mine = [ValueIndex {
+        value: v(me),
+        index: me as i64,
+    }];
+    let mut out = [ValueIndex {
+        value: 0.0,
+        index: 0,
+    }];
+    comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::min_loc())
+        .or_fail(w("minloc"))?;
+    let best = (0..p)
+        .min_by(|a, b| v(*a).total_cmp(&v(*b)).then(a.cmp(b)))
+        .unwrap_or(0);
+    ensure(
+        out[0]
+            == ValueIndex {
+                value: v(best),
+                index: best as i64,
+            },
+        || w(&format!("minloc {:?}", out[0])),
+    )?;
+    comm.all_reduce_into(&mine[..], &mut out[..], SystemOperation::max_loc())
+        .or_fail(w("maxloc"))?;
+    let best = (0..p)
+        .max_by(|a, b| v(*a).total_cmp(&v(*b)).then(b.cmp(a)))
+        .unwrap_or(0);
+    ensure(
+        out[0]
+            == ValueIndex {
+                value: v(best),
+                index: best as i64,
+            },
+        || w(&format!("maxloc {:?}", out[0])),
+    )?;
     // Commutative user op on a derived struct.
-    let part = Particle { x: me as f64, y: 1.0, id: me as u64, kind: 1, flag: 0 };
+    let part = Particle {
+        x: me as f64,
+        y: 1.0,
+        id: me as u64,
+        kind: 1,
+        flag: 0,
+    };
     let mut sum = [part];
     let op = UserOperation::commutative(|a: &[Particle], b: &mut [Particle]| {
         for (x, y) in a.iter().zip(b.iter_mut()) {
@@ -349,9 +474,18 @@ fn ops(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
             y.kind += x.kind;
         }
     });
-    comm.all_reduce_into(&[part][..], &mut sum[..], op).or_fail(w("user op on struct"))?;
-    let want = Particle { x: (0..p).map(|r| r as f64).sum(), y: p as f64, id: p as u64 - 1, kind: p as u32, flag: 0 };
-    ensure(sum[0] == want, || w(&format!("user op on struct: {:?}", sum[0])))
+    comm.all_reduce_into(&[part][..], &mut sum[..], op)
+        .or_fail(w("user op on struct"))?;
+    let want = Particle {
+        x: (0..p).map(|r| r as f64).sum(),
+        y: p as f64,
+        id: p as u64 - 1,
+        kind: p as u32,
+        flag: 0,
+    };
+    ensure(sum[0] == want, || {
+        w(&format!("user op on struct: {:?}", sum[0]))
+    })
 }
 
 fn nonblocking(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
@@ -361,7 +495,9 @@ fn nonblocking(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     let n = 2000;
     let mine: Vec<i64> = (0..n).map(|i| val(me, i)).collect();
     let sum: Vec<i64> = (0..n).map(|i| (0..p).map(|r| val(r, i)).sum()).collect();
-    let all: Vec<i64> = (0..p).flat_map(|r| (0..n).map(move |i| val(r, i))).collect();
+    let all: Vec<i64> = (0..p)
+        .flat_map(|r| (0..n).map(move |i| val(r, i)))
+        .collect();
     let mut out = vec![0i64; n];
     let mut ag = vec![0i64; n * p];
     let mut bc = if me == 0 { mine.clone() } else { vec![0; n] };
@@ -370,17 +506,33 @@ fn nonblocking(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     let sendb: Vec<i64> = (0..n * p).map(|k| val(me, k)).collect();
     let mut at = vec![0i64; n * p];
     braid::request::scope(|scope| -> Check {
-        let r1 = comm.immediate_all_reduce_into(scope, &mine[..], &mut out[..], SystemOperation::sum()).or_fail(w("iallreduce"))?;
-        let r2 = comm.immediate_all_gather_into(scope, &mine[..], &mut ag[..]).or_fail(w("iallgather"))?;
-        let r3 = comm.process_at_rank(0).immediate_broadcast_into(scope, &mut bc[..]).or_fail(w("ibcast"))?;
-        let r4 = comm.immediate_scan_into(scope, &mine[..], &mut sc[..], SystemOperation::sum()).or_fail(w("iscan"))?;
+        let r1 = comm
+            .immediate_all_reduce_into(scope, &mine[..], &mut out[..], SystemOperation::sum())
+            .or_fail(w("iallreduce"))?;
+        let r2 = comm
+            .immediate_all_gather_into(scope, &mine[..], &mut ag[..])
+            .or_fail(w("iallgather"))?;
+        let r3 = comm
+            .process_at_rank(0)
+            .immediate_broadcast_into(scope, &mut bc[..])
+            .or_fail(w("ibcast"))?;
+        let r4 = comm
+            .immediate_scan_into(scope, &mine[..], &mut sc[..], SystemOperation::sum())
+            .or_fail(w("iscan"))?;
         let r5 = if me == p - 1 {
-            comm.process_at_rank((p - 1) as i32).immediate_reduce_into_root(scope, &mine[..], &mut red[..], SystemOperation::sum())
+            comm.process_at_rank((p - 1) as i32)
+                .immediate_reduce_into_root(scope, &mine[..], &mut red[..], SystemOperation::sum())
         } else {
-            comm.process_at_rank((p - 1) as i32).immediate_reduce_into(scope, &mine[..], SystemOperation::sum())
+            comm.process_at_rank((p - 1) as i32).immediate_reduce_into(
+                scope,
+                &mine[..],
+                SystemOperation::sum(),
+            )
         }
         .or_fail(w("ireduce"))?;
-        let r6 = comm.immediate_all_to_all_into(scope, &sendb[..], &mut at[..]).or_fail(w("ialltoall"))?;
+        let r6 = comm
+            .immediate_all_to_all_into(scope, &sendb[..], &mut at[..])
+            .or_fail(w("ialltoall"))?;
         // Complete in a different order than started, with test polling on one of them.
         let mut r4 = r4;
         while r4.test().or_fail(w("test iscan"))?.is_none() {}
@@ -401,7 +553,9 @@ fn nonblocking(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     if me == p - 1 {
         same(&w("ireduce"), &red, &sum)?;
     }
-    let want: Vec<i64> = (0..p).flat_map(|r| (0..n).map(move |i| val(r, me * n + i))).collect();
+    let want: Vec<i64> = (0..p)
+        .flat_map(|r| (0..n).map(move |i| val(r, me * n + i)))
+        .collect();
     same(&w("ialltoall"), &at, &want)
 }
 
@@ -410,41 +564,61 @@ fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     let me = comm.rank();
     let a = [1i64, 2, 3];
     let mut b = [0i64; 2];
-    expect_err(&w("allreduce length mismatch"), comm.all_reduce_into(&a[..], &mut b[..], SystemOperation::sum()), |e| {
-        matches!(e, Error::UsageCountMismatch { .. })
-    })?;
+    expect_err(
+        &w("allreduce length mismatch"),
+        comm.all_reduce_into(&a[..], &mut b[..], SystemOperation::sum()),
+        |e| matches!(e, Error::UsageCountMismatch { .. }),
+    )?;
     let mut c = [0i64; 3];
-    expect_err(&w("bcast invalid root"), comm.process_at_rank(p).broadcast_into(&mut c[..]), |e| {
-        matches!(e, Error::UsageInvalidRoot { .. })
-    })?;
-    expect_err(&w("reduce invalid root"), comm.process_at_rank(-1).reduce_into(&a[..], SystemOperation::sum()), |e| {
-        matches!(e, Error::UsageInvalidRoot { .. })
-    })?;
+    expect_err(
+        &w("bcast invalid root"),
+        comm.process_at_rank(p).broadcast_into(&mut c[..]),
+        |e| matches!(e, Error::UsageInvalidRoot { .. }),
+    )?;
+    expect_err(
+        &w("reduce invalid root"),
+        comm.process_at_rank(-1)
+            .reduce_into(&a[..], SystemOperation::sum()),
+        |e| matches!(e, Error::UsageInvalidRoot { .. }),
+    )?;
     let f = [1.0f64];
     let mut g = [0.0f64];
-    expect_err(&w("band on f64"), comm.all_reduce_into(&f[..], &mut g[..], SystemOperation::bitwise_and()), |e| {
-        matches!(e, Error::UsageOpType { .. })
-    })?;
+    expect_err(
+        &w("band on f64"),
+        comm.all_reduce_into(&f[..], &mut g[..], SystemOperation::bitwise_and()),
+        |e| matches!(e, Error::UsageOpType { .. }),
+    )?;
     let root = comm.process_at_rank(0);
     if me != 0 {
         let mut r = [0i64; 1];
-        expect_err(&w("reduce_into_root off root"), root.reduce_into_root(&a[..], &mut r[..], SystemOperation::sum()), |e| {
-            matches!(e, Error::UsageArgument(_))
-        })?;
+        expect_err(
+            &w("reduce_into_root off root"),
+            root.reduce_into_root(&a[..], &mut r[..], SystemOperation::sum()),
+            |e| matches!(e, Error::UsageArgument(_)),
+        )?;
     } else {
         let mut r = vec![0i64; 3 * p as usize + 1];
-        expect_err(&w("gather root buffer size"), root.gather_into_root(&a[..], &mut r[..]), |e| {
-            matches!(e, Error::UsageCountMismatch { .. })
-        })?;
+        expect_err(
+            &w("gather root buffer size"),
+            root.gather_into_root(&a[..], &mut r[..]),
+            |e| matches!(e, Error::UsageCountMismatch { .. }),
+        )?;
     }
     // Counts that differ between ranks: every rank gets an error, none hangs.
     if p > 1 {
         let n = if me == 0 { 3 } else { 4 };
         let x = vec![1i64; n];
         let mut y = vec![0i64; n];
-        expect_err(&w("allreduce counts differ across ranks"), comm.all_reduce_into(&x[..], &mut y[..], SystemOperation::sum()), |e| {
-            matches!(e, Error::UsageCountMismatch { .. } | Error::UsageTruncated { .. })
-        })
+        expect_err(
+            &w("allreduce counts differ across ranks"),
+            comm.all_reduce_into(&x[..], &mut y[..], SystemOperation::sum()),
+            |e| {
+                matches!(
+                    e,
+                    Error::UsageCountMismatch { .. } | Error::UsageTruncated { .. }
+                )
+            },
+        )
         .or_else(|e| if me > 0 && p > 2 { Ok(()) } else { Err(e) })?;
     }
     comm.barrier().or_fail(w("barrier after misuse"))
@@ -454,33 +628,65 @@ fn communicators(world: &SimpleCommunicator) -> Check {
     let p = world.size();
     let me = world.rank();
     let wg = world.group();
-    ensure(wg.size() == p && wg.rank() == Some(me), || "world group".into())?;
+    ensure(wg.size() == p && wg.rank() == Some(me), || {
+        "world group".into()
+    })?;
     // Dup.
     let dup = world.duplicate().or_fail("dup")?;
-    ensure(dup.compare(world) == CommunicatorRelation::Congruent, || "dup not congruent".into())?;
-    ensure(world.compare(world) == CommunicatorRelation::Identical, || "world not identical".into())?;
+    ensure(
+        dup.compare(world) == CommunicatorRelation::Congruent,
+        || "dup not congruent".into(),
+    )?;
+    ensure(
+        world.compare(world) == CommunicatorRelation::Identical,
+        || "world not identical".into(),
+    )?;
     // Split by parity, reversed order by key.
-    let half = world.split_by_color_with_key(Color::with_value(me % 2), -me).or_fail("split")?.ok_or("split gave none")?;
+    let half = world
+        .split_by_color_with_key(Color::with_value(me % 2), -me)
+        .or_fail("split")?
+        .ok_or("split gave none")?;
     let mates: Vec<i32> = (0..p).filter(|r| r % 2 == me % 2).rev().collect();
     ensure(half.size() as usize == mates.len(), || "split size".into())?;
-    ensure(half.rank() == mates.iter().position(|r| *r == me).unwrap_or(99) as i32, || format!("split rank {}", half.rank()))?;
+    ensure(
+        half.rank() == mates.iter().position(|r| *r == me).unwrap_or(99) as i32,
+        || format!("split rank {}", half.rank()),
+    )?;
     let hg = half.group();
     ensure(
         (0..half.size()).all(|r| hg.translate_rank(r, &wg) == Some(mates[r as usize])),
         || "split group translation".into(),
     )?;
-    ensure(half.compare(world) == if p == 1 { CommunicatorRelation::Similar } else { CommunicatorRelation::Unequal } || p == 1, || "split compare".into())?;
+    ensure(
+        half.compare(world)
+            == if p == 1 {
+                CommunicatorRelation::Similar
+            } else {
+                CommunicatorRelation::Unequal
+            }
+            || p == 1,
+        || "split compare".into(),
+    )?;
     // Point-to-point status on a split communicator gives its ranks.
     if half.size() > 1 {
         let hr = half.rank();
         let hs = half.size();
         let next = half.process_at_rank((hr + 1) % hs);
         let prev = half.process_at_rank((hr + hs - 1) % hs);
-        let (v, st) = braid::point_to_point::send_receive_into_with_tags(&[hr][..], &next, 5, &mut [0i32][..], &prev, Some(5))
-            .map(|s| (0, s))
-            .or_fail("sendrecv on split")?;
+        let (v, st) = braid::point_to_point::send_receive_into_with_tags(
+            &[hr][..],
+            &next,
+            5,
+            &mut [0i32][..],
+            &prev,
+            Some(5),
+        )
+        .map(|s| (0, s))
+        .or_fail("sendrecv on split")?;
         let _ = v;
-        ensure(st.source() == (hr + hs - 1) % hs, || format!("status source {} on split", st.source()))?;
+        ensure(st.source() == (hr + hs - 1) % hs, || {
+            format!("status source {} on split", st.source())
+        })?;
         let any = half.any_process();
         let mut x = [0i32];
         let st = braid::request::scope(|scope| -> Result<braid::Status, Error> {
@@ -490,21 +696,38 @@ fn communicators(world: &SimpleCommunicator) -> Check {
         })
         .or_fail("irecv on split")?;
         let r = (x[0], st);
-        ensure(r.0 == (hr + hs - 1) % hs && r.1.source() == r.0, || format!("any-source status {:?}", r))?;
+        ensure(r.0 == (hr + hs - 1) % hs && r.1.source() == r.0, || {
+            format!("any-source status {:?}", r)
+        })?;
     }
     // Undefined color.
-    let none = world.split_by_color(if me == 0 { Color::undefined() } else { Color::with_value(1) }).or_fail("split undefined")?;
+    let none = world
+        .split_by_color(if me == 0 {
+            Color::undefined()
+        } else {
+            Color::with_value(1)
+        })
+        .or_fail("split undefined")?;
     ensure(none.is_some() == (me != 0), || "undefined color".into())?;
     // Create from a group, in reverse order (collective), and create_group (members only).
     let rev: Vec<i32> = (0..p).rev().filter(|r| r % 3 != 1).collect();
     let g = wg.include(&rev).or_fail("include")?;
     let sub = world.split_by_subgroup_collective(&g).or_fail("create")?;
-    ensure(sub.is_some() == (me % 3 != 1), || "create membership".into())?;
+    ensure(sub.is_some() == (me % 3 != 1), || {
+        "create membership".into()
+    })?;
     if let Some(sub) = &sub {
-        ensure(sub.rank() == rev.iter().position(|r| *r == me).unwrap_or(0) as i32, || "create rank".into())?;
-        ensure(sub.group().compare(&g) == GroupRelation::Identical, || "create group".into())?;
+        ensure(
+            sub.rank() == rev.iter().position(|r| *r == me).unwrap_or(0) as i32,
+            || "create rank".into(),
+        )?;
+        ensure(sub.group().compare(&g) == GroupRelation::Identical, || {
+            "create group".into()
+        })?;
         let sub2 = world.split_by_subgroup(&g, 3).or_fail("create_group")?;
-        ensure(sub2.compare(sub) == CommunicatorRelation::Congruent, || "create_group congruent".into())?;
+        ensure(sub2.compare(sub) == CommunicatorRelation::Congruent, || {
+            "create_group congruent".into()
+        })?;
         collectives("create_group", &sub2, false)?;
     }
     let shared = world.split_shared().or_fail("split_shared")?;
@@ -513,17 +736,29 @@ fn communicators(world: &SimpleCommunicator) -> Check {
     // Cartesian topology.
     let mut dims = [0, 0];
     dims_create(p, &mut dims).or_fail("dims_create")?;
-    let cart = CartesianCommunicator::new(world, &dims, &[true, false], false).or_fail("cart")?.ok_or("cart none")?;
+    let cart = CartesianCommunicator::new(world, &dims, &[true, false], false)
+        .or_fail("cart")?
+        .ok_or("cart none")?;
     let c = cart.coordinates();
-    ensure(cart.coordinates_to_rank(&c).or_fail("cart rank")? == cart.rank(), || "cart coords".into())?;
+    ensure(
+        cart.coordinates_to_rank(&c).or_fail("cart rank")? == cart.rank(),
+        || "cart coords".into(),
+    )?;
     let (src, dst) = cart.shift(0, 1).or_fail("shift")?;
     let (s, d) = (src.ok_or("periodic src")?, dst.ok_or("periodic dst")?);
     let mut got = [0i32];
-    braid::point_to_point::send_receive_into(&[cart.rank()][..], &cart.process_at_rank(d), &mut got[..], &cart.process_at_rank(s))
-        .or_fail("cart exchange")?;
+    braid::point_to_point::send_receive_into(
+        &[cart.rank()][..],
+        &cart.process_at_rank(d),
+        &mut got[..],
+        &cart.process_at_rank(s),
+    )
+    .or_fail("cart exchange")?;
     ensure(got[0] == s, || "cart shift exchange".into())?;
     let (_, up) = cart.shift(1, 1).or_fail("shift 1")?;
-    ensure(up.is_some() == (c[1] + 1 < dims[1]), || "non-periodic shift".into())?;
+    ensure(up.is_some() == (c[1] + 1 < dims[1]), || {
+        "non-periodic shift".into()
+    })?;
     cart.barrier().or_fail("cart barrier")?;
     // Collectives on the derived communicators.
     collectives("dup", &dup, false)?;
@@ -543,42 +778,88 @@ fn datatypes(world: &SimpleCommunicator) -> Check {
     // A column of a 4x5 row-major matrix, sent as a vector type.
     let mut col = Datatype::vector(4, 1, 5, &Datatype::primitive(Primitive::F64));
     col.commit();
-    ensure(col.size() == 32 && col.extent() == 8 * 16, || format!("vector extent {}", col.extent()))?;
+    ensure(col.size() == 32 && col.extent() == 8 * 16, || {
+        format!("vector extent {}", col.extent())
+    })?;
     let m: Vec<f64> = (0..20).map(f64::from).collect();
     if p > 1 {
         if me == 0 {
-            world.process_at_rank(1).send(&View::with_count_and_datatype(&m[2..], 1, &col).or_fail("view")?).or_fail("send column")?;
+            world
+                .process_at_rank(1)
+                .send(&View::with_count_and_datatype(&m[2..], 1, &col).or_fail("view")?)
+                .or_fail("send column")?;
         } else if me == 1 {
             let mut r = vec![0.0f64; 20];
             let st = world
                 .process_at_rank(0)
-                .receive_into(&mut MutView::with_count_and_datatype(&mut r[1..], 1, &col).or_fail("mutview")?)
+                .receive_into(
+                    &mut MutView::with_count_and_datatype(&mut r[1..], 1, &col)
+                        .or_fail("mutview")?,
+                )
                 .or_fail("receive column")?;
-            ensure(st.count_with(&col) == Some(1) && st.elements_with(&col) == Some(4), || "count with type".into())?;
-            let want: Vec<f64> = (0..20).map(|i| if i % 5 == 1 && i < 20 { (i + 1) as f64 } else { 0.0 }).collect();
+            ensure(
+                st.count_with(&col) == Some(1) && st.elements_with(&col) == Some(4),
+                || "count with type".into(),
+            )?;
+            let want: Vec<f64> = (0..20)
+                .map(|i| {
+                    if i % 5 == 1 && i < 20 {
+                        (i + 1) as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
             same("received column", &r, &want)?;
         }
         // Derived struct with the derive macro.
-        let parts: Vec<Particle> = (0..3).map(|i| Particle { x: i as f64, y: -1.0, id: i, kind: 7, flag: 1 }).collect();
+        let parts: Vec<Particle> = (0..3)
+            .map(|i| Particle {
+                x: i as f64,
+                y: -1.0,
+                id: i,
+                kind: 7,
+                flag: 1,
+            })
+            .collect();
         if me == 0 {
-            world.process_at_rank(1).send(&parts[..]).or_fail("send particles")?;
+            world
+                .process_at_rank(1)
+                .send(&parts[..])
+                .or_fail("send particles")?;
         } else if me == 1 {
-            let (v, _) = world.process_at_rank(0).receive_vec::<Particle>().or_fail("receive particles")?;
+            let (v, _) = world
+                .process_at_rank(0)
+                .receive_vec::<Particle>()
+                .or_fail("receive particles")?;
             same("particles", &v, &parts)?;
         }
     }
     let dt = <Particle as Equivalence>::equivalent_datatype();
-    ensure(dt.size() == 32 && dt.extent() == 32, || "particle datatype".into())?;
+    ensure(dt.size() == 32 && dt.extent() == 32, || {
+        "particle datatype".into()
+    })?;
     // Broadcast into a non-contiguous view.
     let mut b = vec![0.0f64; 20];
     if me == 0 {
         b.copy_from_slice(&m);
     }
-    world.process_at_rank(0).broadcast_into(&mut MutView::with_count_and_datatype(&mut b[..], 1, &col).or_fail("bview")?).or_fail("bcast view")?;
+    world
+        .process_at_rank(0)
+        .broadcast_into(
+            &mut MutView::with_count_and_datatype(&mut b[..], 1, &col).or_fail("bview")?,
+        )
+        .or_fail("bcast view")?;
     ensure((0..4).all(|r| b[r * 5] == m[r * 5]), || "bcast view".into())?;
     // Uncommitted types are refused.
     let raw = Datatype::vector(2, 1, 2, &Datatype::primitive(Primitive::I32));
-    ensure(matches!(View::with_count_and_datatype(&[1i32, 2, 3][..], 1, &raw), Err(Error::UsageDatatype(_))), || "uncommitted accepted".into())?;
+    ensure(
+        matches!(
+            View::with_count_and_datatype(&[1i32, 2, 3][..], 1, &raw),
+            Err(Error::UsageDatatype(_))
+        ),
+        || "uncommitted accepted".into(),
+    )?;
     Ok(())
 }
 

@@ -1,0 +1,66 @@
+//! Linux socket introspection for the TCP transport: how many bytes a socket still holds and
+//! whether its peer is acknowledging them. All `unsafe` of the TCP transport is here.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// What the kernel knows about a connection's send side.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Health {
+    /// Segments sent and not yet acknowledged.
+    pub(crate) unacked: u32,
+    /// Milliseconds since the last ACK arrived.
+    pub(crate) last_ack_recv_ms: u32,
+    /// Smoothed round-trip time, microseconds.
+    pub(crate) rtt_us: u32,
+    /// The window the peer last advertised, bytes (0 on kernels before 5.4, which do not
+    /// report it).
+    pub(crate) snd_wnd: u32,
+}
+
+/// Bytes in the socket's send queue: written by us and not yet acknowledged by the peer
+/// (`SIOCOUTQ`, see tcp(7)).
+///
+/// # Errors
+/// The ioctl failed (not a TCP socket).
+pub(crate) fn unacked_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (alias TIOCOUTQ) writes one c_int through the pointer, which points to
+    // a live local.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut n) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The connection's `TCP_INFO` fields that tell a dead path from a slow reader: a slow reader
+/// keeps acknowledging (window probes), a dead path acknowledges nothing.
+///
+/// # Errors
+/// `getsockopt` failed.
+pub(crate) fn health(fd: RawFd) -> io::Result<Health> {
+    // SAFETY: tcp_info is plain old data (integers only), for which all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::tcp_info>()).unwrap_or(0);
+    // SAFETY: the pointer and length describe `info`, which lives across the call; the kernel
+    // writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Health {
+        unacked: info.tcpi_unacked,
+        last_ack_recv_ms: info.tcpi_last_ack_recv,
+        rtt_us: info.tcpi_rtt,
+        snd_wnd: info.tcpi_snd_wnd,
+    })
+}
