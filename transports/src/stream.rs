@@ -17,6 +17,8 @@ use std::io::{self, IoSlice};
 
 use braid_engine::{FrameToken, Rank, ReqId};
 
+use braid_engine::wire::{COMPACT_LEN, header_len};
+
 use crate::{Body, FrameSink, HEADER_LEN, TransportError};
 
 /// Bodies at most this long are copied when the stream cannot take them at once.
@@ -183,15 +185,17 @@ impl<S: ByteStream> FramedConn<S> {
             // SAFETY: the caller guarantees `ptr` is valid for `len` bytes.
             unsafe { std::slice::from_raw_parts(body.ptr, body.len) }
         };
+        let header = &header[..header_len(header[0])];
+        let hlen = header.len();
         let mut written = 0;
-        let total = HEADER_LEN + body.len;
+        let total = hlen + body.len;
         if self.out.is_empty() {
             while written < total {
-                let res = if written < HEADER_LEN {
+                let res = if written < hlen {
                     let bufs = [IoSlice::new(&header[written..]), IoSlice::new(body_slice)];
                     self.stream.write_vectored(&bufs)
                 } else {
-                    let bufs = [IoSlice::new(&body_slice[written - HEADER_LEN..])];
+                    let bufs = [IoSlice::new(&body_slice[written - hlen..])];
                     self.stream.write_vectored(&bufs)
                 };
                 match res {
@@ -207,13 +211,13 @@ impl<S: ByteStream> FramedConn<S> {
                 return Ok(());
             }
         }
-        if written < HEADER_LEN {
+        if written < hlen {
             self.out.push_back(Out::Owned {
                 data: header[written..].to_vec(),
                 pos: 0,
             });
         }
-        let body_done = written.saturating_sub(HEADER_LEN);
+        let body_done = written.saturating_sub(hlen);
         let rest = body.len - body_done;
         match body.owner {
             Some(req) if rest > COPY_LIMIT => self.out.push_back(Out::Borrowed {
@@ -321,7 +325,12 @@ impl<S: ByteStream> FramedConn<S> {
             }
             let limit = match (mode, &self.rd) {
                 (ReadMode::Batched, _) => staging.len(),
-                (ReadMode::Exact, ReadState::Header { got, .. }) => HEADER_LEN - got,
+                (ReadMode::Exact, ReadState::Header { buf, got }) => {
+                    // The first byte says how long the header is; until it is in, read
+                    // only the compact length.
+                    let need = if *got == 0 { COMPACT_LEN } else { header_len(buf[0]) };
+                    need - *got
+                }
                 (ReadMode::Exact, ReadState::Payload { skip, .. }) => (*skip).min(staging.len()),
             };
             let n = match self.stream.read(&mut staging[..limit]) {
@@ -344,11 +353,16 @@ impl<S: ByteStream> FramedConn<S> {
         while !bytes.is_empty() {
             match &mut self.rd {
                 ReadState::Header { buf, got } => {
-                    let k = (HEADER_LEN - *got).min(bytes.len());
+                    let need = if *got == 0 {
+                        bytes.first().map_or(HEADER_LEN, |b| header_len(*b))
+                    } else {
+                        header_len(buf[0])
+                    };
+                    let k = (need - *got).min(bytes.len());
                     buf[*got..*got + k].copy_from_slice(&bytes[..k]);
                     *got += k;
                     bytes = &bytes[k..];
-                    if *got == HEADER_LEN {
+                    if *got == need {
                         let hdr = *buf;
                         let dest = sink.on_header(self.peer, &hdr).map_err(|reason| {
                             TransportError::PeerProtocol {

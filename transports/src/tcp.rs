@@ -13,9 +13,9 @@
 //!
 //! # Scheduling (`stripe`, `weighted`)
 //! Every frame travels whole on one connection; the engine's per-pair sequence numbers put
-//! envelopes back in order whatever rail delivered them. Frames other than rendezvous data
-//! (eager messages, RTS, CTS, acknowledgements) take the least-queued rail, rail 0 when all
-//! are idle. Data chunks go round-robin over the live rails (`stripe`), or to the rail that
+//! envelopes back in order whatever rail delivered them. Small frames (RTS, CTS, short eager
+//! messages, acknowledgements) take the least-queued rail, rail 0 when all are idle. Data
+//! chunks and eager messages of 16 KiB or more go round-robin over the live rails (`stripe`), or to the rail that
 //! would finish the chunk first given its backlog (bytes queued here and in the kernel) and
 //! its measured drain rate (`weighted`): bytes the peer's host acknowledged per second while
 //! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run.
@@ -65,6 +65,8 @@ const PENDING_BASE: usize = 1 << 41;
 const STALL_CHECK: Duration = Duration::from_millis(100);
 /// How often drain rates are sampled (`weighted`).
 const RATE_CHECK: Duration = Duration::from_millis(20);
+/// Frames at least this long (header included) are spread over the rails like data chunks.
+const SPREAD_MIN: usize = 16 * 1024;
 /// Default stall timeout.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -642,7 +644,8 @@ impl TcpTransport {
     /// Queues `entry` to `peer` on the connection [`Self::choose`] picks. Returns false when
     /// the peer has no live connection.
     fn enqueue(&mut self, peer: u32, entry: Entry) -> bool {
-        let data = entry.is_data();
+        // Large eager messages spread like data chunks; small frames keep the fast rail.
+        let data = entry.is_data() || entry.wire_len() >= SPREAD_MIN;
         let Some(rail) = self.choose(peer, data, entry.wire_len()) else {
             entry.release(&mut self.sent);
             return false;

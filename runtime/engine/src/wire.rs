@@ -23,8 +23,25 @@
 
 use crate::ids::{ContextId, Rank, ReqId, Seq, Tag};
 
-/// Size of an encoded [`Header`].
+/// Size of an encoded [`Header`] in its full form.
 pub const HEADER_LEN: usize = 64;
+
+/// Size of the compact form: an eager, non-synchronous message needs only bytes 0..32 (its
+/// payload length equals its message length, and the request fields are zero). Byte 0 then
+/// carries [`COMPACT`] on top of the kind.
+pub const COMPACT_LEN: usize = 32;
+
+/// Bit of byte 0 marking the compact form.
+pub const COMPACT: u8 = 0x80;
+
+/// Length of the header that starts with byte `first`.
+pub fn header_len(first: u8) -> usize {
+    if first & COMPACT != 0 {
+        COMPACT_LEN
+    } else {
+        HEADER_LEN
+    }
+}
 
 /// Largest payload a single frame may carry (1 GiB); larger messages travel as several chunks.
 pub const MAX_PAYLOAD: u64 = 1 << 30;
@@ -185,11 +202,51 @@ impl Header {
         b
     }
 
-    /// Decodes and validates a header.
+    /// The payload length of an encoded header (either form), read without full validation,
+    /// so a stream reader can size its next read. Call [`Header::decode`] before trusting the
+    /// frame.
+    pub fn peek_payload_len(bytes: &[u8; HEADER_LEN]) -> u64 {
+        if bytes[0] & COMPACT != 0 {
+            u64_at(bytes, 24)
+        } else {
+            u64_at(bytes, 56)
+        }
+    }
+
+    /// Encodes the header in its shortest form: compact ([`COMPACT_LEN`] bytes) for an eager,
+    /// non-synchronous message, full otherwise. Returns the buffer and the encoded length.
+    pub fn encode_short(&self) -> ([u8; HEADER_LEN], usize) {
+        let mut b = self.encode();
+        if self.kind == FrameKind::Eager && self.flags == 0 && self.send_req.0 == 0 {
+            b[0] |= COMPACT;
+            b[COMPACT_LEN..].fill(0);
+            (b, COMPACT_LEN)
+        } else {
+            (b, HEADER_LEN)
+        }
+    }
+
+    /// Decodes and validates a header, in either form (see [`header_len`]).
     ///
     /// # Errors
     /// [`DecodeError`] when the bytes are not a well-formed header; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let first = *bytes.first().ok_or(DecodeError::Truncated(0))?;
+        if first & COMPACT != 0 {
+            let head = bytes
+                .get(..COMPACT_LEN)
+                .ok_or(DecodeError::Truncated(bytes.len()))?;
+            let mut full = [0u8; HEADER_LEN];
+            full[..COMPACT_LEN].copy_from_slice(head);
+            full[0] &= !COMPACT;
+            if FrameKind::from_u8(full[0]) != Some(FrameKind::Eager) {
+                return Err(DecodeError::UnknownKind(first));
+            }
+            // The payload length of a compact eager frame is its message length.
+            let len: [u8; 8] = full[24..32].try_into().unwrap_or_default();
+            full[56..64].copy_from_slice(&len);
+            return Self::decode(&full);
+        }
         let b: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|s| s.try_into().ok())
@@ -240,11 +297,6 @@ impl Header {
         Ok(h)
     }
 
-    /// The payload length of an encoded header, read without full validation, so a stream
-    /// reader can size its next read. Call [`Header::decode`] before trusting the frame.
-    pub fn peek_payload_len(bytes: &[u8; HEADER_LEN]) -> u64 {
-        u64_at(bytes, 56)
-    }
 
     /// Whether the synchronous flag is set.
     pub fn is_sync(&self) -> bool {
@@ -276,12 +328,21 @@ mod tests {
     fn round_trip() {
         let h = sample();
         assert_eq!(Header::decode(&h.encode()), Ok(h));
-        assert_eq!(Header::peek_payload_len(&h.encode()), 5);
+        // Synchronous: no compact form.
+        assert_eq!(h.encode_short().1, HEADER_LEN);
+        let mut plain = h;
+        plain.flags = 0;
+        plain.send_req = ReqId(0);
+        let (b, n) = plain.encode_short();
+        assert_eq!(n, COMPACT_LEN);
+        assert_eq!(header_len(b[0]), COMPACT_LEN);
+        assert_eq!(Header::decode(&b[..n]), Ok(plain));
     }
 
     #[test]
     fn rejects_malformed() {
         assert_eq!(Header::decode(&[0u8; 10]), Err(DecodeError::Truncated(10)));
+        assert_eq!(Header::decode(&[0x83u8; 40]), Err(DecodeError::UnknownKind(0x83)));
         let mut b = sample().encode();
         b[0] = 77;
         assert_eq!(Header::decode(&b), Err(DecodeError::UnknownKind(77)));
