@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked --quiet
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --document-private-items --locked --quiet
 
 # Integration tests start mpirun and the test programs from target/release.
 cargo build --release --workspace --bins --locked

@@ -4,9 +4,9 @@
 //! at each function. Timing uses the backend's `MPI_Wtime`.
 //!
 //! # Collectives
-//! [`blocking`] times one collective per iteration between barriers, like OSU's
+//! `blocking` times one collective per iteration between barriers, like OSU's
 //! `osu_allreduce.c` and siblings: each rank averages its own times, and rank 0 reports the
-//! mean over the ranks of those averages, with their min and max. [`nonblocking`] follows
+//! mean over the ranks of those averages, with their min and max. `nonblocking` follows
 //! OSU's `osu_iallreduce.c` and siblings: it first times the collective alone (start, wait),
 //! then starts it, computes for that long (OSU's `dummy_compute`, no `MPI_Test` calls: OSU's
 //! default), and waits; overlap is `max(0, 100 - 100 * (overall - compute) / pure)`.

@@ -7,7 +7,7 @@
 //! `osu_bcast`, `osu_reduce`, `osu_allreduce`, `osu_allgather(v)`, `osu_alltoall(v)`,
 //! `osu_gather(v)`, `osu_scatter(v)`, `osu_reduce_scatter`) and the nonblocking ones
 //! (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, `osu_iallgather`, `osu_ialltoall`,
-//! `osu_ireduce`) follow OSU 7.3's collective programs the same way (see [`bench`]). Each
+//! `osu_ireduce`) follow OSU 7.3's collective programs the same way (see [`mod@bench`]). Each
 //! benchmark runs over one of two backends, chosen at run time with `--backend`:
 //!
 //! - `braid` (default): Braid's own Rust API (crate `braid`).
@@ -22,7 +22,7 @@
 //! except for `osu_compare`, which only spawns launchers; it does not implement OSU's
 //! accelerator (CUDA/ROCm) buffers, datatypes other than `MPI_CHAR` (and `MPI_FLOAT` for
 //! reductions), sessions, tail-latency options beyond the p50/p99 fields of the
-//! machine-readable records, or the collectives listed as missing in [`bench`].
+//! machine-readable records, or the collectives listed as missing in [`mod@bench`].
 //!
 //! # Glossary
 //! - *rank*: a process of the job, numbered from 0; only rank 0 prints results.
@@ -76,7 +76,7 @@ pub mod builtin {
         "osu_ireduce",
     ];
 
-    /// Runs bundled benchmark `name` with command-line `args` (args[0] is the program name).
+    /// Runs bundled benchmark `name` with command-line `args` (`args[0]` is the program name).
     ///
     /// Prints usage errors and run-time errors to standard error and returns a failure exit
     /// code for them, and for a run whose validation (`-c`) failed.

@@ -415,3 +415,13 @@ fn launcher_error_exits() {
     assert!(f.code().is_some_and(|c| c != 0), "{}", show(&f));
     assert!(f.stderr.contains("--no-such-flag"), "{}", show(&f));
 }
+
+/// The README's API example compiles (it is a test program) and runs.
+#[test]
+fn readme_example_runs() {
+    let _g = one_job_at_a_time();
+    for n in [1u32, 3] {
+        let f = job(n, "readme_example", &[]);
+        assert_all_ok(&f, "readme_example", n);
+    }
+}

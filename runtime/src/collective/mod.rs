@@ -1,7 +1,7 @@
 //! Collective operations on any communicator: blocking, in-place and nonblocking forms.
 //!
-//! Every collective is built as a [`schedule::Schedule`] of rounds by the algorithms in
-//! [`algorithms`], chosen by message size, communicator size and host layout (see [`info`]),
+//! Every collective is built as a `schedule::Schedule` of rounds by the algorithms in
+//! `algorithms`, chosen by message size, communicator size and host layout (see [`info`]),
 //! then run to completion (blocking) or advanced whenever the caller waits or tests on any
 //! request (`immediate_*`). Collective traffic travels on the communicator's collective
 //! context, one tag per collective call, so it never matches point-to-point messages nor

@@ -29,12 +29,15 @@ use super::sys;
 use crate::stream::{COPY_LIMIT, FramedConn, ReadMode};
 use crate::{Body, Dest, FrameSink, HEADER_LEN, TransportError};
 
+// Control kinds stay below the compact-header bit (0x80) and outside the engine's kinds, so
+// the framing reads them as full headers and the engine would reject them.
+
 /// Control frame, untracked: "I have received `pos` tracked frames of rail `rail`".
-pub(crate) const KIND_ACK: u8 = 0xA1;
+pub(crate) const KIND_ACK: u8 = 0x41;
 /// Control frame, tracked: "rail `rail` is dead; I received `pos` of its tracked frames".
-pub(crate) const KIND_LOST: u8 = 0xA2;
+pub(crate) const KIND_LOST: u8 = 0x42;
 /// Tag in front of a resent frame: "the next frame is frame `pos` of rail `rail`".
-pub(crate) const KIND_RESEND: u8 = 0xA3;
+pub(crate) const KIND_RESEND: u8 = 0x43;
 /// Token of control frames (they never reach the engine).
 const CONTROL_TOKEN: FrameToken = FrameToken(u64::MAX);
 /// Most frames gathered into one `writev`.
@@ -136,6 +139,8 @@ pub(crate) struct Entry {
     /// Whether the frame counts as tracked (everything but acknowledgements).
     tracked: bool,
     header: [u8; HEADER_LEN],
+    /// Header bytes on the wire (full, or compact for a compact eager header).
+    hlen: usize,
     body: Payload,
 }
 
@@ -149,6 +154,7 @@ impl Entry {
             pos: None,
             tracked: true,
             header: *header,
+            hlen: braid_engine::wire::header_len(header[0]),
             body: Payload::Borrowed {
                 ptr: body.ptr,
                 len: body.len,
@@ -165,6 +171,7 @@ impl Entry {
             pos: None,
             tracked: false,
             header: control_header(KIND_ACK, me, rail, pos),
+            hlen: HEADER_LEN,
             body: Payload::Owned(Vec::new()),
         }
     }
@@ -183,7 +190,7 @@ impl Entry {
 
     /// Bytes this entry puts on the wire.
     pub(crate) fn wire_len(&self) -> usize {
-        self.tag.map_or(0, |_| HEADER_LEN) + HEADER_LEN + self.body_len()
+        self.tag.map_or(0, |_| HEADER_LEN) + self.hlen + self.body_len()
     }
 
     fn body(&self) -> &[u8] {
@@ -202,7 +209,7 @@ impl Entry {
     fn slices<'a>(&'a self, mut off: usize, out: &mut [IoSlice<'a>], n: &mut usize) {
         let parts: [&'a [u8]; 3] = [
             self.tag.as_ref().map_or(&[][..], |t| &t[..]),
-            &self.header[..],
+            &self.header[..self.hlen],
             self.body(),
         ];
         for p in parts {
