@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use braid_engine::{Config, Engine, Rank as ERank};
+use braid_shm::transport::ShmTransport;
 use braid_transports::JobKey;
 use braid_transports::rail::rails_from_spec;
-use braid_shm::transport::ShmTransport;
 use braid_transports::tcp::{PeerCard, RailConfig, TcpTransport};
 
 use crate::core::{self, Core, SpinPolicy, WORLD_COLL_CONTEXT};
@@ -22,7 +22,13 @@ fn card_key(rank: u32) -> String {
 /// A value safe to put in the PMI key-value space (no spaces, no separators).
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() && c != '|' && c != '=' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '|' && c != '=' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -134,7 +140,14 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         .unwrap_or_else(|| pmi.kvsname().to_string());
     // Every rank passes the same PMI barriers, whether it has local peers or not.
     let shm = if settings.shm && local.len() > 1 {
-        Some(shm_wire_up(&mut pmi, &settings, &sanitize(&job), rank, size, &local)?)
+        Some(shm_wire_up(
+            &mut pmi,
+            &settings,
+            &sanitize(&job),
+            rank,
+            size,
+            &local,
+        )?)
     } else {
         if settings.shm {
             pmi.barrier()?;
@@ -145,7 +158,11 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
     let reached_by_shm = |r: u32| shm.as_ref().is_some_and(|s| s.reaches(ERank(r)));
     // Local rank: position among the ranks with the same host identity (rail choice of
     // `indep`), computed from the cards so it holds under any PMI launcher.
-    let local_rank = |r: u32| (0..r).filter(|q| hosts[*q as usize] == hosts[r as usize]).count();
+    let local_rank = |r: u32| {
+        (0..r)
+            .filter(|q| hosts[*q as usize] == hosts[r as usize])
+            .count()
+    };
     let local_rank = |r: u32| u32::try_from(local_rank(r)).unwrap_or(u32::MAX);
     let peers: Vec<PeerCard> = (0..size)
         .filter(|r| *r != rank && !reached_by_shm(*r))
@@ -192,7 +209,15 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         }
     }
     let engine = Engine::new(cfg);
-    if !core::install(Core::new(engine, Some(tcp), shm, Some(pmi), host, hosts, spin)) {
+    if !core::install(Core::new(
+        engine,
+        Some(tcp),
+        shm,
+        Some(pmi),
+        host,
+        hosts,
+        spin,
+    )) {
         return Err(InitError::UsageAlreadyInitialized);
     }
     Ok((rank, size))
@@ -208,7 +233,13 @@ fn shm_wire_up(
     size: u32,
     local: &[u32],
 ) -> Result<ShmTransport, InitError> {
-    let mut shm = ShmTransport::create(job, ERank(rank), size, local.to_vec(), settings.shm_ring_size)?;
+    let mut shm = ShmTransport::create(
+        job,
+        ERank(rank),
+        size,
+        local.to_vec(),
+        settings.shm_ring_size,
+    )?;
     pmi.put(&shm_key(rank), &shm.card())?;
     pmi.barrier()?;
     let mut peers = Vec::new();

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use braid_engine::wire::{HEADER_LEN, Header};
 use braid_engine::{
-    Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank, RecvStatus,
-    ReqId, SendMode, SourceSel, TagSel, Transmit,
+    Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank,
+    RecvStatus, ReqId, SendMode, SourceSel, TagSel, Transmit,
 };
 use braid_shm::transport::ShmTransport;
-use braid_transports::tcp::TcpTransport;
 use braid_transports::stream::COPY_LIMIT;
+use braid_transports::tcp::TcpTransport;
 use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
 
 use crate::error::Error;
@@ -33,7 +33,9 @@ static CORE: Mutex<Option<Core>> = Mutex::new(None);
 /// When called before `initialize` or after finalize: the Rust API hands out communicators
 /// only between the two, so this is a bug in Braid.
 pub(crate) fn with_core<R>(f: impl FnOnce(&mut Core) -> R) -> R {
-    let mut guard = CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let core = guard
         .as_mut()
         .expect("braid communicators exist only between initialize and finalize");
@@ -42,7 +44,9 @@ pub(crate) fn with_core<R>(f: impl FnOnce(&mut Core) -> R) -> R {
 
 /// Installs the core; false when one is installed already.
 pub(crate) fn install(core: Core) -> bool {
-    let mut guard = CORE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut guard = CORE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if guard.is_some() {
         return false;
     }
@@ -151,7 +155,13 @@ unsafe impl FrameSink for Sink<'_> {
             .engine
             .handle_header(from, &h)
             .map_err(|e| e.to_string())?;
-        dest_for(self.engine, self.recvs, inc.token, &inc.placement, h.payload_len)
+        dest_for(
+            self.engine,
+            self.recvs,
+            inc.token,
+            &inc.placement,
+            h.payload_len,
+        )
     }
 
     fn on_payload(&mut self, _from: ERank, token: FrameToken) {
@@ -201,7 +211,10 @@ fn dest_for(
                 .ok_or_else(|| format!("no buffer for request {req}"))?;
             let (offset, take, skip) = (offset as usize, take as usize, skip as usize);
             if offset.checked_add(take).is_none_or(|end| end > buf.len) {
-                return Err(format!("chunk {offset}+{take} outside a {}-byte buffer", buf.len));
+                return Err(format!(
+                    "chunk {offset}+{take} outside a {}-byte buffer",
+                    buf.len
+                ));
             }
             // SAFETY: offset + take <= buf.len, checked above.
             let ptr = unsafe { buf.ptr.add(offset) };
@@ -274,7 +287,14 @@ impl Core {
     ) -> Result<ReqId, Error> {
         let req = self
             .engine
-            .post_send(ctx, ERank(to), braid_engine::Tag(tag), len as u64, mode, ptr as u64)
+            .post_send(
+                ctx,
+                ERank(to),
+                braid_engine::Tag(tag),
+                len as u64,
+                mode,
+                ptr as u64,
+            )
             .map_err(usage)?;
         self.sends.insert(
             req,
@@ -432,7 +452,8 @@ impl Core {
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("shared-memory progress failed: {e}")))?;
         }
-        let poll_tcp = self.tcp_active || self.polls.is_multiple_of(256) || (blocking && self.shm.is_none());
+        let poll_tcp =
+            self.tcp_active || self.polls.is_multiple_of(256) || (blocking && self.shm.is_none());
         if let Some(tcp) = self.tcp.as_mut()
             && poll_tcp
         {
@@ -497,7 +518,11 @@ impl Core {
             braid_engine::Body::None => (std::ptr::null(), 0, None),
             braid_engine::Body::Send { req, offset, len } => match self.sends.get(&req) {
                 // SAFETY: the engine only names ranges inside the length it was given.
-                Some(b) => (unsafe { b.ptr.add(offset as usize) }.cast_const(), len as usize, Some(req)),
+                Some(b) => (
+                    unsafe { b.ptr.add(offset as usize) }.cast_const(),
+                    len as usize,
+                    Some(req),
+                ),
                 None => (std::ptr::null(), 0, None),
             },
         };
@@ -520,17 +545,7 @@ impl Core {
         }
         // SAFETY: `ptr` is inside a send buffer registered in `sends`, which stays registered
         // (and borrowed by its request) until the transport returns it through on_sent.
-        let res = unsafe {
-            transport.send(
-                t.to,
-                &header,
-                Body {
-                    ptr,
-                    len,
-                    owner,
-                },
-            )
-        };
+        let res = unsafe { transport.send(t.to, &header, Body { ptr, len, owner }) };
         if let Err(e) = res {
             if let Some(req) = owner
                 && let Some(n) = self.lent.get_mut(&req)

@@ -88,17 +88,29 @@ fn traffic(b: &Bed, rails: &[&str], f: impl FnOnce()) -> Vec<u64> {
     let before: Vec<u64> = ["n0", "n1"]
         .iter()
         .map(|h| tx_bytes(b, h, rails))
-        .fold(vec![0; rails.len()], |a, v| a.iter().zip(v).map(|(x, y)| x + y).collect());
+        .fold(vec![0; rails.len()], |a, v| {
+            a.iter().zip(v).map(|(x, y)| x + y).collect()
+        });
     f();
     let after: Vec<u64> = ["n0", "n1"]
         .iter()
         .map(|h| tx_bytes(b, h, rails))
-        .fold(vec![0; rails.len()], |a, v| a.iter().zip(v).map(|(x, y)| x + y).collect());
+        .fold(vec![0; rails.len()], |a, v| {
+            a.iter().zip(v).map(|(x, y)| x + y).collect()
+        });
     after.iter().zip(&before).map(|(a, b)| a - b).collect()
 }
 
 /// `mpirun --testbed` with `n` ranks, the rails and mode, and extra `-x` settings.
-fn job(b: &Bed, n: u32, mode: &str, rails: &str, env: &[&str], prog: &str, args: &[&str]) -> Command {
+fn job(
+    b: &Bed,
+    n: u32,
+    mode: &str,
+    rails: &str,
+    env: &[&str],
+    prog: &str,
+    args: &[&str],
+) -> Command {
     let mut c = Command::new(mpirun());
     c.arg("--testbed")
         .arg(&b.path)
@@ -126,11 +138,22 @@ fn assert_ok(f: &Finished, what: &str) {
 fn checked_transfers(b: &Bed, mode: &str, wildcard_ranks: u32) -> Vec<u64> {
     let rails = FOUR.join(",");
     traffic(b, FOUR, || {
-        let f = run_with_deadline(&mut job(b, 2, mode, &rails, &[], "p2p_large", &["16"]), JOB_DEADLINE);
+        let f = run_with_deadline(
+            &mut job(b, 2, mode, &rails, &[], "p2p_large", &["16"]),
+            JOB_DEADLINE,
+        );
         assert_ok(&f, &format!("{mode}: p2p_large 16"));
         let count = if wildcard_ranks > 4 { "60" } else { "200" };
         let f = run_with_deadline(
-            &mut job(b, wildcard_ranks, mode, &rails, &[], "p2p_wildcard", &["11", count, "all"]),
+            &mut job(
+                b,
+                wildcard_ranks,
+                mode,
+                &rails,
+                &[],
+                "p2p_wildcard",
+                &["11", count, "all"],
+            ),
             JOB_DEADLINE,
         );
         assert_ok(&f, &format!("{mode}: p2p_wildcard"));
@@ -139,7 +162,10 @@ fn checked_transfers(b: &Bed, mode: &str, wildcard_ranks: u32) -> Vec<u64> {
 
 fn shares(bytes: &[u64]) -> Vec<f64> {
     let total: u64 = bytes.iter().sum();
-    bytes.iter().map(|b| *b as f64 / total.max(1) as f64).collect()
+    bytes
+        .iter()
+        .map(|b| *b as f64 / total.max(1) as f64)
+        .collect()
 }
 
 #[test]
@@ -151,7 +177,10 @@ fn single_mode_moves_checked_data_on_rail_zero_only() {
     let bytes = checked_transfers(&b, "single", 4);
     let s = shares(&bytes);
     eprintln!("single: bytes per rail {bytes:?}");
-    assert!(bytes[0] > 50 << 20 && s[0] > 0.95, "single mode used other rails: {bytes:?}");
+    assert!(
+        bytes[0] > 50 << 20 && s[0] > 0.95,
+        "single mode used other rails: {bytes:?}"
+    );
 }
 
 #[test]
@@ -181,7 +210,10 @@ fn stripe_mode_spreads_data_over_every_rail() {
     let bytes = checked_transfers(&b, "stripe", 4);
     let s = shares(&bytes);
     eprintln!("stripe: bytes per rail {bytes:?}");
-    assert!(s.iter().all(|x| *x > 0.12), "stripe share too small on a rail: {bytes:?}");
+    assert!(
+        s.iter().all(|x| *x > 0.12),
+        "stripe share too small on a rail: {bytes:?}"
+    );
 }
 
 #[test]
@@ -193,7 +225,10 @@ fn weighted_mode_spreads_data_over_every_rail() {
     let bytes = checked_transfers(&b, "weighted", 4);
     let s = shares(&bytes);
     eprintln!("weighted: bytes per rail {bytes:?}");
-    assert!(s.iter().all(|x| *x > 0.10), "weighted share too small on a rail: {bytes:?}");
+    assert!(
+        s.iter().all(|x| *x > 0.10),
+        "weighted share too small on a rail: {bytes:?}"
+    );
 }
 
 /// Takes `rail` of `host` down after `after` while `cmd` runs; returns how the job ended.
@@ -243,7 +278,10 @@ fn rail_down_mid_transfer_fails_over_with_correct_data() {
             "{mode}: no rail-loss message for {rail}:\n{}",
             f.stderr
         );
-        eprintln!("{mode} with {rail} down: {}", f.stdout.lines().next().unwrap_or(""));
+        eprintln!(
+            "{mode} with {rail} down: {}",
+            f.stdout.lines().next().unwrap_or("")
+        );
     }
 }
 
@@ -255,8 +293,18 @@ fn last_rail_down_ends_the_job_naming_host_and_rail() {
     let b = bed("rllast", 237, &gigabit(&["eth1"]));
     let mut cmd = job(&b, 2, "single", "eth1", &[], "rail_stream", &["4096", "4"]);
     let f = with_rail_down(&b, "n1", "eth1", Duration::from_millis(1000), &mut cmd);
-    assert_ne!(f.code(), Some(0), "job survived losing its only rail:\n{}", f.stderr);
-    assert_ne!(f.code(), Some(124), "job hung until mpirun's timeout:\n{}", f.stderr);
+    assert_ne!(
+        f.code(),
+        Some(0),
+        "job survived losing its only rail:\n{}",
+        f.stderr
+    );
+    assert_ne!(
+        f.code(),
+        Some(124),
+        "job hung until mpirun's timeout:\n{}",
+        f.stderr
+    );
     assert!(f.elapsed < Duration::from_secs(20), "took {:?}", f.elapsed);
     assert!(
         f.stderr.contains("FAILED")
@@ -281,7 +329,9 @@ fn bad_rail_mode_and_missing_rail_are_clear_errors() {
     let f = run(&["BRAID_RAIL_MODE=bond"]);
     assert_ne!(f.code(), Some(0));
     assert!(
-        f.stderr.contains("BRAID_RAIL_MODE") && f.stderr.contains("bond") && f.stderr.contains("stripe"),
+        f.stderr.contains("BRAID_RAIL_MODE")
+            && f.stderr.contains("bond")
+            && f.stderr.contains("stripe"),
         "{}",
         f.stderr
     );

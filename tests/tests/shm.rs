@@ -65,7 +65,10 @@ fn large_and_threshold_sizes_single_copy() {
         2,
         "p2p_large",
         &[],
-        &[("BRAID_EAGER_LIMIT", "16384"), ("BRAID_SHM_EAGER_LIMIT", "16384")],
+        &[
+            ("BRAID_EAGER_LIMIT", "16384"),
+            ("BRAID_SHM_EAGER_LIMIT", "16384"),
+        ],
     );
     assert_ok(&f, "p2p_large over shared memory");
 }
@@ -94,7 +97,10 @@ fn small_rings_wrap_many_times() {
         4,
         "p2p_pairs",
         &["3"],
-        &[("BRAID_SHM_RING_SIZE", "4096"), ("BRAID_SHM_EAGER_LIMIT", "3000")],
+        &[
+            ("BRAID_SHM_RING_SIZE", "4096"),
+            ("BRAID_SHM_EAGER_LIMIT", "3000"),
+        ],
     );
     assert_ok(&f, "p2p_pairs with 4 KiB rings");
 }
@@ -162,9 +168,16 @@ fn uneven_hosts_through_a_launch_agent() {
     // barriers as the others.
     for (bin, args) in [("p2p_pairs", &["2"][..]), ("coll_all", &[][..])] {
         let mut cmd = Command::new(mpirun());
-        cmd.args(["-H", "hosta:3,hostb:2,hostc:1", "--launch-agent", "env", "-n", "6"])
-            .arg(binary(bin))
-            .args(args);
+        cmd.args([
+            "-H",
+            "hosta:3,hostb:2,hostc:1",
+            "--launch-agent",
+            "env",
+            "-n",
+            "6",
+        ])
+        .arg(binary(bin))
+        .args(args);
         let f = run_with_deadline(&mut cmd, DEADLINE);
         assert_ok(&f, &format!("{bin} on three uneven hosts"));
     }

@@ -105,7 +105,9 @@ pub struct Rail {
 #[non_exhaustive]
 pub enum RailError {
     /// The spec names an interface this host does not have.
-    #[error("rail '{name}' does not exist on host {host} (interfaces with IPv4 addresses: {available})")]
+    #[error(
+        "rail '{name}' does not exist on host {host} (interfaces with IPv4 addresses: {available})"
+    )]
     NoSuchInterface {
         /// The name given.
         name: String,
@@ -239,7 +241,10 @@ mod tests {
     fn missing_interface_is_named() {
         let e = rails_from_spec(Some("lo,nosuch9"), "hostA").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("nosuch9") && msg.contains("hostA") && msg.contains("lo"), "{msg}");
+        assert!(
+            msg.contains("nosuch9") && msg.contains("hostA") && msg.contains("lo"),
+            "{msg}"
+        );
         assert!(rails_from_spec(Some("lo,,"), "h").is_err());
     }
 }

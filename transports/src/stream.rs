@@ -249,7 +249,9 @@ impl<S: ByteStream> FramedConn<S> {
         let mut did = false;
         while let Some(front) = self.out.front_mut() {
             let res = match front {
-                Out::Owned { data, pos } => self.stream.write_vectored(&[IoSlice::new(&data[*pos..])]),
+                Out::Owned { data, pos } => {
+                    self.stream.write_vectored(&[IoSlice::new(&data[*pos..])])
+                }
                 Out::Borrowed { ptr, len, pos, .. } => {
                     // SAFETY: the owner request keeps the buffer alive until on_sent.
                     let s = unsafe { std::slice::from_raw_parts(ptr.add(*pos), *len - *pos) };
@@ -301,7 +303,9 @@ impl<S: ByteStream> FramedConn<S> {
         let mut did = false;
         loop {
             // A payload remainder goes straight to its destination.
-            if let ReadState::Payload { ptr, take, skip, .. } = &mut self.rd
+            if let ReadState::Payload {
+                ptr, take, skip, ..
+            } = &mut self.rd
                 && *take >= direct_from
             {
                 // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
@@ -328,7 +332,11 @@ impl<S: ByteStream> FramedConn<S> {
                 (ReadMode::Exact, ReadState::Header { buf, got }) => {
                     // The first byte says how long the header is; until it is in, read
                     // only the compact length.
-                    let need = if *got == 0 { COMPACT_LEN } else { header_len(buf[0]) };
+                    let need = if *got == 0 {
+                        COMPACT_LEN
+                    } else {
+                        header_len(buf[0])
+                    };
                     need - *got
                 }
                 (ReadMode::Exact, ReadState::Payload { skip, .. }) => (*skip).min(staging.len()),
@@ -349,7 +357,11 @@ impl<S: ByteStream> FramedConn<S> {
     }
 
     /// Parses staged bytes.
-    fn consume(&mut self, mut bytes: &[u8], sink: &mut dyn FrameSink) -> Result<(), TransportError> {
+    fn consume(
+        &mut self,
+        mut bytes: &[u8],
+        sink: &mut dyn FrameSink,
+    ) -> Result<(), TransportError> {
         while !bytes.is_empty() {
             match &mut self.rd {
                 ReadState::Header { buf, got } => {
@@ -382,7 +394,9 @@ impl<S: ByteStream> FramedConn<S> {
                         }
                     }
                 }
-                ReadState::Payload { ptr, take, skip, .. } => {
+                ReadState::Payload {
+                    ptr, take, skip, ..
+                } => {
                     let k = (*take).min(bytes.len());
                     if k > 0 {
                         // SAFETY: the sink promised `ptr` is valid for `take` bytes; k <= take.

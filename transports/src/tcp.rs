@@ -242,6 +242,8 @@ pub struct TcpTransport {
     recheck_all: bool,
     last_stall_check: Instant,
     last_rate_check: Instant,
+    /// `send_acks` marked a connection broken.
+    any_broken: bool,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -302,6 +304,7 @@ impl TcpTransport {
             recheck_all: true,
             last_stall_check: now,
             last_rate_check: now,
+            any_broken: false,
         })
     }
 
@@ -312,7 +315,10 @@ impl TcpTransport {
     pub fn card(&self) -> Result<String, WireUpError> {
         let mut parts = Vec::new();
         for (rail, port) in self.rails.iter().zip(&self.ports) {
-            let addrs: Vec<String> = published_addrs(rail)?.iter().map(ToString::to_string).collect();
+            let addrs: Vec<String> = published_addrs(rail)?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             parts.push(format!("{}@{port}", addrs.join(";")));
         }
         Ok(parts.join(","))
@@ -347,7 +353,9 @@ impl TcpTransport {
         let me = self.rank;
         let nrails = self.rails.len();
         for p in peers {
-            let rails = cfg.mode.rails_for_pair(cfg.local_rank, p.local_rank, nrails);
+            let rails = cfg
+                .mode
+                .rails_for_pair(cfg.local_rank, p.local_rank, nrails);
             let reliable = rails.len() > 1;
             self.links[p.rank.0 as usize] = Some(Link {
                 host: p.host.clone(),
@@ -421,8 +429,14 @@ impl TcpTransport {
             .and_then(|()| std_stream.set_nonblocking(true))
             .map_err(err)?;
         let local_ip = std_stream.local_addr().map_or(local, |a| a.ip());
-        self.add_conn(p.rank, rail, TcpStream::from_std(std_stream), local_ip, addr)
-            .map_err(WireUpError::Poll)
+        self.add_conn(
+            p.rank,
+            rail,
+            TcpStream::from_std(std_stream),
+            local_ip,
+            addr,
+        )
+        .map_err(WireUpError::Poll)
     }
 
     /// One poll during wire-up: accepts connections and reads hellos. Frames that peers which
@@ -487,7 +501,10 @@ impl TcpTransport {
             Token(i * RAIL_SLOTS + rail),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let rail_name = self.rails.get(rail).map_or_else(|| format!("#{rail}"), |r| r.name.clone());
+        let rail_name = self
+            .rails
+            .get(rail)
+            .map_or_else(|| format!("#{rail}"), |r| r.name.clone());
         let path = format!("{local} -> {}", remote.ip());
         let desc = format!("host {}, rail {rail_name}, {local} -> {remote}", link.host);
         let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
@@ -514,10 +531,14 @@ impl TcpTransport {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let slot = self.pending.iter().position(Option::is_none).unwrap_or_else(|| {
-                self.pending.push(None);
-                self.pending.len() - 1
-            });
+            let slot = self
+                .pending
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or_else(|| {
+                    self.pending.push(None);
+                    self.pending.len() - 1
+                });
             if self
                 .poll
                 .registry()
@@ -564,10 +585,15 @@ impl TcpTransport {
                 .as_ref()
                 .ok_or_else(|| format!("rank {peer} is not a TCP peer of rank {}", self.rank))?;
             if !link.rails.contains(&rail) {
-                return Err(format!("rank {peer} connected on rail {rail}, not one of {:?}", link.rails));
+                return Err(format!(
+                    "rank {peer} connected on rail {rail}, not one of {:?}",
+                    link.rails
+                ));
             }
             if link.conns[rail].is_some() || link.lost {
-                return Err(format!("a second connection claiming rank {peer} on rail {rail}"));
+                return Err(format!(
+                    "a second connection claiming rank {peer} on rail {rail}"
+                ));
             }
             Ok((peer, rail))
         });
@@ -578,7 +604,10 @@ impl TcpTransport {
                     .local_addr()
                     .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
                 if let Err(e) = self.add_conn(peer, rail, p.stream, local, p.addr) {
-                    eprintln!("braid: rank {}: cannot register rank {peer}: {e}", self.rank);
+                    eprintln!(
+                        "braid: rank {}: cannot register rank {peer}: {e}",
+                        self.rank
+                    );
                 }
             }
             Err(why) => eprintln!(
@@ -630,7 +659,12 @@ impl TcpTransport {
         match mode {
             RailMode::Weighted => link
                 .live()
-                .map(|c| (c.rail as usize, (c.backlog() + len) as f64 / c.rate.max(1e6)))
+                .map(|c| {
+                    (
+                        c.rail as usize,
+                        (c.backlog() + len) as f64 / c.rate.max(1e6),
+                    )
+                })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .map(|(r, _)| r),
             _ => {
@@ -754,9 +788,7 @@ impl TcpTransport {
                             peer: Rank(peer),
                             addr: c.framed_addr(),
                             op: "read",
-                            source: io::Error::other(format!(
-                                "rank {peer} reported the rail lost"
-                            )),
+                            source: io::Error::other(format!("rank {peer} reported the rail lost")),
                         };
                         self.kill_conn(peer, rail, err, Some(pos), sink);
                         return;
@@ -853,11 +885,15 @@ impl TcpTransport {
             for e in hist {
                 e.release(&mut self.sent);
             }
-            self.lose_peer(peer, TransportError::PeerProtocol {
-                peer: Rank(peer),
-                addr,
-                reason,
-            }, sink);
+            self.lose_peer(
+                peer,
+                TransportError::PeerProtocol {
+                    peer: Rank(peer),
+                    addr,
+                    reason,
+                },
+                sink,
+            );
             return;
         }
         let rail16 = d.rail;
@@ -938,7 +974,12 @@ impl TcpTransport {
             && now.duration_since(self.last_rate_check) >= RATE_CHECK
         {
             self.last_rate_check = now;
-            for c in self.links.iter_mut().flatten().flat_map(|l| l.conns.iter_mut().flatten()) {
+            for c in self
+                .links
+                .iter_mut()
+                .flatten()
+                .flat_map(|l| l.conns.iter_mut().flatten())
+            {
                 c.sample_rate(now);
             }
         }
@@ -973,7 +1014,9 @@ impl TcpTransport {
         let me = self.rank;
         let peers = std::mem::take(&mut self.ack_pending);
         for peer in peers {
-            let Some(link) = self.link_mut(peer) else { continue };
+            let Some(link) = self.link_mut(peer) else {
+                continue;
+            };
             if link.lost {
                 continue;
             }
@@ -998,6 +1041,7 @@ impl TcpTransport {
                     Some(c) => {
                         if c.push(Entry::ack(me, rail, pos), &mut self.sent).is_err() {
                             c.broken = true;
+                            self.any_broken = true;
                         }
                         if c.queued > 0 {
                             self.dirty.push(own);
@@ -1016,9 +1060,17 @@ impl TcpTransport {
 
     /// A write failed for a connection that `send_acks` marked broken: find them.
     fn collect_broken(&mut self) {
+        if !std::mem::take(&mut self.any_broken) {
+            return;
+        }
         for (peer, link) in self.links.iter().enumerate() {
             for c in link.iter().flat_map(|l| l.conns.iter().flatten()) {
-                if c.broken && !self.failed.iter().any(|(p, r, _)| *p == peer as u32 && *r == c.rail as usize) {
+                if c.broken
+                    && !self
+                        .failed
+                        .iter()
+                        .any(|(p, r, _)| *p == peer as u32 && *r == c.rail as usize)
+                {
                     self.failed.push((
                         peer as u32,
                         c.rail as usize,
@@ -1105,7 +1157,13 @@ impl Transport for TcpTransport {
         let tokens: Vec<(usize, bool, bool)> = self
             .events
             .iter()
-            .map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable()))
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed(),
+                    e.is_writable(),
+                )
+            })
             .collect();
         for (t, readable, writable) in tokens {
             if t >= PENDING_BASE {
@@ -1169,7 +1227,9 @@ fn check_hello(
     }
     let rank = u32::from_le_bytes([h[24], h[25], h[26], h[27]]);
     if rank >= size || rank <= me.0 {
-        return Err(format!("claims rank {rank}, which may not connect to rank {me}"));
+        return Err(format!(
+            "claims rank {rank}, which may not connect to rank {me}"
+        ));
     }
     let rail = u16::from_le_bytes([h[28], h[29]]);
     if h[30..32] != [0, 0] {

@@ -23,7 +23,12 @@ fn eager_round(c: &mut Criterion) {
     c.bench_function("eager message, receive posted", |b| {
         b.iter(|| {
             let r = rx
-                .post_recv(ContextId(0), SourceSel::Rank(Rank(0)), TagSel::Tag(Tag(3)), 8)
+                .post_recv(
+                    ContextId(0),
+                    SourceSel::Rank(Rank(0)),
+                    TagSel::Tag(Tag(3)),
+                    8,
+                )
                 .expect("receive");
             let _ = tx
                 .post_send(ContextId(0), Rank(1), Tag(3), 8, SendMode::Standard, 0)

@@ -316,7 +316,10 @@ struct Arrival {
 enum ArrivalKind {
     /// An eager message. `buffer` holds its payload when it was not placed straight into a
     /// receive; `complete` says all payload bytes are there.
-    Eager { buffer: Option<Box<[u8]>>, complete: bool },
+    Eager {
+        buffer: Option<Box<[u8]>>,
+        complete: bool,
+    },
     /// An RTS from send request `send_req`; `pull` is the sender's data address when it
     /// offered a pull.
     Rts { send_req: ReqId, pull: Option<u64> },
@@ -484,7 +487,11 @@ impl Engine {
 
     /// The eager limit towards `peer`.
     pub fn eager_limit(&self, peer: Rank) -> u64 {
-        self.cfg.eager_limit.get(peer.0 as usize).copied().unwrap_or(0)
+        self.cfg
+            .eager_limit
+            .get(peer.0 as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Number of requests still in progress (sends waiting for a peer, receives posted or
@@ -793,8 +800,7 @@ impl Engine {
                     }
                     _ => false,
                 };
-                if done && let Some(RecvState::Data { status, .. }) = self.recvs.remove(&req)
-                {
+                if done && let Some(RecvState::Data { status, .. }) = self.recvs.remove(&req) {
                     self.complete(
                         req,
                         Outcome::Received {
@@ -968,10 +974,7 @@ impl Engine {
     ) -> Result<Incoming, PeerError> {
         let peer = &self.peers[from.0 as usize];
         if h.seq.0 < peer.next_recv || peer.early.contains_key(&h.seq.0) {
-            return Err(PeerError::DuplicateSeq {
-                from,
-                seq: h.seq,
-            });
+            return Err(PeerError::DuplicateSeq { from, seq: h.seq });
         }
         let kind = if h.kind == FrameKind::Eager {
             let limit = self.eager_limit(from);
@@ -1020,7 +1023,8 @@ impl Engine {
         if h.kind == FrameKind::Rts || h.msg_len == 0 {
             return Ok(self.empty(token));
         }
-        self.in_flight.insert(token, InFlight::Eager { arrival: id });
+        self.in_flight
+            .insert(token, InFlight::Eager { arrival: id });
         // Straight into the receive when the arrival matched at once; else into a buffer.
         let placement = match self.arrivals.get_mut(&id) {
             Some(a) => match (a.matched, &mut a.kind) {

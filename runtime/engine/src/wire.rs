@@ -297,7 +297,6 @@ impl Header {
         Ok(h)
     }
 
-
     /// Whether the synchronous flag is set.
     pub fn is_sync(&self) -> bool {
         self.flags & FLAG_SYNC != 0
@@ -342,13 +341,19 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         assert_eq!(Header::decode(&[0u8; 10]), Err(DecodeError::Truncated(10)));
-        assert_eq!(Header::decode(&[0x83u8; 40]), Err(DecodeError::UnknownKind(0x83)));
+        assert_eq!(
+            Header::decode(&[0x83u8; 40]),
+            Err(DecodeError::UnknownKind(0x83))
+        );
         let mut b = sample().encode();
         b[0] = 77;
         assert_eq!(Header::decode(&b), Err(DecodeError::UnknownKind(77)));
         let mut b = sample().encode();
         b[1] = 0x80;
-        assert!(matches!(Header::decode(&b), Err(DecodeError::Reserved { .. })));
+        assert!(matches!(
+            Header::decode(&b),
+            Err(DecodeError::Reserved { .. })
+        ));
         let mut h = sample();
         h.payload_len = 4;
         assert!(matches!(
@@ -357,11 +362,17 @@ mod tests {
         ));
         let mut h = sample();
         h.tag = Tag(-1);
-        assert_eq!(Header::decode(&h.encode()), Err(DecodeError::NegativeTag(-1)));
+        assert_eq!(
+            Header::decode(&h.encode()),
+            Err(DecodeError::NegativeTag(-1))
+        );
         let mut h = sample();
         h.kind = FrameKind::Data;
         h.offset = u64::MAX;
-        assert!(matches!(Header::decode(&h.encode()), Err(DecodeError::Overflow { .. })));
+        assert!(matches!(
+            Header::decode(&h.encode()),
+            Err(DecodeError::Overflow { .. })
+        ));
     }
 
     #[test]

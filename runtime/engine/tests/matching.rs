@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use braid_engine::wire::{FrameKind, Header};
 use braid_engine::{
-    ContextId, Outcome, PeerError, Rank, ReqId, Seq, SendMode, SourceSel, Tag, TagSel,
+    ContextId, Outcome, PeerError, Rank, ReqId, SendMode, Seq, SourceSel, Tag, TagSel,
 };
 use proptest::prelude::*;
 use rand::Rng;
@@ -30,8 +30,13 @@ fn eager_unexpected_then_posted() {
     let s = net.send(0, 1, 5, payload_for(1, 20), SendMode::Standard);
     net.drive();
     assert_eq!(net.nodes[0].sends_done.get(&s), Some(&Outcome::Sent));
-    let p = net.nodes[1].engine.probe(ContextId(0), SourceSel::Any, TagSel::Any);
-    assert_eq!(p.map(|p| (p.source, p.tag, p.len)), Some((Rank(0), Tag(5), 20)));
+    let p = net.nodes[1]
+        .engine
+        .probe(ContextId(0), SourceSel::Any, TagSel::Any);
+    assert_eq!(
+        p.map(|p| (p.source, p.tag, p.len)),
+        Some((Rank(0), Tag(5), 20))
+    );
     let r = net.recv(1, SourceSel::Rank(Rank(0)), TagSel::Tag(Tag(5)), 100);
     let (st, data) = ok_data(&net, 1, r);
     assert_eq!((st.len, st.stored), (20, 20));
@@ -49,7 +54,10 @@ fn rendezvous_posted_first_and_truncated() {
     assert_eq!((st.len, st.stored), (333, 120));
     assert_eq!(data, payload_for(9, 333)[..120].to_vec());
     assert_eq!(net.nodes[0].sends_done.get(&s), Some(&Outcome::Sent));
-    assert_eq!(net.nodes[0].engine.pending() + net.nodes[1].engine.pending(), 0);
+    assert_eq!(
+        net.nodes[0].engine.pending() + net.nodes[1].engine.pending(),
+        0
+    );
 }
 
 #[test]
@@ -74,7 +82,10 @@ fn synchronous_eager_send_waits_for_match() {
     let mut net = Net::new(2, 1, EAGER, CHUNK, 3);
     let s = net.send(0, 1, 1, payload_for(3, 10), SendMode::Synchronous);
     net.drive();
-    assert!(!net.nodes[0].sends_done.contains_key(&s), "completed before the match");
+    assert!(
+        !net.nodes[0].sends_done.contains_key(&s),
+        "completed before the match"
+    );
     let r = net.recv(1, SourceSel::Any, TagSel::Tag(Tag(1)), 10);
     net.drive();
     assert_eq!(net.nodes[0].sends_done.get(&s), Some(&Outcome::Sent));
@@ -110,20 +121,32 @@ fn protocol_violations_are_peer_errors() {
     let e = &mut net.nodes[1].engine;
     // Wrong source field.
     let h = envelope(FrameKind::Eager, 2, 0, 0);
-    assert!(matches!(e.handle_header(Rank(0), &h), Err(PeerError::WrongSource { .. })));
+    assert!(matches!(
+        e.handle_header(Rank(0), &h),
+        Err(PeerError::WrongSource { .. })
+    ));
     // Duplicate sequence number.
     let h = envelope(FrameKind::Eager, 0, 0, 0);
     let _ = e.handle_header(Rank(0), &h).expect("first is fine");
-    assert!(matches!(e.handle_header(Rank(0), &h), Err(PeerError::DuplicateSeq { .. })));
+    assert!(matches!(
+        e.handle_header(Rank(0), &h),
+        Err(PeerError::DuplicateSeq { .. })
+    ));
     // Eager above the limit.
     let h = envelope(FrameKind::Eager, 0, 1, EAGER + 1);
-    assert!(matches!(e.handle_header(Rank(0), &h), Err(PeerError::EagerTooLarge { .. })));
+    assert!(matches!(
+        e.handle_header(Rank(0), &h),
+        Err(PeerError::EagerTooLarge { .. })
+    ));
     // CTS, ack and data for requests that do not exist.
     for kind in [FrameKind::Cts, FrameKind::SyncAck, FrameKind::Data] {
         let mut h = Header::new(kind, Rank(0));
         h.send_req = ReqId(77);
         h.recv_req = ReqId(77);
-        assert!(matches!(e.handle_header(Rank(0), &h), Err(PeerError::UnknownRequest { .. })));
+        assert!(matches!(
+            e.handle_header(Rank(0), &h),
+            Err(PeerError::UnknownRequest { .. })
+        ));
     }
     // A rank outside the job.
     assert!(matches!(
@@ -144,7 +167,10 @@ fn data_outside_the_accepted_length_is_rejected() {
     d.recv_req = r;
     d.offset = 90;
     d.payload_len = 20;
-    assert!(matches!(e.handle_header(Rank(0), &d), Err(PeerError::OutOfBounds { .. })));
+    assert!(matches!(
+        e.handle_header(Rank(0), &d),
+        Err(PeerError::OutOfBounds { .. })
+    ));
 }
 
 #[test]
@@ -155,7 +181,10 @@ fn lost_peer_fails_what_depends_on_it() {
     let big = net.send(0, 1, 0, payload_for(1, 300), SendMode::Standard);
     net.nodes[0].engine.handle_peer_lost(Rank(1));
     net.pump(0);
-    assert_eq!(net.nodes[0].recvs_done.get(&from1), Some(&RecvResult::Lost(Rank(1))));
+    assert_eq!(
+        net.nodes[0].recvs_done.get(&from1),
+        Some(&RecvResult::Lost(Rank(1)))
+    );
     assert_eq!(
         net.nodes[0].sends_done.get(&big),
         Some(&Outcome::PeerLost { peer: Rank(1) })
@@ -167,7 +196,10 @@ fn lost_peer_fails_what_depends_on_it() {
     assert_eq!(ok_data(&net, 0, any).0.source, Rank(2));
     // Later operations towards the lost rank fail at once.
     let late = net.recv(0, SourceSel::Rank(Rank(1)), TagSel::Any, 10);
-    assert_eq!(net.nodes[0].recvs_done.get(&late), Some(&RecvResult::Lost(Rank(1))));
+    assert_eq!(
+        net.nodes[0].recvs_done.get(&late),
+        Some(&RecvResult::Lost(Rank(1)))
+    );
 }
 
 /// One message of a generated program.
@@ -212,7 +244,9 @@ fn run_program(n: u32, rails: usize, seed: u64, msgs: &[Msg]) -> Result<(), Test
 }
 
 fn run_program_with(mut net: Net, n: u32, msgs: &[Msg]) -> Result<(), TestCaseError> {
-    let mut ops: Vec<(bool, usize)> = (0..msgs.len()).flat_map(|i| [(true, i), (false, i)]).collect();
+    let mut ops: Vec<(bool, usize)> = (0..msgs.len())
+        .flat_map(|i| [(true, i), (false, i)])
+        .collect();
     // Shuffle deterministically from the seed.
     for i in (1..ops.len()).rev() {
         let j = net.rng.gen_range(0..=i);
@@ -275,8 +309,17 @@ fn run_program_with(mut net: Net, n: u32, msgs: &[Msg]) -> Result<(), TestCaseEr
                     prop_assert_eq!(status.tag, Tag(m.tag));
                     prop_assert_eq!(status.len, m.len as u64);
                     prop_assert_eq!(status.stored, stored as u64);
-                    prop_assert_eq!(&data[..], &payload_for(id, m.len)[..stored], "message {}", id);
-                    prop_assert!(matched_msgs.insert(id, *req).is_none(), "message {} twice", id);
+                    prop_assert_eq!(
+                        &data[..],
+                        &payload_for(id, m.len)[..stored],
+                        "message {}",
+                        id
+                    );
+                    prop_assert!(
+                        matched_msgs.insert(id, *req).is_none(),
+                        "message {} twice",
+                        id
+                    );
                 }
                 None => prop_assert!(got.is_none(), "receive {} completed without a match", req),
             }

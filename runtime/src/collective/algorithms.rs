@@ -173,7 +173,7 @@ fn fold_in(s: &mut Schedule, t: &Team, rem: usize, acc: Slice, tmp: Slice) -> Op
     let me = t.me;
     s.round();
     if me < 2 * rem {
-        if me % 2 == 0 {
+        if me.is_multiple_of(2) {
             s.send(t.at(me + 1), acc);
             s.round();
             None
@@ -191,7 +191,7 @@ fn fold_in(s: &mut Schedule, t: &Team, rem: usize, acc: Slice, tmp: Slice) -> Op
 /// Hands the result back to the ranks that sat out in [`fold_in`].
 fn fold_out(s: &mut Schedule, t: &Team, rem: usize, acc: Slice) {
     if t.me < 2 * rem {
-        if t.me % 2 == 0 {
+        if t.me.is_multiple_of(2) {
             s.recv(t.at(t.me + 1), acc);
         } else {
             s.send(t.at(t.me - 1), acc);

@@ -330,11 +330,14 @@ impl Operation for SystemOperation {
     }
 }
 
+/// The function of a [`UserOperation`]: `(input, inout)`.
+type UserFn<T> = Arc<dyn Fn(&[T], &mut [T]) + Send + Sync>;
+
 /// A user-defined operation on elements of type `T` (`MPI_Op_create`). The function gets
 /// `(input, inout)` and must set `inout[i] = input[i] ∘ inout[i]`; `input` holds the
 /// operands of lower ranks.
 pub struct UserOperation<T> {
-    f: Arc<dyn Fn(&[T], &mut [T]) + Send + Sync>,
+    f: UserFn<T>,
     commutative: bool,
 }
 

@@ -183,12 +183,6 @@ impl Schedule {
         self.push(Step::ReduceLeft { left, right });
     }
 
-    /// Number of rounds (for tests and `info`).
-    #[cfg(test)]
-    pub(crate) fn rounds(&self) -> &[Vec<Step>] {
-        &self.rounds
-    }
-
     fn ptr(&mut self, s: Slice) -> *mut u8 {
         let (base, len) = match s.loc {
             Loc::Send => (self.send.0.cast_mut(), self.send.1),

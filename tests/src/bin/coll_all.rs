@@ -277,7 +277,13 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
         same(&w("alltoall in place"), &ati, &want)?;
     }
     // Variable counts: rank r contributes r+1 elements (zero for the last on even sizes).
-    let cnt = |r: usize| if p % 2 == 0 && r == p - 1 { 0 } else { r + 1 };
+    let cnt = |r: usize| {
+        if p.is_multiple_of(2) && r == p - 1 {
+            0
+        } else {
+            r + 1
+        }
+    };
     let counts: Vec<i32> = (0..p).map(|r| cnt(r) as i32).collect();
     let displs: Vec<i32> = (0..p)
         .map(|r| (0..r).map(|q| cnt(q) as i32 + 1).sum())
@@ -840,7 +846,7 @@ fn datatypes(world: &SimpleCommunicator) -> Check {
         "particle datatype".into()
     })?;
     // Broadcast into a non-contiguous view.
-    let mut b = vec![0.0f64; 20];
+    let mut b = [0.0f64; 20];
     if me == 0 {
         b.copy_from_slice(&m);
     }

@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = braid::initialize()?;
     let world = universe.world();
     let rank = world.rank();
-    let iters: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10000);
+    let iters: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10000);
     for size in [8usize, 1024] {
         let mut buf = vec![0u8; size];
         for pass in 0..2 {

@@ -36,7 +36,9 @@ fn main() {
                     peer.send_with_tag(&buf[..], 7).or_fail(&what)?;
                 } else {
                     let st = peer.receive_into_with_tag(&mut buf[..], 7).or_fail(&what)?;
-                    ensure(st.count_bytes() == size, || format!("{what}: status {st:?}"))?;
+                    ensure(st.count_bytes() == size, || {
+                        format!("{what}: status {st:?}")
+                    })?;
                     check_pattern(&buf, salt).map_err(|e| format!("{what}: {e}"))?;
                 }
             }

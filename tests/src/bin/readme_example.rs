@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     world.all_reduce_into(&(world.rank() as f64), &mut sum, SystemOperation::sum())?;
     let n = f64::from(world.size());
     assert_eq!(sum, n * (n - 1.0) / 2.0);
-    let mut data = vec![0u32; 16];
+    let mut data = [0u32; 16];
     if world.rank() == 0 {
         data.iter_mut().enumerate().for_each(|(i, x)| *x = i as u32);
     }
@@ -20,6 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(half.is_some());
     let node = world.split_shared()?;
     assert!(node.size() >= 1);
-    println!("readme_example ok rank {} of {}", world.rank(), world.size());
+    println!(
+        "readme_example ok rank {} of {}",
+        world.rank(),
+        world.size()
+    );
     Ok(())
 }

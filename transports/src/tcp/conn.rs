@@ -73,7 +73,11 @@ fn control_fields(h: &[u8; HEADER_LEN]) -> (u32, u64, u64) {
     p.copy_from_slice(&h[48..56]);
     let mut l = [0u8; 8];
     l.copy_from_slice(&h[56..64]);
-    (u32::from_le_bytes(r), u64::from_le_bytes(p), u64::from_le_bytes(l))
+    (
+        u32::from_le_bytes(r),
+        u64::from_le_bytes(p),
+        u64::from_le_bytes(l),
+    )
 }
 
 /// What a control frame told us, handled by the transport after the read.
@@ -304,7 +308,9 @@ impl Rx {
             && (self.force
                 || self.urgent
                 || self.pos - self.acked >= ACK_EVERY
-                || self.since.is_some_and(|t| now.duration_since(t) >= ACK_DELAY))
+                || self
+                    .since
+                    .is_some_and(|t| now.duration_since(t) >= ACK_DELAY))
     }
 
     /// Whether frames wait for an acknowledgement.
@@ -349,7 +355,9 @@ unsafe impl FrameSink for RailSink<'_> {
         if matches!(kind, KIND_ACK | KIND_LOST | KIND_RESEND) {
             let (rail, pos, len) = control_fields(header);
             if len != 0 || rail >= self.nrails {
-                return Err(format!("bad rail control frame {kind:#x} (rail {rail}, payload {len})"));
+                return Err(format!(
+                    "bad rail control frame {kind:#x} (rail {rail}, payload {len})"
+                ));
             }
             match kind {
                 KIND_ACK => self.events.push(Event::Ack { rail, pos }),
@@ -368,7 +376,11 @@ unsafe impl FrameSink for RailSink<'_> {
             self.rx.cur = Some(Cur::Control);
             return Ok(control_dest());
         }
-        let ident = self.rx.next_resend.take().unwrap_or((self.rail, self.rx.pos));
+        let ident = self
+            .rx
+            .next_resend
+            .take()
+            .unwrap_or((self.rail, self.rx.pos));
         let data = kind == braid_engine::wire::FrameKind::Data as u8;
         if let Some(saved) = self.partials.remove(&ident) {
             let len = braid_engine::wire::Header::peek_payload_len(header);
@@ -579,7 +591,10 @@ impl Conn {
             ));
         }
         while self.wr_idx > 0 {
-            let done = self.q.front().is_some_and(|f| f.pos.is_none_or(|p| p < pos));
+            let done = self
+                .q
+                .front()
+                .is_some_and(|f| f.pos.is_none_or(|p| p < pos));
             if !done {
                 break;
             }

@@ -130,7 +130,14 @@ impl Net {
         let n = &mut self.nodes[from as usize];
         let req = n
             .engine
-            .post_send(ContextId(0), Rank(to), Tag(tag), data.len() as u64, mode, addr)
+            .post_send(
+                ContextId(0),
+                Rank(to),
+                Tag(tag),
+                data.len() as u64,
+                mode,
+                addr,
+            )
             .expect("valid send");
         n.send_bufs.insert(req, data);
         self.pump(from);
@@ -201,7 +208,8 @@ impl Net {
                             buf[..k].copy_from_slice(&b[..k]);
                         }
                         buf.truncate(status.stored as usize);
-                        n.recvs_done.insert(c.req, RecvResult::Ok { status, data: buf });
+                        n.recvs_done
+                            .insert(c.req, RecvResult::Ok { status, data: buf });
                     }
                     Outcome::PeerLost { peer } => {
                         if n.recv_bufs.remove(&c.req).is_some() {
@@ -321,13 +329,20 @@ impl Net {
                     skip,
                 } => {
                     assert_eq!(take + skip, p.frame.payload.len() as u64);
-                    let buf = n.recv_bufs.get_mut(&req).expect("placement into a live receive");
+                    let buf = n
+                        .recv_bufs
+                        .get_mut(&req)
+                        .expect("placement into a live receive");
                     let (o, t) = (offset as usize, take as usize);
                     buf[o..o + t].copy_from_slice(&p.frame.payload[..t]);
                 }
                 Placement::Buffer => {
                     let b = n.engine.payload_buffer(p.token);
-                    assert_eq!(b.len(), p.frame.payload.len(), "buffer sized to the payload");
+                    assert_eq!(
+                        b.len(),
+                        p.frame.payload.len(),
+                        "buffer sized to the payload"
+                    );
                     b.copy_from_slice(&p.frame.payload);
                 }
             }
@@ -361,7 +376,9 @@ pub fn reference_matches(
     };
     for e in log {
         match e {
-            Event::Post { req, source, tag, .. } => {
+            Event::Post {
+                req, source, tag, ..
+            } => {
                 if let Some(i) = unexpected
                     .iter()
                     .position(|(s, t, _)| accepts(*source, *tag, *s, *t))
