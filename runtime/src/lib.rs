@@ -20,14 +20,16 @@
 //! MPICH's `mpiexec`.
 //!
 //! # What it does and does not do
-//! It bootstraps through PMI-1, wires up TCP connections authenticated by a per-job key, and
+//! It bootstraps through PMI-1, maps shared-memory rings between the ranks of a host
+//! (`braid-shm`, with single-copy pulls of large messages), wires up TCP connections over one
+//! or several rails (`BRAID_RAILS`, `BRAID_RAIL_MODE`) authenticated by a per-job key, and
 //! runs the sans-IO engine of `braid-engine` over them. All I/O happens in the progress
 //! engine (module `core`), driven from the calling thread when it waits. Nothing read from the
 //! network is trusted. Communicators and groups (dup, split, create, Cartesian topologies),
 //! blocking and nonblocking collectives with size- and host-aware algorithm choice, and
 //! derived datatypes are in modules `communicator`, `group`, `topology`, `collective` and
-//! `datatype`. Not yet: shared memory, multiple rails at once, intercommunicators, the global
-//! address space.
+//! `datatype`. Not yet: intercommunicators, one-sided operations and the global address
+//! space, a progress thread.
 //!
 //! # Glossary
 //! - **rank**: a process's index in a communicator.

@@ -17,9 +17,13 @@
 //!   refused.
 //! - **frame**: a header plus payload; the unit a transport moves.
 //!
+//! Rail modes (`single`, `indep`, `stripe`, `weighted`) and rail failover with resend of
+//! in-flight frames are in [`tcp`]; the shared-memory transport is in `braid-shm`, on top of
+//! the stream framing of [`stream`].
+//!
 //! # Not yet implemented
-//! Rail modes other than a single rail, rail failover, the shared-memory transport (in
-//! `braid-shm`).
+//! Reconnecting a rail that comes back up; failover in `single` and `indep` modes (one
+//! connection per pair there); measuring rail latency to choose the small-frame rail.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]

@@ -25,8 +25,8 @@
 //!   several, so they may arrive out of order.
 //!
 //! # Not yet implemented
-//! Cancellation of sends, matched probe (`MPI_Mprobe`), persistent requests, resending the
-//! chunks of a lost rail.
+//! Cancellation of sends, matched probe (`MPI_Mprobe`), persistent requests. (Frames lost
+//! with a rail are resent by the TCP transport, below the engine.)
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
