@@ -672,7 +672,8 @@ fn usage(e: braid_engine::UsageError) -> Error {
 #[derive(Debug)]
 struct Waiter {
     policy: SpinPolicy,
-    start: Instant,
+    /// When the wait started, read at its 8th poll.
+    start: Option<Instant>,
     polls: u32,
     /// The spin budget is used up: every further poll blocks.
     blocking: bool,
@@ -682,7 +683,7 @@ impl Waiter {
     fn new(policy: SpinPolicy) -> Self {
         Self {
             policy,
-            start: Instant::now(),
+            start: None,
             polls: 0,
             blocking: false,
         }
@@ -694,8 +695,13 @@ impl Waiter {
             return Some(Duration::from_millis(50));
         }
         self.polls = self.polls.wrapping_add(1);
-        if self.polls.is_multiple_of(8) && self.start.elapsed() >= self.policy.spin {
-            self.blocking = true;
+        // The clock is read only once the wait has lasted a few polls: short waits (the
+        // latency-critical ones) never pay for it.
+        if self.polls.is_multiple_of(8) {
+            let start = *self.start.get_or_insert_with(Instant::now);
+            if start.elapsed() >= self.policy.spin {
+                self.blocking = true;
+            }
         }
         if self.policy.yield_between {
             std::thread::yield_now();

@@ -26,6 +26,7 @@ pub(crate) mod op;
 pub(crate) mod schedule;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -235,7 +236,14 @@ type Shared = Arc<Mutex<Exec>>;
 /// Nonblocking collectives in flight, advanced by every wait and test.
 static ACTIVE: Mutex<Vec<Weak<Mutex<Exec>>>> = Mutex::new(Vec::new());
 
+/// Length of `ACTIVE` as of its last change, so that the common case (no nonblocking
+/// collective in flight) costs every point-to-point wait one atomic load, not a lock.
+static ACTIVE_LEN: AtomicUsize = AtomicUsize::new(0);
+
 fn active() -> Vec<Shared> {
+    if ACTIVE_LEN.load(Ordering::Acquire) == 0 {
+        return Vec::new();
+    }
     let mut g = ACTIVE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -243,6 +251,7 @@ fn active() -> Vec<Shared> {
         w.upgrade()
             .is_some_and(|e| e.try_lock().map_or(true, |e| !e.is_done()))
     });
+    ACTIVE_LEN.store(g.len(), Ordering::Release);
     g.iter().filter_map(Weak::upgrade).collect()
 }
 
@@ -315,10 +324,12 @@ fn start(s: Schedule) -> Result<Shared, Error> {
         let mut g = e.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         with_core(|c| g.advance(c, false))?;
     }
-    ACTIVE
+    let mut g = ACTIVE
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(Arc::downgrade(&e));
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    g.push(Arc::downgrade(&e));
+    ACTIVE_LEN.store(g.len(), Ordering::Release);
+    drop(g);
     Ok(e)
 }
 
