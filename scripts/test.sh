@@ -9,6 +9,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --document-private-items --locked --quiet
 
+# The engine's unit, property and robustness tests once more in debug mode, where integer
+# overflow panics (release builds wrap).
+cargo test -p braid-engine --locked
+
 # Integration tests start mpirun and the test programs from target/release.
 cargo build --release --workspace --bins --locked
 cargo test --release --workspace --locked

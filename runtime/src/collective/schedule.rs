@@ -144,8 +144,12 @@ impl Schedule {
     }
 
     /// A new temporary buffer of `len` bytes, as a slice.
+    ///
+    /// Temporaries come from a small per-thread pool (see [`take_tmp`]): their contents are
+    /// unspecified (stale bytes of an earlier collective), and every algorithm writes a
+    /// temporary range (by a receive or a copy) before it reads it.
     pub(crate) fn tmp(&mut self, len: usize) -> Slice {
-        self.tmps.push(vec![0u8; len]);
+        self.tmps.push(take_tmp(len));
         Slice::new(Loc::Tmp(self.tmps.len() - 1), 0, len)
     }
 
@@ -248,6 +252,69 @@ impl Schedule {
         self.rounds[r] = steps;
         Ok(())
     }
+}
+
+impl Drop for Schedule {
+    fn drop(&mut self) {
+        for v in self.tmps.drain(..) {
+            give_tmp(v);
+        }
+    }
+}
+
+/// Temporaries kept for reuse: at most this many buffers per thread...
+const POOL_BUFS: usize = 4;
+/// ...of at most this many bytes each.
+const POOL_MAX_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// Temporary buffers of finished schedules. Reusing them spares every collective with
+    /// temporaries an allocation and, for large ones, the page faults and zeroing of fresh
+    /// `mmap`ed memory (hundreds of microseconds per MiB), which dominated large reduces.
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` initialized (but unspecified) bytes.
+fn take_tmp(len: usize) -> Vec<u8> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let got = POOL
+        .try_with(|p| {
+            let mut p = p.borrow_mut();
+            // Smallest buffer that fits, else the largest (grown below).
+            let fit = (0..p.len())
+                .filter(|&i| p[i].capacity() >= len)
+                .min_by_key(|&i| p[i].capacity());
+            let pick = fit.or_else(|| (0..p.len()).max_by_key(|&i| p[i].capacity()));
+            pick.map(|i| p.swap_remove(i))
+        })
+        .ok()
+        .flatten();
+    let mut v = got.unwrap_or_default();
+    // The buffer keeps its whole initialized length (slices address only their `len` bytes),
+    // so a reused buffer is never zeroed again.
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v
+}
+
+/// Returns a temporary buffer to the pool.
+fn give_tmp(v: Vec<u8>) {
+    if v.capacity() == 0 || v.capacity() > POOL_MAX_BYTES {
+        return;
+    }
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_BUFS {
+            p.push(v);
+        } else if let Some(i) = (0..p.len()).min_by_key(|&i| p[i].capacity())
+            && p[i].capacity() < v.capacity()
+        {
+            p[i] = v;
+        }
+    });
 }
 
 /// A schedule being run.
