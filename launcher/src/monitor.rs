@@ -174,6 +174,7 @@ pub fn run_job(cli: &Cli) -> Result<u8> {
                 eprintln!("mpirun: {e:#}");
                 terminate(&mut ranks);
                 forwarders.wait_until(Instant::now() + STDIO_DRAIN);
+                remove_segments(&job_id);
                 return Ok(crate::EXIT_SETUP);
             }
         };

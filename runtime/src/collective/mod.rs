@@ -539,6 +539,18 @@ fn reduce_into_acc(over: &Over<'_>, s: &mut Schedule, op: &ResolvedOp, root: usi
     }
 }
 
+/// Whether this rank only sends in the reduce [`reduce_into_acc`] builds: the flat binomial
+/// tree (no host levels), where it receives from nobody (an odd virtual rank, or the last).
+fn reduce_leaf(over: &Over<'_>, op: &ResolvedOp, root: usize) -> bool {
+    let p = over.p();
+    let base = if op.commutative { root } else { 0 };
+    let vr = (over.me + p - base) % p;
+    let leaf = vr % 2 == 1 || vr + 1 == p;
+    // The rank at `base` forwards a non-commutative result to the root: never a leaf (vr 0
+    // is a leaf only when p == 1, where it is the root too).
+    leaf && vr != 0 && (p < 3 || levels(over).filter(|_| op.commutative).is_none())
+}
+
 /// Byte blocks from counts and displacements in elements.
 fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slice> {
     counts
@@ -762,6 +774,14 @@ fn do_reduce(
         }
         None => &mut empty[..],
     };
+    if over.me != root && !in_place && reduce_leaf(&over, &op, root) {
+        // A leaf of the flat binomial tree only sends its operand: straight from the send
+        // buffer, without a copy into a temporary.
+        let mine = Slice::new(Loc::Send, 0, n);
+        alg::reduce_binomial(&mut s, &over.team(), root, op.commutative, mine, mine);
+        bind(&mut s, send, recv);
+        return finish(s, mode);
+    }
     let acc = if over.me == root {
         Slice::new(Loc::Recv, 0, n)
     } else {
