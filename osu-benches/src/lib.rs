@@ -39,6 +39,7 @@ pub mod backend;
 pub mod bench;
 pub mod compare;
 pub mod options;
+pub mod paper;
 pub mod report;
 pub mod validation;
 

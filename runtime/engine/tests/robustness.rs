@@ -22,27 +22,29 @@ fn plausible_header() -> impl Strategy<Value = Vec<u8>> {
         0u64..300,
         0u64..300,
     )
-        .prop_map(|(k, flags, ctx, src, tag, seq, len, sreq, rreq, off, plen)| {
-            let kind = match k {
-                1 => FrameKind::Eager,
-                2 => FrameKind::Rts,
-                3 => FrameKind::Cts,
-                4 => FrameKind::Data,
-                5 => FrameKind::SyncAck,
-                _ => FrameKind::Fin,
-            };
-            let mut h = Header::new(kind, Rank(src));
-            h.flags = flags;
-            h.context = ContextId(ctx);
-            h.tag = Tag(tag);
-            h.seq = braid_engine::Seq(seq);
-            h.msg_len = len;
-            h.send_req = ReqId(sreq);
-            h.recv_req = ReqId(rreq);
-            h.offset = off;
-            h.payload_len = if kind == FrameKind::Eager { len } else { plen };
-            h.encode().to_vec()
-        })
+        .prop_map(
+            |(k, flags, ctx, src, tag, seq, len, sreq, rreq, off, plen)| {
+                let kind = match k {
+                    1 => FrameKind::Eager,
+                    2 => FrameKind::Rts,
+                    3 => FrameKind::Cts,
+                    4 => FrameKind::Data,
+                    5 => FrameKind::SyncAck,
+                    _ => FrameKind::Fin,
+                };
+                let mut h = Header::new(kind, Rank(src));
+                h.flags = flags;
+                h.context = ContextId(ctx);
+                h.tag = Tag(tag);
+                h.seq = braid_engine::Seq(seq);
+                h.msg_len = len;
+                h.send_req = ReqId(sreq);
+                h.recv_req = ReqId(rreq);
+                h.offset = off;
+                h.payload_len = if kind == FrameKind::Eager { len } else { plen };
+                h.encode().to_vec()
+            },
+        )
 }
 
 fn any_header() -> impl Strategy<Value = Vec<u8>> {

@@ -209,13 +209,25 @@ pub fn info() -> String {
 
 /// Next call number per collective context. Every member makes the same collective calls in
 /// the same order (MPI's rule), so all members draw the same numbers.
-static CALLS: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
+/// A short list of (context, next call number), most recently used first: programs use few
+/// communicators, so a linear scan beats hashing.
+static CALLS: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
 
 pub(crate) fn next_tag(ctx: ContextId) -> i32 {
     let mut g = CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let n = g.get_or_insert_with(HashMap::new).entry(ctx.0).or_insert(0);
+    let i = match g.iter().position(|e| e.0 == ctx.0) {
+        Some(i) => i,
+        None => {
+            g.push((ctx.0, 0));
+            g.len() - 1
+        }
+    };
+    if i > 0 {
+        g.swap(0, i);
+    }
+    let n = &mut g[0].1;
     let t = TAG_BASE + (*n % TAG_SPAN) as i32;
     *n = n.wrapping_add(1);
     t
@@ -226,9 +238,7 @@ pub(crate) fn forget_context(ctx: ContextId) {
     let mut g = CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(m) = g.as_mut() {
-        m.remove(&ctx.0);
-    }
+    g.retain(|e| e.0 != ctx.0);
 }
 
 type Shared = Arc<Mutex<Exec>>;
@@ -305,6 +315,97 @@ pub(crate) fn wait_exec(e: &Shared) -> Result<(), Error> {
         }
         with_core(|c| c.progress(Some(Duration::from_micros(200))))?;
     }
+}
+
+/// The two-rank fast path of blocking collectives: one receive from and one send to the other
+/// rank, on the call's tag, without building a schedule (no allocation, no round
+/// bookkeeping). `local` runs while the messages are in flight; `after` runs once both have
+/// completed without error. Used only when no nonblocking collective is in flight, so the
+/// call numbers drawn here and by schedules stay in program order on every member.
+///
+/// # Safety
+/// `send` must be valid for reads and `recv` for writes (and otherwise unaccessed until this
+/// returns) of their lengths; `local` must not touch either range.
+unsafe fn direct_pair(
+    over: &Over<'_>,
+    name: &'static str,
+    send: Option<(*const u8, usize)>,
+    recv: Option<(*mut u8, usize)>,
+    local: impl FnOnce(),
+    after: impl FnOnce(),
+) -> Result<(), Error> {
+    debug_assert_eq!(over.p(), 2);
+    let peer = 1 - over.me;
+    let pw = over.world[peer];
+    let ctx = over.ctx;
+    let tag = over.tag.unwrap_or_else(|| next_tag(ctx));
+    with_core(|c| {
+        let mut err: Option<Error> = None;
+        let r = match recv {
+            // SAFETY: the caller's contract.
+            Some((p, len)) => match unsafe { c.irecv(ctx, Some(pw), Some(tag), p, len) } {
+                Ok(id) => Some((id, len)),
+                Err(e) => {
+                    err = Some(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let sid = match send {
+            Some((p, len)) if err.is_none() => {
+                // SAFETY: the caller's contract.
+                match unsafe { c.isend(ctx, pw, tag, p, len, SendMode::Standard) } {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        err = Some(e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        local();
+        if let Some((id, cap)) = r {
+            let e = match c.wait(id)? {
+                Err(e) => Some(e),
+                Ok(st) if st.truncated() => Some(Error::UsageTruncated {
+                    source_rank: peer as i32,
+                    tag: st.tag.0,
+                    len: st.len as usize,
+                    capacity: cap,
+                }),
+                Ok(st) if st.len as usize != cap => Some(mismatch(
+                    name,
+                    format!(
+                        "rank {peer} sent {} bytes where {cap} were expected",
+                        st.len
+                    ),
+                )),
+                Ok(_) => None,
+            };
+            if let Some(e) = e {
+                err.get_or_insert(e);
+            }
+        }
+        if let Some(id) = sid
+            && let Err(e) = c.wait(id)?
+        {
+            err.get_or_insert(e);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => {
+                after();
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Whether a blocking collective over `over` may take the two-rank fast path.
+fn pair_fast(over: &Over<'_>, mode: &Mode) -> bool {
+    over.p() == 2 && matches!(mode, Mode::Blocking) && nothing_active()
 }
 
 /// Runs a schedule to completion.
@@ -732,6 +833,41 @@ fn do_allreduce(
         ));
     }
     let over = Over::comm(comm);
+    if pair_fast(&over, &mode) && recv.len() < settings().allreduce_short {
+        let n = recv.len();
+        let mut tmp = schedule::take_tmp(n);
+        let (rp, tp) = (recv.as_mut_ptr(), tmp.as_mut_ptr());
+        let first = over.me == 0;
+        let src = send.map_or(rp.cast_const(), <[u8]>::as_ptr);
+        // SAFETY: the receive goes into `tmp`, the send reads `send` (or, in place, `recv`,
+        // which nothing writes before both messages completed); `local` writes `recv` only
+        // when the send reads `send` (MPI forbids aliasing them); `after` runs after both.
+        let r = unsafe {
+            direct_pair(
+                &over,
+                name,
+                Some((src, n)),
+                Some((tp, n)),
+                || {
+                    if let Some(sb) = send {
+                        std::ptr::copy_nonoverlapping(sb.as_ptr(), rp, n);
+                    }
+                },
+                || {
+                    let acc = std::slice::from_raw_parts_mut(rp, n);
+                    let other = std::slice::from_raw_parts(tp.cast_const(), n);
+                    // Both ranks compute a0 ∘ a1 (MPI's rank order).
+                    if first {
+                        op.apply_left(acc, other);
+                    } else {
+                        op.apply(other, acc);
+                    }
+                },
+            )
+        };
+        schedule::give_tmp(tmp);
+        return r.map(|()| None);
+    }
     let mut s = over.schedule(name);
     let acc = Slice::new(Loc::Recv, 0, recv.len());
     if let Some(sb) = send {
@@ -1180,7 +1316,22 @@ pub(crate) fn allreduce_band_u64(over: Over<'_>, words: &mut [u64]) -> Result<()
 
 /// Blocking barrier over a communicator.
 pub(crate) fn comm_barrier(comm: &CommData) -> Result<(), Error> {
-    run_blocking(build_barrier(&Over::comm(comm)))
+    let over = Over::comm(comm);
+    if pair_fast(&over, &Mode::Blocking) {
+        let z = std::ptr::NonNull::<u8>::dangling().as_ptr();
+        // SAFETY: zero-length buffers: nothing is read or written through the pointers.
+        return unsafe {
+            direct_pair(
+                &over,
+                "MPI_Barrier",
+                Some((z.cast_const(), 0)),
+                Some((z, 0)),
+                || {},
+                || {},
+            )
+        };
+    }
+    run_blocking(build_barrier(&over))
 }
 
 /// Collective operations of every communicator (rsmpi's `CommunicatorCollectives`).

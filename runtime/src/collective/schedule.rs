@@ -89,7 +89,10 @@ pub(crate) enum Step {
 pub(crate) struct Schedule {
     /// Name of the MPI operation, for errors.
     pub(crate) name: &'static str,
-    rounds: Vec<Vec<Step>>,
+    /// Every step, round after round (one flat vector: building a schedule allocates little).
+    steps: Vec<Step>,
+    /// Index in `steps` of the first step of each round; never empty.
+    starts: Vec<usize>,
     tmps: Vec<Vec<u8>>,
     /// Caller's send buffer. Invariant: valid for reads of `send.1` bytes while the schedule
     /// runs (the request handle borrows it).
@@ -117,7 +120,8 @@ impl Schedule {
     ) -> Self {
         Self {
             name,
-            rounds: vec![Vec::new()],
+            steps: Vec::with_capacity(8),
+            starts: vec![0],
             tmps: Vec::new(),
             send: (std::ptr::null(), 0),
             recv: (std::ptr::null_mut(), 0),
@@ -155,15 +159,23 @@ impl Schedule {
 
     /// Ends the current round; later steps go into a new one.
     pub(crate) fn round(&mut self) {
-        if self.rounds.last().is_some_and(|r| !r.is_empty()) {
-            self.rounds.push(Vec::new());
+        if self.starts.last().is_some_and(|&b| b < self.steps.len()) {
+            self.starts.push(self.steps.len());
         }
     }
 
     fn push(&mut self, s: Step) {
-        if let Some(r) = self.rounds.last_mut() {
-            r.push(s);
-        }
+        self.steps.push(s);
+    }
+
+    /// Number of rounds.
+    fn rounds(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Indices in `steps` of round `r`.
+    fn round_steps(&self, r: usize) -> std::ops::Range<usize> {
+        self.starts[r]..self.starts.get(r + 1).copied().unwrap_or(self.steps.len())
     }
 
     pub(crate) fn send(&mut self, to: usize, src: Slice) {
@@ -207,9 +219,9 @@ impl Schedule {
 
     /// Runs the local steps of round `r`.
     fn local(&mut self, r: usize) -> Result<(), Error> {
-        let steps = std::mem::take(&mut self.rounds[r]);
-        for s in &steps {
-            match *s {
+        for i in self.round_steps(r) {
+            let s = self.steps[i];
+            match s {
                 Step::Send { .. } | Step::Recv { .. } => {}
                 Step::Copy { src, dst } => {
                     let (a, b) = (self.ptr(src), self.ptr(dst));
@@ -222,16 +234,19 @@ impl Schedule {
                     left: inout,
                     right: input,
                 } => {
-                    let Some(op) = self.op.clone() else {
+                    if self.op.is_none() {
                         return Err(Error::LocalOs(format!(
                             "{}: reduction without an operation",
                             self.name
                         )));
-                    };
+                    }
                     if input.len == 0 {
                         continue;
                     }
                     let (a, b) = (self.ptr(input), self.ptr(inout));
+                    let Some(op) = self.op.as_ref() else {
+                        continue;
+                    };
                     // SAFETY: both ranges are inside their buffers; algorithms never reduce a
                     // range into an overlapping one, so the shared and the exclusive view do
                     // not alias.
@@ -249,7 +264,6 @@ impl Schedule {
                 }
             }
         }
-        self.rounds[r] = steps;
         Ok(())
     }
 }
@@ -275,7 +289,7 @@ thread_local! {
 }
 
 /// A buffer of `len` initialized (but unspecified) bytes.
-fn take_tmp(len: usize) -> Vec<u8> {
+pub(crate) fn take_tmp(len: usize) -> Vec<u8> {
     if len == 0 {
         return Vec::new();
     }
@@ -301,7 +315,7 @@ fn take_tmp(len: usize) -> Vec<u8> {
 }
 
 /// Returns a temporary buffer to the pool.
-fn give_tmp(v: Vec<u8>) {
+pub(crate) fn give_tmp(v: Vec<u8>) {
     if v.capacity() == 0 || v.capacity() > POOL_MAX_BYTES {
         return;
     }
@@ -346,7 +360,7 @@ impl Exec {
             sched,
             round: 0,
             posted: false,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(4),
             error: None,
             done: false,
         }
@@ -366,9 +380,8 @@ impl Exec {
     /// Posts the messages of the current round.
     fn post(&mut self, c: &mut Core) -> Result<(), Error> {
         let tag = self.sched.tag.unwrap_or(0);
-        let steps = self.sched.rounds[self.round].clone();
-        for s in steps {
-            match s {
+        for i in self.sched.round_steps(self.round) {
+            match self.sched.steps[i] {
                 Step::Send { to, src } => {
                     let p = self.sched.ptr(src);
                     let w = self.sched.world[to];
@@ -440,7 +453,7 @@ impl Exec {
                 self.pending.remove(0);
                 self.record(f, expect, peer);
             }
-            if self.round >= self.sched.rounds.len() {
+            if self.round >= self.sched.rounds() {
                 self.done = true;
                 return match &self.error {
                     Some(e) => Err(e.clone()),
