@@ -380,7 +380,10 @@ mod tests {
             .arg("empty", "")
             .unwrap();
         let line = cmd.encode();
-        assert_eq!(line, "cmd=get_result rc=0 value=tcp://10.77.3.4:5=x empty=\n");
+        assert_eq!(
+            line,
+            "cmd=get_result rc=0 value=tcp://10.77.3.4:5=x empty=\n"
+        );
         let back = Command::decode(line.as_bytes()).unwrap();
         assert_eq!(back, cmd);
         assert_eq!(back.get("value"), Some("tcp://10.77.3.4:5=x"));
