@@ -994,13 +994,23 @@ impl TcpTransport {
             && now.duration_since(self.last_rate_check) >= RATE_CHECK
         {
             self.last_rate_check = now;
-            for c in self
-                .links
-                .iter_mut()
-                .flatten()
-                .flat_map(|l| l.conns.iter_mut().flatten())
-            {
-                c.sample_rate(now);
+            for link in self.links.iter_mut().flatten() {
+                let mut best = 0.0f64;
+                let mut idle = Vec::new();
+                for c in link.conns.iter_mut().flatten() {
+                    if !c.sample_rate(now) {
+                        idle.push(c.rail);
+                    }
+                    best = best.max(c.rate);
+                }
+                // An idle rail is measured no more, so a low estimate would starve it for
+                // good: let the estimate of an idle rail recover towards half the best rail's,
+                // so it gets traffic again and is measured afresh.
+                for c in link.conns.iter_mut().flatten() {
+                    if idle.contains(&c.rail) {
+                        c.rate = c.rate.max(0.5 * best);
+                    }
+                }
             }
         }
         if now.duration_since(self.last_stall_check) < STALL_CHECK {

@@ -690,14 +690,15 @@ impl Conn {
 
     /// Samples the drain rate: acknowledged bytes per second while the connection had a
     /// backlog throughout.
-    pub(crate) fn sample_rate(&mut self, now: Instant) {
+    /// Returns whether the connection has a backlog now.
+    pub(crate) fn sample_rate(&mut self, now: Instant) -> bool {
         let outq = sys::unacked_bytes(self.framed.stream().as_raw_fd()).unwrap_or(0);
         let delivered = self.written.saturating_sub(outq as u64);
         let busy = self.queued + outq >= BACKLOGGED;
         if let Some((t0, d0, busy0)) = self.mark {
             let dt = now.duration_since(t0);
             if dt < RATE_INTERVAL {
-                return;
+                return busy;
             }
             if busy0 && busy && delivered > d0 {
                 let sample = (delivered - d0) as f64 / dt.as_secs_f64();
@@ -710,5 +711,6 @@ impl Conn {
             }
         }
         self.mark = Some((now, delivered, busy));
+        busy
     }
 }
