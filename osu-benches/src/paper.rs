@@ -736,21 +736,14 @@ fn modes(tb: &Testbed, a: &ModesArgs) -> anyhow::Result<()> {
                 .out
                 .join("raw")
                 .join(format!("{label}-{bench}.json"));
-            let mut prog: Vec<String> = [bench, "--format", "json", "--output"]
-                .map(str::to_owned)
-                .to_vec();
-            prog.push(file.display().to_string());
-            prog.extend([
-                "-m".into(),
-                sizes.clone(),
-                "-i".into(),
-                iters.to_string(),
-                "-x".into(),
-                warmup.to_string(),
-            ]);
-            if windowed {
-                prog.extend(["-W".into(), a.window.to_string()]);
-            }
+            let prog = osu_json_job(
+                bench,
+                &file,
+                sizes,
+                iters,
+                warmup,
+                windowed.then_some(a.window),
+            );
             tb.mpirun(&spec, 2, &env, &prog)?;
             for r in read_records(&file)? {
                 points.push(Point {
@@ -945,21 +938,14 @@ fn pairs(tb: &Testbed, a: &PairsArgs) -> anyhow::Result<()> {
                     .join(format!("{label}-osu_mbw_mr.json"));
                 let min = a.sizes.iter().min().copied().unwrap_or(1);
                 let max = a.sizes.iter().max().copied().unwrap_or(1);
-                let prog: Vec<String> = vec![
-                    "osu_mbw_mr".into(),
-                    "--format".into(),
-                    "json".into(),
-                    "--output".into(),
-                    file.display().to_string(),
-                    "-m".into(),
-                    format!("{min}:{max}"),
-                    "-i".into(),
-                    a.iters.to_string(),
-                    "-x".into(),
-                    a.warmup.to_string(),
-                    "-W".into(),
-                    a.window.to_string(),
-                ];
+                let prog = osu_json_job(
+                    "osu_mbw_mr",
+                    &file,
+                    &format!("{min}:{max}"),
+                    a.iters,
+                    a.warmup,
+                    Some(a.window),
+                );
                 tb.mpirun(&spec, 2 * k, &env, &prog)?;
                 for r in read_records(&file)? {
                     aggregate.push(Point {
@@ -1206,21 +1192,7 @@ fn hetero(tb: &Testbed, a: &HeteroArgs) -> anyhow::Result<()> {
             .out
             .join("raw")
             .join(format!("{label}-osu_bw.json"));
-        let prog: Vec<String> = vec![
-            "osu_bw".into(),
-            "--format".into(),
-            "json".into(),
-            "--output".into(),
-            file.display().to_string(),
-            "-m".into(),
-            a.sizes.clone(),
-            "-i".into(),
-            a.iters.to_string(),
-            "-x".into(),
-            a.warmup.to_string(),
-            "-W".into(),
-            a.window.to_string(),
-        ];
+        let prog = osu_json_job("osu_bw", &file, &a.sizes, a.iters, a.warmup, Some(a.window));
         tb.mpirun(&spec, 2, &env, &prog)?;
         for r in read_records(&file)? {
             points.push(Point {
@@ -1395,6 +1367,34 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
         &format!("{} Open MPI (rsmpi backend)", tb.name),
         &points,
     )
+}
+
+/// The command line of one OSU job writing JSON records to `file`: `-m sizes -i iters -x
+/// warmup`, and `-W window` for the windowed benchmarks.
+fn osu_json_job(
+    bench: &str,
+    file: &Path,
+    sizes: &str,
+    iters: usize,
+    warmup: usize,
+    window: Option<usize>,
+) -> Vec<String> {
+    let mut prog: Vec<String> = [bench, "--format", "json", "--output"]
+        .map(str::to_owned)
+        .to_vec();
+    prog.push(file.display().to_string());
+    prog.extend([
+        "-m".into(),
+        sizes.to_owned(),
+        "-i".into(),
+        iters.to_string(),
+        "-x".into(),
+        warmup.to_string(),
+    ]);
+    if let Some(w) = window {
+        prog.extend(["-W".into(), w.to_string()]);
+    }
+    prog
 }
 
 #[cfg(test)]

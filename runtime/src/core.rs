@@ -169,12 +169,8 @@ unsafe impl FrameSink for Sink<'_> {
     }
 
     fn on_sent(&mut self, req: ReqId) {
-        if let Some(n) = self.lent.get_mut(&req) {
-            *n -= 1;
-            if *n == 0 {
-                self.lent.remove(&req);
-                self.returned.push(req);
-            }
+        if give_back(self.lent, req) {
+            self.returned.push(req);
         }
     }
 
@@ -182,6 +178,19 @@ unsafe impl FrameSink for Sink<'_> {
         self.lost.entry(peer.0).or_insert_with(|| error.to_string());
         self.engine.handle_peer_lost(peer);
     }
+}
+
+/// Returns one body lent by send request `req`; true when it was the last one.
+fn give_back(lent: &mut IdMap<ReqId, u32>, req: ReqId) -> bool {
+    let Some(n) = lent.get_mut(&req) else {
+        return false;
+    };
+    *n -= 1;
+    if *n > 0 {
+        return false;
+    }
+    lent.remove(&req);
+    true
 }
 
 /// Turns an engine placement into transport memory.
@@ -547,13 +556,10 @@ impl Core {
         // (and borrowed by its request) until the transport returns it through on_sent.
         let res = unsafe { transport.send(t.to, &header, Body { ptr, len, owner }) };
         if let Err(e) = res {
-            if let Some(req) = owner
-                && let Some(n) = self.lent.get_mut(&req)
-            {
-                *n -= 1;
-                if *n == 0 {
-                    self.lent.remove(&req);
-                }
+            // The engine completes this send after its frames are handed out, so nothing
+            // waits on the buffer yet: dropping the count is enough.
+            if let Some(req) = owner {
+                give_back(&mut self.lent, req);
             }
             self.lost.entry(t.to.0).or_insert_with(|| e.to_string());
             self.engine.handle_peer_lost(t.to);
