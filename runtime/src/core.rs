@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use braid_engine::wire::{HEADER_LEN, Header};
 use braid_engine::{
     Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank,
-    RecvStatus, ReqId, SendMode, SourceSel, TagSel, Transmit,
+    RecvStatus, ReqId, SendMode, SeqMap, SourceSel, TagSel, Transmit,
 };
 use braid_shm::transport::ShmTransport;
 use braid_transports::stream::COPY_LIMIT;
@@ -107,15 +107,15 @@ pub(crate) struct Core {
     pub(crate) pmi: Option<braid_pmi::PmiClient>,
     /// Send buffers of requests whose frames may still be emitted. Invariant: an entry lives
     /// until the engine completes the request and the transport returned every lent body.
-    sends: IdMap<ReqId, RawBuf>,
+    sends: SeqMap<ReqId, RawBuf>,
     /// Receive buffers of requests that may still get payload.
-    recvs: IdMap<ReqId, RawBuf>,
+    recvs: SeqMap<ReqId, RawBuf>,
     /// Number of bodies of a send request that the transport still holds.
-    lent: IdMap<ReqId, u32>,
+    lent: SeqMap<ReqId, u32>,
     /// Sends the engine completed while bodies were still lent.
-    sent_waiting: IdMap<ReqId, ()>,
+    sent_waiting: SeqMap<ReqId, ()>,
     /// Finished requests not yet collected.
-    finished: IdMap<ReqId, Finished>,
+    finished: SeqMap<ReqId, Finished>,
     /// Why each lost peer was lost.
     lost: IdMap<u32, String>,
     pub(crate) spin: SpinPolicy,
@@ -139,8 +139,8 @@ impl std::fmt::Debug for Core {
 /// mutably at the same time.
 struct Sink<'a> {
     engine: &'a mut Engine,
-    recvs: &'a IdMap<ReqId, RawBuf>,
-    lent: &'a mut IdMap<ReqId, u32>,
+    recvs: &'a SeqMap<ReqId, RawBuf>,
+    lent: &'a mut SeqMap<ReqId, u32>,
     returned: &'a mut Vec<ReqId>,
     lost: &'a mut IdMap<u32, String>,
 }
@@ -181,7 +181,7 @@ unsafe impl FrameSink for Sink<'_> {
 }
 
 /// Returns one body lent by send request `req`; true when it was the last one.
-fn give_back(lent: &mut IdMap<ReqId, u32>, req: ReqId) -> bool {
+fn give_back(lent: &mut SeqMap<ReqId, u32>, req: ReqId) -> bool {
     let Some(n) = lent.get_mut(&req) else {
         return false;
     };
@@ -196,7 +196,7 @@ fn give_back(lent: &mut IdMap<ReqId, u32>, req: ReqId) -> bool {
 /// Turns an engine placement into transport memory.
 fn dest_for(
     engine: &mut Engine,
-    recvs: &IdMap<ReqId, RawBuf>,
+    recvs: &SeqMap<ReqId, RawBuf>,
     token: FrameToken,
     placement: &Placement,
     payload_len: u64,
@@ -270,11 +270,11 @@ impl Core {
             engine,
             tcp,
             pmi,
-            sends: IdMap::default(),
-            recvs: IdMap::default(),
-            lent: IdMap::default(),
-            sent_waiting: IdMap::default(),
-            finished: IdMap::default(),
+            sends: SeqMap::default(),
+            recvs: SeqMap::default(),
+            lent: SeqMap::default(),
+            sent_waiting: SeqMap::default(),
+            finished: SeqMap::default(),
             lost: IdMap::default(),
             spin,
         }
@@ -498,9 +498,17 @@ impl Core {
     }
 
     /// Sends what the engine emitted and records completions. Returns whether it did anything.
+    #[inline]
     fn pump(&mut self) -> bool {
+        self.engine.has_output() && self.pump_output()
+    }
+
+    /// The body of [`Core::pump`] once the engine has output (kept out of line so the idle
+    /// check inlines into every poll).
+    #[inline(never)]
+    fn pump_output(&mut self) -> bool {
         let mut did = false;
-        loop {
+        while self.engine.has_output() {
             let mut any = false;
             while let Some(t) = self.engine.poll_transmit() {
                 any = true;
@@ -515,11 +523,9 @@ impl Core {
                 any = true;
                 self.complete(c);
             }
-            if !any {
-                return did;
-            }
-            did = true;
+            did |= any;
         }
+        did
     }
 
     fn transmit(&mut self, t: Transmit) {
@@ -550,7 +556,7 @@ impl Core {
                 _ => return,
             };
         if let Some(req) = owner {
-            *self.lent.entry(req).or_insert(0) += 1;
+            *self.lent.get_or_insert_with(req, || 0) += 1;
         }
         // SAFETY: `ptr` is inside a send buffer registered in `sends`, which stays registered
         // (and borrowed by its request) until the transport returns it through on_sent.

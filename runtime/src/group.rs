@@ -9,8 +9,9 @@
 //! # Not yet implemented
 //! Groups of processes outside `MPI_COMM_WORLD` (there are none: no dynamic processes).
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use braid_engine::IdMap;
 
 use crate::communicator::Rank;
 use crate::error::Error;
@@ -40,7 +41,7 @@ struct GroupInner {
     /// World rank of each group rank. Invariant: no duplicates.
     world: Vec<u32>,
     /// Group rank of each member's world rank; the inverse of `world`.
-    inverse: HashMap<u32, Rank>,
+    inverse: IdMap<u32, Rank>,
 }
 
 impl Group {
@@ -49,7 +50,7 @@ impl Group {
     /// # Errors
     /// [`Error::UsageArgument`] when a world rank repeats.
     pub(crate) fn from_world_ranks(world: Vec<u32>) -> Result<Self, Error> {
-        let mut inverse = HashMap::with_capacity(world.len());
+        let mut inverse = IdMap::with_capacity_and_hasher(world.len(), Default::default());
         for (i, w) in world.iter().enumerate() {
             if inverse.insert(*w, i as Rank).is_some() {
                 return Err(Error::UsageArgument(format!(
@@ -67,7 +68,7 @@ impl Group {
         Self {
             inner: Arc::new(GroupInner {
                 world: Vec::new(),
-                inverse: HashMap::new(),
+                inverse: IdMap::default(),
             }),
         }
     }

@@ -314,11 +314,13 @@ impl RawRing {
         // not reading these slots; `src` is local memory, so no overlap.
         unsafe {
             ptr::copy_nonoverlapping(src.as_ptr(), self.data.as_ptr().add(start), first);
-            ptr::copy_nonoverlapping(
-                src.as_ptr().add(first),
-                self.data.as_ptr(),
-                src.len() - first,
-            );
+            if first < src.len() {
+                ptr::copy_nonoverlapping(
+                    src.as_ptr().add(first),
+                    self.data.as_ptr(),
+                    src.len() - first,
+                );
+            }
         }
     }
 
@@ -341,7 +343,9 @@ impl RawRing {
         // does not write while they are published and unreleased; `dst` is local memory.
         unsafe {
             ptr::copy_nonoverlapping(self.data.as_ptr().add(start), dst.as_mut_ptr(), first);
-            ptr::copy_nonoverlapping(self.data.as_ptr(), dst.as_mut_ptr().add(first), rest);
+            if rest > 0 {
+                ptr::copy_nonoverlapping(self.data.as_ptr(), dst.as_mut_ptr().add(first), rest);
+            }
         }
     }
 }

@@ -285,12 +285,16 @@ impl ShmTransport {
             let Some(c) = self.conns[i].as_mut() else {
                 continue;
             };
-            let res = if c.has_pending_writes() {
+            let mut res = if c.has_pending_writes() {
                 c.flush(&mut self.sent)
             } else {
                 Ok(false)
+            };
+            // Reading only when bytes are there keeps the idle poll to one load per peer.
+            if c.stream().rx.available() > 0 {
+                res = res
+                    .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
             }
-            .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
             match res {
                 Ok(d) => did |= d,
                 Err(e) => {
@@ -302,8 +306,10 @@ impl ShmTransport {
                 }
             }
         }
-        for req in self.sent.drain(..) {
-            sink.on_sent(req);
+        if !self.sent.is_empty() {
+            for req in self.sent.drain(..) {
+                sink.on_sent(req);
+            }
             did = true;
         }
         did

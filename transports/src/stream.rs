@@ -25,6 +25,9 @@ use crate::{Body, FrameSink, HEADER_LEN, TransportError};
 pub const COPY_LIMIT: usize = 64 * 1024;
 /// Payload remainders at least this long are read straight into their destination.
 const DIRECT_READ: usize = 32 * 1024;
+/// In [`ReadMode::Exact`], a read for a header takes up to this many bytes, so a small
+/// frame arrives in one read and its payload is copied from the staging buffer.
+const EXACT_LOOKAHEAD: usize = 256;
 
 /// How [`FramedConn::read_all`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +36,9 @@ pub enum ReadMode {
     /// payload remainders of 32 KiB or more go straight to their destination. A short read
     /// ends the loop (edge-triggered sockets report new data as a new event). For sockets.
     Batched,
-    /// Header bytes into the header, payload bytes straight into their destination: no
-    /// staging copy. For streams whose reads are cheap (shared-memory rings).
+    /// Small reads: a header and up to 256 bytes after it through the
+    /// staging buffer, longer payloads straight into their destination. For streams whose
+    /// reads are cheap (shared-memory rings).
     Exact,
 }
 
@@ -331,13 +335,14 @@ impl<S: ByteStream> FramedConn<S> {
                 (ReadMode::Batched, _) => staging.len(),
                 (ReadMode::Exact, ReadState::Header { buf, got }) => {
                     // The first byte says how long the header is; until it is in, read
-                    // only the compact length.
+                    // only the compact length. Reading a little more takes a small frame's
+                    // payload (and maybe the next frames) in the same read.
                     let need = if *got == 0 {
                         COMPACT_LEN
                     } else {
                         header_len(buf[0])
                     };
-                    need - *got
+                    (need - *got).max(EXACT_LOOKAHEAD.min(staging.len()))
                 }
                 (ReadMode::Exact, ReadState::Payload { skip, .. }) => (*skip).min(staging.len()),
             };

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::{ContextId, FrameToken, IdMap, Rank, ReqId, Seq, Tag};
+use crate::ids::{ContextId, FrameToken, IdMap, Rank, ReqId, Seq, SeqMap, Tag};
 use crate::wire::{FLAG_PULL, FLAG_SYNC, FrameKind, Header, MAX_PAYLOAD};
 
 /// Engine parameters. Per-peer values are indexed by rank.
@@ -432,15 +432,15 @@ pub struct Engine {
     /// Matching queues per context.
     queues: IdMap<ContextId, Queues>,
     /// Envelopes released to matching or waiting for their turn.
-    arrivals: IdMap<u64, Arrival>,
+    arrivals: SeqMap<u64, Arrival>,
     /// Sends waiting for the peer (sync ack or CTS).
-    sends: IdMap<ReqId, SendState>,
+    sends: SeqMap<ReqId, SendState>,
     /// Receives matched but not yet complete.
-    recvs: IdMap<ReqId, RecvState>,
+    recvs: SeqMap<ReqId, RecvState>,
     /// Posted receives not yet matched: request to context (for cancellation).
-    posted_ctx: IdMap<ReqId, ContextId>,
+    posted_ctx: SeqMap<ReqId, ContextId>,
     /// Frames whose payload is being placed.
-    in_flight: IdMap<FrameToken, InFlight>,
+    in_flight: SeqMap<FrameToken, InFlight>,
     /// Frames to send, in order.
     transmits: VecDeque<Transmit>,
     /// Single-copy transfers for the driver, in order.
@@ -464,11 +464,11 @@ impl Engine {
             next_arrival: 1,
             peers,
             queues: IdMap::default(),
-            arrivals: IdMap::default(),
-            sends: IdMap::default(),
-            recvs: IdMap::default(),
-            posted_ctx: IdMap::default(),
-            in_flight: IdMap::default(),
+            arrivals: SeqMap::default(),
+            sends: SeqMap::default(),
+            recvs: SeqMap::default(),
+            posted_ctx: SeqMap::default(),
+            in_flight: SeqMap::default(),
             transmits: VecDeque::new(),
             pulls: VecDeque::new(),
             completions: VecDeque::new(),
@@ -900,6 +900,7 @@ impl Engine {
     }
 
     /// The next single-copy transfer the driver must perform.
+    #[inline]
     pub fn poll_pull(&mut self) -> Option<Pull> {
         self.pulls.pop_front()
     }
@@ -956,12 +957,21 @@ impl Engine {
         });
     }
 
+    /// Whether any of [`Engine::poll_transmit`], [`Engine::poll_pull`] or
+    /// [`Engine::poll_completion`] has something: a cheap check for an idle driver loop.
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        !(self.transmits.is_empty() && self.pulls.is_empty() && self.completions.is_empty())
+    }
+
     /// The next frame to send.
+    #[inline]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
     /// The next finished request. Drain [`Engine::poll_transmit`] first.
+    #[inline]
     pub fn poll_completion(&mut self) -> Option<Completion> {
         self.completions.pop_front()
     }

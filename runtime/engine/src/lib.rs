@@ -39,4 +39,6 @@ pub use engine::{
     Body, Completion, Config, Engine, Incoming, Outcome, PeerError, Placement, ProbeInfo, Pull,
     RecvStatus, SendMode, SourceSel, TagSel, Transmit, UsageError,
 };
-pub use ids::{ContextId, FrameToken, IdBuildHasher, IdHasher, IdMap, Rank, ReqId, Seq, Tag};
+pub use ids::{
+    ContextId, FrameToken, IdBuildHasher, IdHasher, IdMap, Rank, ReqId, Seq, SeqKey, SeqMap, Tag,
+};
