@@ -825,7 +825,7 @@ fn pair_rank(a: &PairRankArgs) -> anyhow::Result<()> {
     let peer = if sender { me + k } else { me - k };
     let max = a.sizes.iter().copied().max().unwrap_or(0);
     let sbuf = vec![b'a'; if sender { max } else { 0 }];
-    let mut rbuf = vec![0u8; if sender { 0 } else { max * a.window }];
+    let mut rbuf = vec![0u8; if sender { 0 } else { max }];
     let mut ack = [0u8; 4];
     let mut mbps = Vec::new();
     for _ in 0..a.reps {
@@ -841,14 +841,7 @@ fn pair_rank(a: &PairRankArgs) -> anyhow::Result<()> {
                     b.window(peer, PAIR_TAG, &sbuf[..size], a.window, &mut [], 0)?;
                     b.recv(peer, PAIR_ACK, &mut ack)?;
                 } else {
-                    b.window(
-                        peer,
-                        PAIR_TAG,
-                        &[],
-                        0,
-                        &mut rbuf[..size * a.window],
-                        a.window,
-                    )?;
+                    b.window(peer, PAIR_TAG, &[], 0, &mut rbuf[..size], a.window)?;
                     b.send(peer, PAIR_ACK, &ack)?;
                 }
             }

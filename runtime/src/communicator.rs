@@ -23,7 +23,7 @@ use crate::core::{Finished, with_core};
 use crate::datatype::{Buffer, BufferMut, Datatype, Equivalence, zeroed_vec};
 use crate::error::Error;
 use crate::group::{Group, GroupRelation};
-use crate::request::{Kind, Request, Scope};
+use crate::request::{Kind, Request, Scope, StaticScope};
 
 /// A process's rank in a communicator (rsmpi's `Rank`).
 pub type Rank = i32;
@@ -663,6 +663,34 @@ pub trait Source: sealed::Peer {
         buf: &'a mut B,
     ) -> Result<Request<'a, S>, Error> {
         irecv(self.comm(), self.source_rank()?, None, scope, buf)
+    }
+
+    /// Starts a receive of up to `len` bytes with tag `tag` into raw memory, as C programs
+    /// call `MPI_Irecv`: unlike [`Source::immediate_receive_into_with_tag`], several
+    /// outstanding receives may target the same memory (OSU's bandwidth benchmarks receive a
+    /// whole window into one buffer). The bytes that land there are those of whichever
+    /// message is written last.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes, and not accessed other than through
+    /// Braid, until the returned request has finished (waiting on it, testing it to
+    /// completion or dropping it all wait for that).
+    ///
+    /// # Errors
+    /// An invalid source or tag.
+    unsafe fn immediate_receive_raw_with_tag(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+        tag: Tag,
+    ) -> Result<Request<'static, StaticScope>, Error> {
+        let (comm, from, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
+        let ctx = comm.context();
+        // SAFETY: forwarded from the caller: `ptr` stays valid for `len` bytes until the
+        // request finishes, and a request waits for completion when dropped.
+        let id = with_core(|c| unsafe { c.irecv(ctx, from, Some(tag), ptr, len) })?;
+        Ok(Request::new(id, StaticScope, Kind::Recv { capacity: len })
+            .with_group(comm.group.clone(), None))
     }
 
     /// Starts a receive of a message with tag `tag` into `buf`.

@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use braid::collective::{Partition, PartitionMut, SystemOperation};
 use braid::traits::*;
 
-use super::{Backend, Coll, ReduceOp, split_window};
+use super::{Backend, Coll, ReduceOp};
 use crate::options::Config;
 
 /// Turns a braid error (any `Display`) into an `anyhow` error naming what failed.
@@ -103,6 +103,7 @@ impl Backend for BraidBackend<'_> {
         Ok(())
     }
 
+    #[allow(unsafe_code)]
     fn window(
         &self,
         peer: i32,
@@ -112,16 +113,21 @@ impl Backend for BraidBackend<'_> {
         recv: &mut [u8],
         recvs: usize,
     ) -> anyhow::Result<()> {
-        let slices = split_window(recv, recvs)?;
         let process = self.world.process_at_rank(peer);
+        let (ptr, len) = (recv.as_mut_ptr(), recv.len());
         let result = braid::request::scope(|scope| {
-            let mut requests = Vec::with_capacity(sends + recvs);
-            for slice in slices {
-                requests.push(process.immediate_receive_into_with_tag(scope, slice, tag)?);
+            let mut receives = Vec::with_capacity(recvs);
+            for _ in 0..recvs {
+                // SAFETY: `recv` stays mutably borrowed, and untouched, until `wait_all`
+                // below has finished every receive (on an error, dropping them waits).
+                receives.push(unsafe { process.immediate_receive_raw_with_tag(ptr, len, tag)? });
             }
+            let mut requests = Vec::with_capacity(sends);
             for _ in 0..sends {
                 requests.push(process.immediate_send_with_tag(scope, send, tag)?);
             }
+            // Waiting for either set progresses both.
+            braid::request::wait_all(receives)?;
             braid::request::wait_all(requests)?;
             Ok::<_, braid::Error>(())
         });

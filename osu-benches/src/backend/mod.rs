@@ -3,12 +3,10 @@
 //! `rsmpi`).
 //!
 //! # Receive windows
-//! Safe Rust cannot post a window of nonblocking receives into one `&mut` buffer the way OSU
-//! does in C (every receive would alias the same bytes), so [`Backend::window`] receives a
-//! window of `w` messages of `size` bytes into `w` disjoint slices of a `w * size` buffer. Both
-//! backends do exactly the same, so their figures stay comparable with each other; against C
-//! OSU the receive side touches `w` times more memory, which matters only once `w * size`
-//! outgrows the caches (large messages), where OSU's single buffer is the unrealistic one.
+//! As OSU does in C, [`Backend::window`] receives every message of a window into the same
+//! buffer. Safe Rust cannot lend one `&mut` buffer to several outstanding receives, so both
+//! backends post these receives through raw memory: Braid's
+//! `immediate_receive_raw_with_tag`, and `MPI_Irecv` through rsmpi's `ffi` module.
 //!
 //! # Collectives
 //! The collective benchmarks describe each call as a [`Coll`] over `MPI_COMM_WORLD`: bytes
@@ -217,12 +215,12 @@ pub trait Backend {
     /// # Errors
     /// The library's error.
     fn recv(&self, src: i32, tag: i32, buf: &mut [u8]) -> anyhow::Result<()>;
-    /// Posts `recvs` nonblocking receives from `peer` into the `recvs` equal, disjoint slices
-    /// of `recv` (the window), then `sends` nonblocking sends of all of `send` to `peer`, then
-    /// waits for all of them (OSU's `MPI_Irecv` x w, `MPI_Isend` x w, `MPI_Waitall`).
+    /// Posts `recvs` nonblocking receives of `recv.len()` bytes from `peer`, all into `recv`,
+    /// then `sends` nonblocking sends of all of `send` to `peer`, then waits for all of them
+    /// (OSU's `MPI_Irecv` x w into one buffer, `MPI_Isend` x w from one buffer, `MPI_Waitall`).
     ///
     /// # Errors
-    /// The library's error; `recv.len()` not a multiple of `recvs`.
+    /// The library's error.
     fn window(
         &self,
         peer: i32,
@@ -250,52 +248,14 @@ pub trait Backend {
     fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()>;
 }
 
-/// Splits `buf` into `n` equal disjoint slices (all empty when `buf` is).
-///
-/// # Errors
-/// `buf.len()` is not a multiple of `n`.
-pub fn split_window(buf: &mut [u8], n: usize) -> anyhow::Result<Vec<&mut [u8]>> {
-    if n == 0 {
-        anyhow::ensure!(
-            buf.is_empty(),
-            "a receive buffer of {} bytes for no receives",
-            buf.len()
-        );
-        return Ok(Vec::new());
-    }
-    anyhow::ensure!(
-        buf.len().is_multiple_of(n),
-        "receive buffer of {} bytes does not split into {n} equal messages",
-        buf.len()
-    );
-    let chunk = buf.len() / n;
-    let mut out = Vec::with_capacity(n);
-    let mut rest = buf;
-    for _ in 0..n {
-        let (head, tail) = rest.split_at_mut(chunk);
-        out.push(head);
-        rest = tail;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn split_window_makes_disjoint_equal_slices() {
-        let mut buf = vec![0u8; 12];
-        let parts = split_window(&mut buf, 3).unwrap();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            vec![4, 4, 4]
-        );
-        let mut empty: Vec<u8> = Vec::new();
-        assert_eq!(split_window(&mut empty, 5).unwrap().len(), 5);
-        assert!(split_window(&mut buf, 5).is_err());
-        assert!(split_window(&mut empty, 0).unwrap().is_empty());
+    fn reduce_ops_apply() {
         assert_eq!(ReduceOp::Max.apply(1.0, 2.0), 2.0);
+        assert_eq!(ReduceOp::Min.apply(1.0, 2.0), 1.0);
         assert_eq!(ReduceOp::Sum.apply(1.0, 2.0), 3.0);
     }
 }

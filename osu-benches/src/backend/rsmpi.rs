@@ -10,7 +10,7 @@ use mpi::collective::SystemOperation;
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::traits::*;
 
-use super::{Backend, Coll, ReduceOp, split_window};
+use super::{Backend, Coll, ReduceOp};
 use crate::options::Config;
 
 /// The system MPI's `MPI_COMM_WORLD`, borrowed for one run.
@@ -92,6 +92,7 @@ impl Backend for RsmpiBackend<'_> {
         Ok(())
     }
 
+    #[allow(unsafe_code)]
     fn window(
         &self,
         peer: i32,
@@ -101,18 +102,53 @@ impl Backend for RsmpiBackend<'_> {
         recv: &mut [u8],
         recvs: usize,
     ) -> anyhow::Result<()> {
-        let slices = split_window(recv, recvs)?;
-        let process = self.world.process_at_rank(peer);
-        mpi::request::multiple_scope(sends + recvs, |scope, coll| {
-            for slice in slices {
-                coll.add(process.immediate_receive_into_with_tag(scope, slice, tag));
+        use mpi::ffi;
+        use mpi::raw::AsRaw;
+        let too_long = |n: usize| anyhow!("a {n}-byte message exceeds MPI's int count");
+        let rcount = i32::try_from(recv.len()).map_err(|_| too_long(recv.len()))?;
+        let scount = i32::try_from(send.len()).map_err(|_| too_long(send.len()))?;
+        let comm = self.world.as_raw();
+        // rsmpi's safe receives need disjoint buffers; OSU receives the whole window into one,
+        // so this goes to the C API as OSU does.
+        // SAFETY: the null request handle is a plain value; the array is overwritten below.
+        let mut reqs = vec![unsafe { ffi::RSMPI_REQUEST_NULL }; sends + recvs];
+        for r in &mut reqs[..recvs] {
+            // SAFETY: `recv` is valid for `rcount` bytes and stays borrowed, untouched, until
+            // MPI_Waitall below has completed every request.
+            unsafe {
+                ffi::MPI_Irecv(
+                    recv.as_mut_ptr().cast(),
+                    rcount,
+                    ffi::RSMPI_UINT8_T,
+                    peer,
+                    tag,
+                    comm,
+                    r,
+                );
             }
-            for _ in 0..sends {
-                coll.add(process.immediate_send_with_tag(scope, send, tag));
+        }
+        for r in &mut reqs[recvs..] {
+            // SAFETY: `send` is valid for `scount` bytes and borrowed until MPI_Waitall.
+            unsafe {
+                ffi::MPI_Isend(
+                    send.as_ptr().cast_mut().cast(),
+                    scount,
+                    ffi::RSMPI_UINT8_T,
+                    peer,
+                    tag,
+                    comm,
+                    r,
+                );
             }
-            let mut done = Vec::with_capacity(sends + recvs);
-            coll.wait_all(&mut done);
-        });
+        }
+        // SAFETY: `reqs` holds `sends + recvs` valid request handles; statuses are ignored.
+        unsafe {
+            ffi::MPI_Waitall(
+                reqs.len() as i32,
+                reqs.as_mut_ptr(),
+                ffi::RSMPI_STATUSES_IGNORE,
+            );
+        }
         Ok(())
     }
 
