@@ -1077,7 +1077,12 @@ impl Engine {
             .posted
             .iter()
             .position(|p| p.source.accepts(from) && p.tag.accepts(h.tag))?;
-        let p = q.posted.remove(i)?;
+        // Usually the oldest posted receive matches: popping it is cheaper than a removal.
+        let p = if i == 0 {
+            q.posted.pop_front()?
+        } else {
+            q.posted.remove(i)?
+        };
         self.posted_ctx.remove(&p.req);
         self.peers[from.0 as usize].next_recv += 1;
         if h.is_sync() {
@@ -1111,11 +1116,16 @@ impl Engine {
     }
 
     /// Releases the early arrivals from `from` that are now in order.
+    #[inline]
     fn release_early(&mut self, from: Rank) {
-        let peer = &mut self.peers[from.0 as usize];
-        if peer.early.is_empty() {
-            return;
+        if !self.peers[from.0 as usize].early.is_empty() {
+            self.release_early_slow(from);
         }
+    }
+
+    /// [`Engine::release_early`] once some arrival from `from` came early.
+    fn release_early_slow(&mut self, from: Rank) {
+        let peer = &mut self.peers[from.0 as usize];
         let mut more = Vec::new();
         while let Some(next) = peer.early.remove(&peer.next_recv) {
             peer.next_recv += 1;
