@@ -315,11 +315,13 @@ impl ShmTransport {
         did
     }
 
-    fn has_input(&self) -> bool {
-        self.conns
-            .iter()
-            .flatten()
-            .any(|c| c.stream().rx.available() > 0)
+    /// Whether some local peer has written bytes not yet read (one load per peer).
+    pub fn has_input(&self) -> bool {
+        self.connected.iter().any(|&i| {
+            self.conns[i]
+                .as_ref()
+                .is_some_and(|c| c.stream().rx.available() > 0)
+        })
     }
 }
 
