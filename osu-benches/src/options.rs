@@ -43,16 +43,31 @@ pub enum Bench {
     Gatherv,
     /// `osu_iallgather`: `MPI_Iallgather` overlap.
     Iallgather,
+    /// `osu_iallgatherv`: `MPI_Iallgatherv` overlap (equal counts, as OSU).
+    Iallgatherv,
     /// `osu_iallreduce`: `MPI_Iallreduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
     Iallreduce,
     /// `osu_ialltoall`: `MPI_Ialltoall` overlap.
     Ialltoall,
+    /// `osu_ialltoallv`: `MPI_Ialltoallv` overlap (equal counts, as OSU).
+    Ialltoallv,
     /// `osu_ibarrier`: `MPI_Ibarrier` overlap.
     Ibarrier,
     /// `osu_ibcast`: `MPI_Ibcast` overlap.
     Ibcast,
+    /// `osu_igather`: `MPI_Igather` overlap, to rank 0.
+    Igather,
+    /// `osu_igatherv`: `MPI_Igatherv` overlap, to rank 0 (equal counts, as OSU).
+    Igatherv,
     /// `osu_ireduce`: `MPI_Ireduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
     Ireduce,
+    /// `osu_ireduce_scatter`: `MPI_Ireduce_scatter` overlap (`MPI_FLOAT`, `MPI_SUM`, OSU's
+    /// counts; Braid backend only: rsmpi 0.8 has no `MPI_Ireduce_scatter`).
+    IreduceScatter,
+    /// `osu_iscatter`: `MPI_Iscatter` overlap, from rank 0.
+    Iscatter,
+    /// `osu_iscatterv`: `MPI_Iscatterv` overlap, from rank 0 (equal counts, as OSU).
+    Iscatterv,
     /// `osu_latency`: ping-pong between two ranks.
     Latency,
     /// `osu_mbw_mr`: `n/2` pairs stream windows at once; aggregate MB/s and messages/s.
@@ -83,7 +98,7 @@ pub enum Family {
 
 impl Bench {
     /// Every benchmark, in `builtin::NAMES` order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 31] = [
         Self::Latency,
         Self::Bw,
         Self::Bibw,
@@ -108,6 +123,13 @@ impl Bench {
         Self::Iallgather,
         Self::Ialltoall,
         Self::Ireduce,
+        Self::Igather,
+        Self::Igatherv,
+        Self::Iscatter,
+        Self::Iscatterv,
+        Self::Iallgatherv,
+        Self::Ialltoallv,
+        Self::IreduceScatter,
     ];
 
     /// Finds a benchmark by program name (`osu_latency`, ...); a path prefix is ignored.
@@ -133,11 +155,18 @@ impl Bench {
             Self::Gather => "osu_gather",
             Self::Gatherv => "osu_gatherv",
             Self::Iallgather => "osu_iallgather",
+            Self::Iallgatherv => "osu_iallgatherv",
             Self::Iallreduce => "osu_iallreduce",
             Self::Ialltoall => "osu_ialltoall",
+            Self::Ialltoallv => "osu_ialltoallv",
             Self::Ibarrier => "osu_ibarrier",
             Self::Ibcast => "osu_ibcast",
+            Self::Igather => "osu_igather",
+            Self::Igatherv => "osu_igatherv",
             Self::Ireduce => "osu_ireduce",
+            Self::IreduceScatter => "osu_ireduce_scatter",
+            Self::Iscatter => "osu_iscatter",
+            Self::Iscatterv => "osu_iscatterv",
             Self::Latency => "osu_latency",
             Self::MbwMr => "osu_mbw_mr",
             Self::MultiLat => "osu_multi_lat",
@@ -156,11 +185,18 @@ impl Bench {
                 Family::PointToPoint
             }
             Self::Iallgather
+            | Self::Iallgatherv
             | Self::Iallreduce
             | Self::Ialltoall
+            | Self::Ialltoallv
             | Self::Ibarrier
             | Self::Ibcast
-            | Self::Ireduce => Family::Nonblocking,
+            | Self::Igather
+            | Self::Igatherv
+            | Self::Ireduce
+            | Self::IreduceScatter
+            | Self::Iscatter
+            | Self::Iscatterv => Family::Nonblocking,
             _ => Family::Blocking,
         }
     }
@@ -171,7 +207,12 @@ impl Bench {
     pub fn is_reduction(self) -> bool {
         matches!(
             self,
-            Self::Allreduce | Self::Iallreduce | Self::Ireduce | Self::Reduce | Self::ReduceScatter
+            Self::Allreduce
+                | Self::Iallreduce
+                | Self::Ireduce
+                | Self::IreduceScatter
+                | Self::Reduce
+                | Self::ReduceScatter
         )
     }
 

@@ -137,6 +137,16 @@ pub enum Coll<'a> {
         /// The sum (root only).
         recv: &'a mut [f32],
     },
+    /// `MPI_Reduce_scatter` with `MPI_SUM`: rank i gets block i (`counts[i]` elements, blocks
+    /// one after another) of the sum.
+    ReduceScatter {
+        /// The whole vector: the sum of `counts` elements.
+        send: &'a [f32],
+        /// This rank's block of the sum (`counts[rank]` elements).
+        recv: &'a mut [f32],
+        /// Elements of each rank's block.
+        counts: &'a [i32],
+    },
     /// `MPI_Reduce_scatter_block` with `MPI_SUM`: rank i gets block i of the sum.
     ReduceScatterBlock {
         /// `size` blocks of `recv.len()` elements.
@@ -183,6 +193,7 @@ impl Coll<'_> {
             Self::Gather { .. } => "MPI_Gather",
             Self::Gatherv { .. } => "MPI_Gatherv",
             Self::Reduce { .. } => "MPI_Reduce",
+            Self::ReduceScatter { .. } => "MPI_Reduce_scatter",
             Self::ReduceScatterBlock { .. } => "MPI_Reduce_scatter_block",
             Self::Scatter { .. } => "MPI_Scatter",
             Self::Scatterv { .. } => "MPI_Scatterv",
