@@ -339,6 +339,48 @@ const COLLECTIVES: &[(&str, &str, bool, bool)] = &[
         true,
         true,
     ),
+    (
+        "osu_igather",
+        "Non-blocking Gather Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_igatherv",
+        "Non-blocking Gatherv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iscatter",
+        "Non-blocking Scatter Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iscatterv",
+        "Non-blocking Scatterv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iallgatherv",
+        "Non-blocking Allgatherv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ialltoallv",
+        "Non-blocking All-to-Allv Personalized Exchange Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ireduce_scatter",
+        "Non-blocking Reduce_scatter Latency Test",
+        true,
+        true,
+    ),
 ];
 
 /// Checks the OSU text of a collective benchmark run with `-m 1:<max> -c`: title, datatype

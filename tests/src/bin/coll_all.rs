@@ -354,6 +354,7 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     nonblocking_rooted(comm, &w)?;
     nonblocking_varcount(comm, &w)?;
     reduce_scatter_varcount(comm, &w)?;
+    progress(comm, &w)?;
     misuse(comm, &w)?;
     misuse_immediate(comm, &w)?;
     if big {
@@ -1075,6 +1076,49 @@ fn reduce_scatter_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String
         comm.reduce_scatter_varcount_into(&mm[..], &mut mb[..], &counts, matop())
             .or_fail(w("reduce_scatter matop"))?;
         same(&w("reduce_scatter non-commutative"), &mb, &mwant)?;
+    }
+    Ok(())
+}
+
+/// Nonblocking collectives advance inside any call that drives the engine, not only inside
+/// waits and tests on them: the last rank tells rank 0 that its nonblocking barrier completed,
+/// and rank 0 learns it by probing (blocking, then polling), without touching its own request.
+/// Rank 0 starts first (the others sleep), so with 3 or more ranks the barrier needs rank 0 to
+/// post its later rounds from inside the probe: a probe that did not advance it would hang.
+fn progress(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    if p < 2 {
+        return Ok(());
+    }
+    let last = comm.process_at_rank(p as i32 - 1);
+    let first = comm.process_at_rank(0);
+    for (tag, polling) in [(77, false), (78, true)] {
+        let what = if polling { "immediate_probe" } else { "probe" };
+        comm.barrier().or_fail(w("barrier"))?;
+        if me != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        let b = comm.immediate_barrier().or_fail(w("ibarrier"))?;
+        if me == 0 {
+            if polling {
+                while last
+                    .immediate_probe_with_tag(tag)
+                    .or_fail(w(what))?
+                    .is_none()
+                {}
+            } else {
+                last.probe_with_tag(tag).or_fail(w(what))?;
+            }
+            last.receive_into_with_tag(&mut [0u8][..], tag)
+                .or_fail(w(&format!("receive after {what}")))?;
+            b.wait().or_fail(w(&format!("ibarrier driven by {what}")))?;
+        } else {
+            b.wait().or_fail(w("ibarrier"))?;
+            if me == p - 1 {
+                first.send_with_tag(&[1u8][..], tag).or_fail(w("send"))?;
+            }
+        }
     }
     Ok(())
 }
