@@ -29,8 +29,7 @@
 //! MPI-4.1 §6 (collective communication), §6.12 (nonblocking collectives).
 //!
 //! # Not yet implemented
-//! Intercommunicator collectives, `MPI_Alltoallw` (blocking and nonblocking), neighborhood
-//! collectives, persistent collectives, collectives on non-contiguous [`View`]s (only
+//! Intercommunicator collectives, neighborhood collectives, persistent collectives, collectives on non-contiguous [`View`]s (only
 //! blocking broadcast packs them), a progress thread.
 //!
 //! [`View`]: crate::datatype::View
@@ -204,7 +203,7 @@ pub fn info() -> String {
          else Rabenseifner (power-of-two ranks) or ring\n\
          allgather: Bruck below BRAID_COLL_ALLGATHER_SHORT={} bytes of result; else ring; allgatherv: ring\n\
          gather/scatter: binomial below BRAID_COLL_GATHER_SHORT={} bytes at the root; else linear; v-forms linear\n\
-         alltoall(v): pairwise exchange\n\
+         alltoall(v,w): pairwise exchange\n\
          reduce_scatter(_block): ring over the blocks (commutative) or reduce + scatter\n\
          scan/exscan: recursive doubling\n\
          hierarchy (BRAID_COLL_HIERARCHY): {}; BRAID_COLL_FAKE_HOSTS={}",
@@ -895,6 +894,32 @@ impl<'a, B: BufferMut + ?Sized> PartitionMut<'a, B> {
     }
 }
 
+/// One rank's block of an `MPI_Alltoallw` buffer: `count` elements of `datatype`, laid out
+/// from byte `displ` of the buffer (`sendcounts[i]`, `sdispls[i]`, `sendtypes[i]` in C).
+///
+/// # Standard section(s)
+/// MPI-4.1 §6.8 (`MPI_Alltoallw`).
+#[derive(Clone, Debug)]
+pub struct TypedBlock {
+    /// Number of elements.
+    pub count: usize,
+    /// Byte offset of the block's origin in the buffer.
+    pub displ: usize,
+    /// Layout of each element; must be committed.
+    pub datatype: crate::datatype::Datatype,
+}
+
+impl TypedBlock {
+    /// `count` elements of `datatype` from byte `displ`.
+    pub fn new(count: usize, displ: usize, datatype: crate::datatype::Datatype) -> Self {
+        Self {
+            count,
+            displ,
+            datatype,
+        }
+    }
+}
+
 /// Either runs a schedule now or returns it started.
 enum Mode {
     Blocking,
@@ -1304,6 +1329,108 @@ fn do_alltoall(
         sblocks.unwrap_or_else(|| uniform(Loc::Send, p, n))
     };
     alg::alltoall_pairwise(&mut s, &over.team(), &sb, &rb);
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
+/// Checks that `b` stays inside a `len`-byte buffer; returns its packed length and whether
+/// it is one contiguous byte range.
+fn typed_block(name: &'static str, b: &TypedBlock, len: usize) -> Result<(usize, bool), Error> {
+    if b.displ > len {
+        return Err(mismatch(
+            name,
+            format!("displacement {} outside a {len}-byte buffer", b.displ),
+        ));
+    }
+    b.datatype.check_span(b.count, len - b.displ)?;
+    Ok((b.datatype.pack_size(b.count), b.datatype.is_contiguous()))
+}
+
+/// `MPI_Alltoallw`: the block `sblocks[j]` of `send` goes to rank j and the block `rblocks[i]`
+/// of `recv` comes from rank i, each with its own datatype. `sblocks` `None` is
+/// `MPI_IN_PLACE`: the blocks of `recv` are sent and replaced. Contiguous blocks travel
+/// straight from and into the caller's buffers; the others are packed into and unpacked from
+/// temporaries. Algorithm: pairwise exchange, as `MPI_Alltoallv`.
+fn do_alltoallw(
+    comm: &CommData,
+    send: &[u8],
+    sblocks: Option<&[TypedBlock]>,
+    recv: &mut [u8],
+    rblocks: &[TypedBlock],
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Alltoallw";
+    let over = Over::comm(comm);
+    let p = over.p();
+    if rblocks.len() != p || sblocks.is_some_and(|b| b.len() != p) {
+        return Err(mismatch(
+            name,
+            format!(
+                "{} send and {} receive blocks for {p} ranks",
+                sblocks.map_or(p, <[TypedBlock]>::len),
+                rblocks.len()
+            ),
+        ));
+    }
+    let mut s = over.schedule(name);
+    let (slen, rlen) = (send.len(), recv.len());
+    let mut recvs = Vec::with_capacity(p);
+    let mut unpacks = Vec::new();
+    for b in rblocks {
+        let (n, contiguous) = typed_block(name, b, rlen)?;
+        if contiguous {
+            recvs.push(Slice::new(Loc::Recv, b.displ, n));
+        } else {
+            let t = s.tmp(n);
+            unpacks.push((b, t));
+            recvs.push(t);
+        }
+    }
+    let mut sends = Vec::with_capacity(p);
+    let (src, src_blocks, src_len) = match sblocks {
+        Some(sb) => (Loc::Send, sb, slen),
+        None => (Loc::Recv, rblocks, rlen),
+    };
+    for b in src_blocks {
+        let (n, contiguous) = typed_block(name, b, src_len)?;
+        let whole = Slice::new(src, b.displ, n);
+        if contiguous && sblocks.is_some() {
+            sends.push(whole);
+        } else {
+            // In place, even contiguous blocks are copied out first: they are overwritten.
+            let t = s.tmp(n);
+            if contiguous {
+                s.copy(whole, t);
+            } else {
+                s.pack(
+                    &b.datatype,
+                    b.count,
+                    Slice::new(src, b.displ, src_len - b.displ),
+                    t,
+                );
+            }
+            sends.push(t);
+        }
+    }
+    if sends[over.me].len != recvs[over.me].len {
+        return Err(mismatch(
+            name,
+            format!(
+                "this rank sends itself {} bytes into a {}-byte block",
+                sends[over.me].len, recvs[over.me].len
+            ),
+        ));
+    }
+    alg::alltoall_pairwise(&mut s, &over.team(), &sends, &recvs);
+    for (b, t) in unpacks {
+        s.unpack(
+            &b.datatype,
+            b.count,
+            t,
+            Slice::new(Loc::Recv, b.displ, rlen - b.displ),
+        );
+    }
+    s.round();
     bind(&mut s, send, recv);
     finish(s, mode)
 }
@@ -1921,6 +2048,49 @@ pub trait CommunicatorCollectives: Communicator {
         .map(drop)
     }
 
+    /// `MPI_Alltoallw`: block j of `send` (`send_blocks[j]`: count, byte displacement and
+    /// datatype) goes to rank j; block i of `recv` (`recv_blocks[i]`) comes from rank i.
+    /// Non-contiguous datatypes are packed and unpacked through temporaries.
+    ///
+    /// # Errors
+    /// See the trait; a block outside its buffer or an uncommitted datatype:
+    /// [`Error::UsageDatatype`].
+    fn all_to_all_w_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        send_blocks: &[TypedBlock],
+        recv: &mut R,
+        recv_blocks: &[TypedBlock],
+    ) -> Result<(), Error> {
+        contiguous_send("MPI_Alltoallw", send)?;
+        contiguous_recv("MPI_Alltoallw", recv)?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        do_alltoallw(
+            self.data(),
+            sb,
+            Some(send_blocks),
+            rb,
+            recv_blocks,
+            Mode::Blocking,
+        )
+        .map(drop)
+    }
+
+    /// `MPI_Alltoallw` with `MPI_IN_PLACE`: block i of `buf` (`blocks[i]`) goes to rank i and
+    /// is replaced by rank i's block for this rank.
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn all_to_all_w_in_place<R: BufferMut + ?Sized>(
+        &self,
+        buf: &mut R,
+        blocks: &[TypedBlock],
+    ) -> Result<(), Error> {
+        contiguous_recv("MPI_Alltoallw", buf)?;
+        let b = buf.as_bytes_mut();
+        do_alltoallw(self.data(), &[], None, b, blocks, Mode::Blocking).map(drop)
+    }
+
     /// `MPI_Exscan` under rsmpi's name; the same as [`CommunicatorCollectives::exscan_into`].
     ///
     /// # Errors
@@ -2379,6 +2549,50 @@ pub trait CommunicatorCollectives: Communicator {
         let b = buf.as_bytes_mut();
         immediate(
             do_scan(self.data(), None, b, op, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ialltoallw` (see [`CommunicatorCollectives::all_to_all_w_into`]).
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn immediate_all_to_all_w_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        send_blocks: &[TypedBlock],
+        recv: &'a mut R,
+        recv_blocks: &[TypedBlock],
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Ialltoallw", send)?;
+        contiguous_recv("MPI_Ialltoallw", recv)?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        let e = do_alltoallw(
+            self.data(),
+            sb,
+            Some(send_blocks),
+            rb,
+            recv_blocks,
+            Mode::Immediate,
+        );
+        immediate(e, scope)
+    }
+
+    /// `MPI_Ialltoallw` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn immediate_all_to_all_w_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        blocks: &[TypedBlock],
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Ialltoallw", buf)?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_alltoallw(self.data(), &[], None, b, blocks, Mode::Immediate),
             scope,
         )
     }

@@ -2,7 +2,9 @@
 //! reference computed locally; plus groups, topologies, datatypes, nonblocking collectives
 //! and misuse. One job runs every check; `coll_all big` adds 16 MiB buffers.
 
-use braid::collective::{Partition, PartitionMut, SystemOperation, UserOperation, ValueIndex};
+use braid::collective::{
+    Partition, PartitionMut, SystemOperation, TypedBlock, UserOperation, ValueIndex,
+};
 use braid::datatype::{Datatype, MutView, Primitive, View};
 use braid::group::GroupRelation;
 use braid::topology::{CartesianCommunicator, dims_create};
@@ -354,6 +356,7 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     nonblocking_rooted(comm, &w)?;
     nonblocking_varcount(comm, &w)?;
     reduce_scatter_varcount(comm, &w)?;
+    alltoallw(comm, &w)?;
     progress(comm, &w)?;
     misuse(comm, &w)?;
     misuse_immediate(comm, &w)?;
@@ -1078,6 +1081,114 @@ fn reduce_scatter_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String
         same(&w("reduce_scatter non-commutative"), &mb, &mwant)?;
     }
     Ok(())
+}
+
+/// A layout for `MPI_Alltoallw` blocks: `kind` 0 is `count` contiguous f64s; 1 is `count`
+/// elements of a vector type (2 f64 at stride 2, extent 3 f64); 2 is one element of a vector
+/// type of `count` f64 at stride 2. Returns the block description at element offset `off` and
+/// the element offsets (in f64) that hold its data, in typemap order.
+fn w_layout(kind: usize, count: usize, off: usize) -> (TypedBlock, Vec<usize>) {
+    let f64t = Datatype::primitive(Primitive::F64);
+    match kind {
+        1 => {
+            let mut t = Datatype::vector(2, 1, 2, &f64t);
+            t.commit();
+            let at = (0..count)
+                .flat_map(|e| [off + 3 * e, off + 3 * e + 2])
+                .collect();
+            (TypedBlock::new(count, off * 8, t), at)
+        }
+        2 if count > 0 => {
+            let mut t = Datatype::vector(count, 1, 2, &f64t);
+            t.commit();
+            let at = (0..count).map(|e| off + 2 * e).collect();
+            (TypedBlock::new(1, off * 8, t), at)
+        }
+        _ => (
+            TypedBlock::new(count, off * 8, f64t),
+            (off..off + count).collect(),
+        ),
+    }
+}
+
+/// Blocks of one side of an alltoallw: `spec(j) = (kind, count)` for peer j, laid out one
+/// after another with a gap of one f64 after each; returns them, their data offsets and the
+/// buffer length in f64s.
+fn w_blocks(
+    p: usize,
+    spec: impl Fn(usize) -> (usize, usize),
+) -> (Vec<TypedBlock>, Vec<Vec<usize>>, usize) {
+    let mut off = 0;
+    let (mut blocks, mut ats) = (Vec::new(), Vec::new());
+    for j in 0..p {
+        let (kind, count) = spec(j);
+        let (b, at) = w_layout(kind, count, off);
+        off = at.iter().max().map_or(off, |m| m + 1) + 1;
+        blocks.push(b);
+        ats.push(at);
+    }
+    (blocks, ats, off)
+}
+
+/// `MPI_Alltoallw` and `MPI_Ialltoallw` with contiguous and strided datatypes on both sides
+/// (packed and unpacked through temporaries), plain and in place, against the reference.
+fn alltoallw(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    // Rank i sends j the f64s of a block of kind (i + j) % 2 (0 or 1) with (i + 2 j) % 3
+    // elements; rank j receives them as contiguous f64s from even i, strided from odd i.
+    let values = |i: usize, j: usize| ((i + 2 * j) % 3) * if (i + j) % 2 == 1 { 2 } else { 1 };
+    let send_of = |i: usize| w_blocks(p, |j| ((i + j) % 2, (i + 2 * j) % 3));
+    let (sblocks, _, slen) = send_of(me);
+    let sbuf: Vec<f64> = (0..slen).map(|k| (me * 1000 + k) as f64).collect();
+    let (rblocks, rat, rlen) = w_blocks(p, |i| (if i % 2 == 1 { 2 } else { 0 }, values(i, me)));
+    let mut want = vec![-1.0f64; rlen];
+    for i in 0..p {
+        let (_, iat, _) = send_of(i);
+        for (t, &src) in iat[me].iter().enumerate() {
+            want[rat[i][t]] = (i * 1000 + src) as f64;
+        }
+    }
+    let mut rbuf = vec![-1.0f64; rlen];
+    comm.all_to_all_w_into(&sbuf[..], &sblocks, &mut rbuf[..], &rblocks)
+        .or_fail(w("alltoallw"))?;
+    same(&w("alltoallw"), &rbuf, &want)?;
+    // In place: the same (symmetric) description on both sides.
+    let sym = |a: usize, b: usize| ((a + b) % 2 + (a + b) % 3 % 2, (a * b + a + b) % 3);
+    let (iblocks, iat, ilen) = w_blocks(p, |j| sym(me, j));
+    let ibuf: Vec<f64> = (0..ilen).map(|k| (me * 1000 + k) as f64).collect();
+    let mut iwant = ibuf.clone();
+    for i in 0..p {
+        let (_, peer_at, _) = w_blocks(p, |j| sym(i, j));
+        for (t, &src) in peer_at[me].iter().enumerate() {
+            iwant[iat[i][t]] = (i * 1000 + src) as f64;
+        }
+    }
+    let mut inplace = ibuf.clone();
+    comm.all_to_all_w_in_place(&mut inplace[..], &iblocks)
+        .or_fail(w("alltoallw in place"))?;
+    same(&w("alltoallw in place"), &inplace, &iwant)?;
+    // Both nonblocking, outstanding together.
+    let mut rbuf2 = vec![-1.0f64; rlen];
+    let mut inplace2 = ibuf.clone();
+    braid::request::scope(|scope| -> Check {
+        let a = comm
+            .immediate_all_to_all_w_into(scope, &sbuf[..], &sblocks, &mut rbuf2[..], &rblocks)
+            .or_fail(w("ialltoallw"))?;
+        let b = comm
+            .immediate_all_to_all_w_in_place(scope, &mut inplace2[..], &iblocks)
+            .or_fail(w("ialltoallw in place"))?;
+        complete_shuffled(vec![("ialltoallw", a), ("ialltoallw in place", b)], me, w)
+    })?;
+    same(&w("ialltoallw"), &rbuf2, &want)?;
+    same(&w("ialltoallw in place"), &inplace2, &iwant)?;
+    // A block outside the buffer is refused locally.
+    let mut bad = rblocks.clone();
+    bad[0].displ = rlen * 8 + 8;
+    match comm.all_to_all_w_into(&sbuf[..], &sblocks, &mut rbuf[..], &bad) {
+        Err(e) if e.mpi_class() == "MPI_ERR_COUNT" => Ok(()),
+        other => Err(w(&format!("alltoallw block outside the buffer: {other:?}"))),
+    }
 }
 
 /// Nonblocking collectives advance inside any call that drives the engine, not only inside
