@@ -9,7 +9,9 @@
 //! mean over the ranks of those averages, with their min and max. `nonblocking` follows
 //! OSU's `osu_iallreduce.c` and siblings: it first times the collective alone (start, wait),
 //! then starts it, computes for that long (OSU's `dummy_compute`, no `MPI_Test` calls: OSU's
-//! default), and waits; overlap is `max(0, 100 - 100 * (overall - compute) / pure)`.
+//! default; with `-t N`, N tests of the request spread over the compute, whose time is
+//! reported as `MPI_Test` and not counted as compute), and waits; overlap is
+//! `max(0, 100 - 100 * (overall - compute) / pure)`.
 //!
 //! Rooted collectives use root 0, as OSU does by default. The v-forms use equal counts, as
 //! OSU does. `osu_reduce_scatter` times `MPI_Reduce_scatter_block` (equal blocks of
@@ -20,7 +22,7 @@
 //! `floats % ranks` ranks); it runs on the Braid backend only, since rsmpi 0.8 has no
 //! `MPI_Ireduce_scatter` either (the rsmpi backend reports an error naming it).
 //!
-//! Not implemented: OSU's `-t` (`MPI_Test` calls during the compute), `-r` (root rotation),
+//! Not implemented: OSU's `-r` (root rotation),
 //! `osu_ialltoallw` and `osu_ireduce_scatter_block`, and datatypes other than
 //! `MPI_CHAR`/`MPI_FLOAT`.
 
@@ -825,7 +827,7 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
                 bufs.fill(c.bench, size, me, p, i);
             }
             let t0 = b.time();
-            b.immediate(bufs.call(c.bench, size, me, p), &mut || {})?;
+            b.immediate(bufs.call(c.bench, size, me, p), &mut |_| {})?;
             let t1 = b.time();
             if i >= skip {
                 pure += t1 - t0;
@@ -837,22 +839,23 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
         }
         let pure_secs = pure / iters as f64;
         b.barrier()?;
-        let (mut overall, mut compute, mut init, mut wait) = (0.0, 0.0, 0.0, 0.0);
+        let (mut overall, mut compute, mut init, mut wait, mut tests) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for i in 0..iters + skip {
             if c.validate {
                 bufs.fill(c.bench, size, me, p, i);
             }
-            let mut marks = (0.0, 0.0);
+            let mut marks = (0.0, 0.0, 0.0);
             let t0 = b.time();
-            b.immediate(bufs.call(c.bench, size, me, p), &mut || {
+            b.immediate(bufs.call(c.bench, size, me, p), &mut |test| {
                 marks.0 = b.time();
-                dummy_compute(b, pure_secs, &mut work);
+                marks.2 = compute_and_test(b, pure_secs, &mut work, c.test_calls, test);
                 marks.1 = b.time();
             })?;
             let t1 = b.time();
             if i >= skip {
                 overall += t1 - t0;
-                compute += marks.1 - marks.0;
+                compute += marks.1 - marks.0 - marks.2;
+                tests += marks.2;
                 init += marks.0 - t0;
                 wait += t1 - marks.1;
             }
@@ -862,24 +865,53 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
             }
         }
         let per_iter_us = 1e6 / iters as f64;
-        let mut means = [0.0; 5];
-        for (m, v) in means.iter_mut().zip([overall, compute, pure, init, wait]) {
+        let mut means = [0.0; 6];
+        for (m, v) in means
+            .iter_mut()
+            .zip([overall, compute, pure, init, wait, tests])
+        {
             *m = b.reduce_to_root(v * per_iter_us, ReduceOp::Sum)? / p as f64;
         }
         out.local_errors += errors;
         let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
         if me == 0 {
-            let [overall, compute, pure, init, wait] = means;
+            let [overall, compute, pure, init, wait, tests] = means;
             let mut rec = out.record(size, overall, "us", (iters, skip), all_errors);
             rec.compute_us = Some(compute);
             rec.pure_comm_us = Some(pure);
             rec.overlap_pct = Some(overlap(overall, compute, pure));
             rec.init_us = Some(init);
             rec.wait_us = Some(wait);
+            rec.test_us = Some(tests);
             out.push(rec)?;
         }
     }
     Ok(())
+}
+
+/// OSU's `do_compute_and_probe`: the dummy compute for `seconds`, cut into `calls` equal parts
+/// each preceded by one test of the request (OSU's `-t`; with 0 calls, one plain compute).
+/// Returns the time spent in the tests.
+fn compute_and_test<B: Backend>(
+    b: &B,
+    seconds: f64,
+    work: &mut [f32],
+    calls: usize,
+    test: &mut dyn FnMut(),
+) -> f64 {
+    if calls == 0 {
+        dummy_compute(b, seconds, work);
+        return 0.0;
+    }
+    let part = seconds / calls as f64;
+    let mut spent = 0.0;
+    for _ in 0..calls {
+        let t = b.time();
+        test();
+        spent += b.time() - t;
+        dummy_compute(b, part, work);
+    }
+    spent
 }
 
 /// OSU's overlap in percent: `max(0, 100 - 100 * (overall - compute) / pure)` (0 when the
@@ -899,6 +931,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::backend::Between;
 
     /// An in-process backend: one thread per rank, unbounded channels as the network (so
     /// sends never block and a window can send before it receives).
@@ -1012,8 +1045,8 @@ mod tests {
                 other => anyhow::bail!("threads: no {}", other.mpi_name()),
             }
         }
-        fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
-            between();
+        fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()> {
+            between(&mut || {});
             self.collective(op)
         }
     }

@@ -411,6 +411,11 @@ pub struct Args {
     #[arg(short = 'f', long = "full")]
     pub full: bool,
 
+    /// Nonblocking collectives: call `MPI_Test` this many times, evenly spread, during the
+    /// dummy compute (OSU's `-t`; default 0: no test calls).
+    #[arg(short = 't', long = "num_test_calls", value_name = "CALLS")]
+    pub num_test_calls: Option<usize>,
+
     /// Write the results in `--format` to this file (rank 0 only).
     #[arg(long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -437,6 +442,8 @@ pub struct Config {
     pub validate: bool,
     /// OSU's full listing (`-f`).
     pub full: bool,
+    /// `MPI_Test` calls during the dummy compute of the nonblocking collectives (OSU's `-t`).
+    pub test_calls: usize,
 }
 
 impl Config {
@@ -447,6 +454,12 @@ impl Config {
     pub fn new(bench: Bench, args: &Args) -> Result<Self, String> {
         if args.window.is_some() && !bench.has_window() {
             return Err(format!("{} has no window: -W does not apply", bench.name()));
+        }
+        if args.num_test_calls.is_some() && bench.family() != Family::Nonblocking {
+            return Err(format!(
+                "{} is not a nonblocking collective: -t does not apply",
+                bench.name()
+            ));
         }
         let range = args.message_size.unwrap_or_else(|| bench.default_sizes());
         let sizes = if bench.is_sizeless() {
@@ -473,6 +486,7 @@ impl Config {
             },
             validate: args.validate,
             full: args.full,
+            test_calls: args.num_test_calls.unwrap_or(0),
         })
     }
 
@@ -557,6 +571,15 @@ mod tests {
         assert_eq!(c.window, 1);
 
         assert!(Config::new(Bench::Latency, &parse(&["osu_latency", "-W", "4"])).is_err());
+        let c = Config::new(Bench::Igather, &parse(&["osu_igather", "-t", "100"])).unwrap();
+        assert_eq!(c.test_calls, 100);
+        assert_eq!(
+            Config::new(Bench::Iscatterv, &parse(&["osu_iscatterv"]))
+                .unwrap()
+                .test_calls,
+            0
+        );
+        assert!(Config::new(Bench::Gather, &parse(&["osu_gather", "-t", "10"])).is_err());
         assert!(Args::try_parse_from(["osu_bw", "-i", "0"]).is_err());
         assert!(Args::try_parse_from(["osu_bw", "--backend", "mpich"]).is_err());
     }
@@ -568,7 +591,8 @@ mod tests {
         }
         assert_eq!(Bench::from_name("/x/y/osu_mbw_mr"), Some(Bench::MbwMr));
         assert_eq!(Bench::from_name("osu_allreduce"), Some(Bench::Allreduce));
-        assert_eq!(Bench::from_name("osu_iscatter"), None);
+        assert_eq!(Bench::from_name("osu_iscatter"), Some(Bench::Iscatter));
+        assert_eq!(Bench::from_name("osu_ialltoallw"), None);
         assert_eq!(Bench::Bw.default_loops(1), (100, 10));
         assert_eq!(Bench::MbwMr.default_loops(1 << 20), (20, 2));
         assert_eq!(Bench::Bcast.default_loops(8192), (1_000, 100));

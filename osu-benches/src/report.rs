@@ -73,6 +73,10 @@ pub struct Record {
     /// Mean time of the starting call in microseconds (nonblocking only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_us: Option<f64>,
+    /// Mean time of the `MPI_Test` calls during the compute in microseconds (nonblocking only;
+    /// `-t`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_us: Option<f64>,
     /// Mean time of the final wait in microseconds (nonblocking only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_us: Option<f64>,
@@ -260,7 +264,7 @@ pub fn text_row(r: &Record, full: bool) -> String {
             num(&mut s, r.compute_us);
             if full {
                 num(&mut s, r.init_us);
-                num(&mut s, Some(0.0));
+                num(&mut s, Some(r.test_us.unwrap_or(0.0)));
                 num(&mut s, r.wait_us);
             }
             num(&mut s, r.pure_comm_us);

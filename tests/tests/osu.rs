@@ -535,7 +535,7 @@ fn full_listing_adds_osu_columns() {
     let done = job(
         2,
         &bench("osu_ibcast"),
-        &["-m", "1:8", "-i", "5", "-x", "1", "-f"],
+        &["-m", "1:8", "-i", "5", "-x", "1", "-f", "-t", "10"],
     );
     assert!(
         done.stdout
@@ -543,6 +543,18 @@ fn full_listing_adds_osu_columns() {
         "{}",
         done.stdout
     );
+    // `-t 10`: ten tests during the compute, timed in the MPI_Test column.
+    let rows: Vec<&str> = done
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 4, "{}", done.stdout);
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let test: f64 = cols[4].parse().unwrap();
+        assert!(test > 0.0, "{row}");
+    }
 }
 
 fn path_str(p: &Path) -> &str {

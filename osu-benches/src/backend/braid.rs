@@ -2,9 +2,9 @@
 //!
 //! Every [`Coll`] maps onto the `braid::collective` call of the same name, blocking or
 //! nonblocking (`immediate_*`). Braid advances a nonblocking collective inside its own calls
-//! only (any wait, test, send, receive or probe; no progress thread), and the benchmarks'
-//! dummy compute makes none, so its overlap figures show how much of a collective completes
-//! at its start (small messages, few rounds) rather than in the background.
+//! only (any wait, test, send, receive or probe; no progress thread). The benchmarks' dummy
+//! compute makes none by default, so the overlap figures then show how much of a collective
+//! completes at its start; with OSU's `-t N` each of the N tests advances it.
 
 use std::fmt::Display;
 
@@ -12,7 +12,7 @@ use anyhow::anyhow;
 use braid::collective::{Partition, PartitionMut, SystemOperation};
 use braid::traits::*;
 
-use super::{Backend, Coll, ReduceOp, split_window};
+use super::{Backend, Between, Coll, ReduceOp, split_window};
 use crate::options::Config;
 
 /// Turns a braid error (any `Display`) into an `anyhow` error naming what failed.
@@ -238,7 +238,7 @@ impl Backend for BraidBackend<'_> {
         ctx(result, || format!("{name} at rank {me}"))
     }
 
-    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
+    fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()> {
         let name = op.mpi_name();
         let me = self.rank();
         let w = self.world;
@@ -372,13 +372,29 @@ impl Backend for BraidBackend<'_> {
     }
 }
 
-/// OSU's overlap step: once the request has started, runs `between` (the dummy compute),
-/// then waits.
+/// OSU's overlap step: once the request has started, runs `between` (the dummy compute,
+/// which may test the request), then waits unless a test saw it complete.
 fn overlap<'a, S: braid::request::Scope<'a>>(
     started: Result<braid::request::Request<'a, S>, braid::Error>,
-    between: &mut dyn FnMut(),
+    between: &mut Between<'_>,
 ) -> Result<(), braid::Error> {
-    let request = started?;
-    between();
-    request.wait().map(drop)
+    let mut request = started?;
+    let mut outcome: Option<Result<(), braid::Error>> = None;
+    between(&mut || {
+        if outcome.is_none() {
+            match request.test() {
+                Ok(None) => {}
+                Ok(Some(_)) => outcome = Some(Ok(())),
+                Err(e) => outcome = Some(Err(e)),
+            }
+        }
+    });
+    match outcome {
+        Some(r) => {
+            // Completed (and collected) by a test: dropping the request does not wait.
+            drop(request);
+            r
+        }
+        None => request.wait().map(drop),
+    }
 }

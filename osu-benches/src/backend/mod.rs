@@ -254,12 +254,18 @@ pub trait Backend {
     /// The library's error.
     fn collective(&self, op: Coll<'_>) -> anyhow::Result<()>;
     /// Starts the nonblocking form of `op` (`MPI_I...`), calls `between` once it has started,
-    /// then waits for it (OSU's `MPI_I...`, dummy compute, `MPI_Wait`).
+    /// then waits for it (OSU's `MPI_I...`, dummy compute, `MPI_Wait`). `between` gets a
+    /// function that tests the request once (`MPI_Test`; a no-op once it has completed), for
+    /// OSU's `-t`.
     ///
     /// # Errors
     /// The library's error; a collective the library has no nonblocking form of.
-    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()>;
+    fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()>;
 }
+
+/// What a nonblocking benchmark does between starting a collective and waiting for it: it is
+/// handed a function that tests the request once.
+pub type Between<'b> = dyn FnMut(&mut dyn FnMut()) + 'b;
 
 /// Splits `buf` into `n` equal disjoint slices (all empty when `buf` is).
 ///

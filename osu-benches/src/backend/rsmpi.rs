@@ -12,7 +12,7 @@ use mpi::collective::SystemOperation;
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::traits::*;
 
-use super::{Backend, Coll, ReduceOp, split_window};
+use super::{Backend, Between, Coll, ReduceOp, split_window};
 use crate::options::Config;
 
 /// The system MPI's `MPI_COMM_WORLD`, borrowed for one run.
@@ -220,7 +220,7 @@ impl Backend for RsmpiBackend<'_> {
         Ok(())
     }
 
-    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
+    fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()> {
         let me = self.rank();
         let w = self.world;
         let sum = SystemOperation::sum;
@@ -229,8 +229,7 @@ impl Backend for RsmpiBackend<'_> {
         match op {
             Coll::Allgather { send, recv } => mpi::request::scope(|scope| {
                 let r = w.immediate_all_gather_into(scope, send, recv);
-                between();
-                r.wait();
+                overlap(r, between);
             }),
             Coll::Allgatherv {
                 send,
@@ -241,19 +240,16 @@ impl Backend for RsmpiBackend<'_> {
                 let mut part = PartitionMut::new(recv, counts, displs);
                 mpi::request::scope(|scope| {
                     let r = w.immediate_all_gather_varcount_into(scope, send, &mut part);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 });
             }
             Coll::Allreduce { send, recv } => mpi::request::scope(|scope| {
                 let r = w.immediate_all_reduce_into(scope, send, recv, sum());
-                between();
-                r.wait();
+                overlap(r, between);
             }),
             Coll::Alltoall { send, recv } => mpi::request::scope(|scope| {
                 let r = w.immediate_all_to_all_into(scope, send, recv);
-                between();
-                r.wait();
+                overlap(r, between);
             }),
             Coll::Alltoallv {
                 send,
@@ -265,30 +261,25 @@ impl Backend for RsmpiBackend<'_> {
                 let mut rp = PartitionMut::new(recv, counts, displs);
                 mpi::request::scope(|scope| {
                     let r = w.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 });
             }
             Coll::Barrier => {
                 let r = w.immediate_barrier();
-                between();
-                r.wait();
+                overlap(r, between);
             }
             Coll::Bcast { root, buf } => mpi::request::scope(|scope| {
                 let r = w.process_at_rank(root).immediate_broadcast_into(scope, buf);
-                between();
-                r.wait();
+                overlap(r, between);
             }),
             Coll::Gather { root, send, recv } => mpi::request::scope(|scope| {
                 let p = w.process_at_rank(root);
                 if me == root {
                     let r = p.immediate_gather_into_root(scope, send, recv);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 } else {
                     let r = p.immediate_gather_into(scope, send);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 }
             }),
             Coll::Gatherv {
@@ -303,12 +294,10 @@ impl Backend for RsmpiBackend<'_> {
                     let p = w.process_at_rank(root);
                     if me == root {
                         let r = p.immediate_gather_varcount_into_root(scope, send, &mut part);
-                        between();
-                        r.wait();
+                        overlap(r, between);
                     } else {
                         let r = p.immediate_gather_varcount_into(scope, send);
-                        between();
-                        r.wait();
+                        overlap(r, between);
                     }
                 });
             }
@@ -316,30 +305,25 @@ impl Backend for RsmpiBackend<'_> {
                 let p = w.process_at_rank(root);
                 if me == root {
                     let r = p.immediate_reduce_into_root(scope, send, recv, sum());
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 } else {
                     let r = p.immediate_reduce_into(scope, send, sum());
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 }
             }),
             Coll::ReduceScatter { .. } => bail!(NO_REDUCE_SCATTER),
             Coll::ReduceScatterBlock { send, recv } => mpi::request::scope(|scope| {
                 let r = w.immediate_reduce_scatter_block_into(scope, send, recv, sum());
-                between();
-                r.wait();
+                overlap(r, between);
             }),
             Coll::Scatter { root, send, recv } => mpi::request::scope(|scope| {
                 let p = w.process_at_rank(root);
                 if me == root {
                     let r = p.immediate_scatter_into_root(scope, send, recv);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 } else {
                     let r = p.immediate_scatter_into(scope, recv);
-                    between();
-                    r.wait();
+                    overlap(r, between);
                 }
             }),
             Coll::Scatterv {
@@ -354,17 +338,34 @@ impl Backend for RsmpiBackend<'_> {
                     let p = w.process_at_rank(root);
                     if me == root {
                         let r = p.immediate_scatter_varcount_into_root(scope, &part, recv);
-                        between();
-                        r.wait();
+                        overlap(r, between);
                     } else {
                         let r = p.immediate_scatter_varcount_into(scope, recv);
-                        between();
-                        r.wait();
+                        overlap(r, between);
                     }
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// OSU's overlap step: runs `between` (the dummy compute, which may test the request), then
+/// waits unless a test saw the request complete.
+fn overlap<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+    request: mpi::request::Request<'a, D, S>,
+    between: &mut Between<'_>,
+) {
+    let mut slot = Some(request);
+    between(&mut || {
+        if let Some(r) = slot.take()
+            && let Err(r) = r.test()
+        {
+            slot = Some(r);
+        }
+    });
+    if let Some(r) = slot {
+        r.wait();
     }
 }
 
