@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the benchmarks' rsmpi backend against the system Open MPI and runs two of them
+# Builds the benchmarks' rsmpi backend against the system Open MPI and runs three of them
 # briefly with validation, so CI proves the same benchmark source runs on a system MPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
