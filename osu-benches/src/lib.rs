@@ -7,8 +7,8 @@
 //! `osu_bcast`, `osu_reduce`, `osu_allreduce`, `osu_allgather(v)`, `osu_alltoall(v)`,
 //! `osu_gather(v)`, `osu_scatter(v)`, `osu_reduce_scatter`) and the nonblocking ones
 //! (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, `osu_iallgather(v)`, `osu_ialltoall(v)`,
-//! `osu_ireduce`, `osu_igather(v)`, `osu_iscatter(v)`, `osu_ireduce_scatter`) follow OSU 7.3's collective programs the same way (see [`mod@bench`]). Each
-//! benchmark runs over one of two backends, chosen at run time with `--backend`:
+//! `osu_ireduce`, `osu_igather(v)`, `osu_iscatter(v)`, `osu_ireduce_scatter`) follow OSU 7.3's
+//! collective programs the same way (see [`mod@bench`]). Each benchmark runs over one of two backends, chosen at run time with `--backend`:
 //!
 //! - `braid` (default): Braid's own Rust API (crate `braid`).
 //! - `rsmpi` (cargo feature `rsmpi`): a system MPI (Open MPI or MPICH) through the rsmpi crate,

@@ -29,8 +29,9 @@
 //! MPI-4.1 §6 (collective communication), §6.12 (nonblocking collectives).
 //!
 //! # Not yet implemented
-//! Intercommunicator collectives, neighborhood collectives, persistent collectives, collectives on non-contiguous [`View`]s (only
-//! blocking broadcast packs them), a progress thread.
+//! Intercommunicator collectives, neighborhood collectives, persistent collectives,
+//! collectives on non-contiguous [`View`]s (only blocking broadcast packs them; `MPI_Alltoallw`
+//! takes per-peer datatypes instead), a progress thread.
 //!
 //! [`View`]: crate::datatype::View
 
