@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the benchmarks' rsmpi backend against the system Open MPI and runs two of them
+# Builds the benchmarks' rsmpi backend against the system Open MPI and runs three of them
 # briefly with validation, so CI proves the same benchmark source runs on a system MPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,7 @@ for bench in osu_latency osu_bw; do
     timeout 120 mpirun.openmpi -n 2 "${mca[@]}" "target-rsmpi/release/$bench" --backend rsmpi \
         -m 1:65536 -i 100 -x 10 -c
 done
+# A nonblocking v-form with OSU's -t (MPI_Test calls during the compute) on three ranks.
+timeout 120 mpirun.openmpi -n 3 "${mca[@]}" target-rsmpi/release/osu_igatherv --backend rsmpi \
+    -m 1:4096 -i 20 -x 2 -t 5 -c
 echo "rsmpi backend on Open MPI: ok"

@@ -9,16 +9,22 @@
 //! mean over the ranks of those averages, with their min and max. `nonblocking` follows
 //! OSU's `osu_iallreduce.c` and siblings: it first times the collective alone (start, wait),
 //! then starts it, computes for that long (OSU's `dummy_compute`, no `MPI_Test` calls: OSU's
-//! default), and waits; overlap is `max(0, 100 - 100 * (overall - compute) / pure)`.
+//! default; with `-t N`, N tests of the request spread over the compute, whose time is
+//! reported as `MPI_Test` and not counted as compute), and waits; overlap is
+//! `max(0, 100 - 100 * (overall - compute) / pure)`.
 //!
 //! Rooted collectives use root 0, as OSU does by default. The v-forms use equal counts, as
 //! OSU does. `osu_reduce_scatter` times `MPI_Reduce_scatter_block` (equal blocks of
 //! `size / 4 / ranks` floats, at least one) rather than OSU's `MPI_Reduce_scatter` with a
-//! remainder on some ranks: Braid has no `MPI_Reduce_scatter` with varying counts yet.
+//! remainder on some ranks: rsmpi 0.8, the system-MPI backend, has no `MPI_Reduce_scatter`,
+//! and the block form keeps the two backends comparable. `osu_ireduce_scatter` times OSU's
+//! `MPI_Ireduce_scatter` with OSU's counts (`floats / ranks` each, one more on the first
+//! `floats % ranks` ranks); it runs on the Braid backend only, since rsmpi 0.8 has no
+//! `MPI_Ireduce_scatter` either (the rsmpi backend reports an error naming it).
 //!
-//! Not implemented: `osu_igather`, `osu_iscatter` and the nonblocking v-forms (Braid has no
-//! nonblocking gather, scatter or v-form collectives), OSU's `-t` (`MPI_Test` calls during
-//! the compute), `-r` (root rotation) and datatypes other than `MPI_CHAR`/`MPI_FLOAT`.
+//! Not implemented: OSU's `-r` (root rotation),
+//! `osu_ialltoallw` and `osu_ireduce_scatter_block`, and datatypes other than
+//! `MPI_CHAR`/`MPI_FLOAT`.
 
 use std::fs;
 use std::io::Write as _;
@@ -515,16 +521,25 @@ struct CollBuffers {
 
 /// The buffer lengths one call of `bench` with `size`-byte messages uses on `p` ranks:
 /// `(send bytes, recv bytes, send floats, recv floats)`.
-fn coll_lengths(bench: Bench, size: usize, p: usize) -> (usize, usize, usize, usize) {
+fn coll_lengths(bench: Bench, size: usize, me: usize, p: usize) -> (usize, usize, usize, usize) {
     let floats = size / size_of::<f32>();
     match bench {
-        Bench::Allgather | Bench::Allgatherv | Bench::Gather | Bench::Gatherv => {
-            (size, size * p, 0, 0)
+        Bench::Allgather
+        | Bench::Allgatherv
+        | Bench::Gather
+        | Bench::Gatherv
+        | Bench::Iallgather
+        | Bench::Iallgatherv
+        | Bench::Igather
+        | Bench::Igatherv => (size, size * p, 0, 0),
+        Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall | Bench::Ialltoallv => {
+            (size * p, size * p, 0, 0)
         }
-        Bench::Iallgather => (size, size * p, 0, 0),
-        Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall => (size * p, size * p, 0, 0),
         Bench::Bcast | Bench::Ibcast => (0, size, 0, 0),
-        Bench::Scatter | Bench::Scatterv => (size * p, size, 0, 0),
+        Bench::Scatter | Bench::Scatterv | Bench::Iscatter | Bench::Iscatterv => {
+            (size * p, size, 0, 0)
+        }
+        Bench::IreduceScatter => (0, 0, floats, reduce_scatter_counts(floats, p)[me]),
         Bench::Allreduce | Bench::Iallreduce | Bench::Ireduce | Bench::Reduce => {
             (0, 0, floats, floats)
         }
@@ -541,12 +556,21 @@ fn reduce_scatter_portion(size: usize, p: usize) -> usize {
     (size / size_of::<f32>() / p.max(1)).max(1)
 }
 
+/// OSU's `recvcounts` of `MPI_Reduce_scatter` for a vector of `floats` elements on `p` ranks:
+/// `floats / p` each, one more for the first `floats % p` ranks.
+fn reduce_scatter_counts(floats: usize, p: usize) -> Vec<usize> {
+    let p = p.max(1);
+    (0..p)
+        .map(|i| floats / p + usize::from(i < floats % p))
+        .collect()
+}
+
 impl CollBuffers {
     /// Buffers for every size of `c` on `p` ranks.
-    fn new(c: &Config, p: usize) -> Self {
+    fn new(c: &Config, me: usize, p: usize) -> Self {
         let mut out = Self::default();
         for &size in &c.sizes {
-            let (s, r, fs, fr) = coll_lengths(c.bench, size, p);
+            let (s, r, fs, fr) = coll_lengths(c.bench, size, me, p);
             out.send.resize(out.send.len().max(s), b'a');
             out.recv.resize(out.recv.len().max(r), b'b');
             out.fsend.resize(out.fsend.len().max(fs), 1.0);
@@ -555,8 +579,17 @@ impl CollBuffers {
         out
     }
 
-    /// Sets the v-form counts and displacements for `size` bytes per rank.
-    fn set_partition(&mut self, size: usize, p: usize) -> anyhow::Result<()> {
+    /// Sets the v-form counts and displacements for `size` bytes per rank (for
+    /// `osu_ireduce_scatter`: OSU's counts of floats, no displacements).
+    fn set_partition(&mut self, bench: Bench, size: usize, p: usize) -> anyhow::Result<()> {
+        if bench == Bench::IreduceScatter {
+            self.counts = reduce_scatter_counts(size / size_of::<f32>(), p)
+                .into_iter()
+                .map(|c| i32::try_from(c).context("count exceeds i32"))
+                .collect::<anyhow::Result<_>>()?;
+            self.displs.clear();
+            return Ok(());
+        }
         let count = i32::try_from(size).context("message size exceeds i32 counts")?;
         self.counts = vec![count; p];
         self.displs = (0..p)
@@ -566,8 +599,8 @@ impl CollBuffers {
     }
 
     /// The call of `bench` for `size` bytes on `p` ranks, over these buffers.
-    fn call(&mut self, bench: Bench, size: usize, p: usize) -> Coll<'_> {
-        let (s, r, fs, fr) = coll_lengths(bench, size, p);
+    fn call(&mut self, bench: Bench, size: usize, me: usize, p: usize) -> Coll<'_> {
+        let (s, r, fs, fr) = coll_lengths(bench, size, me, p);
         let send = &self.send[..s];
         let recv = &mut self.recv[..r];
         let fsend = &self.fsend[..fs];
@@ -575,7 +608,7 @@ impl CollBuffers {
         let (counts, displs) = (&self.counts[..], &self.displs[..]);
         match bench {
             Bench::Allgather | Bench::Iallgather => Coll::Allgather { send, recv },
-            Bench::Allgatherv => Coll::Allgatherv {
+            Bench::Allgatherv | Bench::Iallgatherv => Coll::Allgatherv {
                 send,
                 recv,
                 counts,
@@ -586,7 +619,7 @@ impl CollBuffers {
                 recv: frecv,
             },
             Bench::Alltoall | Bench::Ialltoall => Coll::Alltoall { send, recv },
-            Bench::Alltoallv => Coll::Alltoallv {
+            Bench::Alltoallv | Bench::Ialltoallv => Coll::Alltoallv {
                 send,
                 recv,
                 counts,
@@ -596,12 +629,12 @@ impl CollBuffers {
                 root: ROOT,
                 buf: recv,
             },
-            Bench::Gather => Coll::Gather {
+            Bench::Gather | Bench::Igather => Coll::Gather {
                 root: ROOT,
                 send,
                 recv,
             },
-            Bench::Gatherv => Coll::Gatherv {
+            Bench::Gatherv | Bench::Igatherv => Coll::Gatherv {
                 root: ROOT,
                 send,
                 recv,
@@ -617,12 +650,17 @@ impl CollBuffers {
                 send: fsend,
                 recv: frecv,
             },
-            Bench::Scatter => Coll::Scatter {
+            Bench::IreduceScatter => Coll::ReduceScatter {
+                send: fsend,
+                recv: frecv,
+                counts,
+            },
+            Bench::Scatter | Bench::Iscatter => Coll::Scatter {
                 root: ROOT,
                 send,
                 recv,
             },
-            Bench::Scatterv => Coll::Scatterv {
+            Bench::Scatterv | Bench::Iscatterv => Coll::Scatterv {
                 root: ROOT,
                 send,
                 recv,
@@ -635,7 +673,7 @@ impl CollBuffers {
 
     /// Fills the send buffers with iteration `iter`'s data and zeroes the receive buffers.
     fn fill(&mut self, bench: Bench, size: usize, me: usize, p: usize, iter: usize) {
-        let (s, r, fs, fr) = coll_lengths(bench, size, p);
+        let (s, r, fs, fr) = coll_lengths(bench, size, me, p);
         self.recv[..r].fill(0);
         self.frecv[..fr].fill(0.0);
         match bench {
@@ -644,12 +682,14 @@ impl CollBuffers {
                     validation::fill_salted(&mut self.recv[..r], ROOT as usize, iter);
                 }
             }
-            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall if size > 0 => {
+            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall | Bench::Ialltoallv
+                if size > 0 =>
+            {
                 for (j, block) in self.send[..s].chunks_mut(size).enumerate() {
                     validation::fill_salted(block, me * p + j, iter);
                 }
             }
-            Bench::Scatter | Bench::Scatterv if size > 0 => {
+            Bench::Scatter | Bench::Scatterv | Bench::Iscatter | Bench::Iscatterv if size > 0 => {
                 for (j, block) in self.send[..s].chunks_mut(size).enumerate() {
                     validation::fill_salted(block, j, iter);
                 }
@@ -664,7 +704,7 @@ impl CollBuffers {
     /// Counts 1 if this rank's result of iteration `iter` is wrong (ranks that receive
     /// nothing check nothing).
     fn check(&self, bench: Bench, size: usize, me: usize, p: usize, iter: usize) -> u64 {
-        let (_, r, _, fr) = coll_lengths(bench, size, p);
+        let (_, r, _, fr) = coll_lengths(bench, size, me, p);
         let recv = &self.recv[..r];
         let frecv = &self.frecv[..fr];
         let root = me == ROOT as usize;
@@ -682,14 +722,27 @@ impl CollBuffers {
                 .all(|(k, &v)| v == validation::reduction_sum(p, first + k, iter))
         };
         let ok = match bench {
-            Bench::Allgather | Bench::Allgatherv | Bench::Iallgather => blocks_ok(&|j| j),
-            Bench::Gather | Bench::Gatherv => !root || blocks_ok(&|j| j),
-            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall => blocks_ok(&|j| j * p + me),
+            Bench::Allgather | Bench::Allgatherv | Bench::Iallgather | Bench::Iallgatherv => {
+                blocks_ok(&|j| j)
+            }
+            Bench::Gather | Bench::Gatherv | Bench::Igather | Bench::Igatherv => {
+                !root || blocks_ok(&|j| j)
+            }
+            Bench::Alltoall | Bench::Alltoallv | Bench::Ialltoall | Bench::Ialltoallv => {
+                blocks_ok(&|j| j * p + me)
+            }
             Bench::Bcast | Bench::Ibcast => validation::check_salted(recv, ROOT as usize, iter),
-            Bench::Scatter | Bench::Scatterv => validation::check_salted(recv, me, iter),
+            Bench::Scatter | Bench::Scatterv | Bench::Iscatter | Bench::Iscatterv => {
+                validation::check_salted(recv, me, iter)
+            }
             Bench::Allreduce | Bench::Iallreduce => sums_ok(0),
             Bench::Reduce | Bench::Ireduce => !root || sums_ok(0),
             Bench::ReduceScatter => sums_ok(me * fr),
+            Bench::IreduceScatter => sums_ok(
+                reduce_scatter_counts(size / size_of::<f32>(), p)[..me]
+                    .iter()
+                    .sum(),
+            ),
             _ => true,
         };
         u64::from(!ok)
@@ -702,10 +755,10 @@ impl CollBuffers {
 fn blocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
     let me = usize::try_from(b.rank()).context("negative rank")?;
     let p = usize::try_from(b.size()).context("negative job size")?;
-    let mut bufs = CollBuffers::new(c, p);
+    let mut bufs = CollBuffers::new(c, me, p);
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
-        bufs.set_partition(size, p)?;
+        bufs.set_partition(c.bench, size, p)?;
         let mut timer = 0.0;
         let mut errors = 0u64;
         b.barrier()?;
@@ -715,7 +768,7 @@ fn blocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<(
                 b.barrier()?;
             }
             let t0 = b.time();
-            b.collective(bufs.call(c.bench, size, p))?;
+            b.collective(bufs.call(c.bench, size, me, p))?;
             let t1 = b.time();
             if c.bench != Bench::Barrier {
                 // OSU's barrier benchmark times back-to-back barriers.
@@ -760,11 +813,12 @@ fn dummy_compute<B: Backend>(b: &B, seconds: f64, work: &mut [f32]) {
 fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
     let me = usize::try_from(b.rank()).context("negative rank")?;
     let p = usize::try_from(b.size()).context("negative job size")?;
-    let mut bufs = CollBuffers::new(c, p);
+    let mut bufs = CollBuffers::new(c, me, p);
     // OSU's compute kernel works on 25 x 25 floats.
     let mut work = vec![1.0f32; 625];
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
+        bufs.set_partition(c.bench, size, p)?;
         let mut errors = 0u64;
         b.barrier()?;
         let mut pure = 0.0;
@@ -773,7 +827,7 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
                 bufs.fill(c.bench, size, me, p, i);
             }
             let t0 = b.time();
-            b.immediate(bufs.call(c.bench, size, p), &mut || {})?;
+            b.immediate(bufs.call(c.bench, size, me, p), &mut |_| {})?;
             let t1 = b.time();
             if i >= skip {
                 pure += t1 - t0;
@@ -785,22 +839,23 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
         }
         let pure_secs = pure / iters as f64;
         b.barrier()?;
-        let (mut overall, mut compute, mut init, mut wait) = (0.0, 0.0, 0.0, 0.0);
+        let (mut overall, mut compute, mut init, mut wait, mut tests) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for i in 0..iters + skip {
             if c.validate {
                 bufs.fill(c.bench, size, me, p, i);
             }
-            let mut marks = (0.0, 0.0);
+            let mut marks = (0.0, 0.0, 0.0);
             let t0 = b.time();
-            b.immediate(bufs.call(c.bench, size, p), &mut || {
+            b.immediate(bufs.call(c.bench, size, me, p), &mut |test| {
                 marks.0 = b.time();
-                dummy_compute(b, pure_secs, &mut work);
+                marks.2 = compute_and_test(b, pure_secs, &mut work, c.test_calls, test);
                 marks.1 = b.time();
             })?;
             let t1 = b.time();
             if i >= skip {
                 overall += t1 - t0;
-                compute += marks.1 - marks.0;
+                compute += marks.1 - marks.0 - marks.2;
+                tests += marks.2;
                 init += marks.0 - t0;
                 wait += t1 - marks.1;
             }
@@ -810,24 +865,53 @@ fn nonblocking<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Resul
             }
         }
         let per_iter_us = 1e6 / iters as f64;
-        let mut means = [0.0; 5];
-        for (m, v) in means.iter_mut().zip([overall, compute, pure, init, wait]) {
+        let mut means = [0.0; 6];
+        for (m, v) in means
+            .iter_mut()
+            .zip([overall, compute, pure, init, wait, tests])
+        {
             *m = b.reduce_to_root(v * per_iter_us, ReduceOp::Sum)? / p as f64;
         }
         out.local_errors += errors;
         let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
         if me == 0 {
-            let [overall, compute, pure, init, wait] = means;
+            let [overall, compute, pure, init, wait, tests] = means;
             let mut rec = out.record(size, overall, "us", (iters, skip), all_errors);
             rec.compute_us = Some(compute);
             rec.pure_comm_us = Some(pure);
             rec.overlap_pct = Some(overlap(overall, compute, pure));
             rec.init_us = Some(init);
             rec.wait_us = Some(wait);
+            rec.test_us = Some(tests);
             out.push(rec)?;
         }
     }
     Ok(())
+}
+
+/// OSU's `do_compute_and_probe`: the dummy compute for `seconds`, cut into `calls` equal parts
+/// each preceded by one test of the request (OSU's `-t`; with 0 calls, one plain compute).
+/// Returns the time spent in the tests.
+fn compute_and_test<B: Backend>(
+    b: &B,
+    seconds: f64,
+    work: &mut [f32],
+    calls: usize,
+    test: &mut dyn FnMut(),
+) -> f64 {
+    if calls == 0 {
+        dummy_compute(b, seconds, work);
+        return 0.0;
+    }
+    let part = seconds / calls as f64;
+    let mut spent = 0.0;
+    for _ in 0..calls {
+        let t = b.time();
+        test();
+        spent += b.time() - t;
+        dummy_compute(b, part, work);
+    }
+    spent
 }
 
 /// OSU's overlap in percent: `max(0, 100 - 100 * (overall - compute) / pure)` (0 when the
@@ -847,6 +931,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::backend::Between;
 
     /// An in-process backend: one thread per rank, unbounded channels as the network (so
     /// sends never block and a window can send before it receives).
@@ -960,8 +1045,8 @@ mod tests {
                 other => anyhow::bail!("threads: no {}", other.mpi_name()),
             }
         }
-        fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
-            between();
+        fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()> {
+            between(&mut || {});
             self.collective(op)
         }
     }

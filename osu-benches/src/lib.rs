@@ -6,9 +6,9 @@
 //! scripts that parse OSU output parse these too. The collective benchmarks (`osu_barrier`,
 //! `osu_bcast`, `osu_reduce`, `osu_allreduce`, `osu_allgather(v)`, `osu_alltoall(v)`,
 //! `osu_gather(v)`, `osu_scatter(v)`, `osu_reduce_scatter`) and the nonblocking ones
-//! (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, `osu_iallgather`, `osu_ialltoall`,
-//! `osu_ireduce`) follow OSU 7.3's collective programs the same way (see [`mod@bench`]). Each
-//! benchmark runs over one of two backends, chosen at run time with `--backend`:
+//! (`osu_ibarrier`, `osu_ibcast`, `osu_iallreduce`, `osu_iallgather(v)`, `osu_ialltoall(v)`,
+//! `osu_ireduce`, `osu_igather(v)`, `osu_iscatter(v)`, `osu_ireduce_scatter`) follow OSU 7.3's
+//! collective programs the same way (see [`mod@bench`]). Each benchmark runs over one of two backends, chosen at run time with `--backend`:
 //!
 //! - `braid` (default): Braid's own Rust API (crate `braid`).
 //! - `rsmpi` (cargo feature `rsmpi`): a system MPI (Open MPI or MPICH) through the rsmpi crate,
@@ -76,6 +76,13 @@ pub mod builtin {
         "osu_iallgather",
         "osu_ialltoall",
         "osu_ireduce",
+        "osu_igather",
+        "osu_igatherv",
+        "osu_iscatter",
+        "osu_iscatterv",
+        "osu_iallgatherv",
+        "osu_ialltoallv",
+        "osu_ireduce_scatter",
     ];
 
     /// Runs bundled benchmark `name` with command-line `args` (`args[0]` is the program name).

@@ -43,16 +43,31 @@ pub enum Bench {
     Gatherv,
     /// `osu_iallgather`: `MPI_Iallgather` overlap.
     Iallgather,
+    /// `osu_iallgatherv`: `MPI_Iallgatherv` overlap (equal counts, as OSU).
+    Iallgatherv,
     /// `osu_iallreduce`: `MPI_Iallreduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
     Iallreduce,
     /// `osu_ialltoall`: `MPI_Ialltoall` overlap.
     Ialltoall,
+    /// `osu_ialltoallv`: `MPI_Ialltoallv` overlap (equal counts, as OSU).
+    Ialltoallv,
     /// `osu_ibarrier`: `MPI_Ibarrier` overlap.
     Ibarrier,
     /// `osu_ibcast`: `MPI_Ibcast` overlap.
     Ibcast,
+    /// `osu_igather`: `MPI_Igather` overlap, to rank 0.
+    Igather,
+    /// `osu_igatherv`: `MPI_Igatherv` overlap, to rank 0 (equal counts, as OSU).
+    Igatherv,
     /// `osu_ireduce`: `MPI_Ireduce` overlap (`MPI_FLOAT`, `MPI_SUM`).
     Ireduce,
+    /// `osu_ireduce_scatter`: `MPI_Ireduce_scatter` overlap (`MPI_FLOAT`, `MPI_SUM`, OSU's
+    /// counts; Braid backend only: rsmpi 0.8 has no `MPI_Ireduce_scatter`).
+    IreduceScatter,
+    /// `osu_iscatter`: `MPI_Iscatter` overlap, from rank 0.
+    Iscatter,
+    /// `osu_iscatterv`: `MPI_Iscatterv` overlap, from rank 0 (equal counts, as OSU).
+    Iscatterv,
     /// `osu_latency`: ping-pong between two ranks.
     Latency,
     /// `osu_mbw_mr`: `n/2` pairs stream windows at once; aggregate MB/s and messages/s.
@@ -83,7 +98,7 @@ pub enum Family {
 
 impl Bench {
     /// Every benchmark, in `builtin::NAMES` order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 31] = [
         Self::Latency,
         Self::Bw,
         Self::Bibw,
@@ -108,6 +123,13 @@ impl Bench {
         Self::Iallgather,
         Self::Ialltoall,
         Self::Ireduce,
+        Self::Igather,
+        Self::Igatherv,
+        Self::Iscatter,
+        Self::Iscatterv,
+        Self::Iallgatherv,
+        Self::Ialltoallv,
+        Self::IreduceScatter,
     ];
 
     /// Finds a benchmark by program name (`osu_latency`, ...); a path prefix is ignored.
@@ -133,11 +155,18 @@ impl Bench {
             Self::Gather => "osu_gather",
             Self::Gatherv => "osu_gatherv",
             Self::Iallgather => "osu_iallgather",
+            Self::Iallgatherv => "osu_iallgatherv",
             Self::Iallreduce => "osu_iallreduce",
             Self::Ialltoall => "osu_ialltoall",
+            Self::Ialltoallv => "osu_ialltoallv",
             Self::Ibarrier => "osu_ibarrier",
             Self::Ibcast => "osu_ibcast",
+            Self::Igather => "osu_igather",
+            Self::Igatherv => "osu_igatherv",
             Self::Ireduce => "osu_ireduce",
+            Self::IreduceScatter => "osu_ireduce_scatter",
+            Self::Iscatter => "osu_iscatter",
+            Self::Iscatterv => "osu_iscatterv",
             Self::Latency => "osu_latency",
             Self::MbwMr => "osu_mbw_mr",
             Self::MultiLat => "osu_multi_lat",
@@ -156,11 +185,18 @@ impl Bench {
                 Family::PointToPoint
             }
             Self::Iallgather
+            | Self::Iallgatherv
             | Self::Iallreduce
             | Self::Ialltoall
+            | Self::Ialltoallv
             | Self::Ibarrier
             | Self::Ibcast
-            | Self::Ireduce => Family::Nonblocking,
+            | Self::Igather
+            | Self::Igatherv
+            | Self::Ireduce
+            | Self::IreduceScatter
+            | Self::Iscatter
+            | Self::Iscatterv => Family::Nonblocking,
             _ => Family::Blocking,
         }
     }
@@ -171,7 +207,12 @@ impl Bench {
     pub fn is_reduction(self) -> bool {
         matches!(
             self,
-            Self::Allreduce | Self::Iallreduce | Self::Ireduce | Self::Reduce | Self::ReduceScatter
+            Self::Allreduce
+                | Self::Iallreduce
+                | Self::Ireduce
+                | Self::IreduceScatter
+                | Self::Reduce
+                | Self::ReduceScatter
         )
     }
 
@@ -370,6 +411,11 @@ pub struct Args {
     #[arg(short = 'f', long = "full")]
     pub full: bool,
 
+    /// Nonblocking collectives: call `MPI_Test` this many times, evenly spread, during the
+    /// dummy compute (OSU's `-t`; default 0: no test calls).
+    #[arg(short = 't', long = "num_test_calls", value_name = "CALLS")]
+    pub num_test_calls: Option<usize>,
+
     /// Write the results in `--format` to this file (rank 0 only).
     #[arg(long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -396,6 +442,8 @@ pub struct Config {
     pub validate: bool,
     /// OSU's full listing (`-f`).
     pub full: bool,
+    /// `MPI_Test` calls during the dummy compute of the nonblocking collectives (OSU's `-t`).
+    pub test_calls: usize,
 }
 
 impl Config {
@@ -406,6 +454,12 @@ impl Config {
     pub fn new(bench: Bench, args: &Args) -> Result<Self, String> {
         if args.window.is_some() && !bench.has_window() {
             return Err(format!("{} has no window: -W does not apply", bench.name()));
+        }
+        if args.num_test_calls.is_some() && bench.family() != Family::Nonblocking {
+            return Err(format!(
+                "{} is not a nonblocking collective: -t does not apply",
+                bench.name()
+            ));
         }
         let range = args.message_size.unwrap_or_else(|| bench.default_sizes());
         let sizes = if bench.is_sizeless() {
@@ -432,6 +486,7 @@ impl Config {
             },
             validate: args.validate,
             full: args.full,
+            test_calls: args.num_test_calls.unwrap_or(0),
         })
     }
 
@@ -516,6 +571,15 @@ mod tests {
         assert_eq!(c.window, 1);
 
         assert!(Config::new(Bench::Latency, &parse(&["osu_latency", "-W", "4"])).is_err());
+        let c = Config::new(Bench::Igather, &parse(&["osu_igather", "-t", "100"])).unwrap();
+        assert_eq!(c.test_calls, 100);
+        assert_eq!(
+            Config::new(Bench::Iscatterv, &parse(&["osu_iscatterv"]))
+                .unwrap()
+                .test_calls,
+            0
+        );
+        assert!(Config::new(Bench::Gather, &parse(&["osu_gather", "-t", "10"])).is_err());
         assert!(Args::try_parse_from(["osu_bw", "-i", "0"]).is_err());
         assert!(Args::try_parse_from(["osu_bw", "--backend", "mpich"]).is_err());
     }
@@ -527,7 +591,8 @@ mod tests {
         }
         assert_eq!(Bench::from_name("/x/y/osu_mbw_mr"), Some(Bench::MbwMr));
         assert_eq!(Bench::from_name("osu_allreduce"), Some(Bench::Allreduce));
-        assert_eq!(Bench::from_name("osu_iscatter"), None);
+        assert_eq!(Bench::from_name("osu_iscatter"), Some(Bench::Iscatter));
+        assert_eq!(Bench::from_name("osu_ialltoallw"), None);
         assert_eq!(Bench::Bw.default_loops(1), (100, 10));
         assert_eq!(Bench::MbwMr.default_loops(1 << 20), (20, 2));
         assert_eq!(Bench::Bcast.default_loops(8192), (1_000, 100));

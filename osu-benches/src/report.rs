@@ -73,6 +73,10 @@ pub struct Record {
     /// Mean time of the starting call in microseconds (nonblocking only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_us: Option<f64>,
+    /// Mean time of the `MPI_Test` calls during the compute in microseconds (nonblocking only;
+    /// `-t`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_us: Option<f64>,
     /// Mean time of the final wait in microseconds (nonblocking only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_us: Option<f64>,
@@ -108,11 +112,18 @@ pub fn title(bench: Bench) -> String {
         Bench::Gather => "Gather Latency Test",
         Bench::Gatherv => "Gatherv Latency Test",
         Bench::Iallgather => "Non-blocking Allgather Latency Test",
+        Bench::Iallgatherv => "Non-blocking Allgatherv Latency Test",
         Bench::Iallreduce => "Non-blocking Allreduce Latency Test",
         Bench::Ialltoall => "Non-blocking All-to-All Latency Test",
+        Bench::Ialltoallv => "Non-blocking All-to-Allv Personalized Exchange Latency Test",
         Bench::Ibarrier => "Non-blocking Barrier Latency Test",
         Bench::Ibcast => "Non-blocking Broadcast Latency Test",
+        Bench::Igather => "Non-blocking Gather Latency Test",
+        Bench::Igatherv => "Non-blocking Gatherv Latency Test",
         Bench::Ireduce => "Non-blocking Reduce Latency Test",
+        Bench::IreduceScatter => "Non-blocking Reduce_scatter Latency Test",
+        Bench::Iscatter => "Non-blocking Scatter Latency Test",
+        Bench::Iscatterv => "Non-blocking Scatterv Latency Test",
         Bench::Latency => "Latency Test",
         Bench::MbwMr => "Multiple Bandwidth / Message Rate Test",
         Bench::MultiLat => "Multi Latency Test",
@@ -253,7 +264,7 @@ pub fn text_row(r: &Record, full: bool) -> String {
             num(&mut s, r.compute_us);
             if full {
                 num(&mut s, r.init_us);
-                num(&mut s, Some(0.0));
+                num(&mut s, Some(r.test_us.unwrap_or(0.0)));
                 num(&mut s, r.wait_us);
             }
             num(&mut s, r.pure_comm_us);

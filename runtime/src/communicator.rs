@@ -719,7 +719,7 @@ pub trait Source: sealed::Peer {
     fn probe(&self) -> Result<Status, Error> {
         let (comm, src) = (self.comm(), self.source_rank()?);
         let ctx = comm.context();
-        with_core(|c| c.probe(ctx, src, None)).map(|st| probe_status(st, comm))
+        crate::collective::probe_p2p(ctx, src, None).map(|st| probe_status(st, comm))
     }
 
     /// Blocks until a message with tag `tag` is available.
@@ -729,7 +729,7 @@ pub trait Source: sealed::Peer {
     fn probe_with_tag(&self, tag: Tag) -> Result<Status, Error> {
         let (comm, src, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
         let ctx = comm.context();
-        with_core(|c| c.probe(ctx, src, Some(tag))).map(|st| probe_status(st, comm))
+        crate::collective::probe_p2p(ctx, src, Some(tag)).map(|st| probe_status(st, comm))
     }
 
     /// Returns a message's envelope if one is available (`MPI_Iprobe`).
@@ -739,7 +739,7 @@ pub trait Source: sealed::Peer {
     fn immediate_probe(&self) -> Result<Option<Status>, Error> {
         let (comm, src) = (self.comm(), self.source_rank()?);
         let ctx = comm.context();
-        with_core(|c| c.iprobe(ctx, src, None)).map(|o| o.map(|st| probe_status(st, comm)))
+        crate::collective::iprobe_p2p(ctx, src, None).map(|o| o.map(|st| probe_status(st, comm)))
     }
 
     /// Returns the envelope of a message with tag `tag` if one is available.
@@ -749,7 +749,8 @@ pub trait Source: sealed::Peer {
     fn immediate_probe_with_tag(&self, tag: Tag) -> Result<Option<Status>, Error> {
         let (comm, src, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
         let ctx = comm.context();
-        with_core(|c| c.iprobe(ctx, src, Some(tag))).map(|o| o.map(|st| probe_status(st, comm)))
+        crate::collective::iprobe_p2p(ctx, src, Some(tag))
+            .map(|o| o.map(|st| probe_status(st, comm)))
     }
 }
 
@@ -991,7 +992,7 @@ fn recv_vec<T: Equivalence>(
     from: Option<u32>,
     tag: Option<i32>,
 ) -> Result<(Vec<T>, Status), Error> {
-    let p = with_core(|c| c.probe(comm.context(), from, tag))?;
+    let p = crate::collective::probe_p2p(comm.context(), from, tag)?;
     let elem = size_of::<T>().max(1);
     let len = p.len as usize;
     if !len.is_multiple_of(elem) {
@@ -1027,6 +1028,7 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
             (id, Some(v))
         }
     };
+    crate::collective::poke();
     let r: Request<'a, S> = Request::new(id, scope, Kind::Send);
     Ok(match keep {
         Some(v) => r.with_group(Group::empty(), Some(v)),
@@ -1052,6 +1054,7 @@ fn irecv<'a, S: Scope<'a>, B: BufferMut + ?Sized>(
     // SAFETY: `buf` is mutably borrowed for 'a, and the request (or its scope) waits for
     // completion before 'a ends.
     let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
+    crate::collective::poke();
     Ok(Request::new(id, scope, Kind::Recv { capacity }).with_group(comm.group.clone(), None))
 }
 

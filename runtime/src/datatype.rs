@@ -570,7 +570,7 @@ impl Datatype {
 
     /// Checks that `count` elements with origin at byte 0 of a `len`-byte buffer stay inside
     /// it, and that the type is committed.
-    fn check_span(&self, count: usize, len: usize) -> Result<(), Error> {
+    pub(crate) fn check_span(&self, count: usize, len: usize) -> Result<(), Error> {
         if !self.inner.committed {
             return Err(Error::UsageDatatype(format!(
                 "{} is not committed",

@@ -4,7 +4,8 @@
 //! unfinished request waits for it, and a scope waits at its end for every request it issued
 //! that was leaked with `mem::forget`, so a buffer is never released while Braid may still
 //! read or write it. Requests of nonblocking collectives (`immediate_barrier`, ...) are the
-//! same type; every wait or test on any request also advances the collectives in flight.
+//! same type; every wait or test on any request, like every send, receive, probe or posting of a
+//! nonblocking operation, also advances the collectives in flight (see `braid::collective`).
 //!
 //! # Standard section(s)
 //! MPI-4.1 §3.7 (nonblocking communication), §6.12 (nonblocking collectives).

@@ -339,6 +339,48 @@ const COLLECTIVES: &[(&str, &str, bool, bool)] = &[
         true,
         true,
     ),
+    (
+        "osu_igather",
+        "Non-blocking Gather Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_igatherv",
+        "Non-blocking Gatherv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iscatter",
+        "Non-blocking Scatter Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iscatterv",
+        "Non-blocking Scatterv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_iallgatherv",
+        "Non-blocking Allgatherv Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ialltoallv",
+        "Non-blocking All-to-Allv Personalized Exchange Latency Test",
+        false,
+        true,
+    ),
+    (
+        "osu_ireduce_scatter",
+        "Non-blocking Reduce_scatter Latency Test",
+        true,
+        true,
+    ),
 ];
 
 /// Checks the OSU text of a collective benchmark run with `-m 1:<max> -c`: title, datatype
@@ -493,7 +535,7 @@ fn full_listing_adds_osu_columns() {
     let done = job(
         2,
         &bench("osu_ibcast"),
-        &["-m", "1:8", "-i", "5", "-x", "1", "-f"],
+        &["-m", "1:8", "-i", "5", "-x", "1", "-f", "-t", "10"],
     );
     assert!(
         done.stdout
@@ -501,6 +543,18 @@ fn full_listing_adds_osu_columns() {
         "{}",
         done.stdout
     );
+    // `-t 10`: ten tests during the compute, timed in the MPI_Test column.
+    let rows: Vec<&str> = done
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(rows.len(), 4, "{}", done.stdout);
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let test: f64 = cols[4].parse().unwrap();
+        assert!(test > 0.0, "{row}");
+    }
 }
 
 fn path_str(p: &Path) -> &str {

@@ -135,6 +135,16 @@ pub enum Coll<'a> {
         /// The sum (root only).
         recv: &'a mut [f32],
     },
+    /// `MPI_Reduce_scatter` with `MPI_SUM`: rank i gets block i (`counts[i]` elements, blocks
+    /// one after another) of the sum.
+    ReduceScatter {
+        /// The whole vector: the sum of `counts` elements.
+        send: &'a [f32],
+        /// This rank's block of the sum (`counts[rank]` elements).
+        recv: &'a mut [f32],
+        /// Elements of each rank's block.
+        counts: &'a [i32],
+    },
     /// `MPI_Reduce_scatter_block` with `MPI_SUM`: rank i gets block i of the sum.
     ReduceScatterBlock {
         /// `size` blocks of `recv.len()` elements.
@@ -181,6 +191,7 @@ impl Coll<'_> {
             Self::Gather { .. } => "MPI_Gather",
             Self::Gatherv { .. } => "MPI_Gatherv",
             Self::Reduce { .. } => "MPI_Reduce",
+            Self::ReduceScatter { .. } => "MPI_Reduce_scatter",
             Self::ReduceScatterBlock { .. } => "MPI_Reduce_scatter_block",
             Self::Scatter { .. } => "MPI_Scatter",
             Self::Scatterv { .. } => "MPI_Scatterv",
@@ -241,12 +252,18 @@ pub trait Backend {
     /// The library's error.
     fn collective(&self, op: Coll<'_>) -> anyhow::Result<()>;
     /// Starts the nonblocking form of `op` (`MPI_I...`), calls `between` once it has started,
-    /// then waits for it (OSU's `MPI_I...`, dummy compute, `MPI_Wait`).
+    /// then waits for it (OSU's `MPI_I...`, dummy compute, `MPI_Wait`). `between` gets a
+    /// function that tests the request once (`MPI_Test`; a no-op once it has completed), for
+    /// OSU's `-t`.
     ///
     /// # Errors
     /// The library's error; a collective the library has no nonblocking form of.
-    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()>;
+    fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()>;
 }
+
+/// What a nonblocking benchmark does between starting a collective and waiting for it: it is
+/// handed a function that tests the request once.
+pub type Between<'b> = dyn FnMut(&mut dyn FnMut()) + 'b;
 
 #[cfg(test)]
 mod tests {

@@ -3,14 +3,16 @@
 //! rsmpi reports MPI errors by aborting the job (MPI's default error handler), so these
 //! methods only return errors for misuse detected here.
 //!
-//! Every [`Coll`] maps onto the rsmpi call of the same name (`mpi::collective`).
+//! Every [`Coll`] maps onto the rsmpi call of the same name (`mpi::collective`), blocking or
+//! nonblocking, except `MPI_Reduce_scatter` (`Coll::ReduceScatter`): rsmpi 0.8 has neither it
+//! nor `MPI_Ireduce_scatter`, so `osu_ireduce_scatter` does not run on this backend.
 
 use anyhow::{anyhow, bail};
 use mpi::collective::SystemOperation;
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::traits::*;
 
-use super::{Backend, Coll, ReduceOp};
+use super::{Backend, Between, Coll, ReduceOp};
 use crate::options::Config;
 
 /// The system MPI's `MPI_COMM_WORLD`, borrowed for one run.
@@ -224,6 +226,7 @@ impl Backend for RsmpiBackend<'_> {
                     p.reduce_into(send, sum());
                 }
             }
+            Coll::ReduceScatter { .. } => bail!(NO_REDUCE_SCATTER),
             Coll::ReduceScatterBlock { send, recv } => {
                 w.reduce_scatter_block_into(send, recv, sum());
             }
@@ -253,56 +256,155 @@ impl Backend for RsmpiBackend<'_> {
         Ok(())
     }
 
-    fn immediate(&self, op: Coll<'_>, between: &mut dyn FnMut()) -> anyhow::Result<()> {
+    fn immediate(&self, op: Coll<'_>, between: &mut Between<'_>) -> anyhow::Result<()> {
         let me = self.rank();
         let w = self.world;
         let sum = SystemOperation::sum;
-        // Each arm starts the request, computes, and waits: the request types differ.
-        mpi::request::scope(|scope| {
-            match op {
-                Coll::Allgather { send, recv } => {
-                    let r = w.immediate_all_gather_into(scope, send, recv);
-                    between();
-                    r.wait();
+        // Each arm starts the request, computes, and waits: the request types differ. The
+        // partitions of the v-forms are made before the scope, since requests borrow them.
+        match op {
+            Coll::Allgather { send, recv } => mpi::request::scope(|scope| {
+                let r = w.immediate_all_gather_into(scope, send, recv);
+                overlap(r, between);
+            }),
+            Coll::Allgatherv {
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let mut part = PartitionMut::new(recv, counts, displs);
+                mpi::request::scope(|scope| {
+                    let r = w.immediate_all_gather_varcount_into(scope, send, &mut part);
+                    overlap(r, between);
+                });
+            }
+            Coll::Allreduce { send, recv } => mpi::request::scope(|scope| {
+                let r = w.immediate_all_reduce_into(scope, send, recv, sum());
+                overlap(r, between);
+            }),
+            Coll::Alltoall { send, recv } => mpi::request::scope(|scope| {
+                let r = w.immediate_all_to_all_into(scope, send, recv);
+                overlap(r, between);
+            }),
+            Coll::Alltoallv {
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let sp = Partition::new(send, counts, displs);
+                let mut rp = PartitionMut::new(recv, counts, displs);
+                mpi::request::scope(|scope| {
+                    let r = w.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
+                    overlap(r, between);
+                });
+            }
+            Coll::Barrier => {
+                let r = w.immediate_barrier();
+                overlap(r, between);
+            }
+            Coll::Bcast { root, buf } => mpi::request::scope(|scope| {
+                let r = w.process_at_rank(root).immediate_broadcast_into(scope, buf);
+                overlap(r, between);
+            }),
+            Coll::Gather { root, send, recv } => mpi::request::scope(|scope| {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    let r = p.immediate_gather_into_root(scope, send, recv);
+                    overlap(r, between);
+                } else {
+                    let r = p.immediate_gather_into(scope, send);
+                    overlap(r, between);
                 }
-                Coll::Allreduce { send, recv } => {
-                    let r = w.immediate_all_reduce_into(scope, send, recv, sum());
-                    between();
-                    r.wait();
-                }
-                Coll::Alltoall { send, recv } => {
-                    let r = w.immediate_all_to_all_into(scope, send, recv);
-                    between();
-                    r.wait();
-                }
-                Coll::Barrier => {
-                    let r = w.immediate_barrier();
-                    between();
-                    r.wait();
-                }
-                Coll::Bcast { root, buf } => {
-                    let r = w.process_at_rank(root).immediate_broadcast_into(scope, buf);
-                    between();
-                    r.wait();
-                }
-                Coll::Reduce { root, send, recv } => {
+            }),
+            Coll::Gatherv {
+                root,
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let mut part = PartitionMut::new(recv, counts, displs);
+                mpi::request::scope(|scope| {
                     let p = w.process_at_rank(root);
                     if me == root {
-                        let r = p.immediate_reduce_into_root(scope, send, recv, sum());
-                        between();
-                        r.wait();
+                        let r = p.immediate_gather_varcount_into_root(scope, send, &mut part);
+                        overlap(r, between);
                     } else {
-                        let r = p.immediate_reduce_into(scope, send, sum());
-                        between();
-                        r.wait();
+                        let r = p.immediate_gather_varcount_into(scope, send);
+                        overlap(r, between);
                     }
-                }
-                other => bail!(
-                    "the benchmarks use no nonblocking form of {}",
-                    other.mpi_name()
-                ),
+                });
             }
-            Ok(())
-        })
+            Coll::Reduce { root, send, recv } => mpi::request::scope(|scope| {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    let r = p.immediate_reduce_into_root(scope, send, recv, sum());
+                    overlap(r, between);
+                } else {
+                    let r = p.immediate_reduce_into(scope, send, sum());
+                    overlap(r, between);
+                }
+            }),
+            Coll::ReduceScatter { .. } => bail!(NO_REDUCE_SCATTER),
+            Coll::ReduceScatterBlock { send, recv } => mpi::request::scope(|scope| {
+                let r = w.immediate_reduce_scatter_block_into(scope, send, recv, sum());
+                overlap(r, between);
+            }),
+            Coll::Scatter { root, send, recv } => mpi::request::scope(|scope| {
+                let p = w.process_at_rank(root);
+                if me == root {
+                    let r = p.immediate_scatter_into_root(scope, send, recv);
+                    overlap(r, between);
+                } else {
+                    let r = p.immediate_scatter_into(scope, recv);
+                    overlap(r, between);
+                }
+            }),
+            Coll::Scatterv {
+                root,
+                send,
+                recv,
+                counts,
+                displs,
+            } => {
+                let part = Partition::new(send, counts, displs);
+                mpi::request::scope(|scope| {
+                    let p = w.process_at_rank(root);
+                    if me == root {
+                        let r = p.immediate_scatter_varcount_into_root(scope, &part, recv);
+                        overlap(r, between);
+                    } else {
+                        let r = p.immediate_scatter_varcount_into(scope, recv);
+                        overlap(r, between);
+                    }
+                });
+            }
+        }
+        Ok(())
     }
 }
+
+/// OSU's overlap step: runs `between` (the dummy compute, which may test the request), then
+/// waits unless a test saw the request complete.
+fn overlap<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+    request: mpi::request::Request<'a, D, S>,
+    between: &mut Between<'_>,
+) {
+    let mut slot = Some(request);
+    between(&mut || {
+        if let Some(r) = slot.take()
+            && let Err(r) = r.test()
+        {
+            slot = Some(r);
+        }
+    });
+    if let Some(r) = slot {
+        r.wait();
+    }
+}
+
+/// Why `Coll::ReduceScatter` does not run here.
+const NO_REDUCE_SCATTER: &str = "rsmpi 0.8 has no MPI_Reduce_scatter nor MPI_Ireduce_scatter \
+     (only the _block forms); run osu_ireduce_scatter on the braid backend";

@@ -302,20 +302,21 @@ pub(crate) fn allreduce_rabenseifner(
     fold_out(s, t, rem, acc);
 }
 
-/// Ring reduce-scatter over p chunks of `acc`; afterwards index i holds chunk `(i + shift)
-/// mod p` fully reduced. Commutative operations only. Cost: (p-1)(α + n/p β + n/p γ).
+/// Ring reduce-scatter over the p byte ranges `parts[i] = (offset, len)` of `acc` (any sizes,
+/// zero included); afterwards index i holds range `(i + shift) mod p` fully reduced. `tmp`
+/// has `acc`'s length. Commutative operations only. Cost: (p-1)(α + n/p β + n/p γ) for equal
+/// ranges; with unequal ones each step costs as much as the largest range moved in it.
 fn reduce_scatter_ring(
     s: &mut Schedule,
     t: &Team,
-    elem: usize,
+    parts: &[(usize, usize)],
     acc: Slice,
     tmp: Slice,
     shift: usize,
 ) {
     let p = t.p();
-    let n = acc.len / elem.max(1);
     let part = |i: usize, buf: Slice| {
-        let (o, l) = chunk(n, elem, p, i % p);
+        let (o, l) = parts[i % p];
         buf.sub(o, l)
     };
     s.round();
@@ -329,6 +330,11 @@ fn reduce_scatter_ring(
     }
 }
 
+/// The p near-equal chunks of [`chunk`] as byte ranges.
+fn equal_parts(n_elems: usize, elem: usize, p: usize) -> Vec<(usize, usize)> {
+    (0..p).map(|i| chunk(n_elems, elem, p, i)).collect()
+}
+
 /// Ring allreduce: ring reduce-scatter then ring allgather. Commutative operations only.
 /// Cost: 2(p-1) α + 2 (p-1)/p nβ + (p-1)/p nγ; bandwidth-optimal for any p. Used for long
 /// messages when p is not a power of two.
@@ -338,11 +344,12 @@ pub(crate) fn allreduce_ring(s: &mut Schedule, t: &Team, elem: usize, acc: Slice
         return;
     }
     let n = acc.len / elem.max(1);
+    let parts = equal_parts(n, elem, p);
     let part = |i: usize| {
-        let (o, l) = chunk(n, elem, p, i % p);
+        let (o, l) = parts[i % p];
         acc.sub(o, l)
     };
-    reduce_scatter_ring(s, t, elem, acc, tmp, 0);
+    reduce_scatter_ring(s, t, &parts, acc, tmp, 0);
     // Index i now owns chunk i; circulate.
     for step in 0..p - 1 {
         s.send(t.at(t.me + 1), part(t.me + p - step));
@@ -351,16 +358,19 @@ pub(crate) fn allreduce_ring(s: &mut Schedule, t: &Team, elem: usize, acc: Slice
     }
 }
 
-/// Reduce-scatter with equal blocks by the ring: index i ends with block i of `acc`.
-pub(crate) fn reduce_scatter_block_ring(
+/// Reduce-scatter by the ring over blocks of any sizes: `blocks[i] = (offset, len)` in bytes
+/// of `acc`; index i ends with block i of `acc` reduced (`MPI_Reduce_scatter` and, with equal
+/// blocks, `MPI_Reduce_scatter_block`). Commutative operations only; `tmp` has `acc`'s length.
+pub(crate) fn reduce_scatter_ring_blocks(
     s: &mut Schedule,
     t: &Team,
-    elem: usize,
+    blocks: &[(usize, usize)],
     acc: Slice,
     tmp: Slice,
 ) {
+    debug_assert_eq!(blocks.len(), t.p());
     if t.p() > 1 {
-        reduce_scatter_ring(s, t, elem, acc, tmp, 0);
+        reduce_scatter_ring(s, t, blocks, acc, tmp, 0);
     }
 }
 

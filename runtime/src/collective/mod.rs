@@ -2,22 +2,36 @@
 //!
 //! Every collective is built as a `schedule::Schedule` of rounds by the algorithms in
 //! `algorithms`, chosen by message size, communicator size and host layout (see [`info`]),
-//! then run to completion (blocking) or advanced whenever the caller waits or tests on any
-//! request (`immediate_*`). Collective traffic travels on the communicator's collective
-//! context, one tag per collective call, so it never matches point-to-point messages nor
-//! another collective in flight.
+//! then run to completion (blocking) or started and advanced later (`immediate_*`). One
+//! builder per collective (`do_*`) serves both modes. Collective traffic travels on the
+//! communicator's collective context, one tag per collective call, so it never matches
+//! point-to-point messages nor another collective in flight.
 //!
 //! Two-level (host-aware) versions of barrier, broadcast, reduce and allreduce run when a
 //! communicator spans several hosts and some host holds several of its ranks: first among the
 //! ranks of each host, then among one leader per host (the lowest rank on it).
 //!
+//! Every collective of MPI-4.1 §6 on intracommunicators has a blocking and an `immediate_`
+//! form here (rsmpi's names; `MPI_Reduce_scatter` is `reduce_scatter_varcount_into`), and an
+//! `_in_place` form of each where MPI allows `MPI_IN_PLACE`.
+//!
+//! # Progress
+//! A nonblocking collective advances whenever this process calls into Braid's communication
+//! layer: any wait or test (on any request, point-to-point or collective), any blocking send,
+//! receive, probe or collective, posting any nonblocking operation (`immediate_*`), and
+//! `immediate_probe`. Each such call advances every nonblocking collective in flight as far as
+//! the messages already arrived allow (a round's messages are posted as soon as the previous
+//! round has completed). There is no progress thread: while the caller computes without
+//! calling Braid, nothing advances, so overlap with computation needs an occasional
+//! `test` (OSU's `-t`), as with MPICH and Open MPI without their progress threads.
+//!
 //! # Standard section(s)
 //! MPI-4.1 §6 (collective communication), §6.12 (nonblocking collectives).
 //!
 //! # Not yet implemented
-//! Intercommunicator collectives, `reduce_scatter` with varying counts, neighborhood
-//! collectives, persistent collectives, collectives on non-contiguous [`View`]s, progress of
-//! nonblocking collectives while the caller computes (they advance inside wait/test calls).
+//! Intercommunicator collectives, neighborhood collectives, persistent collectives,
+//! collectives on non-contiguous [`View`]s (only blocking broadcast packs them; `MPI_Alltoallw`
+//! takes per-peer datatypes instead), a progress thread.
 //!
 //! [`View`]: crate::datatype::View
 
@@ -30,7 +44,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use braid_engine::{ContextId, ReqId, SendMode};
+use braid_engine::{ContextId, RecvStatus, ReqId, SendMode};
 pub use op::{Operation, SystemOperation, UserOperation, ValueIndex, reduce_local_into};
 
 use self::algorithms as alg;
@@ -190,8 +204,8 @@ pub fn info() -> String {
          else Rabenseifner (power-of-two ranks) or ring\n\
          allgather: Bruck below BRAID_COLL_ALLGATHER_SHORT={} bytes of result; else ring; allgatherv: ring\n\
          gather/scatter: binomial below BRAID_COLL_GATHER_SHORT={} bytes at the root; else linear; v-forms linear\n\
-         alltoall(v): pairwise exchange\n\
-         reduce_scatter_block: ring (commutative) or reduce + scatter\n\
+         alltoall(v,w): pairwise exchange\n\
+         reduce_scatter(_block): ring over the blocks (commutative) or reduce + scatter\n\
          scan/exscan: recursive doubling\n\
          hierarchy (BRAID_COLL_HIERARCHY): {}; BRAID_COLL_FAKE_HOSTS={}",
         s.bcast_long,
@@ -278,6 +292,52 @@ pub(crate) fn progress_all() {
             let _ = with_core(|c| e.advance(c, false));
         }
     }
+}
+
+/// Advances every nonblocking collective in flight, if any: called by every call that posts
+/// point-to-point operations (`immediate_send`, `immediate_receive`, ...) and by probes, so
+/// that any Braid call that drives the engine also drives the collectives in flight. Costs one
+/// atomic load when none is in flight.
+pub(crate) fn poke() {
+    if ACTIVE_LEN.load(Ordering::Acquire) != 0 {
+        progress_all();
+    }
+}
+
+/// Blocks until a message matching (`ctx`, `from`, `tag`) is there (`MPI_Probe`), advancing
+/// nonblocking collectives meanwhile.
+pub(crate) fn probe_p2p(
+    ctx: ContextId,
+    from: Option<u32>,
+    tag: Option<i32>,
+) -> Result<RecvStatus, Error> {
+    if active().is_empty() {
+        return with_core(|c| c.probe(ctx, from, tag));
+    }
+    loop {
+        progress_all();
+        let got = with_core(|c| -> Result<Option<RecvStatus>, Error> {
+            if let Some(s) = c.iprobe(ctx, from, tag)? {
+                return Ok(Some(s));
+            }
+            c.progress(Some(Duration::from_micros(200)))?;
+            Ok(None)
+        })?;
+        if let Some(s) = got {
+            return Ok(s);
+        }
+    }
+}
+
+/// Looks for a message matching (`ctx`, `from`, `tag`) once (`MPI_Iprobe`), advancing
+/// nonblocking collectives first.
+pub(crate) fn iprobe_p2p(
+    ctx: ContextId,
+    from: Option<u32>,
+    tag: Option<i32>,
+) -> Result<Option<RecvStatus>, Error> {
+    poke();
+    with_core(|c| c.iprobe(ctx, from, tag))
 }
 
 /// Waits for point-to-point request `id`, advancing nonblocking collectives meanwhile.
@@ -420,6 +480,8 @@ fn run_blocking(s: Schedule) -> Result<(), Error> {
 
 /// Starts a schedule as a nonblocking collective.
 fn start(s: Schedule) -> Result<Shared, Error> {
+    // The others first: their call numbers were drawn before this one's.
+    poke();
     let e = Arc::new(Mutex::new(Exec::new(s)));
     {
         let mut g = e.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -741,6 +803,55 @@ fn check_partition(
     Ok((c, d))
 }
 
+/// Checks the receive partition of a v-form; returns counts and displacements (elements) and
+/// the element size in bytes.
+fn recv_partition<R: BufferMut + ?Sized>(
+    op: &'static str,
+    p: usize,
+    part: &mut PartitionMut<'_, R>,
+) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    contiguous_recv(op, &*part.buf)?;
+    let elem = part.buf.item_datatype().size().max(1);
+    let len = part.buf.as_bytes_mut().len() / elem;
+    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
+    Ok((c, d, elem))
+}
+
+/// As [`recv_partition`], for a send partition.
+fn send_partition<S: Buffer + ?Sized>(
+    op: &'static str,
+    p: usize,
+    part: &Partition<'_, S>,
+) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    contiguous_send(op, part.buf)?;
+    let elem = part.buf.item_datatype().size().max(1);
+    let len = part.buf.as_bytes().len() / elem;
+    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
+    Ok((c, d, elem))
+}
+
+/// Validates the per-rank counts (elements) of `MPI_Reduce_scatter`.
+fn check_counts(op: &'static str, p: usize, counts: &[i32]) -> Result<Vec<usize>, Error> {
+    if counts.len() != p {
+        return Err(mismatch(
+            op,
+            format!("{} counts for {p} ranks", counts.len()),
+        ));
+    }
+    counts
+        .iter()
+        .map(|c| usize::try_from(*c).map_err(|_| mismatch(op, format!("negative count {c}"))))
+        .collect()
+}
+
+/// The request of an immediate form, from what its `do_*` returned.
+fn immediate<'a, Sc: Scope<'a>>(
+    started: Result<Option<Shared>, Error>,
+    scope: Sc,
+) -> Result<Request<'a, Sc>, Error> {
+    Ok(Request::collective_opt(started?, scope))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Public API
 // ---------------------------------------------------------------------------------------------
@@ -780,6 +891,32 @@ impl<'a, B: BufferMut + ?Sized> PartitionMut<'a, B> {
             buf,
             counts: counts.into(),
             displs: displs.into(),
+        }
+    }
+}
+
+/// One rank's block of an `MPI_Alltoallw` buffer: `count` elements of `datatype`, laid out
+/// from byte `displ` of the buffer (`sendcounts[i]`, `sdispls[i]`, `sendtypes[i]` in C).
+///
+/// # Standard section(s)
+/// MPI-4.1 §6.8 (`MPI_Alltoallw`).
+#[derive(Clone, Debug)]
+pub struct TypedBlock {
+    /// Number of elements.
+    pub count: usize,
+    /// Byte offset of the block's origin in the buffer.
+    pub displ: usize,
+    /// Layout of each element; must be committed.
+    pub datatype: crate::datatype::Datatype,
+}
+
+impl TypedBlock {
+    /// `count` elements of `datatype` from byte `displ`.
+    pub fn new(count: usize, displ: usize, datatype: crate::datatype::Datatype) -> Self {
+        Self {
+            count,
+            displ,
+            datatype,
         }
     }
 }
@@ -1197,6 +1334,108 @@ fn do_alltoall(
     finish(s, mode)
 }
 
+/// Checks that `b` stays inside a `len`-byte buffer; returns its packed length and whether
+/// it is one contiguous byte range.
+fn typed_block(name: &'static str, b: &TypedBlock, len: usize) -> Result<(usize, bool), Error> {
+    if b.displ > len {
+        return Err(mismatch(
+            name,
+            format!("displacement {} outside a {len}-byte buffer", b.displ),
+        ));
+    }
+    b.datatype.check_span(b.count, len - b.displ)?;
+    Ok((b.datatype.pack_size(b.count), b.datatype.is_contiguous()))
+}
+
+/// `MPI_Alltoallw`: the block `sblocks[j]` of `send` goes to rank j and the block `rblocks[i]`
+/// of `recv` comes from rank i, each with its own datatype. `sblocks` `None` is
+/// `MPI_IN_PLACE`: the blocks of `recv` are sent and replaced. Contiguous blocks travel
+/// straight from and into the caller's buffers; the others are packed into and unpacked from
+/// temporaries. Algorithm: pairwise exchange, as `MPI_Alltoallv`.
+fn do_alltoallw(
+    comm: &CommData,
+    send: &[u8],
+    sblocks: Option<&[TypedBlock]>,
+    recv: &mut [u8],
+    rblocks: &[TypedBlock],
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
+    let name = "MPI_Alltoallw";
+    let over = Over::comm(comm);
+    let p = over.p();
+    if rblocks.len() != p || sblocks.is_some_and(|b| b.len() != p) {
+        return Err(mismatch(
+            name,
+            format!(
+                "{} send and {} receive blocks for {p} ranks",
+                sblocks.map_or(p, <[TypedBlock]>::len),
+                rblocks.len()
+            ),
+        ));
+    }
+    let mut s = over.schedule(name);
+    let (slen, rlen) = (send.len(), recv.len());
+    let mut recvs = Vec::with_capacity(p);
+    let mut unpacks = Vec::new();
+    for b in rblocks {
+        let (n, contiguous) = typed_block(name, b, rlen)?;
+        if contiguous {
+            recvs.push(Slice::new(Loc::Recv, b.displ, n));
+        } else {
+            let t = s.tmp(n);
+            unpacks.push((b, t));
+            recvs.push(t);
+        }
+    }
+    let mut sends = Vec::with_capacity(p);
+    let (src, src_blocks, src_len) = match sblocks {
+        Some(sb) => (Loc::Send, sb, slen),
+        None => (Loc::Recv, rblocks, rlen),
+    };
+    for b in src_blocks {
+        let (n, contiguous) = typed_block(name, b, src_len)?;
+        let whole = Slice::new(src, b.displ, n);
+        if contiguous && sblocks.is_some() {
+            sends.push(whole);
+        } else {
+            // In place, even contiguous blocks are copied out first: they are overwritten.
+            let t = s.tmp(n);
+            if contiguous {
+                s.copy(whole, t);
+            } else {
+                s.pack(
+                    &b.datatype,
+                    b.count,
+                    Slice::new(src, b.displ, src_len - b.displ),
+                    t,
+                );
+            }
+            sends.push(t);
+        }
+    }
+    if sends[over.me].len != recvs[over.me].len {
+        return Err(mismatch(
+            name,
+            format!(
+                "this rank sends itself {} bytes into a {}-byte block",
+                sends[over.me].len, recvs[over.me].len
+            ),
+        ));
+    }
+    alg::alltoall_pairwise(&mut s, &over.team(), &sends, &recvs);
+    for (b, t) in unpacks {
+        s.unpack(
+            &b.datatype,
+            b.count,
+            t,
+            Slice::new(Loc::Recv, b.displ, rlen - b.displ),
+        );
+    }
+    s.round();
+    bind(&mut s, send, recv);
+    finish(s, mode)
+}
+
 fn do_reduce_scatter_block(
     comm: &CommData,
     send: Option<&[u8]>,
@@ -1205,8 +1444,7 @@ fn do_reduce_scatter_block(
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
     let name = "MPI_Reduce_scatter_block";
-    let over = Over::comm(comm);
-    let p = over.p();
+    let p = comm.group().size() as usize;
     let n = match send {
         Some(sb) => {
             if sb.len() != recv.len() * p {
@@ -1221,32 +1459,93 @@ fn do_reduce_scatter_block(
             }
             recv.len()
         }
-        None => recv.len() / p.max(1),
+        None => {
+            let n = recv.len() / p.max(1);
+            if n * p != recv.len() {
+                return Err(mismatch(
+                    name,
+                    format!("{} bytes are not {p} equal blocks", recv.len()),
+                ));
+            }
+            n
+        }
     };
     if !n.is_multiple_of(op.elem.max(1)) {
         return Err(mismatch(name, format!("{n} bytes are not whole elements")));
     }
+    let counts = vec![n / op.elem.max(1); p];
+    do_reduce_scatter(comm, name, send, recv, &counts, op, mode)
+}
+
+/// Reduce-scatter of blocks of `counts[i]` elements (`MPI_Reduce_scatter`; with equal counts
+/// `MPI_Reduce_scatter_block`): rank i gets block i of the reduction of every rank's vector.
+/// `send` holds the whole vector; `None` is `MPI_IN_PLACE`: `recv` holds it and gets this
+/// rank's block at its start, as MPI specifies.
+///
+/// Algorithm: ring reduce-scatter over the blocks for commutative operations, else a
+/// rank-ordered binomial reduce to rank 0 followed by a linear scatter of the blocks.
+fn do_reduce_scatter(
+    comm: &CommData,
+    name: &'static str,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    counts: &[usize],
+    op: ResolvedOp,
+    mode: Mode,
+) -> Result<Option<Shared>, Error> {
+    let over = Over::comm(comm);
+    let p = over.p();
+    let elem = op.elem.max(1);
+    if counts.len() != p {
+        return Err(mismatch(
+            name,
+            format!("{} counts for {p} ranks", counts.len()),
+        ));
+    }
+    let mut parts = Vec::with_capacity(p);
+    let mut total = 0usize;
+    for &c in counts {
+        parts.push((total, c * elem));
+        total += c * elem;
+    }
+    let mine = parts[over.me].1;
+    match send {
+        Some(sb) if sb.len() != total || recv.len() != mine => {
+            return Err(mismatch(
+                name,
+                format!(
+                    "send {} bytes and receive {} bytes where the counts give {total} and {mine}",
+                    sb.len(),
+                    recv.len()
+                ),
+            ));
+        }
+        None if recv.len() < total => {
+            return Err(mismatch(
+                name,
+                format!(
+                    "in place: a {}-byte buffer for {total} bytes of input",
+                    recv.len()
+                ),
+            ));
+        }
+        _ => {}
+    }
     let mut s = over.schedule(name);
     s.set_op(op.clone());
-    let acc = s.tmp(n * p);
+    let acc = s.tmp(total);
     let src = if send.is_some() { Loc::Send } else { Loc::Recv };
-    s.copy(Slice::new(src, 0, n * p), acc);
+    s.copy(Slice::new(src, 0, total), acc);
     let t = over.team();
+    let tmp = s.tmp(total);
+    let out = Slice::new(Loc::Recv, 0, mine);
     if op.commutative {
-        let tmp = s.tmp(n * p);
-        alg::reduce_scatter_block_ring(&mut s, &t, op.elem, acc, tmp);
-        s.copy(acc.sub(over.me * n, n), Slice::new(Loc::Recv, 0, n));
+        alg::reduce_scatter_ring_blocks(&mut s, &t, &parts, acc, tmp);
+        s.copy(acc.sub(parts[over.me].0, mine), out);
     } else {
-        let tmp = s.tmp(n * p);
         alg::reduce_binomial(&mut s, &t, 0, false, acc, tmp);
-        let b: Vec<Slice> = (0..p).map(|i| acc.sub(i * n, n)).collect();
-        alg::scatter_linear(
-            &mut s,
-            &t,
-            0,
-            (over.me == 0).then_some(&b[..]),
-            Slice::new(Loc::Recv, 0, n),
-        );
+        let b: Vec<Slice> = parts.iter().map(|&(o, l)| acc.sub(o, l)).collect();
+        alg::scatter_linear(&mut s, &t, 0, (over.me == 0).then_some(&b[..]), out);
     }
     s.round();
     bind(&mut s, send.unwrap_or(&[]), recv);
@@ -1552,8 +1851,9 @@ pub trait CommunicatorCollectives: Communicator {
         .map(drop)
     }
 
-    /// `MPI_Reduce_scatter_block` with `MPI_IN_PLACE`: `buf` holds all p blocks; block
-    /// `rank` holds the result afterwards.
+    /// `MPI_Reduce_scatter_block` with `MPI_IN_PLACE`: `buf` holds all p blocks; as MPI
+    /// specifies, this rank's block of the result is stored at the start of `buf` (the rest
+    /// of `buf` is left unspecified).
     ///
     /// # Errors
     /// See the trait.
@@ -1564,21 +1864,96 @@ pub trait CommunicatorCollectives: Communicator {
     ) -> Result<(), Error> {
         contiguous_recv("MPI_Reduce_scatter_block", buf)?;
         let op = op.resolve(&buf.item_datatype())?;
-        let bytes = buf.as_bytes_mut();
-        let p = self.size() as usize;
-        let n = bytes.len() / p.max(1);
-        if n * p != bytes.len() {
-            return Err(mismatch(
-                "MPI_Reduce_scatter_block",
-                format!("{} bytes are not {p} equal blocks", bytes.len()),
-            ));
-        }
-        let whole = bytes.to_vec();
-        let me = self.rank() as usize;
-        let mut out = vec![0u8; n];
-        do_reduce_scatter_block(self.data(), Some(&whole), &mut out, op, Mode::Blocking)?;
-        bytes[me * n..(me + 1) * n].copy_from_slice(&out);
-        Ok(())
+        do_reduce_scatter_block(self.data(), None, buf.as_bytes_mut(), op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Reduce_scatter`: rank i gets the `counts[i]` elements of block i (blocks laid out
+    /// one after another in `send`, in rank order) of the reduction of every `send`.
+    ///
+    /// # Errors
+    /// See the trait; `counts` not one non-negative count per rank, `send` not their sum or
+    /// `recv` not `counts[rank]` elements: [`Error::UsageCountMismatch`].
+    ///
+    /// # Standard section(s)
+    /// MPI-4.1 §6.10.2.
+    fn reduce_scatter_varcount_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        counts: &[i32],
+        op: O,
+    ) -> Result<(), Error> {
+        let name = "MPI_Reduce_scatter";
+        contiguous_send(name, send)?;
+        contiguous_recv(name, recv)?;
+        let counts = check_counts(name, self.size() as usize, counts)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        do_reduce_scatter(self.data(), name, Some(sb), rb, &counts, op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Reduce_scatter` with `MPI_IN_PLACE`: `buf` holds the whole vector (the sum of
+    /// `counts` elements); this rank's block of the result is stored at its start.
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::reduce_scatter_varcount_into`].
+    fn reduce_scatter_varcount_in_place<R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        buf: &mut R,
+        counts: &[i32],
+        op: O,
+    ) -> Result<(), Error> {
+        let name = "MPI_Reduce_scatter";
+        contiguous_recv(name, buf)?;
+        let counts = check_counts(name, self.size() as usize, counts)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = buf.as_bytes_mut();
+        do_reduce_scatter(self.data(), name, None, b, &counts, op, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Allgatherv` with `MPI_IN_PLACE`: this rank's block is already in place in `recv`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_gather_varcount_in_place<R: BufferMut + ?Sized>(
+        &self,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
+        let (c, d, elem) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
+        let rb = recv.buf.as_bytes_mut();
+        do_allgather(
+            self.data(),
+            &[],
+            rb,
+            Some((c, d, elem)),
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
+    }
+
+    /// `MPI_Alltoallv` with `MPI_IN_PLACE`: block i of `buf` goes to rank i and is replaced by
+    /// rank i's block for this rank (the same counts on both sides, as MPI requires).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn all_to_all_varcount_in_place<R: BufferMut + ?Sized>(
+        &self,
+        buf: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
+        let (c, d, elem) = recv_partition("MPI_Alltoallv", self.size() as usize, buf)?;
+        let rb = blocks(Loc::Recv, &c, &d, elem);
+        let bytes = buf.buf.as_bytes_mut();
+        do_alltoall(
+            self.data(),
+            &[],
+            bytes,
+            None,
+            Some(rb),
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
     }
 
     /// `MPI_Scan`: rank i gets the reduction of ranks 0..=i.
@@ -1672,6 +2047,62 @@ pub trait CommunicatorCollectives: Communicator {
             Mode::Blocking,
         )
         .map(drop)
+    }
+
+    /// `MPI_Alltoallw`: block j of `send` (`send_blocks[j]`: count, byte displacement and
+    /// datatype) goes to rank j; block i of `recv` (`recv_blocks[i]`) comes from rank i.
+    /// Non-contiguous datatypes are packed and unpacked through temporaries.
+    ///
+    /// # Errors
+    /// See the trait; a block outside its buffer or an uncommitted datatype:
+    /// [`Error::UsageDatatype`].
+    fn all_to_all_w_into<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        send: &S,
+        send_blocks: &[TypedBlock],
+        recv: &mut R,
+        recv_blocks: &[TypedBlock],
+    ) -> Result<(), Error> {
+        contiguous_send("MPI_Alltoallw", send)?;
+        contiguous_recv("MPI_Alltoallw", recv)?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        do_alltoallw(
+            self.data(),
+            sb,
+            Some(send_blocks),
+            rb,
+            recv_blocks,
+            Mode::Blocking,
+        )
+        .map(drop)
+    }
+
+    /// `MPI_Alltoallw` with `MPI_IN_PLACE`: block i of `buf` (`blocks[i]`) goes to rank i and
+    /// is replaced by rank i's block for this rank.
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn all_to_all_w_in_place<R: BufferMut + ?Sized>(
+        &self,
+        buf: &mut R,
+        blocks: &[TypedBlock],
+    ) -> Result<(), Error> {
+        contiguous_recv("MPI_Alltoallw", buf)?;
+        let b = buf.as_bytes_mut();
+        do_alltoallw(self.data(), &[], None, b, blocks, Mode::Blocking).map(drop)
+    }
+
+    /// `MPI_Exscan` under rsmpi's name; the same as [`CommunicatorCollectives::exscan_into`].
+    ///
+    /// # Errors
+    /// See the trait.
+    fn exclusive_scan_into<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        send: &S,
+        recv: &mut R,
+        op: O,
+    ) -> Result<(), Error> {
+        self.exscan_into(send, recv, op)
     }
 
     /// `MPI_Ibarrier`.
@@ -1789,6 +2220,382 @@ pub trait CommunicatorCollectives: Communicator {
             Mode::Immediate,
         )?;
         Ok(Request::collective_opt(e, scope))
+    }
+
+    /// `MPI_Iallreduce` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_reduce_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Iallreduce", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let e = do_allreduce(self.data(), None, buf.as_bytes_mut(), op, Mode::Immediate);
+        immediate(e, scope)
+    }
+
+    /// `MPI_Iallgather` with `MPI_IN_PLACE`: this rank's block is already in `buf`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_gather_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Iallgather", buf)?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_allgather(self.data(), &[], b, None, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Iallgatherv`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_gather_varcount_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let name = "MPI_Iallgatherv";
+        contiguous_send(name, send)?;
+        let v = recv_partition(name, self.size() as usize, recv)?;
+        let (sb, rb) = (send.as_bytes(), recv.buf.as_bytes_mut());
+        immediate(
+            do_allgather(self.data(), sb, rb, Some(v), false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Iallgatherv` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_gather_varcount_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let v = recv_partition("MPI_Iallgatherv", self.size() as usize, recv)?;
+        let rb = recv.buf.as_bytes_mut();
+        immediate(
+            do_allgather(self.data(), &[], rb, Some(v), true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ialltoall` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_to_all_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Ialltoall", buf)?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_alltoall(self.data(), &[], b, None, None, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ialltoallv`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_to_all_varcount_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a Partition<'_, S>,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let name = "MPI_Ialltoallv";
+        let p = self.size() as usize;
+        let (sc, sd, se) = send_partition(name, p, send)?;
+        let (rc, rd, re) = recv_partition(name, p, recv)?;
+        let (sb, rb) = (
+            blocks(Loc::Send, &sc, &sd, se),
+            blocks(Loc::Recv, &rc, &rd, re),
+        );
+        let (sbytes, rbytes) = (send.buf.as_bytes(), recv.buf.as_bytes_mut());
+        let e = do_alltoall(
+            self.data(),
+            sbytes,
+            rbytes,
+            Some(sb),
+            Some(rb),
+            false,
+            Mode::Immediate,
+        );
+        immediate(e, scope)
+    }
+
+    /// `MPI_Ialltoallv` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_all_to_all_varcount_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let (c, d, elem) = recv_partition("MPI_Ialltoallv", self.size() as usize, buf)?;
+        let rb = blocks(Loc::Recv, &c, &d, elem);
+        let bytes = buf.buf.as_bytes_mut();
+        immediate(
+            do_alltoall(
+                self.data(),
+                &[],
+                bytes,
+                None,
+                Some(rb),
+                true,
+                Mode::Immediate,
+            ),
+            scope,
+        )
+    }
+
+    /// `MPI_Ireduce_scatter_block`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_scatter_block_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Ireduce_scatter_block", send)?;
+        contiguous_recv("MPI_Ireduce_scatter_block", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        immediate(
+            do_reduce_scatter_block(self.data(), Some(sb), rb, op, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ireduce_scatter_block` with `MPI_IN_PLACE` (result at the start of `buf`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_scatter_block_in_place<
+        'a,
+        Sc: Scope<'a>,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Ireduce_scatter_block", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_reduce_scatter_block(self.data(), None, b, op, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ireduce_scatter` (see [`CommunicatorCollectives::reduce_scatter_varcount_into`]).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_scatter_varcount_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        counts: &[i32],
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let name = "MPI_Ireduce_scatter";
+        contiguous_send(name, send)?;
+        contiguous_recv(name, recv)?;
+        let counts = check_counts(name, self.size() as usize, counts)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        let e = do_reduce_scatter(
+            self.data(),
+            name,
+            Some(sb),
+            rb,
+            &counts,
+            op,
+            Mode::Immediate,
+        );
+        immediate(e, scope)
+    }
+
+    /// `MPI_Ireduce_scatter` with `MPI_IN_PLACE` (result at the start of `buf`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_scatter_varcount_in_place<
+        'a,
+        Sc: Scope<'a>,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        counts: &[i32],
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let name = "MPI_Ireduce_scatter";
+        contiguous_recv(name, buf)?;
+        let counts = check_counts(name, self.size() as usize, counts)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = buf.as_bytes_mut();
+        let e = do_reduce_scatter(self.data(), name, None, b, &counts, op, Mode::Immediate);
+        immediate(e, scope)
+    }
+
+    /// `MPI_Iscan` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scan_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Iscan", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_scan(self.data(), None, b, op, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Iexscan` (rsmpi's name): rank i > 0 gets the reduction of ranks 0..i; rank 0's
+    /// `recv` is left untouched.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_exclusive_scan_into<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+        O: Operation,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Iexscan", send)?;
+        contiguous_recv("MPI_Iexscan", recv)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        immediate(
+            do_scan(self.data(), Some(sb), rb, op, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Iexscan` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_exclusive_scan_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Iexscan", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_scan(self.data(), None, b, op, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    /// `MPI_Ialltoallw` (see [`CommunicatorCollectives::all_to_all_w_into`]).
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn immediate_all_to_all_w_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        send_blocks: &[TypedBlock],
+        recv: &'a mut R,
+        recv_blocks: &[TypedBlock],
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_send("MPI_Ialltoallw", send)?;
+        contiguous_recv("MPI_Ialltoallw", recv)?;
+        let (sb, rb) = (send.as_bytes(), recv.as_bytes_mut());
+        let e = do_alltoallw(
+            self.data(),
+            sb,
+            Some(send_blocks),
+            rb,
+            recv_blocks,
+            Mode::Immediate,
+        );
+        immediate(e, scope)
+    }
+
+    /// `MPI_Ialltoallw` with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// As [`CommunicatorCollectives::all_to_all_w_into`].
+    fn immediate_all_to_all_w_in_place<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        blocks: &[TypedBlock],
+    ) -> Result<Request<'a, Sc>, Error> {
+        contiguous_recv("MPI_Ialltoallw", buf)?;
+        let b = buf.as_bytes_mut();
+        immediate(
+            do_alltoallw(self.data(), &[], None, b, blocks, Mode::Immediate),
+            scope,
+        )
     }
 }
 
@@ -1934,6 +2741,154 @@ pub trait Root {
         scope: Sc,
         send: &'a S,
         op: O,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Ireduce` at the root with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_reduce_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Gatherv` at the root with `MPI_IN_PLACE` (its block is already in `recv`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn gather_varcount_in_place_root<R: BufferMut + ?Sized>(
+        &self,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error>;
+    /// `MPI_Scatterv` at the root with `MPI_IN_PLACE` (the root keeps its block in `send`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn scatter_varcount_in_place_root<S: Buffer + ?Sized>(
+        &self,
+        send: &Partition<'_, S>,
+    ) -> Result<(), Error>;
+    /// `MPI_Igather` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Igather` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Igather` at the root with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Igatherv` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_varcount_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Igatherv` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_varcount_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Igatherv` at the root with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_gather_varcount_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatter` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatter` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatter` at the root with `MPI_IN_PLACE` (the root keeps its block in `send`).
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatterv` at a non-root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_varcount_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatterv` at the root.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_varcount_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a Partition<'_, S>,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error>;
+    /// `MPI_Iscatterv` at the root with `MPI_IN_PLACE`.
+    ///
+    /// # Errors
+    /// See the trait.
+    fn immediate_scatter_varcount_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a Partition<'_, S>,
     ) -> Result<Request<'a, Sc>, Error>;
 }
 
@@ -2291,6 +3246,254 @@ impl Root for Process<'_> {
             Mode::Immediate,
         )?;
         Ok(Request::collective_opt(e, scope))
+    }
+
+    fn immediate_reduce_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        scope: Sc,
+        buf: &'a mut R,
+        op: O,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Ireduce")?;
+        contiguous_recv("MPI_Ireduce", buf)?;
+        let op = op.resolve(&buf.item_datatype())?;
+        let b = Some(buf.as_bytes_mut());
+        let c = self.comm_data();
+        immediate(do_reduce(c, root, &[], b, true, op, Mode::Immediate), scope)
+    }
+
+    fn gather_varcount_in_place_root<R: BufferMut + ?Sized>(
+        &self,
+        recv: &mut PartitionMut<'_, R>,
+    ) -> Result<(), Error> {
+        let root = self.is_root("MPI_Gatherv")?;
+        let p = self.comm_data().group().size() as usize;
+        let v = recv_partition("MPI_Gatherv", p, recv)?;
+        let rb = recv.buf.as_bytes_mut();
+        do_gather(
+            self.comm_data(),
+            root,
+            &[],
+            rb,
+            Some(v),
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
+    }
+
+    fn scatter_varcount_in_place_root<S: Buffer + ?Sized>(
+        &self,
+        send: &Partition<'_, S>,
+    ) -> Result<(), Error> {
+        let root = self.is_root("MPI_Scatterv")?;
+        let p = self.comm_data().group().size() as usize;
+        let v = send_partition("MPI_Scatterv", p, send)?;
+        let sb = send.buf.as_bytes();
+        do_scatter(
+            self.comm_data(),
+            root,
+            sb,
+            &mut [],
+            Some(v),
+            true,
+            Mode::Blocking,
+        )
+        .map(drop)
+    }
+
+    fn immediate_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.not_root("MPI_Igather")?;
+        contiguous_send("MPI_Igather", send)?;
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        immediate(
+            do_gather(c, root, sb, &mut [], None, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_gather_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Igather")?;
+        contiguous_send("MPI_Igather", send)?;
+        contiguous_recv("MPI_Igather", recv)?;
+        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
+        immediate(
+            do_gather(c, root, sb, rb, None, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_gather_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Igather")?;
+        contiguous_recv("MPI_Igather", recv)?;
+        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
+        immediate(
+            do_gather(c, root, &[], rb, None, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_gather_varcount_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.not_root("MPI_Igatherv")?;
+        contiguous_send("MPI_Igatherv", send)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = Some((vec![0; p], vec![0; p], 1));
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        immediate(
+            do_gather(c, root, sb, &mut [], v, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_gather_varcount_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Igatherv")?;
+        contiguous_send("MPI_Igatherv", send)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = recv_partition("MPI_Igatherv", p, recv)?;
+        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.buf.as_bytes_mut());
+        immediate(
+            do_gather(c, root, sb, rb, Some(v), false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_gather_varcount_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut PartitionMut<'_, R>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Igatherv")?;
+        let p = self.comm_data().group().size() as usize;
+        let v = recv_partition("MPI_Igatherv", p, recv)?;
+        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
+        immediate(
+            do_gather(c, root, &[], rb, Some(v), true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.not_root("MPI_Iscatter")?;
+        contiguous_recv("MPI_Iscatter", recv)?;
+        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
+        immediate(
+            do_scatter(c, root, &[], rb, None, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Iscatter")?;
+        contiguous_send("MPI_Iscatter", send)?;
+        contiguous_recv("MPI_Iscatter", recv)?;
+        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
+        immediate(
+            do_scatter(c, root, sb, rb, None, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a S,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Iscatter")?;
+        contiguous_send("MPI_Iscatter", send)?;
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        immediate(
+            do_scatter(c, root, sb, &mut [], None, true, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_varcount_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
+        &self,
+        scope: Sc,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.not_root("MPI_Iscatterv")?;
+        contiguous_recv("MPI_Iscatterv", recv)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = Some((vec![0; p], vec![0; p], 1));
+        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
+        immediate(
+            do_scatter(c, root, &[], rb, v, false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_varcount_into_root<
+        'a,
+        Sc: Scope<'a>,
+        S: Buffer + ?Sized,
+        R: BufferMut + ?Sized,
+    >(
+        &self,
+        scope: Sc,
+        send: &'a Partition<'_, S>,
+        recv: &'a mut R,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Iscatterv")?;
+        contiguous_recv("MPI_Iscatterv", recv)?;
+        let p = self.comm_data().group().size() as usize;
+        let v = send_partition("MPI_Iscatterv", p, send)?;
+        let (c, sb, rb) = (self.comm_data(), send.buf.as_bytes(), recv.as_bytes_mut());
+        immediate(
+            do_scatter(c, root, sb, rb, Some(v), false, Mode::Immediate),
+            scope,
+        )
+    }
+
+    fn immediate_scatter_varcount_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
+        &self,
+        scope: Sc,
+        send: &'a Partition<'_, S>,
+    ) -> Result<Request<'a, Sc>, Error> {
+        let root = self.is_root("MPI_Iscatterv")?;
+        let p = self.comm_data().group().size() as usize;
+        let v = send_partition("MPI_Iscatterv", p, send)?;
+        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
+        immediate(
+            do_scatter(c, root, sb, &mut [], Some(v), true, Mode::Immediate),
+            scope,
+        )
     }
 }
 

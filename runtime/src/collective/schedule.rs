@@ -11,6 +11,7 @@ use braid_engine::{ContextId, ReqId, SendMode};
 
 use super::op::ResolvedOp;
 use crate::core::Core;
+use crate::datatype::Datatype;
 use crate::error::Error;
 
 /// Which memory a slice lives in.
@@ -82,6 +83,21 @@ pub(crate) enum Step {
         left: Slice,
         right: Slice,
     },
+    /// Packs `count` elements of datatype `types[ty]` laid out from the start of `src` into
+    /// `dst` (`MPI_Pack`; `MPI_Alltoallw` with non-contiguous types).
+    Pack {
+        ty: usize,
+        count: usize,
+        src: Slice,
+        dst: Slice,
+    },
+    /// Unpacks `src` into `count` elements of `types[ty]` laid out from the start of `dst`.
+    Unpack {
+        ty: usize,
+        count: usize,
+        src: Slice,
+        dst: Slice,
+    },
 }
 
 /// A collective, ready to run.
@@ -101,6 +117,8 @@ pub(crate) struct Schedule {
     /// through the schedule, while it runs.
     recv: (*mut u8, usize),
     op: Option<ResolvedOp>,
+    /// Datatypes of the `Pack`/`Unpack` steps (indexed by their `ty`).
+    types: Vec<Datatype>,
     /// World rank of each communicator rank.
     world: Vec<u32>,
     ctx: ContextId,
@@ -126,6 +144,7 @@ impl Schedule {
             send: (std::ptr::null(), 0),
             recv: (std::ptr::null_mut(), 0),
             op: None,
+            types: Vec::new(),
             world,
             ctx,
             tag,
@@ -198,6 +217,29 @@ impl Schedule {
         debug_assert_eq!(left.len, right.len);
         self.push(Step::ReduceLeft { left, right });
     }
+    /// Packs `count` elements of `dt` whose layout starts at `src` into `dst` (the caller has
+    /// checked that the layout stays inside `src` with [`Datatype::check_span`]).
+    pub(crate) fn pack(&mut self, dt: &Datatype, count: usize, src: Slice, dst: Slice) {
+        self.types.push(dt.clone());
+        let ty = self.types.len() - 1;
+        self.push(Step::Pack {
+            ty,
+            count,
+            src,
+            dst,
+        });
+    }
+    /// Unpacks `src` into `count` elements of `dt` laid out from the start of `dst`.
+    pub(crate) fn unpack(&mut self, dt: &Datatype, count: usize, src: Slice, dst: Slice) {
+        self.types.push(dt.clone());
+        let ty = self.types.len() - 1;
+        self.push(Step::Unpack {
+            ty,
+            count,
+            src,
+            dst,
+        });
+    }
 
     fn ptr(&mut self, s: Slice) -> *mut u8 {
         let (base, len) = match s.loc {
@@ -223,6 +265,36 @@ impl Schedule {
             let s = self.steps[i];
             match s {
                 Step::Send { .. } | Step::Recv { .. } => {}
+                Step::Pack {
+                    ty,
+                    count,
+                    src,
+                    dst,
+                }
+                | Step::Unpack {
+                    ty,
+                    count,
+                    src,
+                    dst,
+                } => {
+                    let (a, b) = (self.ptr(src), self.ptr(dst));
+                    // SAFETY: both ranges are inside their buffers (checked by `ptr`); pack
+                    // and unpack steps always join a temporary with a caller's buffer, so the
+                    // two views do not alias.
+                    let (x, y) = unsafe {
+                        (
+                            std::slice::from_raw_parts(a.cast_const(), src.len),
+                            std::slice::from_raw_parts_mut(b, dst.len),
+                        )
+                    };
+                    let dt = &self.types[ty];
+                    let r = if matches!(s, Step::Pack { .. }) {
+                        dt.pack_into(x, count, y, &mut 0)
+                    } else {
+                        dt.unpack_from(x, &mut 0, y, count)
+                    };
+                    r?;
+                }
                 Step::Copy { src, dst } => {
                     let (a, b) = (self.ptr(src), self.ptr(dst));
                     // SAFETY: both ranges are inside their buffers (checked by `ptr`); copy

@@ -2,7 +2,9 @@
 //! reference computed locally; plus groups, topologies, datatypes, nonblocking collectives
 //! and misuse. One job runs every check; `coll_all big` adds 16 MiB buffers.
 
-use braid::collective::{Partition, PartitionMut, SystemOperation, UserOperation, ValueIndex};
+use braid::collective::{
+    Partition, PartitionMut, SystemOperation, TypedBlock, UserOperation, ValueIndex,
+};
 use braid::datatype::{Datatype, MutView, Primitive, View};
 use braid::group::GroupRelation;
 use braid::topology::{CartesianCommunicator, dims_create};
@@ -206,11 +208,8 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
         let mut rsi = blocks.clone();
         comm.reduce_scatter_block_in_place(&mut rsi[..], SystemOperation::sum())
             .or_fail(w("rsb in place"))?;
-        same(
-            &w("reduce_scatter_block in place"),
-            &rsi[me * n..(me + 1) * n],
-            &want,
-        )?;
+        // MPI: the in-place result is this rank's block, at the start of the buffer.
+        same(&w("reduce_scatter_block in place"), &rsi[..n], &want)?;
     }
 
     // Every op on every type it applies to (small vectors).
@@ -354,7 +353,13 @@ fn collectives(name: &str, comm: &SimpleCommunicator, big: bool) -> Check {
     same(&w("alltoallv"), &rbuf, &want)?;
 
     nonblocking(comm, &w)?;
+    nonblocking_rooted(comm, &w)?;
+    nonblocking_varcount(comm, &w)?;
+    reduce_scatter_varcount(comm, &w)?;
+    alltoallw(comm, &w)?;
+    progress(comm, &w)?;
     misuse(comm, &w)?;
+    misuse_immediate(comm, &w)?;
     if big {
         let n = 16 << 20;
         let root = p - 1;
@@ -563,6 +568,788 @@ fn nonblocking(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
         .flat_map(|r| (0..n).map(move |i| val(r, me * n + i)))
         .collect();
     same(&w("ialltoall"), &at, &want)
+}
+
+/// Waits for `reqs` in an order that depends on the rank (a rotation, reversed on odd ranks),
+/// polling one of them with `test` first, so that every rank completes its outstanding
+/// collectives in an order different from the one they were started in.
+fn complete_shuffled<'a, S: braid::request::Scope<'a>>(
+    mut reqs: Vec<(&'static str, braid::request::Request<'a, S>)>,
+    me: usize,
+    w: &dyn Fn(&str) -> String,
+) -> Check {
+    if reqs.is_empty() {
+        return Ok(());
+    }
+    let k = me % reqs.len();
+    reqs.rotate_left(k);
+    if me % 2 == 1 {
+        reqs.reverse();
+    }
+    let (first, mut r) = reqs.remove(0);
+    loop {
+        if r.test().or_fail(w(&format!("test {first}")))?.is_some() {
+            break;
+        }
+    }
+    for (what, r) in reqs {
+        r.wait().or_fail(w(what))?;
+    }
+    Ok(())
+}
+
+/// Every nonblocking rooted collective (gather, scatter, reduce; plain and in place) and the
+/// in-place forms of the others, several outstanding at once, with roots other than 0 and
+/// zero-length buffers, each checked against the sequential reference.
+fn nonblocking_rooted(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    for (n, root) in [
+        (0usize, p - 1),
+        (3, p / 2),
+        (700, p - 1),
+        (5000, (p + 1) / 3),
+    ] {
+        let w = |what: &str| w(&format!("{what} n {n} root {root}"));
+        let mine: Vec<i64> = (0..n).map(|i| val(me, i)).collect();
+        let all: Vec<i64> = (0..p)
+            .flat_map(|r| (0..n).map(move |i| val(r, i)))
+            .collect();
+        let sum: Vec<i64> = (0..n).map(|i| (0..p).map(|r| val(r, i)).sum()).collect();
+        let at_root = me == root;
+        let rp = comm.process_at_rank(root as i32);
+        let mut g = vec![0i64; if at_root { n * p } else { 0 }];
+        let mut gi = vec![0i64; if at_root { n * p } else { 0 }];
+        if at_root {
+            gi[root * n..(root + 1) * n].copy_from_slice(&mine);
+        }
+        let mut sc = vec![0i64; n];
+        let mut sci = vec![0i64; n];
+        let mut red = mine.clone();
+        let mut ag = vec![0i64; n * p];
+        ag[me * n..(me + 1) * n].copy_from_slice(&mine);
+        let a2a: Vec<i64> = (0..n * p)
+            .map(|k| val(me, k) + 1000 * (k / n.max(1)) as i64)
+            .collect();
+        let mut a2ai = a2a.clone();
+        let mut ar = mine.clone();
+        let mut scan = mine.clone();
+        let mut ex = vec![-9i64; n];
+        let mut exi = mine.clone();
+        let blocks: Vec<i64> = (0..n * p).map(|i| val(me, i)).collect();
+        let mut rsb = vec![0i64; n];
+        let mut rsbi = blocks.clone();
+        braid::request::scope(|scope| -> Check {
+            let mut reqs = Vec::new();
+            if at_root {
+                reqs.push((
+                    "igather",
+                    rp.immediate_gather_into_root(scope, &mine[..], &mut g[..])
+                        .or_fail(w("igather"))?,
+                ));
+                reqs.push((
+                    "igather in place",
+                    rp.immediate_gather_in_place_root(scope, &mut gi[..])
+                        .or_fail(w("igather in place"))?,
+                ));
+                reqs.push((
+                    "iscatter",
+                    rp.immediate_scatter_into_root(scope, &all[..], &mut sc[..])
+                        .or_fail(w("iscatter"))?,
+                ));
+                reqs.push((
+                    "iscatter in place",
+                    rp.immediate_scatter_in_place_root(scope, &all[..])
+                        .or_fail(w("iscatter in place"))?,
+                ));
+                reqs.push((
+                    "ireduce in place",
+                    rp.immediate_reduce_in_place_root(scope, &mut red[..], SystemOperation::sum())
+                        .or_fail(w("ireduce in place"))?,
+                ));
+            } else {
+                reqs.push((
+                    "igather",
+                    rp.immediate_gather_into(scope, &mine[..])
+                        .or_fail(w("igather"))?,
+                ));
+                reqs.push((
+                    "igather in place",
+                    rp.immediate_gather_into(scope, &mine[..])
+                        .or_fail(w("igather (root in place)"))?,
+                ));
+                reqs.push((
+                    "iscatter",
+                    rp.immediate_scatter_into(scope, &mut sc[..])
+                        .or_fail(w("iscatter"))?,
+                ));
+                reqs.push((
+                    "iscatter in place",
+                    rp.immediate_scatter_into(scope, &mut sci[..])
+                        .or_fail(w("iscatter (root in place)"))?,
+                ));
+                reqs.push((
+                    "ireduce in place",
+                    rp.immediate_reduce_into(scope, &mine[..], SystemOperation::sum())
+                        .or_fail(w("ireduce (root in place)"))?,
+                ));
+            }
+            reqs.push((
+                "iallgather in place",
+                comm.immediate_all_gather_in_place(scope, &mut ag[..])
+                    .or_fail(w("iallgather in place"))?,
+            ));
+            reqs.push((
+                "ialltoall in place",
+                comm.immediate_all_to_all_in_place(scope, &mut a2ai[..])
+                    .or_fail(w("ialltoall in place"))?,
+            ));
+            reqs.push((
+                "iallreduce in place",
+                comm.immediate_all_reduce_in_place(scope, &mut ar[..], SystemOperation::max())
+                    .or_fail(w("iallreduce in place"))?,
+            ));
+            reqs.push((
+                "iscan in place",
+                comm.immediate_scan_in_place(scope, &mut scan[..], SystemOperation::sum())
+                    .or_fail(w("iscan in place"))?,
+            ));
+            reqs.push((
+                "iexscan",
+                comm.immediate_exclusive_scan_into(
+                    scope,
+                    &mine[..],
+                    &mut ex[..],
+                    SystemOperation::sum(),
+                )
+                .or_fail(w("iexscan"))?,
+            ));
+            reqs.push((
+                "iexscan in place",
+                comm.immediate_exclusive_scan_in_place(scope, &mut exi[..], SystemOperation::sum())
+                    .or_fail(w("iexscan in place"))?,
+            ));
+            reqs.push((
+                "ireduce_scatter_block",
+                comm.immediate_reduce_scatter_block_into(
+                    scope,
+                    &blocks[..],
+                    &mut rsb[..],
+                    SystemOperation::sum(),
+                )
+                .or_fail(w("ireduce_scatter_block"))?,
+            ));
+            reqs.push((
+                "ireduce_scatter_block in place",
+                comm.immediate_reduce_scatter_block_in_place(
+                    scope,
+                    &mut rsbi[..],
+                    SystemOperation::sum(),
+                )
+                .or_fail(w("ireduce_scatter_block in place"))?,
+            ));
+            complete_shuffled(reqs, me, &w)
+        })?;
+        if at_root {
+            same(&w("igather"), &g, &all)?;
+            same(&w("igather in place"), &gi, &all)?;
+            same(&w("ireduce in place"), &red, &sum)?;
+        } else {
+            same(&w("iscatter in place"), &sci, &mine)?;
+        }
+        same(&w("iscatter"), &sc, &mine)?;
+        same(&w("iallgather in place"), &ag, &all)?;
+        let want: Vec<i64> = (0..p)
+            .flat_map(|r| (0..n).map(move |i| val(r, me * n + i) + 1000 * me as i64))
+            .collect();
+        same(&w("ialltoall in place"), &a2ai, &want)?;
+        let max: Vec<i64> = (0..n)
+            .map(|i| (0..p).map(|r| val(r, i)).max().unwrap_or(0))
+            .collect();
+        same(&w("iallreduce in place"), &ar, &max)?;
+        let pre: Vec<i64> = (0..n).map(|i| (0..=me).map(|r| val(r, i)).sum()).collect();
+        same(&w("iscan in place"), &scan, &pre)?;
+        if me > 0 {
+            let pre: Vec<i64> = (0..n).map(|i| (0..me).map(|r| val(r, i)).sum()).collect();
+            same(&w("iexscan"), &ex, &pre)?;
+            same(&w("iexscan in place"), &exi, &pre)?;
+        } else {
+            same(&w("iexscan leaves rank 0 alone"), &ex, &vec![-9i64; n])?;
+        }
+        let want: Vec<i64> = (0..n)
+            .map(|i| (0..p).map(|r| val(r, me * n + i)).sum())
+            .collect();
+        same(&w("ireduce_scatter_block"), &rsb, &want)?;
+        same(&w("ireduce_scatter_block in place"), &rsbi[..n], &want)?;
+    }
+    // Non-commutative operations keep rank order in the nonblocking forms too.
+    let m = 50;
+    let mm: Vec<[i64; 4]> = (0..m).map(|i| mat(me, i)).collect();
+    let mut ex = vec![[0i64; 4]; m];
+    let blocks: Vec<[i64; 4]> = (0..m * p).map(|i| mat(me, i)).collect();
+    let mut rs = vec![[0i64; 4]; m];
+    braid::request::scope(|scope| -> Check {
+        let a = comm
+            .immediate_exclusive_scan_into(scope, &mm[..], &mut ex[..], matop())
+            .or_fail(w("iexscan matop"))?;
+        let b = comm
+            .immediate_reduce_scatter_block_into(scope, &blocks[..], &mut rs[..], matop())
+            .or_fail(w("ireduce_scatter_block matop"))?;
+        b.wait().or_fail(w("ireduce_scatter_block matop"))?;
+        a.wait().or_fail(w("iexscan matop")).map(drop)
+    })?;
+    if me > 0 {
+        let pre: Vec<[i64; 4]> = (0..m)
+            .map(|i| (1..me).fold(mat(0, i), |a, r| matmul(a, mat(r, i))))
+            .collect();
+        same(&w("iexscan non-commutative"), &ex, &pre)?;
+    }
+    let want: Vec<[i64; 4]> = (0..m)
+        .map(|i| (1..p).fold(mat(0, me * m + i), |a, r| matmul(a, mat(r, me * m + i))))
+        .collect();
+    same(&w("ireduce_scatter_block non-commutative"), &rs, &want)
+}
+
+/// The nonblocking v-forms (gatherv, scatterv, allgatherv, alltoallv; plain and in place),
+/// outstanding together, against the reference; blocking in-place v-forms too.
+fn nonblocking_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    // Rank r contributes r+1 elements (zero for the first on odd sizes), one gap after each.
+    let cnt = |r: usize| if p % 2 == 1 && r == 0 { 0 } else { r + 1 };
+    let counts: Vec<i32> = (0..p).map(|r| cnt(r) as i32).collect();
+    let displs: Vec<i32> = (0..p)
+        .map(|r| (0..r).map(|q| cnt(q) as i32 + 1).sum())
+        .collect();
+    let total = (0..p).map(|r| cnt(r) + 1).sum::<usize>();
+    let mine: Vec<i64> = (0..cnt(me)).map(|i| val(me, i)).collect();
+    let mut want = vec![-1i64; total];
+    for r in 0..p {
+        for i in 0..cnt(r) {
+            want[displs[r] as usize + i] = val(r, i);
+        }
+    }
+    // Alltoallv with symmetric counts (r + j) % 3, so that the in-place form applies too.
+    let ac: Vec<i32> = (0..p).map(|j| ((me + j) % 3) as i32).collect();
+    let ad: Vec<i32> = (0..p).map(|j| (0..j).map(|q| ac[q]).sum()).collect();
+    let alen = ac.iter().sum::<i32>() as usize;
+    let abuf: Vec<i64> = (0..alen).map(|k| val(me, k)).collect();
+    let awant: Vec<i64> = (0..p)
+        .flat_map(|r| {
+            let off: usize = (0..me).map(|q| (r + q) % 3).sum();
+            (0..(r + me) % 3).map(move |i| val(r, off + i))
+        })
+        .collect();
+    for root in [p - 1, p / 2] {
+        let w = |what: &str| w(&format!("{what} root {root}"));
+        let rp = comm.process_at_rank(root as i32);
+        let at_root = me == root;
+        let mut g = vec![-1i64; total];
+        let mut gi = vec![-1i64; total];
+        if at_root {
+            for i in 0..cnt(me) {
+                gi[displs[me] as usize + i] = val(me, i);
+            }
+        }
+        let mut s = vec![0i64; cnt(me)];
+        let mut ag = vec![-1i64; total];
+        let mut agi = vec![-1i64; total];
+        for i in 0..cnt(me) {
+            agi[displs[me] as usize + i] = val(me, i);
+        }
+        let mut ar = vec![0i64; alen];
+        let mut ari = abuf.clone();
+        {
+            let mut gp = PartitionMut::new(&mut g[..], counts.clone(), displs.clone());
+            let mut gip = PartitionMut::new(&mut gi[..], counts.clone(), displs.clone());
+            let sp = Partition::new(&want[..], counts.clone(), displs.clone());
+            let mut agp = PartitionMut::new(&mut ag[..], counts.clone(), displs.clone());
+            let mut agip = PartitionMut::new(&mut agi[..], counts.clone(), displs.clone());
+            let asp = Partition::new(&abuf[..], ac.clone(), ad.clone());
+            let mut arp = PartitionMut::new(&mut ar[..], ac.clone(), ad.clone());
+            let mut arip = PartitionMut::new(&mut ari[..], ac.clone(), ad.clone());
+            let mut sv = vec![0i64; cnt(me)];
+            braid::request::scope(|scope| -> Check {
+                let mut reqs = Vec::new();
+                if at_root {
+                    reqs.push((
+                        "igatherv",
+                        rp.immediate_gather_varcount_into_root(scope, &mine[..], &mut gp)
+                            .or_fail(w("igatherv"))?,
+                    ));
+                    reqs.push((
+                        "igatherv in place",
+                        rp.immediate_gather_varcount_in_place_root(scope, &mut gip)
+                            .or_fail(w("igatherv in place"))?,
+                    ));
+                    reqs.push((
+                        "iscatterv",
+                        rp.immediate_scatter_varcount_into_root(scope, &sp, &mut s[..])
+                            .or_fail(w("iscatterv"))?,
+                    ));
+                    reqs.push((
+                        "iscatterv in place",
+                        rp.immediate_scatter_varcount_in_place_root(scope, &sp)
+                            .or_fail(w("iscatterv in place"))?,
+                    ));
+                } else {
+                    reqs.push((
+                        "igatherv",
+                        rp.immediate_gather_varcount_into(scope, &mine[..])
+                            .or_fail(w("igatherv"))?,
+                    ));
+                    reqs.push((
+                        "igatherv in place",
+                        rp.immediate_gather_varcount_into(scope, &mine[..])
+                            .or_fail(w("igatherv (root in place)"))?,
+                    ));
+                    reqs.push((
+                        "iscatterv",
+                        rp.immediate_scatter_varcount_into(scope, &mut s[..])
+                            .or_fail(w("iscatterv"))?,
+                    ));
+                    reqs.push((
+                        "iscatterv in place",
+                        rp.immediate_scatter_varcount_into(scope, &mut sv[..])
+                            .or_fail(w("iscatterv (root in place)"))?,
+                    ));
+                }
+                reqs.push((
+                    "iallgatherv",
+                    comm.immediate_all_gather_varcount_into(scope, &mine[..], &mut agp)
+                        .or_fail(w("iallgatherv"))?,
+                ));
+                reqs.push((
+                    "iallgatherv in place",
+                    comm.immediate_all_gather_varcount_in_place(scope, &mut agip)
+                        .or_fail(w("iallgatherv in place"))?,
+                ));
+                reqs.push((
+                    "ialltoallv",
+                    comm.immediate_all_to_all_varcount_into(scope, &asp, &mut arp)
+                        .or_fail(w("ialltoallv"))?,
+                ));
+                reqs.push((
+                    "ialltoallv in place",
+                    comm.immediate_all_to_all_varcount_in_place(scope, &mut arip)
+                        .or_fail(w("ialltoallv in place"))?,
+                ));
+                complete_shuffled(reqs, me, &w)
+            })?;
+            if !at_root {
+                same(&w("iscatterv (root in place)"), &sv, &mine)?;
+            }
+        }
+        if at_root {
+            same(&w("igatherv"), &g, &want)?;
+            same(&w("igatherv in place"), &gi, &want)?;
+        }
+        same(&w("iscatterv"), &s, &mine)?;
+        same(&w("iallgatherv"), &ag, &want)?;
+        same(&w("iallgatherv in place"), &agi, &want)?;
+        same(&w("ialltoallv"), &ar, &awant)?;
+        same(&w("ialltoallv in place"), &ari, &awant)?;
+        // The blocking in-place v-forms.
+        let mut o = vec![-1i64; total];
+        if at_root {
+            for i in 0..cnt(me) {
+                o[displs[me] as usize + i] = val(me, i);
+            }
+            rp.gather_varcount_in_place_root(&mut PartitionMut::new(
+                &mut o[..],
+                counts.clone(),
+                displs.clone(),
+            ))
+            .or_fail(w("gatherv in place"))?;
+            same(&w("gatherv in place"), &o, &want)?;
+            rp.scatter_varcount_in_place_root(&Partition::new(
+                &want[..],
+                counts.clone(),
+                displs.clone(),
+            ))
+            .or_fail(w("scatterv in place"))?;
+        } else {
+            rp.gather_varcount_into(&mine[..])
+                .or_fail(w("gatherv (root in place)"))?;
+            let mut s = vec![0i64; cnt(me)];
+            rp.scatter_varcount_into(&mut s[..])
+                .or_fail(w("scatterv (root in place)"))?;
+            same(&w("scatterv (root in place)"), &s, &mine)?;
+        }
+        let mut o = vec![-1i64; total];
+        for i in 0..cnt(me) {
+            o[displs[me] as usize + i] = val(me, i);
+        }
+        comm.all_gather_varcount_in_place(&mut PartitionMut::new(
+            &mut o[..],
+            counts.clone(),
+            displs.clone(),
+        ))
+        .or_fail(w("allgatherv in place"))?;
+        same(&w("allgatherv in place"), &o, &want)?;
+        let mut o = abuf.clone();
+        comm.all_to_all_varcount_in_place(&mut PartitionMut::new(
+            &mut o[..],
+            ac.clone(),
+            ad.clone(),
+        ))
+        .or_fail(w("alltoallv in place"))?;
+        same(&w("alltoallv in place"), &o, &awant)?;
+    }
+    Ok(())
+}
+
+/// `MPI_Reduce_scatter` with varying counts (zeros included), blocking and nonblocking, plain
+/// and in place, commutative and not.
+fn reduce_scatter_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    for scale in [0usize, 1, 700] {
+        let w = |what: &str| w(&format!("{what} scale {scale}"));
+        // Rank r gets (r * scale + r) % 5 * scale elements (several zero blocks).
+        let cnt = |r: usize| (r * 3 + 1) % 4 * scale;
+        let counts: Vec<i32> = (0..p).map(|r| cnt(r) as i32).collect();
+        let total: usize = (0..p).map(cnt).sum();
+        let off: usize = (0..me).map(cnt).sum();
+        let input: Vec<i64> = (0..total).map(|i| val(me, i)).collect();
+        let want: Vec<i64> = (0..cnt(me))
+            .map(|i| (0..p).map(|r| val(r, off + i)).sum())
+            .collect();
+        let mut out = vec![0i64; cnt(me)];
+        comm.reduce_scatter_varcount_into(
+            &input[..],
+            &mut out[..],
+            &counts,
+            SystemOperation::sum(),
+        )
+        .or_fail(w("reduce_scatter"))?;
+        same(&w("reduce_scatter"), &out, &want)?;
+        let mut inp = input.clone();
+        comm.reduce_scatter_varcount_in_place(&mut inp[..], &counts, SystemOperation::sum())
+            .or_fail(w("reduce_scatter in place"))?;
+        same(&w("reduce_scatter in place"), &inp[..cnt(me)], &want)?;
+        let mm: Vec<[i64; 4]> = (0..total).map(|i| mat(me, i)).collect();
+        let mwant: Vec<[i64; 4]> = (0..cnt(me))
+            .map(|i| (1..p).fold(mat(0, off + i), |a, r| matmul(a, mat(r, off + i))))
+            .collect();
+        let mut iout = vec![0i64; cnt(me)];
+        let mut iinp = input.clone();
+        let mut mout = vec![[0i64; 4]; cnt(me)];
+        braid::request::scope(|scope| -> Check {
+            let a = comm
+                .immediate_reduce_scatter_varcount_into(
+                    scope,
+                    &input[..],
+                    &mut iout[..],
+                    &counts,
+                    SystemOperation::sum(),
+                )
+                .or_fail(w("ireduce_scatter"))?;
+            let b = comm
+                .immediate_reduce_scatter_varcount_in_place(
+                    scope,
+                    &mut iinp[..],
+                    &counts,
+                    SystemOperation::sum(),
+                )
+                .or_fail(w("ireduce_scatter in place"))?;
+            let c = comm
+                .immediate_reduce_scatter_varcount_into(
+                    scope,
+                    &mm[..],
+                    &mut mout[..],
+                    &counts,
+                    matop(),
+                )
+                .or_fail(w("ireduce_scatter matop"))?;
+            complete_shuffled(
+                vec![
+                    ("ireduce_scatter", a),
+                    ("ireduce_scatter in place", b),
+                    ("ireduce_scatter matop", c),
+                ],
+                me,
+                &w,
+            )
+        })?;
+        same(&w("ireduce_scatter"), &iout, &want)?;
+        same(&w("ireduce_scatter in place"), &iinp[..cnt(me)], &want)?;
+        same(&w("ireduce_scatter non-commutative"), &mout, &mwant)?;
+        let mut mb = vec![[0i64; 4]; cnt(me)];
+        comm.reduce_scatter_varcount_into(&mm[..], &mut mb[..], &counts, matop())
+            .or_fail(w("reduce_scatter matop"))?;
+        same(&w("reduce_scatter non-commutative"), &mb, &mwant)?;
+    }
+    Ok(())
+}
+
+/// A layout for `MPI_Alltoallw` blocks: `kind` 0 is `count` contiguous f64s; 1 is `count`
+/// elements of a vector type (2 f64 at stride 2, extent 3 f64); 2 is one element of a vector
+/// type of `count` f64 at stride 2. Returns the block description at element offset `off` and
+/// the element offsets (in f64) that hold its data, in typemap order.
+fn w_layout(kind: usize, count: usize, off: usize) -> (TypedBlock, Vec<usize>) {
+    let f64t = Datatype::primitive(Primitive::F64);
+    match kind {
+        1 => {
+            let mut t = Datatype::vector(2, 1, 2, &f64t);
+            t.commit();
+            let at = (0..count)
+                .flat_map(|e| [off + 3 * e, off + 3 * e + 2])
+                .collect();
+            (TypedBlock::new(count, off * 8, t), at)
+        }
+        2 if count > 0 => {
+            let mut t = Datatype::vector(count, 1, 2, &f64t);
+            t.commit();
+            let at = (0..count).map(|e| off + 2 * e).collect();
+            (TypedBlock::new(1, off * 8, t), at)
+        }
+        _ => (
+            TypedBlock::new(count, off * 8, f64t),
+            (off..off + count).collect(),
+        ),
+    }
+}
+
+/// Blocks of one side of an alltoallw: `spec(j) = (kind, count)` for peer j, laid out one
+/// after another with a gap of one f64 after each; returns them, their data offsets and the
+/// buffer length in f64s.
+fn w_blocks(
+    p: usize,
+    spec: impl Fn(usize) -> (usize, usize),
+) -> (Vec<TypedBlock>, Vec<Vec<usize>>, usize) {
+    let mut off = 0;
+    let (mut blocks, mut ats) = (Vec::new(), Vec::new());
+    for j in 0..p {
+        let (kind, count) = spec(j);
+        let (b, at) = w_layout(kind, count, off);
+        off = at.iter().max().map_or(off, |m| m + 1) + 1;
+        blocks.push(b);
+        ats.push(at);
+    }
+    (blocks, ats, off)
+}
+
+/// `MPI_Alltoallw` and `MPI_Ialltoallw` with contiguous and strided datatypes on both sides
+/// (packed and unpacked through temporaries), plain and in place, against the reference.
+fn alltoallw(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    // Rank i sends j the f64s of a block of kind (i + j) % 2 (0 or 1) with (i + 2 j) % 3
+    // elements; rank j receives them as contiguous f64s from even i, strided from odd i.
+    let values = |i: usize, j: usize| ((i + 2 * j) % 3) * if (i + j) % 2 == 1 { 2 } else { 1 };
+    let send_of = |i: usize| w_blocks(p, |j| ((i + j) % 2, (i + 2 * j) % 3));
+    let (sblocks, _, slen) = send_of(me);
+    let sbuf: Vec<f64> = (0..slen).map(|k| (me * 1000 + k) as f64).collect();
+    let (rblocks, rat, rlen) = w_blocks(p, |i| (if i % 2 == 1 { 2 } else { 0 }, values(i, me)));
+    let mut want = vec![-1.0f64; rlen];
+    for i in 0..p {
+        let (_, iat, _) = send_of(i);
+        for (t, &src) in iat[me].iter().enumerate() {
+            want[rat[i][t]] = (i * 1000 + src) as f64;
+        }
+    }
+    let mut rbuf = vec![-1.0f64; rlen];
+    comm.all_to_all_w_into(&sbuf[..], &sblocks, &mut rbuf[..], &rblocks)
+        .or_fail(w("alltoallw"))?;
+    same(&w("alltoallw"), &rbuf, &want)?;
+    // In place: the same (symmetric) description on both sides.
+    let sym = |a: usize, b: usize| ((a + b) % 2 + (a + b) % 3 % 2, (a * b + a + b) % 3);
+    let (iblocks, iat, ilen) = w_blocks(p, |j| sym(me, j));
+    let ibuf: Vec<f64> = (0..ilen).map(|k| (me * 1000 + k) as f64).collect();
+    let mut iwant = ibuf.clone();
+    for i in 0..p {
+        let (_, peer_at, _) = w_blocks(p, |j| sym(i, j));
+        for (t, &src) in peer_at[me].iter().enumerate() {
+            iwant[iat[i][t]] = (i * 1000 + src) as f64;
+        }
+    }
+    let mut inplace = ibuf.clone();
+    comm.all_to_all_w_in_place(&mut inplace[..], &iblocks)
+        .or_fail(w("alltoallw in place"))?;
+    same(&w("alltoallw in place"), &inplace, &iwant)?;
+    // Both nonblocking, outstanding together.
+    let mut rbuf2 = vec![-1.0f64; rlen];
+    let mut inplace2 = ibuf.clone();
+    braid::request::scope(|scope| -> Check {
+        let a = comm
+            .immediate_all_to_all_w_into(scope, &sbuf[..], &sblocks, &mut rbuf2[..], &rblocks)
+            .or_fail(w("ialltoallw"))?;
+        let b = comm
+            .immediate_all_to_all_w_in_place(scope, &mut inplace2[..], &iblocks)
+            .or_fail(w("ialltoallw in place"))?;
+        complete_shuffled(vec![("ialltoallw", a), ("ialltoallw in place", b)], me, w)
+    })?;
+    same(&w("ialltoallw"), &rbuf2, &want)?;
+    same(&w("ialltoallw in place"), &inplace2, &iwant)?;
+    // A block outside the buffer is refused locally.
+    let mut bad = rblocks.clone();
+    bad[0].displ = rlen * 8 + 8;
+    match comm.all_to_all_w_into(&sbuf[..], &sblocks, &mut rbuf[..], &bad) {
+        Err(e) if e.mpi_class() == "MPI_ERR_COUNT" => Ok(()),
+        other => Err(w(&format!("alltoallw block outside the buffer: {other:?}"))),
+    }
+}
+
+/// Nonblocking collectives advance inside any call that drives the engine, not only inside
+/// waits and tests on them: the last rank tells rank 0 that its nonblocking barrier completed,
+/// and rank 0 learns it by probing (blocking, then polling), without touching its own request.
+/// Rank 0 starts first (the others sleep), so with 3 or more ranks the barrier needs rank 0 to
+/// post its later rounds from inside the probe: a probe that did not advance it would hang.
+fn progress(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    if p < 2 {
+        return Ok(());
+    }
+    let last = comm.process_at_rank(p as i32 - 1);
+    let first = comm.process_at_rank(0);
+    for (tag, polling) in [(77, false), (78, true)] {
+        let what = if polling { "immediate_probe" } else { "probe" };
+        comm.barrier().or_fail(w("barrier"))?;
+        if me != 0 {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        let b = comm.immediate_barrier().or_fail(w("ibarrier"))?;
+        if me == 0 {
+            if polling {
+                while last
+                    .immediate_probe_with_tag(tag)
+                    .or_fail(w(what))?
+                    .is_none()
+                {}
+            } else {
+                last.probe_with_tag(tag).or_fail(w(what))?;
+            }
+            last.receive_into_with_tag(&mut [0u8][..], tag)
+                .or_fail(w(&format!("receive after {what}")))?;
+            b.wait().or_fail(w(&format!("ibarrier driven by {what}")))?;
+        } else {
+            b.wait().or_fail(w("ibarrier"))?;
+            if me == p - 1 {
+                first.send_with_tag(&[1u8][..], tag).or_fail(w("send"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Misuse of the nonblocking forms: each is refused with its MPI error class before anything
+/// is sent, so no rank hangs.
+fn misuse_immediate(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    let class = |what: &str, r: Result<(), Error>, want: &str| -> Check {
+        match r {
+            Err(e) if e.mpi_class() == want => Ok(()),
+            Err(e) => Err(w(&format!("{what}: {e:?} is not {want}"))),
+            Ok(()) => Err(w(&format!("{what}: succeeded, want {want}"))),
+        }
+    };
+    use braid::request::scope;
+    let a = [1i64, 2, 3];
+    let mut b = vec![0i64; 3 * p + 1];
+    let root = comm.process_at_rank(0);
+    if me == 0 {
+        class(
+            "igather non-root form at the root",
+            scope(|sc| root.immediate_gather_into(sc, &a[..]).map(drop)),
+            "MPI_ERR_ARG",
+        )?;
+        class(
+            "igather root buffer size",
+            scope(|sc| {
+                root.immediate_gather_into_root(sc, &a[..], &mut b[..])
+                    .map(drop)
+            }),
+            "MPI_ERR_COUNT",
+        )?;
+    } else {
+        class(
+            "iscatter root form off the root",
+            scope(|sc| {
+                root.immediate_scatter_into_root(sc, &a[..], &mut b[..3])
+                    .map(drop)
+            }),
+            "MPI_ERR_ARG",
+        )?;
+    }
+    class(
+        "igatherv invalid root",
+        scope(|sc| {
+            comm.process_at_rank(p as i32)
+                .immediate_gather_varcount_into(sc, &a[..])
+                .map(drop)
+        }),
+        "MPI_ERR_ROOT",
+    )?;
+    class(
+        "ireduce_scatter counts length",
+        scope(|sc| {
+            comm.immediate_reduce_scatter_varcount_into(
+                sc,
+                &a[..],
+                &mut b[..1],
+                &vec![1; p + 1],
+                SystemOperation::sum(),
+            )
+            .map(drop)
+        }),
+        "MPI_ERR_COUNT",
+    )?;
+    class(
+        "ireduce_scatter negative count",
+        scope(|sc| {
+            comm.immediate_reduce_scatter_varcount_into(
+                sc,
+                &a[..],
+                &mut b[..1],
+                &vec![-1; p],
+                SystemOperation::sum(),
+            )
+            .map(drop)
+        }),
+        "MPI_ERR_COUNT",
+    )?;
+    // 3 elements never make p blocks of 2.
+    class(
+        "ireduce_scatter_block send length",
+        scope(|sc| {
+            comm.immediate_reduce_scatter_block_into(
+                sc,
+                &a[..],
+                &mut b[..2],
+                SystemOperation::sum(),
+            )
+            .map(drop)
+        }),
+        "MPI_ERR_COUNT",
+    )?;
+    let f = [1.0f64];
+    let mut g = [0.0f64];
+    class(
+        "iexscan band on f64",
+        scope(|sc| {
+            comm.immediate_exclusive_scan_into(
+                sc,
+                &f[..],
+                &mut g[..],
+                SystemOperation::bitwise_and(),
+            )
+            .map(drop)
+        }),
+        "MPI_ERR_OP",
+    )?;
+    let mut part = PartitionMut::new(&mut b[..], vec![2; p], vec![3 * p as i32; p]);
+    class(
+        "iallgatherv block outside the buffer",
+        scope(|sc| {
+            comm.immediate_all_gather_varcount_into(sc, &a[..2], &mut part)
+                .map(drop)
+        }),
+        "MPI_ERR_COUNT",
+    )?;
+    comm.barrier().or_fail(w("barrier after immediate misuse"))
 }
 
 fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
