@@ -8,7 +8,10 @@
 //! 3. probe / iprobe: envelope of eager and rendezvous messages, tag selection, no match;
 //! 4. `receive_vec` of rendezvous, eager and empty messages, any source;
 //! 5. `wait_any` and `test_all` over receives from every other rank (`test_all` must say
-//!    "not yet" while nobody has sent).
+//!    "not yet" while nobody has sent);
+//! 6. raw receives (`immediate_receive_raw_with_tag`): a window of receives into one buffer
+//!    (eager and rendezvous sizes) gets every message with its length, and a message longer
+//!    than the raw buffer is a truncation error.
 //!
 //! Usage: `mpirun -n N p2p_misc` (N >= 1; sections 2-5 need N >= 2).
 
@@ -23,6 +26,7 @@ fn main() {
             probes(world).map_err(|e| format!("section 3 (probe): {e}"))?;
             receive_vec(world).map_err(|e| format!("section 4 (receive_vec): {e}"))?;
             wait_any_test_all(world).map_err(|e| format!("section 5 (wait_any/test_all): {e}"))?;
+            raw_window(world).map_err(|e| format!("section 6 (raw receives): {e}"))?;
         }
         world.barrier().or_fail("final barrier")
     });
@@ -379,4 +383,62 @@ fn test_all_now<'a, S: braid::request::Scope<'a>>(
     reqs: &mut Vec<braid::request::Request<'a, S>>,
 ) -> Check<Option<Vec<braid::Status>>> {
     braid::request::test_all(reqs).or_fail("test_all")
+}
+
+fn raw_window(world: &braid::SimpleCommunicator) -> Check {
+    const WINDOW: usize = 16;
+    let rank = world.rank();
+    if rank > 1 {
+        return Ok(());
+    }
+    let peer = world.process_at_rank(1 - rank);
+    for size in [1usize, 4000, 200_000] {
+        let salt = salt_of(&[size as u64, 61]);
+        let msg = pattern(size, salt);
+        if rank == 0 {
+            for _ in 0..WINDOW {
+                peer.send_with_tag(&msg[..], 61).or_fail("send")?;
+            }
+            continue;
+        }
+        let mut buf = vec![0u8; size];
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        let mut reqs = Vec::new();
+        for _ in 0..WINDOW {
+            // SAFETY: `buf` is not touched until every request below has been waited for.
+            reqs.push(
+                unsafe { peer.immediate_receive_raw_with_tag(ptr, len, 61) }
+                    .or_fail("raw irecv")?,
+            );
+        }
+        let sts = braid::request::wait_all(reqs).or_fail("wait raw receives")?;
+        for st in &sts {
+            ensure(st.count_bytes() == size, || {
+                format!("a raw receive got {} of {size} bytes", st.count_bytes())
+            })?;
+            ensure(st.source() == 0, || {
+                format!("raw receive from {}", st.source())
+            })?;
+        }
+        check_pattern(&buf, salt)?;
+    }
+    // A message longer than the raw buffer.
+    if rank == 0 {
+        peer.send_with_tag(&[7u8; 100][..], 62)
+            .or_fail("send long")?;
+    } else {
+        let mut small = [0u8; 10];
+        // SAFETY: `small` outlives the request, which is waited for at once.
+        let r = unsafe { peer.immediate_receive_raw_with_tag(small.as_mut_ptr(), small.len(), 62) }
+            .or_fail("raw irecv")?;
+        match r.wait() {
+            Err(braid::Error::UsageTruncated { .. }) => {}
+            other => {
+                return Err(format!(
+                    "100 bytes into a 10-byte raw receive gave {other:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
