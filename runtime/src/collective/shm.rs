@@ -54,12 +54,13 @@
 //! rank order.
 //!
 //! # Waiting
-//! A wait polls the peer's `posted` word: pause-instruction spins with exponential backoff,
-//! then `yield_now` (from the first poll when ranks outnumber cores). Every 256 polls it
-//! makes point-to-point progress (so pending nonblocking operations and collectives of other
-//! ranks advance), fails with [`Error::PeerLost`] if the core has lost that peer or its
-//! process is gone, and after 10 ms it sleeps 100 µs between such checks. A peer that is
-//! alive but never arrives (an erroneous program) is a hang, as with point-to-point.
+//! A wait polls the peer's `posted` word: pause-instruction spins with exponential backoff
+//! (a few polls only when ranks outnumber cores), then `yield_now` until the core's spin
+//! budget (`BRAID_SPIN_US`) is spent, then 20 µs sleeps, so that a peer sharing the core gets
+//! it. Every 256 polls it makes point-to-point progress (so pending nonblocking operations
+//! and collectives of other ranks advance) and fails with [`Error::PeerLost`] if the core has
+//! lost that peer or its process is gone. A peer that is alive but never arrives (an
+//! erroneous program) is a hang, as with point-to-point.
 //!
 //! # Cost model
 //! Per step and rank: one cache line written (the own control block) and one read per peer
@@ -590,17 +591,17 @@ impl Region {
                 for _ in 0..1u32 << (polls / 8) {
                     std::hint::spin_loop();
                 }
-            } else if polls < 8 {
+            } else if polls < 16 {
                 std::hint::spin_loop();
-            } else {
+            } else if start.get_or_insert_with(Instant::now).elapsed() < self.spin.spin {
                 std::thread::yield_now();
+            } else {
+                // The spin budget is spent: give the core away for real (the peer may be
+                // waiting for it), at the price of up to a timer slack of extra latency.
+                std::thread::sleep(Duration::from_micros(20));
             }
             if polls.is_multiple_of(256) {
-                let since = *start.get_or_insert_with(Instant::now);
                 self.stalled(r)?;
-                if since.elapsed() > Duration::from_millis(10) {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
             }
         }
     }
