@@ -183,3 +183,19 @@ fn info_reports_thresholds() {
         f.stdout
     );
 }
+
+/// A rank that dies while the others wait for it in shared-memory barriers ends the job
+/// promptly with its status, and nothing is left in /dev/shm.
+#[test]
+fn shared_memory_component_dead_rank() {
+    let f = job_of("coll_shm", 3, &[], &["die"]);
+    assert_eq!(
+        f.code(),
+        Some(3),
+        "stdout:\n{}\nstderr:\n{}",
+        f.stdout,
+        f.stderr
+    );
+    assert!(f.elapsed < Duration::from_secs(30), "took {:?}", f.elapsed);
+    assert!(segments_of(&f).is_empty(), "left in /dev/shm");
+}

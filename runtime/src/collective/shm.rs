@@ -425,7 +425,12 @@ impl Region {
             let over = Over::comm(comm);
             let mut s = build_bcast(&over, 0, 8);
             bind(&mut s, &[], crate::datatype::bytes_of_mut(&mut word));
-            run_blocking(s)?;
+            if let Err(e) = run_blocking(s) {
+                if created.is_some() {
+                    let _ = Segment::unlink(&name(n));
+                }
+                return Err(e);
+            }
         }
         if word[0] == 0 {
             return Ok(None);

@@ -9,7 +9,7 @@
 //! While it runs it also checks `/proc/self/maps`: with the component on, every communicator
 //! that ran a collective maps one region `/dev/shm/braid-<job>-coll-...`, already deleted;
 //! the mapping goes when the communicator is freed. `coll_shm quick` runs a shorter sequence
-//! (oversubscribed jobs).
+//! (oversubscribed jobs); `coll_shm die` kills a rank while the others wait for it.
 
 use braid::collective::SystemOperation;
 use braid::traits::*;
@@ -287,8 +287,31 @@ fn interleaved(world: &SimpleCommunicator, quick: bool, d: &mut Digest) -> Check
     Ok(())
 }
 
+/// `coll_shm die`: the last rank exits with status 3 while the others wait for it in
+/// shared-memory barriers; the job must end promptly with that status.
+fn die(world: &SimpleCommunicator) -> Check {
+    let me = world.rank();
+    world.barrier().or_fail("first barrier")?;
+    if me == 0 {
+        println!(
+            "job {}",
+            std::env::var("BRAID_JOB_ID").unwrap_or_else(|_| "-".into())
+        );
+    }
+    if me == world.size() - 1 {
+        std::process::exit(3);
+    }
+    loop {
+        world.barrier().or_fail("barrier with a dead rank")?;
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    if std::env::args().any(|a| a == "die") {
+        run_rank("coll_shm", die);
+        return;
+    }
     run_rank("coll_shm", |world| {
         let me = world.rank();
         let start = std::time::Instant::now();
