@@ -138,12 +138,25 @@ fn segments_of(f: &Finished) -> Vec<String> {
 /// with the component on and off, nothing left in /dev/shm.
 #[test]
 fn shared_memory_component_matches_point_to_point() {
-    for (n, slot) in [(2, "1k"), (3, "1k"), (5, "2k"), (4, "32k")] {
+    // Slots of 32k: broadcasts and allgathers from 16 KiB go by single-copy reads, unless
+    // BRAID_SHM_CMA is off.
+    let cases = [
+        (2, "1k", "on"),
+        (3, "1k", "on"),
+        (5, "2k", "on"),
+        (4, "32k", "on"),
+        (3, "32k", "off"),
+    ];
+    for (n, slot, cma) in cases {
         let mut digests = Vec::new();
         for shm in ["1", "0"] {
-            let env = [("BRAID_COLL_SHM", shm), ("BRAID_COLL_SHM_SLOT", slot)];
+            let env = [
+                ("BRAID_COLL_SHM", shm),
+                ("BRAID_COLL_SHM_SLOT", slot),
+                ("BRAID_SHM_CMA", cma),
+            ];
             let f = job_of("coll_shm", n, &env, &[]);
-            let what = format!("coll_shm, BRAID_COLL_SHM={shm}, slot {slot}");
+            let what = format!("coll_shm, BRAID_COLL_SHM={shm}, slot {slot}, CMA {cma}");
             assert_ok_as("coll_shm", n, &f, &what);
             let left = segments_of(&f);
             assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");

@@ -49,6 +49,12 @@
 //! descriptor of the first step, so members whose lengths differ all stop after the first
 //! step, with an error, and stay in step.
 //!
+//! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank skip the slots when every
+//! member can read every other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the
+//! region is made): at a first step each owner publishes its buffer's address inline, the
+//! others read straight from it (one copy instead of two), and a second step tells the owner
+//! that everybody has read.
+//!
 //! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
 //! the results are bitwise identical everywhere and non-commutative operations get MPI's
 //! rank order.
@@ -68,12 +74,14 @@
 //! reduction) out of each needed peer slot; with `c` the cost of a cache-line transfer
 //! between cores (about 50-100 ns), an 8-byte allreduce or barrier on 2 ranks costs about
 //! `2c`, a broadcast of `n` bytes two memory copies of `n` pipelined in slot-sized chunks,
-//! an allreduce of `n` bytes on `p` ranks `p - 1` reductions of `n` per rank.
+//! an allreduce of `n` bytes on `p` ranks `p - 1` reductions of `n` per rank; from
+//! [`CMA_MIN`] bytes a broadcast or allgather costs two synchronizations and one
+//! `process_vm_readv` of `n` per block read.
 //!
 //! # Not yet implemented
 //! Gather/scatter and the v-forms, the intra-host phase of the two-level algorithms,
-//! reduce-scatter-based allreduce for many ranks and long vectors, futex sleeping in long
-//! waits.
+//! reduce-scatter-based allreduce for many ranks and long vectors, single-copy reads for
+//! reductions, futex sleeping in long waits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -105,6 +113,9 @@ const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE)
 const _: () = assert!(PID + 4 <= CTRL);
 /// Messages longer than 2^40 bytes never take this path (descriptor field width).
 const LEN_BITS: u32 = 40;
+/// Broadcasts and allgathers of at least this many bytes (per rank) copy straight from the
+/// owner's buffer with a single-copy read (`process_vm_readv`), when every member can.
+const CMA_MIN: usize = 16 * 1024;
 
 /// Collective kinds in descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +158,8 @@ struct ShmSettings {
     slot: usize,
     /// `BRAID_COLL_FAKE_HOSTS`.
     fake_hosts: usize,
+    /// `BRAID_SHM_CMA`: single-copy reads allowed.
+    cma: bool,
 }
 
 fn settings() -> ShmSettings {
@@ -162,12 +175,14 @@ fn settings() -> ShmSettings {
                 .clamp(1024, 1 << 24)
                 .next_multiple_of(128),
             fake_hosts: usize::try_from(e.coll_fake_hosts).unwrap_or(0),
+            cma: e.shm_cma,
         },
         Err(_) => ShmSettings {
             enabled: false,
             max: 0,
             slot: 32 * 1024,
             fake_hosts: 0,
+            cma: false,
         },
     })
 }
@@ -177,10 +192,12 @@ pub(crate) fn info() -> String {
     let s = settings();
     format!(
         "shared-memory collectives (one-host communicators: barrier, bcast, reduce, allreduce, \
-         allgather): BRAID_COLL_SHM={}; BRAID_COLL_SHM_MAX={} bytes; BRAID_COLL_SHM_SLOT={} bytes",
+         allgather): BRAID_COLL_SHM={}; BRAID_COLL_SHM_MAX={} bytes; BRAID_COLL_SHM_SLOT={} bytes; \
+         bcast/allgather from {CMA_MIN} bytes by single-copy reads (BRAID_SHM_CMA={})",
         if s.enabled { "on" } else { "off" },
         s.max,
-        s.slot
+        s.slot,
+        if s.cma { "on" } else { "off" }
     )
 }
 
@@ -347,6 +364,8 @@ struct Region {
     seen: Vec<u64>,
     /// Process id of each member (0: unknown).
     pids: Vec<i32>,
+    /// Every member can read every other member's memory (`process_vm_readv`).
+    cma: bool,
     spin: SpinPolicy,
 }
 
@@ -452,7 +471,16 @@ impl Region {
                 }
             },
         };
-        let mut ok = [u64::from(seg.is_some())];
+        let me_world = world[me];
+        let cma = settings().cma
+            && with_core(|c| {
+                c.shm.as_ref().is_some_and(|t| {
+                    world
+                        .iter()
+                        .all(|w| *w == me_world || t.can_pull(braid_engine::Rank(*w)))
+                })
+            });
+        let mut ok = [u64::from(seg.is_some()), u64::from(cma)];
         let res = super::allreduce_band_u64(Over::comm(comm), &mut ok);
         if me == 0
             && let Err(e) = Segment::unlink(&name(word[0]))
@@ -474,6 +502,7 @@ impl Region {
             step: 0,
             seen: vec![0; p],
             pids: vec![0; p],
+            cma: ok[1] == 1,
             spin,
         };
         // SAFETY: inside this rank's control block (in bounds by the invariant), 4-aligned;
@@ -689,6 +718,9 @@ impl Region {
     fn bcast(&mut self, root: usize, buf: &mut [u8]) -> Result<(), Error> {
         let n = buf.len();
         let d = desc(Kind::Bcast, root, n);
+        if self.cma && n >= CMA_MIN {
+            return self.bcast_cma(root, buf, d);
+        }
         let (k, cs) = Self::chunks(n, self.slot);
         let first = self.step + 1;
         self.step += k as u64;
@@ -713,6 +745,46 @@ impl Region {
             }
         }
         Ok(())
+    }
+
+    /// Broadcast by single-copy reads: at the first step the root publishes its buffer's
+    /// address, every member checks every descriptor (as before the second step of a slot
+    /// pipeline, so on a mismatch all stop here, none having read) and the others read the
+    /// whole message; at the second step the root waits until all have read it.
+    fn bcast_cma(&mut self, root: usize, buf: &mut [u8], d: u64) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let addr = (buf.as_ptr() as u64).to_ne_bytes();
+        self.write(s, d, (self.me == root).then_some(&addr[..]))?;
+        self.post(s);
+        self.check_first(s, d, Kind::Bcast)?;
+        self.step += 1;
+        let res = if self.me == root {
+            Ok(())
+        } else {
+            self.cma_from(root, s, buf)
+        };
+        // "Done reading", posted even after a failed read, so nobody hangs.
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        if self.me == root {
+            self.wait_all(s + 1)?;
+        }
+        res
+    }
+
+    /// Reads into `dst` from the address member `r` published inline at step `s`.
+    fn cma_from(&self, r: usize, s: u64, dst: &mut [u8]) -> Result<(), Error> {
+        let mut a = [0u8; 8];
+        // SAFETY: member r posted step s with its 8-byte address inline; the cell is not
+        // rewritten before our next post.
+        unsafe { std::ptr::copy_nonoverlapping(self.data(r, s, 8), a.as_mut_ptr(), 8) };
+        braid_shm::cma_read(self.pids[r], u64::from_ne_bytes(a), dst).map_err(|e| {
+            Error::LocalOs(format!(
+                "single-copy read from rank {} in a shared-memory collective: {e}",
+                self.world[r]
+            ))
+        })
     }
 
     /// Allreduce (`root == None`) or reduce to `root`. `send` is `None` in place (operand in
@@ -795,6 +867,9 @@ impl Region {
     /// Allgather of `n`-byte blocks into `recv` (`send` `None`: in place).
     fn allgather(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
         let d = desc(Kind::Allgather, 0, n);
+        if self.cma && n >= CMA_MIN {
+            return self.allgather_cma(send, recv, n, d);
+        }
         let (k, cs) = Self::chunks(n, self.slot);
         let first = self.step + 1;
         self.step += k as u64;
@@ -826,6 +901,42 @@ impl Region {
             }
         }
         Ok(())
+    }
+}
+
+impl Region {
+    /// Allgather by single-copy reads: every member publishes the address of its block, then
+    /// reads every other block straight from its owner; the second step keeps every block
+    /// in place until all have read it.
+    fn allgather_cma(
+        &mut self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        n: usize,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let me = self.me;
+        let mine = match send {
+            Some(sb) => sb.as_ptr(),
+            None => recv[me * n..].as_ptr(),
+        };
+        self.write(s, d, Some(&(mine as u64).to_ne_bytes()))?;
+        self.post(s);
+        if let Some(sb) = send {
+            recv[me * n..(me + 1) * n].copy_from_slice(sb);
+        }
+        // On a mismatch every member stops here, none having read.
+        self.check_first(s, d, Kind::Allgather)?;
+        self.step += 1;
+        let res = (0..self.p)
+            .filter(|r| *r != me)
+            .try_for_each(|r| self.cma_from(r, s, &mut recv[r * n..(r + 1) * n]));
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        self.wait_all(s + 1)?;
+        res
     }
 }
 
