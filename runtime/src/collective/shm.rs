@@ -49,11 +49,11 @@
 //! descriptor of the first step, so members whose lengths differ all stop after the first
 //! step, with an error, and stay in step.
 //!
-//! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank skip the slots when every
-//! member can read every other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the
+//! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank, and reductions of at
+//! least [`REDUCE_CMA_MIN`], skip the slots when every member can read every other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the
 //! region is made): at a first step each owner publishes its buffer's address inline, the
-//! others read straight from it (one copy instead of two), and a second step tells the owner
-//! that everybody has read.
+//! others read straight from it (one copy instead of two; reductions fold what they read in
+//! the same rank order), and a second step tells the owner that everybody has read.
 //!
 //! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
 //! the results are bitwise identical everywhere and non-commutative operations get MPI's
@@ -80,8 +80,8 @@
 //!
 //! # Not yet implemented
 //! Gather/scatter and the v-forms, the intra-host phase of the two-level algorithms,
-//! reduce-scatter-based allreduce for many ranks and long vectors, single-copy reads for
-//! reductions, futex sleeping in long waits.
+//! reduce-scatter-based allreduce for many ranks and long vectors, futex sleeping in long
+//! waits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -116,6 +116,9 @@ const LEN_BITS: u32 = 40;
 /// Broadcasts and allgathers of at least this many bytes (per rank) copy straight from the
 /// owner's buffer with a single-copy read (`process_vm_readv`), when every member can.
 const CMA_MIN: usize = 16 * 1024;
+/// Reductions of at least this many bytes read the other operands straight from their
+/// owners' buffers the same way.
+const REDUCE_CMA_MIN: usize = 32 * 1024;
 
 /// Collective kinds in descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -799,6 +802,9 @@ impl Region {
     ) -> Result<(), Error> {
         let n = send.map_or_else(|| recv.as_ref().map_or(0, |r| r.len()), <[u8]>::len);
         let d = desc(kind, root.unwrap_or(0), n);
+        if self.cma && n >= REDUCE_CMA_MIN {
+            return self.reduce_cma(kind, root, send, recv, op, d);
+        }
         let cs = self.slot / op.elem.max(1) * op.elem.max(1);
         let (k, cs) = Self::chunks(n, cs);
         let first = self.step + 1;
@@ -833,6 +839,100 @@ impl Region {
             }
         }
         Ok(())
+    }
+
+    /// Reduction by single-copy reads: at a first step every member publishes the address of
+    /// its operand and all check all descriptors; the members that need the result read the
+    /// others' operands straight from their buffers and fold them in rank order; at the
+    /// second step everybody says it is done, and a member returns (and may reuse its
+    /// operand) only once every reader is.
+    fn reduce_cma(
+        &mut self,
+        kind: Kind,
+        root: Option<usize>,
+        send: Option<&[u8]>,
+        recv: Option<&mut [u8]>,
+        op: &ResolvedOp,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        // In place the result overwrites our operand while others may still read it: they
+        // read a copy instead.
+        let kept = match (send, recv.as_deref()) {
+            (None, Some(rb)) => {
+                let mut k = super::schedule::take_tmp(rb.len());
+                k.clear();
+                k.extend_from_slice(rb);
+                Some(k)
+            }
+            _ => None,
+        };
+        let own = match (send, &kept) {
+            (Some(sb), _) => sb.as_ptr(),
+            (None, Some(k)) => k.as_ptr(),
+            (None, None) => std::ptr::null(),
+        };
+        self.write(s, d, Some(&(own as u64).to_ne_bytes()))?;
+        self.post(s);
+        // On a mismatch every member stops here, none having read.
+        self.check_first(s, d, kind)?;
+        self.step += 1;
+        let res = match recv {
+            Some(out) if root.is_none_or(|r| r == self.me) => self.fold_cma(s, op, own, out),
+            _ => Ok(()),
+        };
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        let waited = match root {
+            None => self.wait_all(s + 1),
+            Some(r) if r != self.me => self.wait(r, s + 1),
+            Some(_) => Ok(()),
+        };
+        if let Some(k) = kept {
+            super::schedule::give_tmp(k);
+        }
+        waited.and(res)
+    }
+
+    /// [`Region::fold`] over the operands published at step `s` for single-copy reads; ours
+    /// is the `n` bytes at `own` (not `out`).
+    fn fold_cma(
+        &self,
+        s: u64,
+        op: &ResolvedOp,
+        own: *const u8,
+        out: &mut [u8],
+    ) -> Result<(), Error> {
+        let n = out.len();
+        debug_assert!(!std::ptr::eq(own, out.as_ptr()));
+        // SAFETY: `own` is the caller's send buffer or our copy of the operand: n bytes that
+        // nobody writes during the call, distinct from `out`.
+        let own = unsafe { std::slice::from_raw_parts(own, n) };
+        let last = self.p - 1;
+        let mut tmp = super::schedule::take_tmp(n);
+        tmp.resize(n, 0);
+        let mut res = if last == self.me {
+            out.copy_from_slice(own);
+            Ok(())
+        } else {
+            self.cma_from(last, s, out)
+        };
+        for r in (0..last).rev() {
+            if res.is_err() {
+                break;
+            }
+            if r == self.me {
+                op.apply(own, out);
+            } else {
+                res = self.cma_from(r, s, &mut tmp);
+                if res.is_ok() {
+                    op.apply(&tmp, out);
+                }
+            }
+        }
+        super::schedule::give_tmp(tmp);
+        res
     }
 
     /// `out = x0 ∘ (x1 ∘ (… ∘ x(p-1)))` over the members' chunks of step `s`; this rank's
