@@ -198,14 +198,16 @@ fn info_reports_thresholds() {
 }
 
 /// A rank that dies while the others wait for it in shared-memory barriers ends the job
-/// promptly with its status, and nothing is left in /dev/shm.
+/// promptly, with its status (the launcher saw it first) or with a waiter's report of the lost
+/// peer (a waiter saw it first), and nothing is left in /dev/shm.
 #[test]
 fn shared_memory_component_dead_rank() {
     let f = job_of("coll_shm", 3, &[], &["die"]);
-    assert_eq!(
+    let waiter_saw_it = f.code() == Some(1) && f.stderr.contains("rank 2 is lost");
+    assert!(
+        f.code() == Some(3) || waiter_saw_it,
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         f.code(),
-        Some(3),
-        "stdout:\n{}\nstderr:\n{}",
         f.stdout,
         f.stderr
     );
