@@ -687,6 +687,12 @@ impl Core {
         }
         Ok(())
     }
+
+    /// Why world rank `rank` was lost, if it was (shared-memory collectives poll this while
+    /// they wait for a peer).
+    pub(crate) fn lost_reason(&self, rank: u32) -> Option<&str> {
+        self.lost.get(&rank).map(String::as_str)
+    }
 }
 
 fn sent_status() -> RecvStatus {

@@ -25,6 +25,9 @@
 //! | `BRAID_COLL_ALLGATHER_SHORT` | 81920 | allgathers whose result is below this many bytes use Bruck; longer ones the ring |
 //! | `BRAID_COLL_GATHER_SHORT` | 65536 | gathers/scatters whose whole buffer is below this many bytes use the binomial tree; longer ones are linear |
 //! | `BRAID_COLL_HIERARCHY` | 1 | 0 turns off host-aware (two-level) collectives |
+//! | `BRAID_COLL_SHM` | on | `off`: collectives on one-host communicators use point-to-point schedules instead of the shared-memory component (module `collective::shm`) |
+//! | `BRAID_COLL_SHM_MAX` | 4194304 | longest message (bytes per rank) a blocking collective sends through the shared-memory component; longer ones use point-to-point |
+//! | `BRAID_COLL_SHM_SLOT` | 32768 | bytes of each of the two data slots per rank in a communicator's shared region (the pipeline chunk); rounded up to a multiple of 128, at least 1k |
 //! | `BRAID_COLL_FAKE_HOSTS` | 0 | testing: when k > 0, collectives pretend world rank r is on host r·k/size (two-level algorithms on one machine); `split_shared` still uses real hosts |
 
 use std::time::Duration;
@@ -64,6 +67,12 @@ pub(crate) struct Settings {
     pub(crate) coll_hierarchy: bool,
     /// `BRAID_COLL_FAKE_HOSTS`.
     pub(crate) coll_fake_hosts: u64,
+    /// `BRAID_COLL_SHM`.
+    pub(crate) coll_shm: bool,
+    /// `BRAID_COLL_SHM_MAX`.
+    pub(crate) coll_shm_max: u64,
+    /// `BRAID_COLL_SHM_SLOT`.
+    pub(crate) coll_shm_slot: u64,
 }
 
 /// A variable that is set but does not parse.
@@ -174,6 +183,9 @@ impl Settings {
             coll_gather_short: number("BRAID_COLL_GATHER_SHORT", 64 * 1024)?,
             coll_hierarchy: number("BRAID_COLL_HIERARCHY", 1)? != 0,
             coll_fake_hosts: number("BRAID_COLL_FAKE_HOSTS", 0)?,
+            coll_shm: switch("BRAID_COLL_SHM", true)?,
+            coll_shm_max: number("BRAID_COLL_SHM_MAX", 4 << 20)?,
+            coll_shm_slot: number("BRAID_COLL_SHM_SLOT", 32 << 10)?,
         })
     }
 }

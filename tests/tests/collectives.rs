@@ -1,7 +1,9 @@
 //! Collectives, communicators, groups, topologies and datatypes end to end: real jobs of 1..8
 //! ranks through `mpirun`, each running every check of `coll_all` (results compared with a
-//! sequential reference computed locally), under default thresholds, forced algorithms
-//! (tiny thresholds), and pretend multi-host layouts (two-level algorithms).
+//! sequential reference computed locally), under default thresholds (one-host jobs: the
+//! shared-memory component), with that component off, forced point-to-point algorithms (tiny
+//! thresholds), and pretend multi-host layouts (two-level algorithms); and `coll_shm`, the
+//! shared-memory component under stress, against the same program with the component off.
 //!
 //! Needs the binaries: `cargo build --workspace --bins` (same profile) first.
 
@@ -13,20 +15,29 @@ use braid_tests::{Finished, binary, mpirun, run_with_deadline};
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn job(n: u32, env: &[(&str, &str)], args: &[&str]) -> Finished {
+    job_of("coll_all", n, env, args)
+}
+
+fn job_of(bin: &str, n: u32, env: &[(&str, &str)], args: &[&str]) -> Finished {
     let mut cmd = Command::new(mpirun());
     cmd.arg("-n").arg(n.to_string());
+    cmd.arg("--timeout").arg(DEADLINE.as_secs().to_string());
     for (k, v) in env {
         cmd.arg("-x").arg(format!("{k}={v}"));
     }
-    cmd.arg(binary("coll_all")).args(args);
-    run_with_deadline(&mut cmd, DEADLINE)
+    cmd.arg(binary(bin)).args(args);
+    run_with_deadline(&mut cmd, DEADLINE + Duration::from_secs(10))
 }
 
 fn assert_all_ok(n: u32, f: &Finished, what: &str) {
+    assert_ok_as("coll_all", n, f, what);
+}
+
+fn assert_ok_as(bin: &str, n: u32, f: &Finished, what: &str) {
     let oks = f
         .stdout
         .lines()
-        .filter(|l| l.starts_with("coll_all ok rank"))
+        .filter(|l| l.starts_with(&format!("{bin} ok rank")))
         .count();
     assert!(
         f.code() == Some(0) && oks == n as usize,
@@ -45,11 +56,21 @@ fn every_collective_on_1_to_8_ranks() {
     }
 }
 
+/// The point-to-point algorithms on one host (the shared-memory component off).
+#[test]
+fn every_collective_with_the_shared_memory_component_off() {
+    for n in [2, 3, 8] {
+        let f = job(n, &[("BRAID_COLL_SHM", "0")], &[]);
+        assert_all_ok(n, &f, "BRAID_COLL_SHM=0");
+    }
+}
+
 /// Tiny thresholds force the long-message algorithms: scatter-allgather bcast, Rabenseifner
 /// (power-of-two) and ring (other sizes) allreduce, ring allgather, linear gather/scatter.
 #[test]
 fn long_message_algorithms_forced() {
     let env = [
+        ("BRAID_COLL_SHM", "0"),
         ("BRAID_COLL_HIERARCHY", "0"),
         ("BRAID_COLL_ALLREDUCE_SHORT", "64"),
         ("BRAID_COLL_BCAST_LONG", "64"),
@@ -79,10 +100,87 @@ fn hierarchical_algorithms_on_pretend_hosts() {
     assert_all_ok(6, &job(6, &env, &[]), "pretend hosts, long algorithms");
 }
 
-/// 16 MiB broadcast and allreduce.
+/// 16 MiB broadcast and allreduce (point-to-point beyond `BRAID_COLL_SHM_MAX`, and pipelined
+/// through the shared-memory slots with the limit raised).
 #[test]
 fn large_buffers() {
     assert_all_ok(5, &job(5, &[], &["big"]), "16 MiB buffers");
+    let env = [("BRAID_COLL_SHM_MAX", "64m")];
+    assert_all_ok(3, &job(3, &env, &["big"]), "16 MiB buffers, shared memory");
+}
+
+/// The line `key value` a rank printed.
+fn printed<'a>(f: &'a Finished, key: &str) -> Option<&'a str> {
+    f.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+}
+
+/// Names in /dev/shm that belong to the job of `f`.
+fn segments_of(f: &Finished) -> Vec<String> {
+    let Some(job) = printed(f, "job") else {
+        return vec!["(the job printed no id)".into()];
+    };
+    let prefix = format!("braid-{job}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The shared-memory component against the point-to-point path: long runs of alternating
+/// sizes across slot boundaries (small slots: many pipelined chunks), interleaved
+/// communicators, regions unlinked while mapped and unmapped when freed, identical results
+/// with the component on and off, nothing left in /dev/shm.
+#[test]
+fn shared_memory_component_matches_point_to_point() {
+    // Slots of 32k: broadcasts and allgathers from 16 KiB go by single-copy reads, unless
+    // BRAID_SHM_CMA is off.
+    let cases = [
+        (2, "1k", "on"),
+        (3, "1k", "on"),
+        (5, "2k", "on"),
+        (4, "32k", "on"),
+        (3, "32k", "off"),
+    ];
+    for (n, slot, cma) in cases {
+        let mut digests = Vec::new();
+        for shm in ["1", "0"] {
+            let env = [
+                ("BRAID_COLL_SHM", shm),
+                ("BRAID_COLL_SHM_SLOT", slot),
+                ("BRAID_SHM_CMA", cma),
+            ];
+            let f = job_of("coll_shm", n, &env, &[]);
+            let what = format!("coll_shm, BRAID_COLL_SHM={shm}, slot {slot}, CMA {cma}");
+            assert_ok_as("coll_shm", n, &f, &what);
+            let left = segments_of(&f);
+            assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
+            digests.push(printed(&f, "digest").map(str::to_owned));
+        }
+        assert!(digests[0].is_some(), "{n} ranks: no digest");
+        assert_eq!(
+            digests[0], digests[1],
+            "{n} ranks: results differ on and off"
+        );
+    }
+}
+
+/// 8 ranks on fewer cores: waits yield, and the job still finishes promptly.
+#[test]
+fn shared_memory_component_oversubscribed() {
+    let f = job_of("coll_shm", 8, &[("BRAID_COLL_SHM_SLOT", "4k")], &["quick"]);
+    assert_ok_as("coll_shm", 8, &f, "coll_shm, 8 ranks");
+    assert!(segments_of(&f).is_empty(), "left in /dev/shm");
+    assert!(
+        f.elapsed < Duration::from_secs(60),
+        "8 oversubscribed ranks took {:?}",
+        f.elapsed
+    );
 }
 
 #[test]
@@ -97,4 +195,22 @@ fn info_reports_thresholds() {
         "{}",
         f.stdout
     );
+}
+
+/// A rank that dies while the others wait for it in shared-memory barriers ends the job
+/// promptly, with its status (the launcher saw it first) or with a waiter's report of the lost
+/// peer (a waiter saw it first), and nothing is left in /dev/shm.
+#[test]
+fn shared_memory_component_dead_rank() {
+    let f = job_of("coll_shm", 3, &[], &["die"]);
+    let waiter_saw_it = f.code() == Some(1) && f.stderr.contains("rank 2 is lost");
+    assert!(
+        f.code() == Some(3) || waiter_saw_it,
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        f.code(),
+        f.stdout,
+        f.stderr
+    );
+    assert!(f.elapsed < Duration::from_secs(30), "took {:?}", f.elapsed);
+    assert!(segments_of(&f).is_empty(), "left in /dev/shm");
 }

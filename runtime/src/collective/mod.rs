@@ -38,6 +38,7 @@
 pub(crate) mod algorithms;
 pub(crate) mod op;
 pub(crate) mod schedule;
+pub(crate) mod shm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -207,13 +208,14 @@ pub fn info() -> String {
          alltoall(v,w): pairwise exchange\n\
          reduce_scatter(_block): ring over the blocks (commutative) or reduce + scatter\n\
          scan/exscan: recursive doubling\n\
-         hierarchy (BRAID_COLL_HIERARCHY): {}; BRAID_COLL_FAKE_HOSTS={}",
+         hierarchy (BRAID_COLL_HIERARCHY): {}; BRAID_COLL_FAKE_HOSTS={}\n{}",
         s.bcast_long,
         s.allreduce_short,
         s.allgather_short,
         s.gather_short,
         if s.hierarchy { "on" } else { "off" },
-        s.fake_hosts
+        s.fake_hosts,
+        shm::info()
     )
 }
 
@@ -253,6 +255,8 @@ pub(crate) fn forget_context(ctx: ContextId) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     g.retain(|e| e.0 != ctx.0);
+    drop(g);
+    shm::release(ctx);
 }
 
 type Shared = Arc<Mutex<Exec>>;
@@ -969,6 +973,11 @@ fn do_allreduce(
             format!("{} bytes are not whole elements", recv.len()),
         ));
     }
+    if matches!(mode, Mode::Blocking)
+        && let Some(r) = shm::allreduce(comm, send, recv, &op)
+    {
+        return r.map(|()| None);
+    }
     let over = Over::comm(comm);
     if pair_fast(&over, &mode) && recv.len() < settings().allreduce_short {
         let n = recv.len();
@@ -1027,8 +1036,6 @@ fn do_reduce(
 ) -> Result<Option<Shared>, Error> {
     let name = "MPI_Reduce";
     let over = Over::comm(comm);
-    let mut s = over.schedule(name);
-    s.set_op(op.clone());
     let n = if in_place {
         recv.as_ref().map_or(0, |r| r.len())
     } else {
@@ -1047,6 +1054,15 @@ fn do_reduce(
         }
         None => &mut empty[..],
     };
+    if matches!(mode, Mode::Blocking) {
+        let send = (!in_place).then_some(send);
+        let recv = (over.me == root).then_some(&mut *recv);
+        if let Some(r) = shm::reduce(comm, root, send, recv, &op) {
+            return r.map(|()| None);
+        }
+    }
+    let mut s = over.schedule(name);
+    s.set_op(op.clone());
     if over.me != root && !in_place && reduce_leaf(&over, &op, root) {
         // A leaf of the flat binomial tree only sends its operand: straight from the send
         // buffer, without a copy into a temporary.
@@ -1252,6 +1268,11 @@ fn do_allgather(
                     name,
                     format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
                 ));
+            }
+            if matches!(mode, Mode::Blocking)
+                && let Some(r) = shm::allgather(comm, (!in_place).then_some(send), recv, n)
+            {
+                return r.map(|()| None);
             }
             if choose_allgather(&settings(), n * p) == "bruck" && p > 1 {
                 let mine = if in_place {
@@ -1615,6 +1636,9 @@ pub(crate) fn allreduce_band_u64(over: Over<'_>, words: &mut [u64]) -> Result<()
 
 /// Blocking barrier over a communicator.
 pub(crate) fn comm_barrier(comm: &CommData) -> Result<(), Error> {
+    if let Some(r) = shm::barrier(comm) {
+        return r;
+    }
     let over = Over::comm(comm);
     if pair_fast(&over, &Mode::Blocking) {
         let z = std::ptr::NonNull::<u8>::dangling().as_ptr();
@@ -2937,6 +2961,9 @@ impl Root for Process<'_> {
             return dt.unpack_from(&packed, &mut pos, buf.as_bytes_mut(), count);
         }
         let bytes = buf.as_bytes_mut();
+        if let Some(r) = shm::bcast(self.comm_data(), root, bytes) {
+            return r;
+        }
         let mut s = build_bcast(&Over::comm(self.comm_data()), root, bytes.len());
         bind(&mut s, &[], bytes);
         run_blocking(s)

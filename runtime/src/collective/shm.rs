@@ -1,0 +1,1083 @@
+//! The shared-memory collective component: blocking barrier, bcast, reduce, allreduce and
+//! allgather among ranks of one host through a per-communicator shared region with
+//! cache-line flags, instead of point-to-point messages (Open MPI's `coll/sm`, MPICH's
+//! release/gather collectives play the same part).
+//!
+//! # Selection
+//! A blocking collective takes this path when every member of the communicator has the same
+//! host identity (as the two-level algorithms see it, so `BRAID_COLL_FAKE_HOSTS` splits it
+//! too), there are 2 to [`MAX_RANKS`] members, `BRAID_SHM` and `BRAID_COLL_SHM` are on, and
+//! the message (per rank) is at most `BRAID_COLL_SHM_MAX` bytes. The choice depends only on
+//! values every member has, so all members choose alike. Everything else, and every
+//! nonblocking collective, stays on the point-to-point schedules of the parent module.
+//!
+//! # Lifetime
+//! The region is made at the first collective call on a communicator that selects this path:
+//! the leader (rank 0 of the communicator) creates `/dev/shm/braid-<job>-coll-<leader world
+//! rank>-<context>-<n>` (mode 0600; `n` counts the leader's regions, so names never repeat)
+//! and formats it, announces it with a point-to-point broadcast (0: no region), the others
+//! map it, and a point-to-point allreduce tells everyone that all mapped it. The leader then
+//! removes the name at once, so `/dev/shm` holds nothing whatever happens later (the
+//! launcher's clean-up of `braid-<job>-*` covers a crash before that). If any step fails the
+//! communicator stays on point-to-point for good. The mapping goes when the communicator is
+//! freed ([`release`], keyed by its collective context id).
+//!
+//! # Layout
+//! ```text
+//! 0                 header: magic, ranks, slot bytes (128 bytes)
+//! 128 + 128 r       control block of rank r (128 bytes, its own cache-line pair):
+//!                     +0   posted: u64, the last step rank r has posted
+//!                     +16  cell 0: descriptor u64, 16 inline data bytes   (even steps)
+//!                     +40  cell 1: descriptor u64, 16 inline data bytes   (odd steps)
+//!                     +64  pid: i32 (liveness checks)
+//! slots (4 KiB aligned) + (2 r + k) slot   data slot k of rank r (slot bytes each)
+//! ```
+//!
+//! # Protocol
+//! Every collective call is one or more *steps*; every member runs the same steps, numbered
+//! from 1 by a counter each rank keeps per communicator (so nothing is ever reset). At step
+//! `s` a rank (1) waits until every member has posted step `s - 1`, (2) writes its
+//! descriptor (kind, root, length of the call) and data for the step into cell and slot
+//! `s mod 2` (data of at most 16 bytes go inline in the cell, in the flag's cache line),
+//! (3) stores `posted = s` with release ordering, and (4) waits (acquire loads) for the
+//! posts of the members whose data it needs at this step, checks their descriptors and reads
+//! their data. A rank reads step `s` data before it posts `s + 1`, so "everyone posted
+//! `s - 1`" proves nobody still reads cell and slot `s mod 2` from step `s - 2`: two
+//! alternating buffers suffice. Members that only receive at a step (broadcast) still post it
+//! (as an arrival). Messages longer than a slot are pipelined through the two slots, one chunk
+//! per step. Before the second step of a multi-step call every rank checks every member's
+//! descriptor of the first step, so members whose lengths differ all stop after the first
+//! step, with an error, and stay in step.
+//!
+//! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank, and reductions of at
+//! least [`REDUCE_CMA_MIN`], skip the slots when every member can read every other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the
+//! region is made): at a first step each owner publishes its buffer's address inline, the
+//! others read straight from it (one copy instead of two; reductions fold what they read in
+//! the same rank order), and a second step tells the owner that everybody has read.
+//!
+//! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
+//! the results are bitwise identical everywhere and non-commutative operations get MPI's
+//! rank order.
+//!
+//! # Waiting
+//! A wait polls the peer's `posted` word with one pause instruction between polls until the
+//! core's spin budget (`BRAID_SPIN_US`: 1 ms, 50 µs when ranks outnumber cores) is spent,
+//! yielding the core between polls when ranks outnumber cores, then sleeps 20 µs between
+//! polls, so that a peer sharing the core gets it. Every 256 polls it makes point-to-point progress (so pending nonblocking operations
+//! and collectives of other ranks advance) and fails with [`Error::PeerLost`] if the core has
+//! lost that peer or its process is gone. A peer that is alive but never arrives (an
+//! erroneous program) is a hang, as with point-to-point.
+//!
+//! # Cost model
+//! Per step and rank: one cache line written (the own control block) and one read per peer
+//! it waits on, plus for data beyond 16 bytes one copy into the own slot and one copy (or
+//! reduction) out of each needed peer slot; with `c` the cost of a cache-line transfer
+//! between cores (about 50-100 ns), an 8-byte allreduce or barrier on 2 ranks costs about
+//! `2c`, a broadcast of `n` bytes two memory copies of `n` pipelined in slot-sized chunks,
+//! an allreduce of `n` bytes on `p` ranks `p - 1` reductions of `n` per rank; from
+//! [`CMA_MIN`] bytes a broadcast or allgather costs two synchronizations and one
+//! `process_vm_readv` of `n` per block read.
+//!
+//! # Not yet implemented
+//! Gather/scatter and the v-forms, the intra-host phase of the two-level algorithms,
+//! reduce-scatter-based allreduce for many ranks and long vectors, futex sleeping in long
+//! waits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use braid_engine::ContextId;
+use braid_shm::Segment;
+
+use super::op::ResolvedOp;
+use super::{Over, bind, build_bcast, mismatch, run_blocking};
+use crate::communicator::CommData;
+use crate::core::{SpinPolicy, with_core};
+use crate::error::Error;
+
+/// Most ranks the component serves (every rank polls every other one: O(p²) line reads).
+pub(crate) const MAX_RANKS: usize = 64;
+/// "BRAID_CS".
+const MAGIC: u64 = 0x4252_4149_445f_4353;
+const HEADER: usize = 128;
+const CTRL: usize = 128;
+/// Offset of cell 0 in a control block; cell k is at `CELL + k * CELL_STRIDE`.
+const CELL: usize = 16;
+const CELL_STRIDE: usize = 24;
+/// Inline data bytes of a cell (after its descriptor).
+const INLINE: usize = 16;
+const PID: usize = 64;
+// Both cells share the `posted` word's cache line; the pid fits in the block.
+const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE);
+const _: () = assert!(PID + 4 <= CTRL);
+/// Messages longer than 2^40 bytes never take this path (descriptor field width).
+const LEN_BITS: u32 = 40;
+/// Broadcasts and allgathers of at least this many bytes (per rank) copy straight from the
+/// owner's buffer with a single-copy read (`process_vm_readv`), when every member can.
+const CMA_MIN: usize = 16 * 1024;
+/// Reductions of at least this many bytes read the other operands straight from their
+/// owners' buffers the same way.
+const REDUCE_CMA_MIN: usize = 32 * 1024;
+
+/// Collective kinds in descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Allgather = 1,
+    Allreduce = 2,
+    Barrier = 3,
+    Bcast = 4,
+    Reduce = 5,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Allgather => "MPI_Allgather",
+            Self::Allreduce => "MPI_Allreduce",
+            Self::Barrier => "MPI_Barrier",
+            Self::Bcast => "MPI_Bcast",
+            Self::Reduce => "MPI_Reduce",
+        }
+    }
+}
+
+fn desc(kind: Kind, root: usize, len: usize) -> u64 {
+    ((kind as u64) << 56) | (((root as u64) & 0xffff) << LEN_BITS) | len as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+/// The component's settings (module `env`).
+#[derive(Clone, Copy, Debug)]
+struct ShmSettings {
+    /// `BRAID_SHM` and `BRAID_COLL_SHM` are both on.
+    enabled: bool,
+    /// `BRAID_COLL_SHM_MAX`: longest message per rank, in bytes.
+    max: usize,
+    /// `BRAID_COLL_SHM_SLOT`: bytes per data slot (a multiple of 128, at least 1 KiB).
+    slot: usize,
+    /// `BRAID_COLL_FAKE_HOSTS`.
+    fake_hosts: usize,
+    /// `BRAID_SHM_CMA`: single-copy reads allowed.
+    cma: bool,
+}
+
+fn settings() -> ShmSettings {
+    static S: OnceLock<ShmSettings> = OnceLock::new();
+    *S.get_or_init(|| match crate::env::Settings::from_env() {
+        Ok(e) => ShmSettings {
+            enabled: e.shm && e.coll_shm,
+            max: usize::try_from(e.coll_shm_max)
+                .unwrap_or(usize::MAX)
+                .min((1 << LEN_BITS) - 1),
+            slot: usize::try_from(e.coll_shm_slot)
+                .unwrap_or(usize::MAX)
+                .clamp(1024, 1 << 24)
+                .next_multiple_of(128),
+            fake_hosts: usize::try_from(e.coll_fake_hosts).unwrap_or(0),
+            cma: e.shm_cma,
+        },
+        Err(_) => ShmSettings {
+            enabled: false,
+            max: 0,
+            slot: 32 * 1024,
+            fake_hosts: 0,
+            cma: false,
+        },
+    })
+}
+
+/// One line for [`super::info`].
+pub(crate) fn info() -> String {
+    let s = settings();
+    format!(
+        "shared-memory collectives (one-host communicators: barrier, bcast, reduce, allreduce, \
+         allgather): BRAID_COLL_SHM={}; BRAID_COLL_SHM_MAX={} bytes; BRAID_COLL_SHM_SLOT={} bytes; \
+         bcast/allgather from {CMA_MIN} bytes by single-copy reads (BRAID_SHM_CMA={})",
+        if s.enabled { "on" } else { "off" },
+        s.max,
+        s.slot,
+        if s.cma { "on" } else { "off" }
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points (blocking collectives); `None`: not for this path, use point-to-point
+// ---------------------------------------------------------------------------------------------
+
+/// `MPI_Barrier`.
+pub(crate) fn barrier(comm: &CommData) -> Option<Result<(), Error>> {
+    let region = region_for(comm, 0)?;
+    Some(region.and_then(|r| lock(&r).barrier()))
+}
+
+/// `MPI_Bcast` of `buf` (the root's data on the root).
+pub(crate) fn bcast(comm: &CommData, root: usize, buf: &mut [u8]) -> Option<Result<(), Error>> {
+    let region = region_for(comm, buf.len())?;
+    Some(region.and_then(|r| lock(&r).bcast(root, buf)))
+}
+
+/// `MPI_Allreduce`; `send` is `None` in place (the operand is in `recv`).
+pub(crate) fn allreduce(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    op: &ResolvedOp,
+) -> Option<Result<(), Error>> {
+    if op.elem > settings().slot {
+        return None;
+    }
+    let region = region_for(comm, recv.len())?;
+    Some(region.and_then(|r| lock(&r).reduce(Kind::Allreduce, None, send, Some(recv), op)))
+}
+
+/// `MPI_Reduce` to `root` of `n` bytes; `send` is `None` in place (root only: the operand is
+/// in `recv`); `recv` is `None` off the root.
+pub(crate) fn reduce(
+    comm: &CommData,
+    root: usize,
+    send: Option<&[u8]>,
+    recv: Option<&mut [u8]>,
+    op: &ResolvedOp,
+) -> Option<Result<(), Error>> {
+    let n = match (&send, &recv) {
+        (Some(s), _) => s.len(),
+        (None, Some(r)) => r.len(),
+        (None, None) => 0,
+    };
+    if op.elem > settings().slot {
+        return None;
+    }
+    let region = region_for(comm, n)?;
+    Some(region.and_then(|r| lock(&r).reduce(Kind::Reduce, Some(root), send, recv, op)))
+}
+
+/// `MPI_Allgather` of blocks of `n` bytes; `send` is `None` in place (this rank's block is
+/// already in `recv`).
+pub(crate) fn allgather(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    n: usize,
+) -> Option<Result<(), Error>> {
+    let region = region_for(comm, n)?;
+    Some(region.and_then(|r| lock(&r).allgather(send, recv, n)))
+}
+
+/// Forgets (and unmaps, once no call uses it) the region of a freed communicator.
+pub(crate) fn release(ctx: ContextId) {
+    let removed = {
+        let mut g = registry();
+        g.iter()
+            .position(|e| e.0 == ctx.0)
+            .map(|i| g.swap_remove(i))
+    };
+    drop(removed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry of regions, by collective context id
+// ---------------------------------------------------------------------------------------------
+
+type Shared = Arc<Mutex<Region>>;
+
+/// Per communicator (collective context id): `None` when the path is off for it for good.
+static REGISTRY: Mutex<Vec<(u32, Option<Shared>)>> = Mutex::new(Vec::new());
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<(u32, Option<Shared>)>> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Region> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The region of `comm` for a message of `n` bytes per rank: `None` when this call goes
+/// point-to-point; made at the first call that selects the path.
+fn region_for(comm: &CommData, n: usize) -> Option<Result<Shared, Error>> {
+    let s = settings();
+    let p = comm.group().world_ranks().len();
+    if !s.enabled || n > s.max || !(2..=MAX_RANKS).contains(&p) {
+        return None;
+    }
+    let ctx = comm.coll_context();
+    {
+        let mut g = registry();
+        if let Some(i) = g.iter().position(|e| e.0 == ctx.0) {
+            if i > 0 {
+                g.swap(0, i);
+            }
+            return g[0].1.clone().map(Ok);
+        }
+    }
+    // First call on this communicator (the registry is not held meanwhile: creation talks to
+    // the other members).
+    let made = if one_host(comm, s.fake_hosts) {
+        match Region::establish(comm, s.slot) {
+            Ok(r) => r.map(|r| Arc::new(Mutex::new(r))),
+            Err(e) => return Some(Err(e)),
+        }
+    } else {
+        None
+    };
+    registry().push((ctx.0, made.clone()));
+    made.map(Ok)
+}
+
+/// Whether every member has the same host identity (pretend hosts as the two-level
+/// algorithms see them).
+fn one_host(comm: &CommData, fake: usize) -> bool {
+    let world = comm.group().world_ranks();
+    with_core(|c| {
+        let host = |w: u32| match fake {
+            0 => c.hosts[w as usize].clone(),
+            k => format!("fake{}", w as usize * k / c.hosts.len().max(1)),
+        };
+        let first = host(world[0]);
+        world.iter().all(|w| host(*w) == first)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The region
+// ---------------------------------------------------------------------------------------------
+
+/// One communicator's mapping of its region, and this rank's protocol state.
+struct Region {
+    /// The mapping. Invariant: at least `slots_off + 2 * p * slot` bytes, formatted.
+    seg: Segment,
+    /// Members.
+    p: usize,
+    /// This rank's index among them.
+    me: usize,
+    /// World rank of each member (for lost-peer checks and messages).
+    world: Vec<u32>,
+    /// Bytes per data slot (a multiple of 128).
+    slot: usize,
+    /// Offset of the first slot (4 KiB aligned).
+    slots_off: usize,
+    /// The last step this rank used; the next call starts at `step + 1`.
+    step: u64,
+    /// Per member: a value its `posted` word has reached (a lower bound; saves loads).
+    seen: Vec<u64>,
+    /// Process id of each member (0: unknown).
+    pids: Vec<i32>,
+    /// Every member can read every other member's memory (`process_vm_readv`).
+    cma: bool,
+    spin: SpinPolicy,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("seg", &self.seg)
+            .field("p", &self.p)
+            .field("me", &self.me)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the slots start for `p` ranks.
+fn slots_offset(p: usize) -> usize {
+    (HEADER + p * CTRL).next_multiple_of(4096)
+}
+
+fn job_name() -> String {
+    let job = crate::env::Settings::from_env()
+        .ok()
+        .and_then(|s| s.job_id)
+        .or_else(|| with_core(|c| c.pmi.as_ref().map(|p| p.kvsname().to_string())))
+        .unwrap_or_else(|| "singleton".into());
+    job.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, '|' | '=' | '/') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Region {
+    /// Creates (leader) or maps (others) the region of `comm`, through two point-to-point
+    /// collectives. `Ok(None)`: some member could not, the path stays off for `comm`.
+    fn establish(comm: &CommData, slot: usize) -> Result<Option<Self>, Error> {
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let world = comm.group().world_ranks().to_vec();
+        let (p, me) = (world.len(), comm.rank_index());
+        let len = slots_offset(p) + 2 * p * slot;
+        let ctx = comm.coll_context();
+        let n = if me == 0 {
+            MADE.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        let name = |n: u64| format!("braid-{}-coll-{}-{}-{n}", job_name(), world[0], ctx.0);
+        let mut created = None;
+        if me == 0 {
+            match Segment::create(&name(n), len) {
+                Ok(seg) => {
+                    // SAFETY: the header is inside the fresh mapping (len > HEADER), 8-byte
+                    // aligned (page-aligned mapping), and nobody else has the name's mapping
+                    // yet.
+                    unsafe {
+                        let h = seg.as_ptr().cast::<u64>();
+                        h.add(1).write(p as u64);
+                        h.add(2).write(slot as u64);
+                        h.write(MAGIC);
+                    }
+                    created = Some(seg);
+                }
+                Err(e) => eprintln!(
+                    "braid: rank {}: no shared-memory collectives: {e}",
+                    world[0]
+                ),
+            }
+        }
+        // Announce: the region's number, 0 for none.
+        let mut word = [if created.is_some() { n } else { 0 }];
+        {
+            let over = Over::comm(comm);
+            let mut s = build_bcast(&over, 0, 8);
+            bind(&mut s, &[], crate::datatype::bytes_of_mut(&mut word));
+            if let Err(e) = run_blocking(s) {
+                if created.is_some() {
+                    let _ = Segment::unlink(&name(n));
+                }
+                return Err(e);
+            }
+        }
+        if word[0] == 0 {
+            return Ok(None);
+        }
+        let seg = match created {
+            Some(s) => Some(s),
+            None => match Segment::open(&name(word[0])) {
+                Ok(s) if s.len() >= len && header_ok(&s, p, slot) => Some(s),
+                Ok(s) => {
+                    eprintln!("braid: rank {}: malformed region {:?}", world[me], s.path());
+                    None
+                }
+                Err(e) => {
+                    eprintln!(
+                        "braid: rank {}: no shared-memory collectives: {e}",
+                        world[me]
+                    );
+                    None
+                }
+            },
+        };
+        let me_world = world[me];
+        let cma = settings().cma
+            && with_core(|c| {
+                c.shm.as_ref().is_some_and(|t| {
+                    world
+                        .iter()
+                        .all(|w| *w == me_world || t.can_pull(braid_engine::Rank(*w)))
+                })
+            });
+        let mut ok = [u64::from(seg.is_some()), u64::from(cma)];
+        let res = super::allreduce_band_u64(Over::comm(comm), &mut ok);
+        if me == 0
+            && let Err(e) = Segment::unlink(&name(word[0]))
+        {
+            eprintln!("braid: rank {}: {e}", world[0]);
+        }
+        res?;
+        let Some(seg) = seg.filter(|_| ok[0] == 1) else {
+            return Ok(None);
+        };
+        let spin = with_core(|c| c.spin);
+        let r = Self {
+            seg,
+            p,
+            me,
+            world,
+            slot,
+            slots_off: slots_offset(p),
+            step: 0,
+            seen: vec![0; p],
+            pids: vec![0; p],
+            cma: ok[1] == 1,
+            spin,
+        };
+        // SAFETY: inside this rank's control block (in bounds by the invariant), 4-aligned;
+        // only this rank writes it, others read it after the barrier below.
+        unsafe {
+            r.ctrl(me)
+                .add(PID)
+                .cast::<i32>()
+                .write_volatile(std::process::id() as i32);
+        }
+        let mut r = r;
+        r.barrier()?;
+        for q in 0..p {
+            // SAFETY: as above; written by rank q before its barrier post, read after ours.
+            r.pids[q] = unsafe { r.ctrl(q).add(PID).cast::<i32>().read_volatile() };
+        }
+        Ok(Some(r))
+    }
+
+    /// Start of member `r`'s control block.
+    fn ctrl(&self, r: usize) -> *mut u8 {
+        debug_assert!(r < self.p);
+        // SAFETY: HEADER + r * CTRL + CTRL <= slots_off <= the mapping's length.
+        unsafe { self.seg.as_ptr().add(HEADER + r * CTRL) }
+    }
+
+    /// Member `r`'s `posted` word.
+    fn posted(&self, r: usize) -> &AtomicU64 {
+        // SAFETY: 8-aligned (128-aligned block in a page-aligned mapping), in bounds, and only
+        // ever accessed atomically, by every process; lives as long as `self.seg`.
+        unsafe { AtomicU64::from_ptr(self.ctrl(r).cast::<u64>()) }
+    }
+
+    /// Member `r`'s descriptor word of step `s`.
+    fn desc_word(&self, r: usize, s: u64) -> &AtomicU64 {
+        let off = CELL + (s % 2) as usize * CELL_STRIDE;
+        // SAFETY: as for `posted`: 8-aligned (16 + 0 or 24), in the control block, atomic only.
+        unsafe { AtomicU64::from_ptr(self.ctrl(r).add(off).cast::<u64>()) }
+    }
+
+    /// Where member `r`'s data of step `s` lives, for a chunk of `len` bytes (valid for
+    /// `len <= max(INLINE, slot)` bytes).
+    fn data(&self, r: usize, s: u64, len: usize) -> *mut u8 {
+        let k = (s % 2) as usize;
+        if len <= INLINE {
+            // SAFETY: the cell's data follows its descriptor inside the control block.
+            unsafe { self.ctrl(r).add(CELL + k * CELL_STRIDE + 8) }
+        } else {
+            debug_assert!(len <= self.slot);
+            // SAFETY: slot (2r + k) lies inside the mapping by the invariant.
+            unsafe {
+                self.seg
+                    .as_ptr()
+                    .add(self.slots_off + (2 * r + k) * self.slot)
+            }
+        }
+    }
+
+    /// Begins step `s` of this rank: waits until nobody still reads cell and slot `s mod 2`
+    /// of step `s - 2`, then writes the descriptor and the data chunk `src`, if any. The
+    /// caller posts with [`Region::post`].
+    fn write(&mut self, s: u64, d: u64, src: Option<&[u8]>) -> Result<(), Error> {
+        self.wait_all(s - 1)?;
+        self.desc_word(self.me, s).store(d, Ordering::Relaxed);
+        if let Some(src) = src {
+            let dst = self.data(self.me, s, src.len());
+            // SAFETY: `dst` holds src.len() bytes (data's contract; chunks are at most a slot
+            // or inline); no member reads this cell or slot now (every member posted s - 1,
+            // so it finished reading step s - 2) and no member reads it before our post.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        }
+        Ok(())
+    }
+
+    /// Posts step `s`: releases this step's descriptor and data to the other members.
+    fn post(&mut self, s: u64) {
+        self.posted(self.me).store(s, Ordering::Release);
+        self.seen[self.me] = s;
+    }
+
+    /// Checks member `r`'s descriptor of step `s` (after its post was seen).
+    fn check(&self, r: usize, s: u64, want: u64, kind: Kind) -> Result<(), Error> {
+        let got = self.desc_word(r, s).load(Ordering::Relaxed);
+        if got == want {
+            return Ok(());
+        }
+        let mask = (1u64 << LEN_BITS) - 1;
+        let detail = if got >> 56 != want >> 56 {
+            format!(
+                "rank {r} called another collective (kind {}) on this communicator",
+                got >> 56
+            )
+        } else if got & mask != want & mask {
+            format!(
+                "rank {r} has {} bytes where this rank has {}",
+                got & mask,
+                want & mask
+            )
+        } else {
+            format!("rank {r} named another root")
+        };
+        Err(mismatch(kind.name(), detail))
+    }
+
+    /// Waits until member `r` has posted step `s`.
+    fn wait(&mut self, r: usize, s: u64) -> Result<(), Error> {
+        if self.seen[r] >= s {
+            return Ok(());
+        }
+        let mut polls: u32 = 0;
+        let mut start: Option<Instant> = None;
+        loop {
+            let v = self.posted(r).load(Ordering::Acquire);
+            if v >= s {
+                self.seen[r] = v;
+                return Ok(());
+            }
+            polls = polls.wrapping_add(1);
+            // One pause per poll (about 40 cycles before Skylake, 140 since: Intel
+            // optimization manual, "Pause latency in Skylake microarchitecture"): a longer
+            // backoff would only delay us, since polling a line nobody writes stays in L1.
+            if polls < 16 {
+                std::hint::spin_loop();
+            } else if start.get_or_insert_with(Instant::now).elapsed() < self.spin.spin {
+                if self.spin.yield_between {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                // The spin budget is spent: give the core away for real (the peer may be
+                // waiting for it), at the price of up to a timer slack of extra latency.
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            if polls.is_multiple_of(256) {
+                self.stalled(r)?;
+            }
+        }
+    }
+
+    /// Waits until every member has posted step `s`.
+    fn wait_all(&mut self, s: u64) -> Result<(), Error> {
+        for r in 0..self.p {
+            if r != self.me {
+                self.wait(r, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A long wait for member `r`: makes point-to-point progress, and fails when `r` is lost.
+    fn stalled(&self, r: usize) -> Result<(), Error> {
+        let w = self.world[r];
+        super::progress_all();
+        with_core(|c| -> Result<(), Error> {
+            c.progress(Some(Duration::ZERO))?;
+            match c.lost_reason(w) {
+                Some(why) => Err(Error::PeerLost {
+                    rank: w as i32,
+                    reason: why.to_string(),
+                }),
+                None => Ok(()),
+            }
+        })?;
+        let pid = self.pids[r];
+        // SAFETY: signal 0 only checks that the process exists; no signal is sent.
+        if pid > 0 && unsafe { libc::kill(pid, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Err(Error::PeerLost {
+                    rank: w as i32,
+                    reason: format!(
+                        "process {pid} is gone (waiting in a shared-memory collective)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of steps and chunk length for `n` bytes in chunks of at most `cs`.
+    fn chunks(n: usize, cs: usize) -> (usize, usize) {
+        (n.div_ceil(cs).max(1), cs)
+    }
+
+    /// The descriptor check before the second step of a multi-step call: every member's
+    /// first-step descriptor (so all members stop after the first step on a mismatch).
+    fn check_first(&mut self, first: u64, want: u64, kind: Kind) -> Result<(), Error> {
+        self.wait_all(first)?;
+        for r in 0..self.p {
+            if r != self.me {
+                self.check(r, first, want, kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let d = desc(Kind::Barrier, 0, 0);
+        self.write(s, d, None)?;
+        self.post(s);
+        self.wait_all(s)?;
+        for r in 0..self.p {
+            if r != self.me {
+                self.check(r, s, d, Kind::Barrier)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bcast(&mut self, root: usize, buf: &mut [u8]) -> Result<(), Error> {
+        let n = buf.len();
+        let d = desc(Kind::Bcast, root, n);
+        if self.cma && n >= CMA_MIN {
+            return self.bcast_cma(root, buf, d);
+        }
+        let (k, cs) = Self::chunks(n, self.slot);
+        let first = self.step + 1;
+        self.step += k as u64;
+        for j in 0..k {
+            let s = first + j as u64;
+            if j == 1 {
+                self.check_first(first, d, Kind::Bcast)?;
+            }
+            let (off, len) = (j * cs, cs.min(n - j * cs));
+            if self.me == root {
+                self.write(s, d, Some(&buf[off..off + len]))?;
+                self.post(s);
+            } else {
+                self.write(s, d, None)?;
+                self.post(s);
+                self.wait(root, s)?;
+                self.check(root, s, d, Kind::Bcast)?;
+                let src = self.data(root, s, len);
+                // SAFETY: the root posted step s, so its chunk is there, and it is not
+                // rewritten before we post s + 1; the destination is our own buffer.
+                unsafe { std::ptr::copy_nonoverlapping(src, buf[off..].as_mut_ptr(), len) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Broadcast by single-copy reads: at the first step the root publishes its buffer's
+    /// address, every member checks every descriptor (as before the second step of a slot
+    /// pipeline, so on a mismatch all stop here, none having read) and the others read the
+    /// whole message; at the second step the root waits until all have read it.
+    fn bcast_cma(&mut self, root: usize, buf: &mut [u8], d: u64) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let addr = (buf.as_ptr() as u64).to_ne_bytes();
+        self.write(s, d, (self.me == root).then_some(&addr[..]))?;
+        self.post(s);
+        self.check_first(s, d, Kind::Bcast)?;
+        self.step += 1;
+        let res = if self.me == root {
+            Ok(())
+        } else {
+            self.cma_from(root, s, buf)
+        };
+        // "Done reading", posted even after a failed read, so nobody hangs.
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        if self.me == root {
+            self.wait_all(s + 1)?;
+        }
+        res
+    }
+
+    /// Reads into `dst` from the address member `r` published inline at step `s`.
+    fn cma_from(&self, r: usize, s: u64, dst: &mut [u8]) -> Result<(), Error> {
+        let mut a = [0u8; 8];
+        // SAFETY: member r posted step s with its 8-byte address inline; the cell is not
+        // rewritten before our next post.
+        unsafe { std::ptr::copy_nonoverlapping(self.data(r, s, 8), a.as_mut_ptr(), 8) };
+        braid_shm::cma_read(self.pids[r], u64::from_ne_bytes(a), dst).map_err(|e| {
+            Error::LocalOs(format!(
+                "single-copy read from rank {} in a shared-memory collective: {e}",
+                self.world[r]
+            ))
+        })
+    }
+
+    /// Allreduce (`root == None`) or reduce to `root`. `send` is `None` in place (operand in
+    /// `recv`); `recv` is the result buffer (`None` off the root of a reduce).
+    fn reduce(
+        &mut self,
+        kind: Kind,
+        root: Option<usize>,
+        send: Option<&[u8]>,
+        mut recv: Option<&mut [u8]>,
+        op: &ResolvedOp,
+    ) -> Result<(), Error> {
+        let n = send.map_or_else(|| recv.as_ref().map_or(0, |r| r.len()), <[u8]>::len);
+        let d = desc(kind, root.unwrap_or(0), n);
+        if self.cma && n >= REDUCE_CMA_MIN {
+            return self.reduce_cma(kind, root, send, recv, op, d);
+        }
+        let cs = self.slot / op.elem.max(1) * op.elem.max(1);
+        let (k, cs) = Self::chunks(n, cs);
+        let first = self.step + 1;
+        self.step += k as u64;
+        let folds = root.is_none_or(|r| r == self.me);
+        for j in 0..k {
+            let s = first + j as u64;
+            if j == 1 && !folds {
+                self.check_first(first, d, kind)?;
+            }
+            let (off, len) = (j * cs, cs.min(n - j * cs));
+            let own: &[u8] = match (send, recv.as_deref()) {
+                (Some(sb), _) => &sb[off..off + len],
+                (None, Some(rb)) => &rb[off..off + len],
+                (None, None) => &[],
+            };
+            let own = own.as_ptr();
+            // SAFETY: `own` points at `len` bytes of the caller's operand.
+            self.write(s, d, Some(unsafe { std::slice::from_raw_parts(own, len) }))?;
+            self.post(s);
+            if !folds {
+                continue;
+            }
+            self.wait_all(s)?;
+            for r in 0..self.p {
+                if r != self.me {
+                    self.check(r, s, d, kind)?;
+                }
+            }
+            if let Some(rb) = recv.as_deref_mut() {
+                self.fold(s, op, own, &mut rb[off..off + len]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reduction by single-copy reads: at a first step every member publishes the address of
+    /// its operand and all check all descriptors; the members that need the result read the
+    /// others' operands straight from their buffers and fold them in rank order; at the
+    /// second step everybody says it is done, and a member returns (and may reuse its
+    /// operand) only once every reader is.
+    fn reduce_cma(
+        &mut self,
+        kind: Kind,
+        root: Option<usize>,
+        send: Option<&[u8]>,
+        recv: Option<&mut [u8]>,
+        op: &ResolvedOp,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        // In place the result overwrites our operand while others may still read it: they
+        // read a copy instead.
+        let kept = match (send, recv.as_deref()) {
+            (None, Some(rb)) => {
+                let mut k = super::schedule::take_tmp(rb.len());
+                k.clear();
+                k.extend_from_slice(rb);
+                Some(k)
+            }
+            _ => None,
+        };
+        let own = match (send, &kept) {
+            (Some(sb), _) => sb.as_ptr(),
+            (None, Some(k)) => k.as_ptr(),
+            (None, None) => std::ptr::null(),
+        };
+        self.write(s, d, Some(&(own as u64).to_ne_bytes()))?;
+        self.post(s);
+        // On a mismatch every member stops here, none having read.
+        self.check_first(s, d, kind)?;
+        self.step += 1;
+        let res = match recv {
+            Some(out) if root.is_none_or(|r| r == self.me) => self.fold_cma(s, op, own, out),
+            _ => Ok(()),
+        };
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        let waited = match root {
+            None => self.wait_all(s + 1),
+            Some(r) if r != self.me => self.wait(r, s + 1),
+            Some(_) => Ok(()),
+        };
+        if let Some(k) = kept {
+            super::schedule::give_tmp(k);
+        }
+        waited.and(res)
+    }
+
+    /// [`Region::fold`] over the operands published at step `s` for single-copy reads; ours
+    /// is the `n` bytes at `own` (not `out`).
+    fn fold_cma(
+        &self,
+        s: u64,
+        op: &ResolvedOp,
+        own: *const u8,
+        out: &mut [u8],
+    ) -> Result<(), Error> {
+        let n = out.len();
+        debug_assert!(!std::ptr::eq(own, out.as_ptr()));
+        // SAFETY: `own` is the caller's send buffer or our copy of the operand: n bytes that
+        // nobody writes during the call, distinct from `out`.
+        let own = unsafe { std::slice::from_raw_parts(own, n) };
+        let last = self.p - 1;
+        let mut tmp = super::schedule::take_tmp(n);
+        tmp.resize(n, 0);
+        let mut res = if last == self.me {
+            out.copy_from_slice(own);
+            Ok(())
+        } else {
+            self.cma_from(last, s, out)
+        };
+        for r in (0..last).rev() {
+            if res.is_err() {
+                break;
+            }
+            if r == self.me {
+                op.apply(own, out);
+            } else {
+                res = self.cma_from(r, s, &mut tmp);
+                if res.is_ok() {
+                    op.apply(&tmp, out);
+                }
+            }
+        }
+        super::schedule::give_tmp(tmp);
+        res
+    }
+
+    /// `out = x0 ∘ (x1 ∘ (… ∘ x(p-1)))` over the members' chunks of step `s`; this rank's
+    /// operand is read from `own` (which may be `out` itself, in place).
+    fn fold(&self, s: u64, op: &ResolvedOp, own: *const u8, out: &mut [u8]) {
+        let len = out.len();
+        let in_place = std::ptr::eq(own, out.as_ptr());
+        let last = self.p - 1;
+        let operand = |r: usize| -> *const u8 {
+            if r != self.me {
+                self.data(r, s, len)
+            } else if in_place {
+                self.data(self.me, s, len)
+            } else {
+                own
+            }
+        };
+        if last != self.me || !in_place {
+            // SAFETY: the operand holds `len` bytes (a posted peer chunk, our own copy of
+            // ours, or our send buffer), none of which is `out` (in place, our own copy is
+            // read instead) and none of which anybody writes before our next post.
+            unsafe { std::ptr::copy_nonoverlapping(operand(last), out.as_mut_ptr(), len) };
+        }
+        for r in (0..last).rev() {
+            // SAFETY: as above: `len` readable bytes, not overlapping `out`, stable until our
+            // next post.
+            let x = unsafe { std::slice::from_raw_parts(operand(r), len) };
+            op.apply(x, out);
+        }
+    }
+
+    /// Allgather of `n`-byte blocks into `recv` (`send` `None`: in place).
+    fn allgather(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
+        let d = desc(Kind::Allgather, 0, n);
+        if self.cma && n >= CMA_MIN {
+            return self.allgather_cma(send, recv, n, d);
+        }
+        let (k, cs) = Self::chunks(n, self.slot);
+        let first = self.step + 1;
+        self.step += k as u64;
+        let me = self.me;
+        for j in 0..k {
+            let s = first + j as u64;
+            let (off, len) = (j * cs, cs.min(n - j * cs));
+            let src = match send {
+                Some(sb) => &sb[off..off + len],
+                None => &recv[me * n + off..me * n + off + len],
+            };
+            self.write(s, d, Some(src))?;
+            self.post(s);
+            if let Some(sb) = send {
+                recv[me * n + off..me * n + off + len].copy_from_slice(&sb[off..off + len]);
+            }
+            self.wait_all(s)?;
+            for r in 0..self.p {
+                if r != me {
+                    self.check(r, s, d, Kind::Allgather)?;
+                }
+            }
+            for r in (0..self.p).filter(|r| *r != me) {
+                let from = self.data(r, s, len);
+                let to = &mut recv[r * n + off..r * n + off + len];
+                // SAFETY: member r posted step s; its chunk holds `len` bytes that nobody
+                // rewrites before our next post; `to` is our own buffer.
+                unsafe { std::ptr::copy_nonoverlapping(from, to.as_mut_ptr(), len) };
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Region {
+    /// Allgather by single-copy reads: every member publishes the address of its block, then
+    /// reads every other block straight from its owner; the second step keeps every block
+    /// in place until all have read it.
+    fn allgather_cma(
+        &mut self,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        n: usize,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let me = self.me;
+        let mine = match send {
+            Some(sb) => sb.as_ptr(),
+            None => recv[me * n..].as_ptr(),
+        };
+        self.write(s, d, Some(&(mine as u64).to_ne_bytes()))?;
+        self.post(s);
+        if let Some(sb) = send {
+            recv[me * n..(me + 1) * n].copy_from_slice(sb);
+        }
+        // On a mismatch every member stops here, none having read.
+        self.check_first(s, d, Kind::Allgather)?;
+        self.step += 1;
+        let res = (0..self.p)
+            .filter(|r| *r != me)
+            .try_for_each(|r| self.cma_from(r, s, &mut recv[r * n..(r + 1) * n]));
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        self.wait_all(s + 1)?;
+        res
+    }
+}
+
+/// Whether a mapped region's header matches what this rank expects.
+fn header_ok(seg: &Segment, p: usize, slot: usize) -> bool {
+    // SAFETY: the header's three words are in bounds (checked len > HEADER by the caller's
+    // length check) and were written by the leader before its announcement.
+    let (m, pp, sl) = unsafe {
+        let h = seg.as_ptr().cast::<u64>();
+        (
+            h.read_volatile(),
+            h.add(1).read_volatile(),
+            h.add(2).read_volatile(),
+        )
+    };
+    m == MAGIC && pp == p as u64 && sl == slot as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_page_aligned() {
+        assert_eq!(slots_offset(2) % 4096, 0);
+        assert!(slots_offset(MAX_RANKS) >= HEADER + MAX_RANKS * CTRL);
+    }
+
+    #[test]
+    fn descriptors_differ_by_kind_root_and_length() {
+        let a = desc(Kind::Bcast, 1, 8);
+        assert_ne!(a, desc(Kind::Bcast, 2, 8));
+        assert_ne!(a, desc(Kind::Bcast, 1, 9));
+        assert_ne!(a, desc(Kind::Reduce, 1, 8));
+        assert_eq!(a & ((1 << LEN_BITS) - 1), 8);
+    }
+
+    #[test]
+    fn chunking() {
+        assert_eq!(Region::chunks(0, 100), (1, 100));
+        assert_eq!(Region::chunks(100, 100), (1, 100));
+        assert_eq!(Region::chunks(101, 100), (2, 100));
+    }
+}
