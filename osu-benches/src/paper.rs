@@ -11,6 +11,8 @@
 //!   TCP aggregate reference measured by `braid-testbed tcp-source`/`tcp-sink`.
 //! - `openmpi`: the `modes` bandwidth runs through the rsmpi backend on Open MPI, its daemons
 //!   started inside the testbed's namespaces by a small `plm_rsh_agent` script.
+//! - `failover`: a rail taken down in the middle of a stream; bandwidth before and after, the
+//!   stall and the time lost (see [`failover`]).
 //!
 //! Every subcommand brings the spec's testbed up when it is not (and down at the end unless
 //! `--keep`), launches jobs with `mpirun --testbed` on a copy of the spec with the number of
@@ -18,8 +20,11 @@
 //! `--out`: `raw/` (every job's JSON), a CSV and a JSON summary, SVG plots of bandwidth against
 //! message size, and prints OSU-style tables.
 //!
-//! The hidden subcommand `pair-rank` is the per-pair benchmark itself; it runs as the ranks of
-//! a Braid job (`mpirun ... osu_paper pair-rank`).
+//! The hidden subcommands `pair-rank` and `stream-rank` are the per-pair and failover
+//! benchmarks themselves; they run as the ranks of a Braid job (`mpirun ... osu_paper
+//! pair-rank`).
+
+pub mod failover;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,9 +64,14 @@ pub enum Cmd {
     Hetero(HeteroArgs),
     /// osu_bw through the rsmpi backend on Open MPI across the testbed hosts.
     Openmpi(OpenmpiArgs),
+    /// A rail taken down mid-transfer: bandwidth before/after, stall, time lost.
+    Failover(failover::FailoverArgs),
     /// The per-pair benchmark, run as the ranks of a job (used by `pairs`).
     #[command(hide = true)]
     PairRank(PairRankArgs),
+    /// The failover stream, run as the ranks of a job (used by `failover`).
+    #[command(hide = true)]
+    StreamRank(failover::StreamRankArgs),
 }
 
 /// Options every table takes.
@@ -238,7 +248,9 @@ pub fn main() -> std::process::ExitCode {
         Cmd::Pairs(a) => with_testbed(&a.common.clone(), |tb| pairs(tb, &a)),
         Cmd::Hetero(a) => with_testbed(&a.common.clone(), |tb| hetero(tb, &a)),
         Cmd::Openmpi(a) => with_testbed(&a.common.clone(), |tb| openmpi(tb, &a)),
+        Cmd::Failover(a) => with_testbed(&a.common.clone(), |tb| failover::failover(tb, &a)),
         Cmd::PairRank(a) => pair_rank(&a),
+        Cmd::StreamRank(a) => failover::stream_rank(&a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
