@@ -1331,6 +1331,17 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
     let mut points = Vec::new();
     let mut collect = |file: &Path, config: &str, bench: &str| -> anyhow::Result<()> {
         for r in read_records(file)? {
+            // The median one-way latency as well: on a shared machine the mean carries every
+            // scheduling delay.
+            if let Some(p50) = r.p50_us {
+                points.push(Point {
+                    config: config.to_owned(),
+                    benchmark: format!("{bench}_p50"),
+                    size: r.size,
+                    value: p50,
+                    unit: r.unit.clone(),
+                });
+            }
             points.push(Point {
                 config: config.to_owned(),
                 benchmark: bench.into(),
@@ -1437,7 +1448,8 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
 }
 
 /// Braid against Open MPI at the sizes the issue names: osu_bw at 64 KiB, 256 KiB and 4 MiB
-/// (higher is better), osu_latency at 8 B, 1 KiB, 16 KiB and 64 KiB (lower is better).
+/// (higher is better), osu_latency (mean and median) at 8 B, 1 KiB, 16 KiB and 64 KiB (lower
+/// is better).
 fn comparison(points: &[Point], rails: &[usize]) -> String {
     let get = |config: &str, bench: &str, size: usize| {
         points
@@ -1471,6 +1483,10 @@ fn comparison(points: &[Point], rails: &[usize]) -> String {
                 ("osu_latency", 1024),
                 ("osu_latency", 16_384),
                 ("osu_latency", 65_536),
+                ("osu_latency_p50", 8),
+                ("osu_latency_p50", 1024),
+                ("osu_latency_p50", 16_384),
+                ("osu_latency_p50", 65_536),
             ] {
                 if let (Some(b), Some(o)) = (get(c, bench, size), get(&ompi, bench, size)) {
                     let ratio = if bench == "osu_bw" { b / o } else { o / b };
