@@ -213,7 +213,7 @@ pub struct OpenmpiArgs {
     /// summary takes the median of the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Message sizes of osu_bw (`-m`).
+    /// Message sizes of osu_bw (`-m`; empty: no osu_bw runs).
     #[arg(long, default_value = "65536:4194304")]
     sizes: String,
     /// Iterations (`-i`).
@@ -1292,7 +1292,12 @@ fn agent_script(map: &[(String, String)]) -> String {
 
 fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
     let lat = !a.lat_sizes.is_empty();
-    for p in std::iter::once(&a.osu_bw).chain(lat.then_some(&a.osu_latency)) {
+    let bw = !a.sizes.is_empty();
+    for p in bw
+        .then_some(&a.osu_bw)
+        .into_iter()
+        .chain(lat.then_some(&a.osu_latency))
+    {
         ensure!(
             p.is_file(),
             "{} is missing: build it with `CARGO_TARGET_DIR=target-rsmpi cargo build --release -p braid-osu --features rsmpi`",
@@ -1355,14 +1360,17 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
     for round in 0..a.rounds {
         for &rails in &a.rails {
             let list = tb.rail_list(rails)?;
-            let mut benches = vec![(
-                "osu_bw",
-                &a.osu_bw,
-                &a.sizes,
-                a.iters,
-                a.warmup,
-                Some(a.window),
-            )];
+            let mut benches = Vec::new();
+            if !a.sizes.is_empty() {
+                benches.push((
+                    "osu_bw",
+                    &a.osu_bw,
+                    &a.sizes,
+                    a.iters,
+                    a.warmup,
+                    Some(a.window),
+                ));
+            }
             if lat {
                 benches.push((
                     "osu_latency",

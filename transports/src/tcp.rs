@@ -39,7 +39,7 @@
 //! The small-message path of `stripe` and `weighted` costs what `single`'s does, up to the
 //! bookkeeping of the kept frames: a busy-polling wait reads each peer's latency rail (its
 //! first live rail, where small frames go) on every call and its other rails only while they
-//! carry data (after [`COLD_AFTER`] empty reads a rail is left to the poller, which runs
+//! carry data (after 1024 empty reads in a row a rail is left to the poller, which runs
 //! every 16th call), so a ping-pong makes one `read` per poll as in `single`; no clock is read
 //! on that path; acknowledgements ride along with outgoing frames (see `conn`), so two-way
 //! traffic sends none on its own.
