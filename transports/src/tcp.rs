@@ -18,7 +18,9 @@
 //! chunks and eager messages of 16 KiB or more go round-robin over the live rails (`stripe`), or to the rail that
 //! would finish the chunk first given its backlog (bytes queued here and in the kernel) and
 //! its measured drain rate (`weighted`): bytes the peer's host acknowledged per second while
-//! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run.
+//! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run. Rails
+//! that would finish a chunk about as soon (within 15 % of its time; an idle rail counts as
+//! fast as the fastest, its rate being unmeasured) take turns.
 //!
 //! # Rail failure
 //! A connection whose write or read fails, or whose kernel holds unacknowledged segments
@@ -79,6 +81,9 @@ const PENDING_BASE: usize = 1 << 41;
 const STALL_CHECK: Duration = Duration::from_millis(100);
 /// How often drain rates are sampled (`weighted`).
 const RATE_CHECK: Duration = Duration::from_millis(20);
+/// `weighted`: rails whose expected finish time is within `WEIGHTED_TIE - 1` times one frame's
+/// time on the fastest rail of the best one's take turns.
+const WEIGHTED_TIE: f64 = 1.15;
 /// Frames at least this long (header included) are spread over the rails like data chunks.
 const SPREAD_MIN: usize = 16 * 1024;
 /// Default stall timeout.
@@ -208,7 +213,7 @@ struct Link {
     /// Frames cut short on a dead rail, finished by their resends.
     partials: HashMap<Ident, Saved>,
     dead: Vec<DeadRail>,
-    /// Round-robin cursor (`stripe`).
+    /// Round-robin cursor (`stripe`); the rail used last (`weighted`).
     rr: usize,
     /// Some connection owes the peer at least [`conn::PIGGYBACK_AT`] acknowledgements: the
     /// next tracked frame to it carries them.
@@ -705,16 +710,45 @@ impl TcpTransport {
                 .map(|c| c.rail as usize);
         }
         match mode {
-            RailMode::Weighted => link
-                .live()
-                .map(|c| {
-                    (
-                        c.rail as usize,
-                        (c.backlog() + len) as f64 / c.rate.max(1e6),
-                    )
-                })
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(r, _)| r),
+            RailMode::Weighted => {
+                // Expected finish time of the frame on each rail; among the rails within a
+                // fraction (WEIGHTED_TIE - 1) of one frame's time of the best, take turns (the
+                // next after the last one used), so idle rails of equal speed share messages
+                // as in `stripe` (each rail's queue, and a rate-limited link's token bucket,
+                // get time to drain) while a slower or backed-up rail gets only what it
+                // finishes in time.
+                // An idle rail's rate is not being measured (its estimate drifts towards half the
+                // best rail's), so an idle rail counts as fast as the fastest: idle rails take
+                // turns, and measured rates decide as soon as rails have a backlog.
+                let fastest = link.live().map(|c| c.rate.max(1e6)).fold(1e6, f64::max);
+                let mut est = [(0usize, 0.0f64); RAIL_SLOTS];
+                let mut k = 0;
+                for c in link.live() {
+                    if let Some(slot) = est.get_mut(k) {
+                        let backlog = c.backlog();
+                        let rate = if backlog == 0 {
+                            fastest
+                        } else {
+                            c.rate.max(1e6)
+                        };
+                        *slot = (c.rail as usize, (backlog + len) as f64 / rate);
+                        k += 1;
+                    }
+                }
+                let est = &est[..k];
+                let best = est.iter().map(|e| e.1).fold(f64::INFINITY, f64::min);
+                let tie = best + (WEIGHTED_TIE - 1.0) * len as f64 / fastest;
+                let last = link.rr;
+                let pick = est
+                    .iter()
+                    .filter(|e| e.1 <= tie)
+                    .min_by_key(|e| (e.0 <= last, e.0))
+                    .map(|e| e.0);
+                if let Some(r) = pick {
+                    link.rr = r;
+                }
+                pick
+            }
             _ => {
                 link.rr = link.rr.wrapping_add(1);
                 let k = link.rr % n;
