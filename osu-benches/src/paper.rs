@@ -11,6 +11,8 @@
 //!   TCP aggregate reference measured by `braid-testbed tcp-source`/`tcp-sink`.
 //! - `openmpi`: the `modes` bandwidth runs through the rsmpi backend on Open MPI, its daemons
 //!   started inside the testbed's namespaces by a small `plm_rsh_agent` script.
+//! - `failover`: a rail taken down in the middle of a stream; bandwidth before and after, the
+//!   stall and the time lost (see [`failover`]).
 //!
 //! Every subcommand brings the spec's testbed up when it is not (and down at the end unless
 //! `--keep`), launches jobs with `mpirun --testbed` on a copy of the spec with the number of
@@ -18,8 +20,11 @@
 //! `--out`: `raw/` (every job's JSON), a CSV and a JSON summary, SVG plots of bandwidth against
 //! message size, and prints OSU-style tables.
 //!
-//! The hidden subcommand `pair-rank` is the per-pair benchmark itself; it runs as the ranks of
-//! a Braid job (`mpirun ... osu_paper pair-rank`).
+//! The hidden subcommands `pair-rank` and `stream-rank` are the per-pair and failover
+//! benchmarks themselves; they run as the ranks of a Braid job (`mpirun ... osu_paper
+//! pair-rank`).
+
+pub mod failover;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,9 +64,14 @@ pub enum Cmd {
     Hetero(HeteroArgs),
     /// osu_bw through the rsmpi backend on Open MPI across the testbed hosts.
     Openmpi(OpenmpiArgs),
+    /// A rail taken down mid-transfer: bandwidth before/after, stall, time lost.
+    Failover(failover::FailoverArgs),
     /// The per-pair benchmark, run as the ranks of a job (used by `pairs`).
     #[command(hide = true)]
     PairRank(PairRankArgs),
+    /// The failover stream, run as the ranks of a job (used by `failover`).
+    #[command(hide = true)]
+    StreamRank(failover::StreamRankArgs),
 }
 
 /// Options every table takes.
@@ -186,14 +196,25 @@ pub struct OpenmpiArgs {
     /// braid-osu --features rsmpi`).
     #[arg(long, default_value = "target-rsmpi/release/osu_bw")]
     osu_bw: PathBuf,
+    /// The rsmpi build of `osu_latency`.
+    #[arg(long, default_value = "target-rsmpi/release/osu_latency")]
+    osu_latency: PathBuf,
     /// Open MPI's launcher.
     #[arg(long, default_value = "mpirun.openmpi")]
     mpirun: String,
-    /// Rail counts (`btl_tcp_if_include` = the first N rails).
-    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    /// Rail counts (`btl_tcp_if_include` = the first N rails; Braid gets the same rails).
+    #[arg(long, value_delimiter = ',', default_value = "4")]
     rails: Vec<usize>,
-    /// Message sizes (`-m`).
-    #[arg(long, default_value = "1:4194304")]
+    /// Braid rail modes run against Open MPI (osu_bw and osu_latency); `single` runs
+    /// osu_latency only, as the small-message reference.
+    #[arg(long, value_delimiter = ',', default_value = "stripe,weighted,single")]
+    modes: Vec<String>,
+    /// Rounds; each runs every configuration once, Open MPI and Braid interleaved. The
+    /// summary takes the median of the rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Message sizes of osu_bw (`-m`; empty: no osu_bw runs).
+    #[arg(long, default_value = "65536:4194304")]
     sizes: String,
     /// Iterations (`-i`).
     #[arg(long, default_value_t = 20)]
@@ -204,6 +225,15 @@ pub struct OpenmpiArgs {
     /// Window (`-W`).
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// Message sizes of osu_latency (empty: no latency runs).
+    #[arg(long, default_value = "8:65536")]
+    lat_sizes: String,
+    /// Iterations of osu_latency.
+    #[arg(long, default_value_t = 2000)]
+    lat_iters: usize,
+    /// Warm-up of osu_latency.
+    #[arg(long, default_value_t = 200)]
+    lat_warmup: usize,
 }
 
 /// Options of the hidden per-pair rank program.
@@ -238,7 +268,9 @@ pub fn main() -> std::process::ExitCode {
         Cmd::Pairs(a) => with_testbed(&a.common.clone(), |tb| pairs(tb, &a)),
         Cmd::Hetero(a) => with_testbed(&a.common.clone(), |tb| hetero(tb, &a)),
         Cmd::Openmpi(a) => with_testbed(&a.common.clone(), |tb| openmpi(tb, &a)),
+        Cmd::Failover(a) => with_testbed(&a.common.clone(), |tb| failover::failover(tb, &a)),
         Cmd::PairRank(a) => pair_rank(&a),
+        Cmd::StreamRank(a) => failover::stream_rank(&a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -1252,11 +1284,19 @@ fn agent_script(map: &[(String, String)]) -> String {
 }
 
 fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
-    ensure!(
-        a.osu_bw.is_file(),
-        "{} is missing: build it with `CARGO_TARGET_DIR=target-rsmpi cargo build --release -p braid-osu --features rsmpi`",
-        a.osu_bw.display()
-    );
+    let lat = !a.lat_sizes.is_empty();
+    let bw = !a.sizes.is_empty();
+    for p in bw
+        .then_some(&a.osu_bw)
+        .into_iter()
+        .chain(lat.then_some(&a.osu_latency))
+    {
+        ensure!(
+            p.is_file(),
+            "{} is missing: build it with `CARGO_TARGET_DIR=target-rsmpi cargo build --release -p braid-osu --features rsmpi`",
+            p.display()
+        );
+    }
     let status = run_checked(Command::new(&tb.testbed).arg("status").arg(&tb.common.spec))?;
     // Host lines look like `n0 (paper-n0):`.
     let map: Vec<(String, String)> = status
@@ -1276,59 +1316,229 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
         .get("mgmt")
         .cloned()
         .ok_or_else(|| anyhow!("no mgmt address in `braid-testbed status`"))?;
-    let mgmt_net = format!("{}.0/24", mgmt.rsplit_once('.').map_or("10.77.0", |x| x.0));
-    let agent = tb.common.out.join("ompi-agent.sh");
-    write_text(&agent, &agent_script(&map))?;
-    run_checked(Command::new("chmod").arg("+x").arg(&agent))?;
-    let osu_bw = std::fs::canonicalize(&a.osu_bw)?;
+    let ompi = OmpiJob {
+        mpirun: a.mpirun.clone(),
+        hosts: format!("{},{}", map[0].0, map[1].0),
+        agent: std::fs::canonicalize(&tb.common.out)?.join("ompi-agent.sh"),
+        mgmt_net: format!("{}.0/24", mgmt.rsplit_once('.').map_or("10.77.0", |x| x.0)),
+    };
+    write_text(&ompi.agent, &agent_script(&map))?;
+    run_checked(Command::new("chmod").arg("+x").arg(&ompi.agent))?;
+    let raw = std::fs::canonicalize(&tb.common.out)?.join("raw");
+    let spec = tb.spec_with_slots(1)?;
     let mut points = Vec::new();
-    for &rails in &a.rails {
-        let label = format!("openmpi-tcp-{rails}rail");
-        let file = std::fs::canonicalize(&tb.common.out)?
-            .join("raw")
-            .join(format!("{label}-osu_bw.json"));
-        let mut cmd = Command::new(&a.mpirun);
+    let mut collect = |file: &Path, config: &str, bench: &str| -> anyhow::Result<()> {
+        for r in read_records(file)? {
+            // The median one-way latency as well: on a shared machine the mean carries every
+            // scheduling delay.
+            if let Some(p50) = r.p50_us {
+                points.push(Point {
+                    config: config.to_owned(),
+                    benchmark: format!("{bench}_p50"),
+                    size: r.size,
+                    value: p50,
+                    unit: r.unit.clone(),
+                });
+            }
+            points.push(Point {
+                config: config.to_owned(),
+                benchmark: bench.into(),
+                size: r.size,
+                value: r.value,
+                unit: r.unit,
+            });
+        }
+        Ok(())
+    };
+    for round in 0..a.rounds {
+        for &rails in &a.rails {
+            let list = tb.rail_list(rails)?;
+            let mut benches = Vec::new();
+            if !a.sizes.is_empty() {
+                benches.push((
+                    "osu_bw",
+                    &a.osu_bw,
+                    &a.sizes,
+                    a.iters,
+                    a.warmup,
+                    Some(a.window),
+                ));
+            }
+            if lat {
+                benches.push((
+                    "osu_latency",
+                    &a.osu_latency,
+                    &a.lat_sizes,
+                    a.lat_iters,
+                    a.lat_warmup,
+                    None,
+                ));
+            }
+            for (bench, exe, sizes, iters, warmup, window) in benches {
+                // Open MPI, then each Braid mode, back to back.
+                let label = format!("openmpi-{rails}rail");
+                let file = raw.join(format!("{label}-{bench}-r{round}.json"));
+                let mut prog = osu_json_job(
+                    &std::fs::canonicalize(exe)?.display().to_string(),
+                    &file,
+                    sizes,
+                    iters,
+                    warmup,
+                    window,
+                );
+                prog.extend(["--backend".into(), "rsmpi".into()]);
+                ompi.run(&list, &prog, tb.common.job_timeout)?;
+                collect(&file, &label, bench)?;
+                for mode in &a.modes {
+                    if mode == "single" && bench != "osu_latency" {
+                        continue;
+                    }
+                    let label = format!("braid-{mode}-{rails}rail");
+                    let file = raw.join(format!("{label}-{bench}-r{round}.json"));
+                    let env = [
+                        ("BRAID_RAILS", list.clone()),
+                        ("BRAID_RAIL_MODE", mode.clone()),
+                    ];
+                    let prog = osu_json_job(bench, &file, sizes, iters, warmup, window);
+                    tb.mpirun(&spec, 2, &env, &prog)?;
+                    collect(&file, &label, bench)?;
+                }
+            }
+        }
+    }
+    // Median over the rounds per configuration, benchmark and size.
+    let mut groups: BTreeMap<(String, String, usize), (Vec<f64>, String)> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for p in points {
+        if !order.contains(&p.config) {
+            order.push(p.config.clone());
+        }
+        let g = groups
+            .entry((p.config, p.benchmark, p.size))
+            .or_insert_with(|| (Vec::new(), p.unit));
+        g.0.push(p.value);
+    }
+    let mut med: Vec<Point> = Vec::new();
+    for c in &order {
+        for ((config, bench, size), (v, unit)) in &groups {
+            if config == c {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                med.push(Point {
+                    config: config.clone(),
+                    benchmark: bench.clone(),
+                    size: *size,
+                    value: v[v.len() / 2],
+                    unit: unit.clone(),
+                });
+            }
+        }
+    }
+    let t = comparison(&med, &a.rails);
+    println!("{t}");
+    write_text(&tb.common.out.join("openmpi-vs-braid.txt"), &t)?;
+    summarize(
+        &tb.common.out,
+        "openmpi",
+        &format!(
+            "{} Braid vs Open MPI (median of {} rounds)",
+            tb.name, a.rounds
+        ),
+        &med,
+    )
+}
+
+/// Braid against Open MPI at the sizes the issue names: osu_bw at 64 KiB, 256 KiB and 4 MiB
+/// (higher is better), osu_latency (mean and median) at 8 B, 1 KiB, 16 KiB and 64 KiB (lower
+/// is better).
+fn comparison(points: &[Point], rails: &[usize]) -> String {
+    let get = |config: &str, bench: &str, size: usize| {
+        points
+            .iter()
+            .find(|p| p.config == config && p.benchmark == bench && p.size == size)
+            .map(|p| p.value)
+    };
+    let mut t = String::from(
+        "# Braid / Open MPI (bandwidth: Braid over Open MPI, > 1 is better; latency: Open MPI \
+         over Braid, > 1 is better)\n",
+    );
+    let _ = writeln!(
+        t,
+        "# {:<22}{:>12}{:>10}{:>12}{:>12}{:>9}",
+        "braid config", "benchmark", "size", "braid", "openmpi", "ratio"
+    );
+    for &r in rails {
+        let ompi = format!("openmpi-{r}rail");
+        let mut configs: Vec<&str> = points
+            .iter()
+            .map(|p| p.config.as_str())
+            .filter(|c| c.starts_with("braid-") && c.ends_with(&format!("-{r}rail")))
+            .collect();
+        configs.dedup();
+        for c in configs {
+            for (bench, size) in [
+                ("osu_bw", 65_536),
+                ("osu_bw", 262_144),
+                ("osu_bw", 4_194_304),
+                ("osu_latency", 8),
+                ("osu_latency", 1024),
+                ("osu_latency", 16_384),
+                ("osu_latency", 65_536),
+                ("osu_latency_p50", 8),
+                ("osu_latency_p50", 1024),
+                ("osu_latency_p50", 16_384),
+                ("osu_latency_p50", 65_536),
+            ] {
+                if let (Some(b), Some(o)) = (get(c, bench, size), get(&ompi, bench, size)) {
+                    let ratio = if bench == "osu_bw" { b / o } else { o / b };
+                    let _ = writeln!(
+                        t,
+                        "{c:<24}{bench:>12}{:>10}{b:>12.2}{o:>12.2}{ratio:>9.3}",
+                        human_size(size)
+                    );
+                }
+            }
+        }
+    }
+    t
+}
+
+/// How Open MPI runs on the testbed: its daemons enter the namespaces through the agent.
+#[derive(Debug)]
+struct OmpiJob {
+    mpirun: String,
+    /// `n0,n1`.
+    hosts: String,
+    /// The `plm_rsh_agent` script.
+    agent: PathBuf,
+    /// The management subnet (Open MPI's out-of-band channel).
+    mgmt_net: String,
+}
+
+impl OmpiJob {
+    /// Runs `prog` on two ranks with the tcp btl over `rails`, within `timeout_s`.
+    fn run(&self, rails: &str, prog: &[String], timeout_s: u64) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.mpirun);
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
             // Every namespace "node" would bind its rank to core 0 of the same machine (both
             // ranks on one core, a 4 ms scheduler tick per message): no binding.
-            .args(["-n", "2", "--bind-to", "none", "--host"])
-            .arg(format!("{},{}", map[0].0, map[1].0))
+            .args(["-n", "2", "--bind-to", "none", "--host", &self.hosts])
             .args(["--mca", "plm_rsh_agent"])
-            .arg(&agent)
-            .args([
-                "--mca",
-                "pml",
-                "ob1",
-                "--mca",
-                "btl",
-                "self,tcp",
-                "--mca",
-                "btl_tcp_if_include",
-            ])
-            .arg(tb.rail_list(rails)?)
-            .args(["--mca", "oob_tcp_if_include"])
-            .arg(&mgmt_net)
-            .arg(&osu_bw)
-            .args(["--backend", "rsmpi", "--format", "json", "--output"])
-            .arg(&file)
-            .args([
-                "-m",
-                &a.sizes,
-                "-i",
-                &a.iters.to_string(),
-                "-x",
-                &a.warmup.to_string(),
-                "-W",
-                &a.window.to_string(),
-            ]);
+            .arg(&self.agent)
+            .args(["--mca", "pml", "ob1", "--mca", "btl", "self,tcp"])
+            .args(["--mca", "btl_tcp_if_include", rails])
+            .args(["--mca", "oob_tcp_if_include", &self.mgmt_net])
+            .args(prog);
         let line = describe(&cmd);
         eprintln!("+ {line}");
+        let t = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting `{line}`"))?;
-        let deadline = Instant::now() + Duration::from_secs(tb.common.job_timeout);
+        let deadline = Instant::now() + Duration::from_secs(timeout_s);
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s;
@@ -1336,30 +1546,14 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!(
-                    "`{line}` took longer than {} s and was killed",
-                    tb.common.job_timeout
-                );
+                bail!("`{line}` took longer than {timeout_s} s and was killed");
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         };
         ensure!(status.success(), "`{line}` failed ({status})");
-        for r in read_records(&file)? {
-            points.push(Point {
-                config: label.clone(),
-                benchmark: "osu_bw".into(),
-                size: r.size,
-                value: r.value,
-                unit: r.unit,
-            });
-        }
+        eprintln!("  ({:.1} s)", t.elapsed().as_secs_f64());
+        Ok(())
     }
-    summarize(
-        &tb.common.out,
-        "openmpi",
-        &format!("{} Open MPI (rsmpi backend)", tb.name),
-        &points,
-    )
 }
 
 /// The command line of one OSU job writing JSON records to `file`: `-m sizes -i iters -x

@@ -286,6 +286,45 @@ fn rail_down_mid_transfer_fails_over_with_correct_data() {
 }
 
 #[test]
+fn latency_rail_down_mid_pingpong_fails_over_with_correct_data() {
+    if !can_run("latency_rail_down_mid_pingpong_fails_over_with_correct_data") {
+        return;
+    }
+    // Small frames take the first rail and are kept (inline copies) until acknowledged, with
+    // acknowledgements riding along with the frames of the other direction: losing that rail
+    // in the middle of a ping-pong must lose none of them.
+    let b = bed("rlfaillt", 239, &gigabit(FOUR));
+    let rails = FOUR.join(",");
+    for mode in ["stripe", "weighted"] {
+        let mut cmd = job(
+            &b,
+            2,
+            mode,
+            &rails,
+            &["BRAID_RAIL_TIMEOUT_MS=1000"],
+            "rail_stream",
+            &["pingpong", "4"],
+        );
+        let f = with_rail_down(&b, "n1", "eth1", Duration::from_millis(1500), &mut cmd);
+        assert_ok(&f, &format!("{mode} pingpong with eth1 down"));
+        assert!(
+            f.stdout.contains("rail_stream pingpong"),
+            "{mode}: {}",
+            f.stdout
+        );
+        assert!(
+            f.stderr.contains("lost rail eth1 (") && f.stderr.contains("rail(s) left"),
+            "{mode}: no rail-loss message for eth1:\n{}",
+            f.stderr
+        );
+        eprintln!(
+            "{mode} pingpong with eth1 down: {}",
+            f.stdout.lines().next().unwrap_or("")
+        );
+    }
+}
+
+#[test]
 fn last_rail_down_ends_the_job_naming_host_and_rail() {
     if !can_run("last_rail_down_ends_the_job_naming_host_and_rail") {
         return;

@@ -29,7 +29,7 @@ pub enum RailMode {
     /// live rails, everything else on the least-loaded (normally the first) rail.
     Stripe,
     /// As `Stripe`, but each data chunk goes to the rail expected to finish it first, from
-    /// the rail's backlog and its measured drain rate.
+    /// the rail's backlog and its measured drain rate (rails about as good take turns).
     Weighted,
 }
 

@@ -18,7 +18,9 @@
 //! chunks and eager messages of 16 KiB or more go round-robin over the live rails (`stripe`), or to the rail that
 //! would finish the chunk first given its backlog (bytes queued here and in the kernel) and
 //! its measured drain rate (`weighted`): bytes the peer's host acknowledged per second while
-//! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run.
+//! the rail had a backlog, an EWMA sampled every 20 ms, so it adapts during the run. Rails
+//! that would finish a chunk about as soon (within 15 % of its time; an idle rail counts as
+//! fast as the fastest, its rate being unmeasured) take turns.
 //!
 //! # Rail failure
 //! A connection whose write or read fails, or whose kernel holds unacknowledged segments
@@ -33,7 +35,16 @@
 //! Reads go through a staging buffer, so one `read` call can carry many small frames;
 //! a large payload that a receive is waiting for is read straight into the receive buffer.
 //! Writes gather several frames into one `writev`; what the socket does not take at once is
-//! queued: small bodies are copied, large ones stay borrowed from the send request.
+//! queued: small bodies are copied (bodies up to 64 bytes into the queue entry itself, no
+//! allocation), large ones stay borrowed from the send request.
+//!
+//! The small-message path of `stripe` and `weighted` costs what `single`'s does, up to the
+//! bookkeeping of the kept frames: a busy-polling wait reads each peer's latency rail (its
+//! first live rail, where small frames go) on every call and its other rails only while they
+//! carry data (after 1024 empty reads in a row a rail is left to the poller, which runs
+//! every 16th call), so a ping-pong makes one `read` per poll as in `single`; no clock is read
+//! on that path; acknowledgements ride along with outgoing frames (see `conn`), so two-way
+//! traffic sends none on its own.
 
 mod conn;
 mod sys;
@@ -56,6 +67,9 @@ const MAGIC: &[u8; 8] = b"BRAIDv01";
 const HELLO_LEN: usize = 32;
 /// Up to this many connections, a busy-polling wait reads the sockets directly.
 const DIRECT_POLL_MAX: usize = 4;
+/// A rail other than a peer's latency rail that found nothing in this many busy-polling reads
+/// in a row is left to the poller (every 16th call) until it carries data again.
+const COLD_AFTER: u32 = 1024;
 const STAGING: usize = 256 * 1024;
 /// How long an accepted connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +81,9 @@ const PENDING_BASE: usize = 1 << 41;
 const STALL_CHECK: Duration = Duration::from_millis(100);
 /// How often drain rates are sampled (`weighted`).
 const RATE_CHECK: Duration = Duration::from_millis(20);
+/// `weighted`: rails whose expected finish time is within `WEIGHTED_TIE - 1` times one frame's
+/// time on the fastest rail of the best one's take turns.
+const WEIGHTED_TIE: f64 = 1.15;
 /// Frames at least this long (header included) are spread over the rails like data chunks.
 const SPREAD_MIN: usize = 16 * 1024;
 /// Default stall timeout.
@@ -196,8 +213,11 @@ struct Link {
     /// Frames cut short on a dead rail, finished by their resends.
     partials: HashMap<Ident, Saved>,
     dead: Vec<DeadRail>,
-    /// Round-robin cursor (`stripe`).
+    /// Round-robin cursor (`stripe`); the rail used last (`weighted`).
     rr: usize,
+    /// Some connection owes the peer at least [`conn::PIGGYBACK_AT`] acknowledgements: the
+    /// next tracked frame to it carries them.
+    owed: bool,
     /// The peer is gone.
     lost: bool,
 }
@@ -239,6 +259,20 @@ pub struct TcpTransport {
     dirty: Vec<usize>,
     /// Peers with frames to acknowledge.
     ack_pending: Vec<u32>,
+    /// Some acknowledgement is due whatever the time ([`conn::Rx::ack_urgent`]).
+    ack_urgent: bool,
+    /// No acknowledgement of `ack_pending` falls due by time before this (`None`: unknown).
+    ack_at: Option<Instant>,
+    /// Acknowledgements gathered to ride along with a frame (reused, never shrinks).
+    piggyback: Vec<(u16, u64)>,
+    /// What a busy-polling call reads directly: (peer, rail, whether it is read on every call:
+    /// the connection of a one-rail peer, or the latency rail of a multi-rail peer). Rebuilt
+    /// when `direct_stale` is set.
+    direct: Vec<(u32, usize, bool)>,
+    /// A connection was added or dropped since `direct` was built.
+    direct_stale: bool,
+    /// Readiness of the last poll (reused).
+    ready: Vec<(usize, bool, bool)>,
     /// Control events of the read in progress.
     rail_events: Vec<Event>,
     staging: Vec<u8>,
@@ -304,6 +338,12 @@ impl TcpTransport {
             failed: Vec::new(),
             dirty: Vec::new(),
             ack_pending: Vec::new(),
+            ack_urgent: false,
+            ack_at: None,
+            piggyback: Vec::new(),
+            direct: Vec::new(),
+            direct_stale: true,
+            ready: Vec::new(),
             rail_events: Vec::new(),
             staging: vec![0u8; STAGING],
             recheck_all: true,
@@ -370,6 +410,7 @@ impl TcpTransport {
                 partials: HashMap::new(),
                 dead: Vec::new(),
                 rr: 0,
+                owed: false,
                 lost: false,
             });
         }
@@ -522,6 +563,7 @@ impl TcpTransport {
             peer,
             link.reliable,
         ));
+        self.direct_stale = true;
         Ok(())
     }
 
@@ -656,22 +698,57 @@ impl TcpTransport {
             return link.live().next().map(|c| c.rail as usize);
         }
         if !data {
+            // The latency rail (the first live one) unless it is backed up: then the
+            // least-queued.
+            let first = link.live().next()?;
+            if first.queued == 0 {
+                return Some(first.rail as usize);
+            }
             return link
                 .live()
                 .min_by_key(|c| (c.queued, c.rail))
                 .map(|c| c.rail as usize);
         }
         match mode {
-            RailMode::Weighted => link
-                .live()
-                .map(|c| {
-                    (
-                        c.rail as usize,
-                        (c.backlog() + len) as f64 / c.rate.max(1e6),
-                    )
-                })
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(r, _)| r),
+            RailMode::Weighted => {
+                // Expected finish time of the frame on each rail; among the rails within a
+                // fraction (WEIGHTED_TIE - 1) of one frame's time of the best, take turns (the
+                // next after the last one used), so idle rails of equal speed share messages
+                // as in `stripe` (each rail's queue, and a rate-limited link's token bucket,
+                // get time to drain) while a slower or backed-up rail gets only what it
+                // finishes in time.
+                // An idle rail's rate is not being measured (its estimate drifts towards half the
+                // best rail's), so an idle rail counts as fast as the fastest: idle rails take
+                // turns, and measured rates decide as soon as rails have a backlog.
+                let fastest = link.live().map(|c| c.rate.max(1e6)).fold(1e6, f64::max);
+                let mut est = [(0usize, 0.0f64); RAIL_SLOTS];
+                let mut k = 0;
+                for c in link.live() {
+                    if let Some(slot) = est.get_mut(k) {
+                        let backlog = c.backlog();
+                        let rate = if backlog == 0 {
+                            fastest
+                        } else {
+                            c.rate.max(1e6)
+                        };
+                        *slot = (c.rail as usize, (backlog + len) as f64 / rate);
+                        k += 1;
+                    }
+                }
+                let est = &est[..k];
+                let best = est.iter().map(|e| e.1).fold(f64::INFINITY, f64::min);
+                let tie = best + (WEIGHTED_TIE - 1.0) * len as f64 / fastest;
+                let last = link.rr;
+                let pick = est
+                    .iter()
+                    .filter(|e| e.1 <= tie)
+                    .min_by_key(|e| (e.0 <= last, e.0))
+                    .map(|e| e.0);
+                if let Some(r) = pick {
+                    link.rr = r;
+                }
+                pick
+            }
             _ => {
                 link.rr = link.rr.wrapping_add(1);
                 let k = link.rr % n;
@@ -690,14 +767,28 @@ impl TcpTransport {
             return false;
         };
         let token = peer as usize * RAIL_SLOTS + rail;
-        let Some(c) = self
-            .links
-            .get_mut(peer as usize)
-            .and_then(Option::as_mut)
-            .and_then(|l| l.conns[rail].as_mut())
-        else {
+        let me = self.rank;
+        let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
             return false;
         };
+        // Acknowledgements ride along with a tracked frame once enough are owed, in the same
+        // `writev`: in two-way traffic (ping-pong) none is ever sent alone.
+        self.piggyback.clear();
+        if link.owed && entry.tracked() {
+            link.owed = false;
+            for c in link.conns.iter_mut().flatten() {
+                if c.rx.ack_pending() {
+                    self.piggyback.push((c.rail, c.rx.pos));
+                    c.rx.mark_acked();
+                }
+            }
+        }
+        let Some(c) = link.conns[rail].as_mut() else {
+            return false;
+        };
+        for &(r, pos) in &self.piggyback {
+            c.queue(Entry::ack(me, r, pos));
+        }
         if let Err(e) = c.push(entry, &mut self.sent) {
             c.broken = true;
             let err = TransportError::LocalIo {
@@ -714,23 +805,39 @@ impl TcpTransport {
         true
     }
 
-    /// Reads everything available on one connection; handles its control events and its
-    /// failure. Returns whether bytes were read.
-    /// The (peer, rail) pairs that have a connection.
-    fn live_conns(&self) -> Vec<(u32, usize)> {
-        let mut v = Vec::new();
+    /// Rebuilds the list of connections a busy-polling call reads directly: every connection,
+    /// marked whether it is read on every call (a one-rail peer's, or a multi-rail peer's first
+    /// live rail, where its small frames arrive) or only while it carries data.
+    fn rebuild_direct(&mut self) {
+        self.direct_stale = false;
+        self.direct.clear();
         for (peer, link) in self.links.iter().enumerate() {
-            if let Some(l) = link {
-                for (rail, c) in l.conns.iter().enumerate() {
-                    if c.is_some() {
-                        v.push((u32::try_from(peer).unwrap_or(u32::MAX), rail));
-                    }
+            let Some(l) = link.as_ref().filter(|l| !l.lost) else {
+                continue;
+            };
+            let peer = u32::try_from(peer).unwrap_or(u32::MAX);
+            let first = l.conns.iter().position(Option::is_some);
+            for (rail, c) in l.conns.iter().enumerate() {
+                if c.is_some() {
+                    let every = !l.reliable || Some(rail) == first;
+                    self.direct.push((peer, rail, every));
                 }
             }
         }
-        v
     }
 
+    /// Whether a connection has found nothing for [`COLD_AFTER`] busy-polling reads.
+    fn is_cold(&self, peer: u32, rail: usize) -> bool {
+        self.links
+            .get(peer as usize)
+            .and_then(Option::as_ref)
+            .and_then(|l| l.conns.get(rail))
+            .and_then(Option::as_ref)
+            .is_none_or(|c| c.idle_reads >= COLD_AFTER)
+    }
+
+    /// Reads everything available on one connection; handles its control events and its
+    /// failure. Returns whether bytes were read.
     fn read_conn(&mut self, peer: u32, rail: usize, sink: &mut dyn FrameSink) -> bool {
         let nrails = u32::try_from(self.rails.len()).unwrap_or(u32::MAX);
         let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
@@ -746,12 +853,26 @@ impl TcpTransport {
             &mut self.rail_events,
             nrails,
         );
-        if link.reliable && c.rx.ack_pending() && !self.ack_pending.contains(&peer) {
-            self.ack_pending.push(peer);
+        if matches!(res, Ok(true)) {
+            c.idle_reads = 0;
+        } else {
+            c.idle_reads = c.idle_reads.saturating_add(1);
         }
-        let events = std::mem::take(&mut self.rail_events);
-        for ev in events {
-            self.handle_event(peer, ev, sink);
+        if link.reliable && c.rx.ack_pending() {
+            self.ack_urgent |= c.rx.ack_urgent();
+            link.owed |= c.rx.unacked() >= conn::PIGGYBACK_AT;
+            if !self.ack_pending.contains(&peer) {
+                self.ack_pending.push(peer);
+            }
+        }
+        if !self.rail_events.is_empty() {
+            let mut events = std::mem::take(&mut self.rail_events);
+            for ev in events.drain(..) {
+                self.handle_event(peer, ev, sink);
+            }
+            if self.rail_events.is_empty() {
+                self.rail_events = events; // keep the capacity
+            }
         }
         match res {
             Ok(did) => did,
@@ -837,6 +958,7 @@ impl TcpTransport {
         let Some(mut c) = link.conns.get_mut(rail).and_then(Option::take) else {
             return;
         };
+        self.direct_stale = true;
         let _ = self.poll.registry().deregister(c.framed.stream_mut());
         if let Some((ident, saved)) = c.partial() {
             link.partials.insert(ident, saved);
@@ -871,6 +993,7 @@ impl TcpTransport {
         for c in link.conns.iter_mut().flatten() {
             c.rx.force = true;
         }
+        self.ack_urgent = true;
         if !self.ack_pending.contains(&peer) {
             self.ack_pending.push(peer);
         }
@@ -937,6 +1060,7 @@ impl TcpTransport {
             return;
         }
         link.lost = true;
+        self.direct_stale = true;
         for slot in &mut link.conns {
             if let Some(mut c) = slot.take() {
                 let _ = self.poll.registry().deregister(c.framed.stream_mut());
@@ -1017,6 +1141,7 @@ impl TcpTransport {
             return;
         }
         self.last_stall_check = now;
+        self.check_links(sink);
         let timeout = self.cfg.stall_timeout;
         let mut stalled = Vec::new();
         for (peer, link) in self.links.iter_mut().enumerate() {
@@ -1039,18 +1164,62 @@ impl TcpTransport {
         }
     }
 
+    /// Drops the connections of every rail whose interface here is down (link down, no
+    /// carrier): the peer hears of it at once through a LOST frame on another rail, instead of
+    /// both sides waiting out the stall timeout. Only peers reached over several rails.
+    fn check_links(&mut self, sink: &mut dyn FrameSink) {
+        if !self.cfg.mode.is_multi() || self.rails.len() < 2 {
+            return;
+        }
+        let down = {
+            let names: Vec<&str> = self.rails.iter().map(|r| r.name.as_str()).collect();
+            match sys::links_down(&names) {
+                Ok(d) => d,
+                Err(_) => return,
+            }
+        };
+        for rail in down {
+            let name = self.rails[rail].name.clone();
+            let victims: Vec<(u32, String)> = self
+                .links
+                .iter()
+                .enumerate()
+                .filter_map(|(peer, l)| {
+                    let c = l.as_ref()?.conns.get(rail)?.as_ref()?;
+                    Some((u32::try_from(peer).ok()?, c.framed_addr()))
+                })
+                .collect();
+            for (peer, addr) in victims {
+                let err = TransportError::LocalIo {
+                    peer: Rank(peer),
+                    addr,
+                    op: "link check",
+                    source: io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("interface {name} is down"),
+                    ),
+                };
+                self.kill_conn(peer, rail, err, None, sink);
+            }
+        }
+    }
+
     /// Sends the acknowledgements that are due.
     fn send_acks(&mut self, now: Instant) {
         let me = self.rank;
+        self.ack_urgent = false;
         let peers = std::mem::take(&mut self.ack_pending);
         for peer in peers {
-            let Some(link) = self.link_mut(peer) else {
+            let mut acks = std::mem::take(&mut self.piggyback);
+            acks.clear();
+            let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
+                self.piggyback = acks;
                 continue;
             };
             if link.lost {
+                self.piggyback = acks;
                 continue;
             }
-            let mut acks = Vec::new();
             let mut still = false;
             for c in link.conns.iter_mut().flatten() {
                 if c.rx.ack_due(now) {
@@ -1060,7 +1229,7 @@ impl TcpTransport {
                     still = true;
                 }
             }
-            for (rail, pos) in acks {
+            for &(rail, pos) in &acks {
                 // On its own rail unless that one is backed up.
                 let own = peer as usize * RAIL_SLOTS + rail as usize;
                 let link = self.links[peer as usize].as_mut();
@@ -1082,8 +1251,22 @@ impl TcpTransport {
                     }
                 }
             }
+            self.piggyback = acks;
             if still {
                 self.ack_pending.push(peer);
+            }
+        }
+        // The earliest time an acknowledgement left pending falls due.
+        self.ack_at = None;
+        for &peer in &self.ack_pending {
+            let Some(link) = self.links.get(peer as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            for c in link.conns.iter().flatten() {
+                if let Some(t) = c.rx.since.filter(|_| c.rx.ack_pending()) {
+                    let due = t + conn::ACK_DELAY;
+                    self.ack_at = Some(self.ack_at.map_or(due, |a| a.min(due)));
+                }
             }
         }
     }
@@ -1159,31 +1342,42 @@ impl Transport for TcpTransport {
             self.kill_conn(peer, rail, err, None, sink);
             did = true;
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for t in dirty {
-            did |= self.flush_token(t, sink);
+        if !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for t in dirty.drain(..) {
+                did |= self.flush_token(t, sink);
+            }
+            if self.dirty.is_empty() {
+                self.dirty = dirty; // keep the capacity
+            }
         }
-        let now = Instant::now();
-        self.check_rails(now, sink);
         self.polls = self.polls.wrapping_add(1);
         if timeout == Some(Duration::ZERO)
             && !did
             && self.sent.is_empty()
             && !self.polls.is_multiple_of(16)
-            && !self.has_pending_writes()
+            && self.dirty.is_empty()
         {
-            let live = self.live_conns();
-            if !live.is_empty() && live.len() <= DIRECT_POLL_MAX {
+            if self.direct_stale {
+                self.rebuild_direct();
+            }
+            let always = self.direct.iter().filter(|d| d.2).count();
+            if always > 0 && always <= DIRECT_POLL_MAX {
                 // Busy polling with few connections: reading each socket directly costs one
                 // system call, less than epoll_wait followed by the read. The poller still
-                // runs every 16th call for new connections, hellos and writability.
-                for (peer, rail) in live {
+                // runs every 16th call for new connections, hellos, writability, cold rails,
+                // stall checks and delayed acknowledgements; no clock is read here.
+                for i in 0..self.direct.len() {
+                    let (peer, rail, every) = self.direct[i];
+                    if !every && self.is_cold(peer, rail) {
+                        continue;
+                    }
                     did |= self.read_conn(peer, rail, sink);
                 }
-                if !self.ack_pending.is_empty() {
-                    self.send_acks(Instant::now());
+                if self.ack_urgent {
+                    self.send_acks(self.last_stall_check);
                 }
                 for req in self.sent.drain(..) {
                     sink.on_sent(req);
@@ -1191,6 +1385,8 @@ impl Transport for TcpTransport {
                 return Ok(did);
             }
         }
+        let now = Instant::now();
+        self.check_rails(now, sink);
         let mut timeout = if did || !self.sent.is_empty() {
             Some(Duration::ZERO)
         } else {
@@ -1208,18 +1404,16 @@ impl Transport for TcpTransport {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        let tokens: Vec<(usize, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (t, readable, writable) in tokens {
+        let mut tokens = std::mem::take(&mut self.ready);
+        tokens.clear();
+        tokens.extend(self.events.iter().map(|e| {
+            (
+                e.token().0,
+                e.is_readable() || e.is_read_closed(),
+                e.is_writable(),
+            )
+        }));
+        for &(t, readable, writable) in &tokens {
             if t >= PENDING_BASE {
                 self.read_hello(t - PENDING_BASE);
             } else if t >= LISTENER_BASE {
@@ -1233,8 +1427,12 @@ impl Transport for TcpTransport {
                 }
             }
         }
+        self.ready = tokens;
         if !self.ack_pending.is_empty() {
-            self.send_acks(Instant::now());
+            let now = Instant::now();
+            if self.ack_urgent || self.ack_at.is_none_or(|t| now >= t) {
+                self.send_acks(now);
+            }
         }
         if !self.pending.is_empty() {
             self.expire_pending();

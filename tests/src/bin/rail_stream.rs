@@ -5,11 +5,17 @@
 //!
 //! Usage: `mpirun -n 2 rail_stream [TOTAL_MIB] [MSG_MIB]` (defaults 256 and 4). Rank 1 prints
 //! `rail_stream received N MiB in S s (R MB/s)`.
+//!
+//! `rail_stream pingpong SECS`: instead, small messages (8 B to 2 KiB, the ones that take the
+//! latency rail) go back and forth between ranks 0 and 1 for about SECS seconds, every byte
+//! checked; rank 0 prints `rail_stream pingpong N round trips in S s (longest T ms)`.
 
 use std::time::Instant;
 
 use braid::traits::*;
-use braid_tests::{OrFail, check_pattern, ensure, fill_pattern, run_rank, salt_of};
+use braid_tests::{
+    OrFail, check_pattern, check_pattern_from, ensure, fill_pattern, run_rank, salt_of,
+};
 
 fn main() {
     let arg = |i: usize, d: usize| {
@@ -18,6 +24,10 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or(d)
     };
+    if std::env::args().nth(1).as_deref() == Some("pingpong") {
+        pingpong(arg(2, 3) as u64);
+        return;
+    }
     let (total, msg) = (arg(1, 256), arg(2, 4).max(1));
     let count = total.div_ceil(msg);
     let size = msg << 20;
@@ -49,6 +59,76 @@ fn main() {
                 "rail_stream received {} MiB in {secs:.2} s ({:.1} MB/s)",
                 count * msg,
                 (count * size) as f64 / secs / 1e6
+            );
+        }
+        world.barrier().or_fail("final barrier")
+    });
+}
+
+/// Checked small-message ping-pong for about `secs` seconds. The first 8 bytes of every
+/// message are its round-trip index, with the top bit set on the last one.
+fn pingpong(secs: u64) {
+    run_rank("rail_stream pingpong", |world| {
+        ensure(world.size() >= 2, || "needs at least 2 ranks".into())?;
+        let rank = world.rank();
+        let start = Instant::now();
+        let mut longest = std::time::Duration::ZERO;
+        let mut i = 0u64;
+        if rank < 2 {
+            let peer = world.process_at_rank(1 - rank);
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let size = 8usize << (i % 9);
+                let last = rank == 0 && start.elapsed().as_secs() >= secs;
+                let what = |dir: &str| format!("round trip {i} ({size} B, {dir})");
+                let t = Instant::now();
+                if rank == 0 {
+                    fill_pattern(&mut buf[..size], salt_of(&[i, 1]));
+                    let tagged = i | if last { 1 << 63 } else { 0 };
+                    buf[..8].copy_from_slice(&tagged.to_le_bytes());
+                    peer.send_with_tag(&buf[..size], 9).or_fail(what("ping"))?;
+                    let st = peer
+                        .receive_into_with_tag(&mut buf[..size], 9)
+                        .or_fail(what("pong"))?;
+                    ensure(st.count_bytes() == size, || {
+                        format!("{}: {st:?}", what("pong"))
+                    })?;
+                    check_pattern_from(&buf[..size], salt_of(&[i, 2]), 8)
+                        .map_err(|e| format!("{}: {e}", what("pong")))?;
+                } else {
+                    let st = peer
+                        .receive_into_with_tag(&mut buf[..size], 9)
+                        .or_fail(what("ping"))?;
+                    ensure(st.count_bytes() == size, || {
+                        format!("{}: {st:?}", what("ping"))
+                    })?;
+                    check_pattern_from(&buf[..size], salt_of(&[i, 1]), 8)
+                        .map_err(|e| format!("{}: {e}", what("ping")))?;
+                    let mut head = [0u8; 8];
+                    head.copy_from_slice(&buf[..8]);
+                    let tagged = u64::from_le_bytes(head);
+                    ensure(tagged & !(1 << 63) == i, || {
+                        format!("{}: carries index {}", what("ping"), tagged & !(1 << 63))
+                    })?;
+                    fill_pattern(&mut buf[..size], salt_of(&[i, 2]));
+                    buf[..8].copy_from_slice(&tagged.to_le_bytes());
+                    peer.send_with_tag(&buf[..size], 9).or_fail(what("pong"))?;
+                    if tagged >> 63 == 1 {
+                        break;
+                    }
+                }
+                longest = longest.max(t.elapsed());
+                i += 1;
+                if last {
+                    break;
+                }
+            }
+        }
+        if rank == 0 {
+            println!(
+                "rail_stream pingpong {i} round trips in {:.2} s (longest {:.1} ms)",
+                start.elapsed().as_secs_f64(),
+                longest.as_secs_f64() * 1e3
             );
         }
         world.barrier().or_fail("final barrier")

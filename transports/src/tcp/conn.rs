@@ -7,8 +7,11 @@
 //! a frame, so its connections are *reliable*: every frame they carry (a *tracked* frame)
 //! has a position on its connection (0, 1, 2, ... in write order), the receiver acknowledges
 //! positions cumulatively ([`KIND_ACK`]), and the sender keeps each frame (a copy of a small
-//! body; a borrowed large body, whose send request is reported done only then) until it is
-//! acknowledged. When a rail dies, each side tells the other how many frames of that rail it
+//! body, inside the queue entry up to 64 bytes; a borrowed large body, whose send request is
+//! reported done only then) until it is acknowledged. An acknowledgement goes alone after
+//! [`ACK_EVERY`] frames, a data chunk, or [`ACK_DELAY`]; but once [`PIGGYBACK_AT`] frames are
+//! owed, the next frame to the peer carries it in the same `writev`, so two-way traffic
+//! (ping-pong) never sends one alone. When a rail dies, each side tells the other how many frames of that rail it
 //! received ([`KIND_LOST`], itself tracked) and the other resends the rest, whole, on the
 //! remaining rails, each behind a [`KIND_RESEND`] tag naming the frame's original identity
 //! (rail, position). A frame whose payload was partly placed when its rail died is finished
@@ -52,6 +55,12 @@ const BACKLOGGED: usize = 64 * 1024;
 const RATE_INTERVAL: Duration = Duration::from_millis(20);
 /// Assumed drain rate before the first measurement (bytes/s, ~ GigE).
 pub(crate) const DEFAULT_RATE: f64 = 110e6;
+/// Bodies at most this long are kept inside their queue entry when they must be copied (no
+/// allocation on the small-message path).
+const INLINE_MAX: usize = 64;
+/// Unacknowledged received frames from which an outgoing frame to the peer carries the
+/// acknowledgements along (in the same `writev`), before [`ACK_EVERY`] would send one alone.
+pub(crate) const PIGGYBACK_AT: u64 = ACK_EVERY / 2;
 
 /// Identity of a tracked frame: the rail it was first queued on and its position there.
 pub(crate) type Ident = (u16, u64);
@@ -120,6 +129,11 @@ impl Saved {
 
 #[derive(Debug)]
 enum Payload {
+    /// A copy of a body of at most [`INLINE_MAX`] bytes.
+    Inline {
+        buf: [u8; INLINE_MAX],
+        len: u8,
+    },
     Owned(Vec<u8>),
     /// Borrowed from a send request (`req`), or from the caller of `send` for the duration of
     /// the call (`req == None`; copied before the call returns).
@@ -176,7 +190,10 @@ impl Entry {
             tracked: false,
             header: control_header(KIND_ACK, me, rail, pos),
             hlen: HEADER_LEN,
-            body: Payload::Owned(Vec::new()),
+            body: Payload::Inline {
+                buf: [0; INLINE_MAX],
+                len: 0,
+            },
         }
     }
 
@@ -187,6 +204,7 @@ impl Entry {
 
     fn body_len(&self) -> usize {
         match &self.body {
+            Payload::Inline { len, .. } => usize::from(*len),
             Payload::Owned(v) => v.len(),
             Payload::Borrowed { len, .. } => *len,
         }
@@ -199,6 +217,7 @@ impl Entry {
 
     fn body(&self) -> &[u8] {
         match &self.body {
+            Payload::Inline { buf, len } => &buf[..usize::from(*len)],
             Payload::Owned(v) => v,
             Payload::Borrowed { len: 0, .. } => &[],
             Payload::Borrowed { ptr, len, .. } => {
@@ -236,8 +255,14 @@ impl Entry {
         if let Payload::Borrowed { len, req, .. } = self.body {
             let keep = req.is_some() && len > COPY_LIMIT;
             if !keep {
-                let copy = self.body().to_vec();
-                self.body = Payload::Owned(copy);
+                self.body = match u8::try_from(len) {
+                    Ok(small) if len <= INLINE_MAX => {
+                        let mut buf = [0; INLINE_MAX];
+                        buf[..len].copy_from_slice(self.body());
+                        Payload::Inline { buf, len: small }
+                    }
+                    _ => Payload::Owned(self.body().to_vec()),
+                };
                 sent.extend(req);
             }
         }
@@ -318,6 +343,17 @@ impl Rx {
         self.pos > self.acked || self.force
     }
 
+    /// Tracked frames received and not acknowledged yet.
+    pub(crate) fn unacked(&self) -> u64 {
+        self.pos - self.acked
+    }
+
+    /// Whether an acknowledgement is due whatever the time: a data chunk arrived, the count
+    /// reached [`ACK_EVERY`], or one is forced.
+    pub(crate) fn ack_urgent(&self) -> bool {
+        self.force || (self.pos > self.acked && (self.urgent || self.pos - self.acked >= ACK_EVERY))
+    }
+
     pub(crate) fn mark_acked(&mut self) {
         self.acked = self.pos;
         self.since = None;
@@ -382,7 +418,10 @@ unsafe impl FrameSink for RailSink<'_> {
             .take()
             .unwrap_or((self.rail, self.rx.pos));
         let data = kind == braid_engine::wire::FrameKind::Data as u8;
-        if let Some(saved) = self.partials.remove(&ident) {
+        if let Some(saved) = (!self.partials.is_empty())
+            .then(|| self.partials.remove(&ident))
+            .flatten()
+        {
             let len = braid_engine::wire::Header::peek_payload_len(header);
             if len != (saved.take + saved.skip) as u64 {
                 return Err(format!("resent frame {ident:?} changed its length"));
@@ -458,6 +497,11 @@ pub(crate) struct Conn {
     mark: Option<(Instant, u64, bool)>,
     /// A write failed; the transport kills the connection at its next progress call.
     pub(crate) broken: bool,
+    /// The last write attempt left bytes unwritten (the socket was full): new frames wait for
+    /// the next flush instead of trying at once.
+    blocked: bool,
+    /// Consecutive busy-polling reads that found nothing (see `TcpTransport::progress`).
+    pub(crate) idle_reads: u32,
 }
 
 impl Conn {
@@ -491,6 +535,8 @@ impl Conn {
             measured: false,
             mark: None,
             broken: false,
+            blocked: false,
+            idle_reads: 0,
         }
     }
 
@@ -504,15 +550,10 @@ impl Conn {
     ///
     /// # Errors
     /// A write error; the connection is unusable (the frame stays queued).
-    pub(crate) fn push(&mut self, mut e: Entry, sent: &mut Vec<ReqId>) -> io::Result<()> {
-        if self.reliable && e.tracked {
-            e.pos = Some(self.next_pos);
-            self.next_pos += 1;
-        }
+    pub(crate) fn push(&mut self, e: Entry, sent: &mut Vec<ReqId>) -> io::Result<()> {
         let gi = self.base + self.q.len() as u64;
-        self.queued += e.wire_len();
-        self.q.push_back(e);
-        let res = if self.wr_idx + 1 == self.q.len() && !self.broken {
+        self.queue(e);
+        let res = if !self.blocked && !self.broken {
             self.flush(sent).map(|_| ())
         } else {
             Ok(())
@@ -525,6 +566,17 @@ impl Conn {
             e.settle(sent);
         }
         res
+    }
+
+    /// Queues a frame that owns its body (an acknowledgement) without writing: the next
+    /// [`Self::push`] or [`Self::flush`] writes it together with what follows.
+    pub(crate) fn queue(&mut self, mut e: Entry) {
+        if self.reliable && e.tracked {
+            e.pos = Some(self.next_pos);
+            self.next_pos += 1;
+        }
+        self.queued += e.wire_len();
+        self.q.push_back(e);
     }
 
     /// Writes queued frames. Returns whether any byte was written.
@@ -556,6 +608,7 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.blocked = self.wr_idx < self.q.len();
         Ok(did)
     }
 

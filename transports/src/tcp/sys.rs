@@ -64,3 +64,28 @@ pub(crate) fn health(fd: RawFd) -> io::Result<Health> {
         snd_wnd: info.tcpi_snd_wnd,
     })
 }
+
+/// Which of the interfaces `names` are down (administratively, or without carrier), from the
+/// OS's interface list. Names that are not interfaces (a rail given as an address) never
+/// count as down.
+///
+/// # Errors
+/// Listing the interfaces failed.
+pub(crate) fn links_down(names: &[&str]) -> io::Result<Vec<usize>> {
+    use nix::net::if_::InterfaceFlags;
+    let mut seen = vec![None; names.len()];
+    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        if let Some(i) = names.iter().position(|n| *n == ifa.interface_name) {
+            let up = ifa
+                .flags
+                .contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING);
+            seen[i] = Some(seen[i].unwrap_or(false) || up);
+        }
+    }
+    Ok(seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == Some(false))
+        .map(|(i, _)| i)
+        .collect())
+}
