@@ -52,8 +52,12 @@
 //! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank, and reductions of at
 //! least [`REDUCE_CMA_MIN`], skip the slots when every member can read every other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the
 //! region is made): at a first step each owner publishes its buffer's address inline, the
-//! others read straight from it (one copy instead of two; reductions fold what they read in
-//! the same rank order), and a second step tells the owner that everybody has read.
+//! others read straight from it (one copy instead of two), and a second step tells the owner
+//! that everybody has read. Reductions of at least [`SPLIT_REDUCE_MIN`] bytes (an allreduce,
+//! or a reduce over more than two members) are a reduce-scatter then a gather: each
+//! member folds its block of the elements from everybody's operand (so each reads and reduces
+//! about `n/p` bytes of each operand), publishes its block of the result, and the members that
+//! need the result read the other blocks; a third step releases the blocks.
 //!
 //! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
 //! the results are bitwise identical everywhere and non-commutative operations get MPI's
@@ -119,6 +123,10 @@ const CMA_MIN: usize = 16 * 1024;
 /// Reductions of at least this many bytes read the other operands straight from their
 /// owners' buffers the same way.
 const REDUCE_CMA_MIN: usize = 32 * 1024;
+/// Single-copy reductions of at least this many bytes split the work: a reduce-scatter, then
+/// a gather (an allreduce, or a reduce over more than two members; with two, the root reads as
+/// much either way). Below it the extra step costs more than the halved work saves.
+const SPLIT_REDUCE_MIN: usize = 512 * 1024;
 
 /// Collective kinds in descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -778,16 +786,7 @@ impl Region {
 
     /// Reads into `dst` from the address member `r` published inline at step `s`.
     fn cma_from(&self, r: usize, s: u64, dst: &mut [u8]) -> Result<(), Error> {
-        let mut a = [0u8; 8];
-        // SAFETY: member r posted step s with its 8-byte address inline; the cell is not
-        // rewritten before our next post.
-        unsafe { std::ptr::copy_nonoverlapping(self.data(r, s, 8), a.as_mut_ptr(), 8) };
-        braid_shm::cma_read(self.pids[r], u64::from_ne_bytes(a), dst).map_err(|e| {
-            Error::LocalOs(format!(
-                "single-copy read from rank {} in a shared-memory collective: {e}",
-                self.world[r]
-            ))
-        })
+        self.cma_from_at(r, s, 0, dst)
     }
 
     /// Allreduce (`root == None`) or reduce to `root`. `send` is `None` in place (operand in
@@ -841,11 +840,13 @@ impl Region {
         Ok(())
     }
 
-    /// Reduction by single-copy reads: at a first step every member publishes the address of
-    /// its operand and all check all descriptors; the members that need the result read the
-    /// others' operands straight from their buffers and fold them in rank order; at the
-    /// second step everybody says it is done, and a member returns (and may reuse its
-    /// operand) only once every reader is.
+    /// Reduction by single-copy reads, as a reduce-scatter then a gather: at a first step
+    /// every member publishes the address of its operand and all check all descriptors;
+    /// member j reads block j (its share of the elements) of every operand and folds it in
+    /// rank order; at the second step it publishes where its block of the result is (and so
+    /// says it has read the operands); the members that need the result copy the others'
+    /// blocks from there; at the third step those readers say they are done, and a member
+    /// returns only once every reader of its operand and its block is.
     fn reduce_cma(
         &mut self,
         kind: Kind,
@@ -877,46 +878,143 @@ impl Region {
         self.post(s);
         // On a mismatch every member stops here, none having read.
         self.check_first(s, d, kind)?;
-        self.step += 1;
-        let res = match recv {
-            Some(out) if root.is_none_or(|r| r == self.me) => self.fold_cma(s, op, own, out),
-            _ => Ok(()),
+        let n = send.map_or_else(|| recv.as_ref().map_or(0, |r| r.len()), <[u8]>::len);
+        let readers = root.is_none_or(|r| r == self.me);
+        if n < SPLIT_REDUCE_MIN || (root.is_some() && self.p == 2) {
+            // The members that need the result fold the whole operands themselves.
+            self.step += 1;
+            let res = match recv {
+                Some(out) if readers => self.fold_cma_block(s, op, own, 0, out),
+                _ => Ok(()),
+            };
+            let written = self.write(s + 1, d, None);
+            self.post(s + 1);
+            let waited = match root {
+                None => self.wait_all(s + 1),
+                Some(r) if r != self.me => self.wait(r, s + 1),
+                Some(_) => Ok(()),
+            };
+            if let Some(k) = kept {
+                super::schedule::give_tmp(k);
+            }
+            return res.and(written).and(waited);
+        }
+        // Reduce-scatter, then gather: member j folds block j of the result (its share of the
+        // elements) from everybody's operand, publishes where that block is, and the members
+        // that need the result copy the other blocks from there. Every member reads and
+        // reduces about n/p bytes of each operand instead of all of them.
+        let (lo, hi) = self.block(self.me, n, op.elem);
+        let mut mine = if readers {
+            None
+        } else {
+            let mut t = super::schedule::take_tmp(hi - lo);
+            t.resize(hi - lo, 0);
+            Some(t)
         };
-        self.write(s + 1, d, None)?;
+        let mut recv = recv;
+        let res = match (&mut mine, recv.as_deref_mut()) {
+            (Some(t), _) => self.fold_cma_block(s, op, own, lo, t),
+            (None, Some(out)) => self.fold_cma_block(s, op, own, lo, &mut out[lo..hi]),
+            (None, None) => Ok(()),
+        };
+        // Step s+1: our block's address (its base, so that base + lo is the block); it also
+        // says we are done reading the operands.
+        let base = match (&mine, recv.as_deref()) {
+            (Some(t), _) => (t.as_ptr() as u64).wrapping_sub(lo as u64),
+            (None, Some(out)) => out.as_ptr() as u64,
+            (None, None) => 0,
+        };
+        self.step += 2;
+        let written = self.write(s + 1, d, Some(&base.to_ne_bytes()));
+        let res = res.and(written);
         self.post(s + 1);
+        let mut res = res.and(self.wait_all(s + 1));
+        if res.is_ok()
+            && readers
+            && let Some(out) = recv
+        {
+            for r in (0..self.p).filter(|r| *r != self.me) {
+                let (a, b) = self.block(r, n, op.elem);
+                res = self.cma_from_at(r, s + 1, a, &mut out[a..b]);
+                if res.is_err() {
+                    break;
+                }
+            }
+        }
+        // Step s+2: done reading the blocks; a member's block must outlive every reader.
+        let written = self.write(s + 2, d, None);
+        self.post(s + 2);
         let waited = match root {
-            None => self.wait_all(s + 1),
-            Some(r) if r != self.me => self.wait(r, s + 1),
+            None => self.wait_all(s + 2),
+            Some(r) if r != self.me => self.wait(r, s + 2),
             Some(_) => Ok(()),
         };
         if let Some(k) = kept {
             super::schedule::give_tmp(k);
         }
-        waited.and(res)
+        if let Some(t) = mine {
+            super::schedule::give_tmp(t);
+        }
+        res.and(written).and(waited)
     }
 
-    /// [`Region::fold`] over the operands published at step `s` for single-copy reads; ours
-    /// is the `n` bytes at `own` (not `out`).
-    fn fold_cma(
+    /// Member `r`'s block of an `n`-byte reduction of `elem`-byte elements: byte range
+    /// `[lo, hi)`, whole elements, blocks in rank order covering everything.
+    fn block(&self, r: usize, n: usize, elem: usize) -> (usize, usize) {
+        let elem = elem.max(1);
+        let m = n / elem;
+        let hi = if r + 1 == self.p {
+            n
+        } else {
+            (r + 1) * m / self.p * elem
+        };
+        (r * m / self.p * elem, hi)
+    }
+
+    /// Copies `dst.len()` bytes at offset `off` of the buffer member `r` published at step `s`
+    /// (single-copy read).
+    fn cma_from_at(&self, r: usize, s: u64, off: usize, dst: &mut [u8]) -> Result<(), Error> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let mut a = [0u8; 8];
+        // SAFETY: member r posted step s with its 8-byte address inline; the cell is not
+        // rewritten before our next post.
+        unsafe { std::ptr::copy_nonoverlapping(self.data(r, s, 8), a.as_mut_ptr(), 8) };
+        let addr = u64::from_ne_bytes(a).wrapping_add(off as u64);
+        braid_shm::cma_read(self.pids[r], addr, dst).map_err(|e| {
+            Error::LocalOs(format!(
+                "single-copy read from rank {} in a shared-memory collective: {e}",
+                self.world[r]
+            ))
+        })
+    }
+
+    /// Block `[lo, lo + out.len())` of `x0 ∘ (x1 ∘ (… ∘ x(p-1)))` over the operands published
+    /// at step `s` for single-copy reads; ours is at `own` (not `out`).
+    fn fold_cma_block(
         &self,
         s: u64,
         op: &ResolvedOp,
         own: *const u8,
+        lo: usize,
         out: &mut [u8],
     ) -> Result<(), Error> {
-        let n = out.len();
-        debug_assert!(!std::ptr::eq(own, out.as_ptr()));
-        // SAFETY: `own` is the caller's send buffer or our copy of the operand: n bytes that
-        // nobody writes during the call, distinct from `out`.
-        let own = unsafe { std::slice::from_raw_parts(own, n) };
+        let len = out.len();
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: `own` is the caller's send buffer or our copy of the operand, n >= lo + len
+        // bytes that nobody writes during the call, distinct from `out`.
+        let own = unsafe { std::slice::from_raw_parts(own.add(lo), len) };
         let last = self.p - 1;
-        let mut tmp = super::schedule::take_tmp(n);
-        tmp.resize(n, 0);
+        let mut tmp = super::schedule::take_tmp(len);
+        tmp.resize(len, 0);
         let mut res = if last == self.me {
             out.copy_from_slice(own);
             Ok(())
         } else {
-            self.cma_from(last, s, out)
+            self.cma_from_at(last, s, lo, out)
         };
         for r in (0..last).rev() {
             if res.is_err() {
@@ -925,7 +1023,7 @@ impl Region {
             if r == self.me {
                 op.apply(own, out);
             } else {
-                res = self.cma_from(r, s, &mut tmp);
+                res = self.cma_from_at(r, s, lo, &mut tmp);
                 if res.is_ok() {
                     op.apply(&tmp, out);
                 }

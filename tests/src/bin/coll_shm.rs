@@ -164,7 +164,9 @@ fn sizes(quick: bool) -> Vec<usize> {
     let s = slot() / 8;
     let mut v = vec![0, 1, 2, 3, s - 1, s, s + 1, 2 * s + 3];
     if !quick {
-        v.extend([5 * s + 7, 1, 4 * s]);
+        // 70_001 elements (560 KiB) also cross the split-reduction threshold, with uneven
+        // blocks.
+        v.extend([5 * s + 7, 1, 4 * s, 70_001]);
     }
     v
 }
