@@ -684,13 +684,10 @@ pub trait Source: sealed::Peer {
         len: usize,
         tag: Tag,
     ) -> Result<Request<'static, StaticScope>, Error> {
-        let (comm, from, tag) = (self.comm(), self.source_rank()?, check_tag(tag)?);
-        let ctx = comm.context();
+        let (from, tag) = (self.source_rank()?, check_tag(tag)?);
         // SAFETY: forwarded from the caller: `ptr` stays valid for `len` bytes until the
         // request finishes, and a request waits for completion when dropped.
-        let id = with_core(|c| unsafe { c.irecv(ctx, from, Some(tag), ptr, len) })?;
-        Ok(Request::new(id, StaticScope, Kind::Recv { capacity: len })
-            .with_group(comm.group.clone(), None))
+        unsafe { irecv_raw(self.comm(), from, Some(tag), StaticScope, ptr, len) }
     }
 
     /// Starts a receive of a message with tag `tag` into `buf`.
@@ -1048,14 +1045,31 @@ fn irecv<'a, S: Scope<'a>, B: BufferMut + ?Sized>(
             "nonblocking receives into non-contiguous views are not supported yet".into(),
         ));
     }
-    let ctx = comm.context();
     let bytes = buf.as_bytes_mut();
-    let capacity = bytes.len();
     // SAFETY: `buf` is mutably borrowed for 'a, and the request (or its scope) waits for
     // completion before 'a ends.
-    let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
+    unsafe { irecv_raw(comm, from, tag, scope, bytes.as_mut_ptr(), bytes.len()) }
+}
+
+/// Posts a receive into `len` bytes at `ptr`, advances nonblocking collectives, and wraps the
+/// receive in a request of `scope`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes, and not otherwise accessed, until the
+/// request finishes (the request, or its scope, waits for that).
+unsafe fn irecv_raw<'a, S: Scope<'a>>(
+    comm: &CommData,
+    from: Option<u32>,
+    tag: Option<i32>,
+    scope: S,
+    ptr: *mut u8,
+    len: usize,
+) -> Result<Request<'a, S>, Error> {
+    let ctx = comm.context();
+    // SAFETY: forwarded from the caller.
+    let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, ptr, len) })?;
     crate::collective::poke();
-    Ok(Request::new(id, scope, Kind::Recv { capacity }).with_group(comm.group.clone(), None))
+    Ok(Request::new(id, scope, Kind::Recv { capacity: len }).with_group(comm.group.clone(), None))
 }
 
 #[cfg(test)]

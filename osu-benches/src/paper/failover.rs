@@ -131,7 +131,7 @@ pub(super) fn stream_rank(a: &StreamRankArgs) -> anyhow::Result<()> {
     let me = b.rank();
     ensure!(b.size() == 2, "stream-rank needs 2 ranks");
     let sbuf = vec![b's'; if me == 0 { a.size } else { 0 }];
-    let mut rbuf = vec![0u8; if me == 1 { a.size * a.window } else { 0 }];
+    let mut rbuf = vec![0u8; if me == 1 { a.size } else { 0 }];
     let mut ack = [0u8; 4];
     let mut done = Vec::with_capacity(a.count);
     b.barrier()?;

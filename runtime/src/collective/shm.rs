@@ -773,7 +773,7 @@ impl Region {
         let res = if self.me == root {
             Ok(())
         } else {
-            self.cma_from(root, s, buf)
+            self.cma_from_at(root, s, 0, buf)
         };
         // "Done reading", posted even after a failed read, so nobody hangs.
         self.write(s + 1, d, None)?;
@@ -782,11 +782,6 @@ impl Region {
             self.wait_all(s + 1)?;
         }
         res
-    }
-
-    /// Reads into `dst` from the address member `r` published inline at step `s`.
-    fn cma_from(&self, r: usize, s: u64, dst: &mut [u8]) -> Result<(), Error> {
-        self.cma_from_at(r, s, 0, dst)
     }
 
     /// Allreduce (`root == None`) or reduce to `root`. `send` is `None` in place (operand in
@@ -880,55 +875,70 @@ impl Region {
         self.check_first(s, d, kind)?;
         let n = send.map_or_else(|| recv.as_ref().map_or(0, |r| r.len()), <[u8]>::len);
         let readers = root.is_none_or(|r| r == self.me);
-        if n < SPLIT_REDUCE_MIN || (root.is_some() && self.p == 2) {
+        let (res, block) = if n >= SPLIT_REDUCE_MIN && (root.is_none() || self.p != 2) {
+            self.step += 2;
+            self.reduce_split(s, op, own, n, readers, recv, d)
+        } else {
             // The members that need the result fold the whole operands themselves.
             self.step += 1;
             let res = match recv {
                 Some(out) if readers => self.fold_cma_block(s, op, own, 0, out),
                 _ => Ok(()),
             };
-            let written = self.write(s + 1, d, None);
-            self.post(s + 1);
-            let waited = match root {
-                None => self.wait_all(s + 1),
-                Some(r) if r != self.me => self.wait(r, s + 1),
-                Some(_) => Ok(()),
-            };
-            if let Some(k) = kept {
-                super::schedule::give_tmp(k);
-            }
-            return res.and(written).and(waited);
+            (res, None)
+        };
+        // Last step: done reading; a member's operand (and block) must outlive every reader.
+        let done = self.step;
+        let written = self.write(done, d, None);
+        self.post(done);
+        let waited = match root {
+            None => self.wait_all(done),
+            Some(r) if r != self.me => self.wait(r, done),
+            Some(_) => Ok(()),
+        };
+        for t in kept.into_iter().chain(block) {
+            super::schedule::give_tmp(t);
         }
-        // Reduce-scatter, then gather: member j folds block j of the result (its share of the
-        // elements) from everybody's operand, publishes where that block is, and the members
-        // that need the result copy the other blocks from there. Every member reads and
-        // reduces about n/p bytes of each operand instead of all of them.
+        res.and(written).and(waited)
+    }
+
+    /// The middle of a split [`Region::reduce_cma`] (reduce-scatter, then gather): member j
+    /// folds block j of the result (its share of the elements) from the operands published at
+    /// step `s`, publishes where that block is at step `s + 1` (which also says it has read the
+    /// operands), and the members that need the result copy the other blocks from there.
+    /// Returns the outcome and the temporary holding this member's block when it keeps no
+    /// result, which must outlive the readers.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_split(
+        &mut self,
+        s: u64,
+        op: &ResolvedOp,
+        own: *const u8,
+        n: usize,
+        readers: bool,
+        mut recv: Option<&mut [u8]>,
+        d: u64,
+    ) -> (Result<(), Error>, Option<Vec<u8>>) {
         let (lo, hi) = self.block(self.me, n, op.elem);
-        let mut mine = if readers {
-            None
-        } else {
+        let mut mine = (!readers).then(|| {
             let mut t = super::schedule::take_tmp(hi - lo);
             t.resize(hi - lo, 0);
-            Some(t)
-        };
-        let mut recv = recv;
+            t
+        });
         let res = match (&mut mine, recv.as_deref_mut()) {
             (Some(t), _) => self.fold_cma_block(s, op, own, lo, t),
             (None, Some(out)) => self.fold_cma_block(s, op, own, lo, &mut out[lo..hi]),
             (None, None) => Ok(()),
         };
-        // Step s+1: our block's address (its base, so that base + lo is the block); it also
-        // says we are done reading the operands.
+        // The block's base, so that base + lo is the block.
         let base = match (&mine, recv.as_deref()) {
             (Some(t), _) => (t.as_ptr() as u64).wrapping_sub(lo as u64),
             (None, Some(out)) => out.as_ptr() as u64,
             (None, None) => 0,
         };
-        self.step += 2;
         let written = self.write(s + 1, d, Some(&base.to_ne_bytes()));
-        let res = res.and(written);
         self.post(s + 1);
-        let mut res = res.and(self.wait_all(s + 1));
+        let mut res = res.and(written).and(self.wait_all(s + 1));
         if res.is_ok()
             && readers
             && let Some(out) = recv
@@ -941,21 +951,7 @@ impl Region {
                 }
             }
         }
-        // Step s+2: done reading the blocks; a member's block must outlive every reader.
-        let written = self.write(s + 2, d, None);
-        self.post(s + 2);
-        let waited = match root {
-            None => self.wait_all(s + 2),
-            Some(r) if r != self.me => self.wait(r, s + 2),
-            Some(_) => Ok(()),
-        };
-        if let Some(k) = kept {
-            super::schedule::give_tmp(k);
-        }
-        if let Some(t) = mine {
-            super::schedule::give_tmp(t);
-        }
-        res.and(written).and(waited)
+        (res, mine)
     }
 
     /// Member `r`'s block of an `n`-byte reduction of `elem`-byte elements: byte range
@@ -1130,7 +1126,7 @@ impl Region {
         self.step += 1;
         let res = (0..self.p)
             .filter(|r| *r != me)
-            .try_for_each(|r| self.cma_from(r, s, &mut recv[r * n..(r + 1) * n]));
+            .try_for_each(|r| self.cma_from_at(r, s, 0, &mut recv[r * n..(r + 1) * n]));
         self.write(s + 1, d, None)?;
         self.post(s + 1);
         self.wait_all(s + 1)?;
