@@ -952,11 +952,18 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<(), Error> {
     let bytes = buf.packed();
-    // SAFETY: `bytes` stays borrowed until `wait_p2p` below has collected the request.
-    let id = with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
-    crate::collective::wait_p2p(id)
-        .and_then(|f| Status::from_finished(f, Kind::Send))
-        .map(drop)
+    let (id, done) = with_core(|c| -> Result<_, Error> {
+        // SAFETY: `bytes` stays borrowed until the request is collected, here or by
+        // `wait_p2p`.
+        let id = unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) }?;
+        Ok((id, c.collect(id)))
+    })?;
+    // Small standard sends are complete at once.
+    let finished = match done {
+        Some(f) => f,
+        None => crate::collective::wait_p2p(id)?,
+    };
+    Status::from_finished(finished, Kind::Send).map(drop)
 }
 
 pub(crate) fn recv_into<B: BufferMut + ?Sized>(
@@ -976,9 +983,26 @@ pub(crate) fn recv_into<B: BufferMut + ?Sized>(
     }
     let bytes = buf.as_bytes_mut();
     let capacity = bytes.len();
-    // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` below has collected the request.
-    let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
-    crate::collective::wait_p2p(id)
+    // A small message from a shared-memory peer comes straight from its ring when nothing
+    // else is pending (see `Core::recv_direct`).
+    let direct = match from {
+        Some(r) if crate::collective::idle() => {
+            // SAFETY: `bytes` is mutably borrowed for the whole call.
+            with_core(|c| unsafe { c.recv_direct(ctx, r, tag, bytes.as_mut_ptr(), capacity) })
+        }
+        _ => None,
+    };
+    let finished = match direct {
+        Some(status) => Ok(Ok(status)),
+        None => {
+            // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` has collected the
+            // request.
+            let id =
+                with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
+            crate::collective::wait_p2p(id)
+        }
+    };
+    finished
         .and_then(|f| Status::from_finished(f, Kind::Recv { capacity }))
         .map(|s| s.translated(&comm.group))
         .map_err(|e| translate_err(e, &comm.group))

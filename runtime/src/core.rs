@@ -12,7 +12,7 @@ use braid_engine::{
     Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank,
     RecvStatus, ReqId, SendMode, SeqMap, SourceSel, TagSel, Transmit,
 };
-use braid_shm::transport::ShmTransport;
+use braid_shm::transport::{ShmTransport, Take};
 use braid_transports::stream::COPY_LIMIT;
 use braid_transports::tcp::TcpTransport;
 use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
@@ -294,6 +294,26 @@ impl Core {
         len: usize,
         mode: SendMode,
     ) -> Result<ReqId, Error> {
+        // A small standard send leaves at once, without request state: the transports copy
+        // what they cannot write, so the buffer is free as soon as `send` returns.
+        if mode == SendMode::Standard
+            && len <= COPY_LIMIT
+            && let Some((req, header)) = self
+                .engine
+                .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
+                .map_err(usage)?
+        {
+            let body = Body {
+                ptr,
+                len,
+                owner: None,
+            };
+            // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
+            // transport reads it only during the call.
+            unsafe { self.hand_over(ERank(to), &header, body) };
+            self.finished.insert(req, Ok(sent_status()));
+            return Ok(req);
+        }
         let req = self
             .engine
             .post_send(
@@ -338,6 +358,69 @@ impl Core {
         self.recvs.insert(req, RawBuf { ptr, len });
         self.pump();
         Ok(req)
+    }
+
+    /// The fast path of a blocking receive from `from` on shared memory: when the engine
+    /// says nothing already here could match it ([`Engine::can_take_direct`]), watches the
+    /// ring from `from` and takes the next message straight into the buffer, without a
+    /// request. Returns `None`, having changed nothing, when the general path must run the
+    /// receive: another kind of frame comes, other input or output waits, or the spin
+    /// budget is used up (the general path then blocks).
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes during the call.
+    pub(crate) unsafe fn recv_direct(
+        &mut self,
+        ctx: ContextId,
+        from: u32,
+        tag: Option<i32>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Option<RecvStatus> {
+        let src = ERank(from);
+        let tsel = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
+        let Self {
+            engine, shm, spin, ..
+        } = self;
+        let shm = shm.as_mut()?;
+        if self.tcp_active
+            || engine.has_output()
+            || !shm.reaches(src)
+            || !engine.can_take_direct(ctx, src, tsel)
+        {
+            return None;
+        }
+        let dst = if len == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+        };
+        let mut waiter = Waiter::new(*spin);
+        let mut spins = 0u32;
+        loop {
+            let take = shm.take_eager(src, dst, |h| {
+                engine.take_direct(src, h, ctx, tsel, len as u64)
+            });
+            match take {
+                Take::Taken(status) => return Some(status),
+                Take::Other => return None,
+                Take::Empty => {}
+            }
+            spins = spins.wrapping_add(1);
+            // Oversubscribed ranks yield in the general path's wait instead.
+            if spin.yield_between {
+                return None;
+            }
+            if spins.is_multiple_of(QUIET_SPINS)
+                && (shm.has_input()
+                    || shm.has_pending_writes()
+                    || waiter.next_timeout() != Some(Duration::ZERO))
+            {
+                return None;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Looks for a matchable message (`MPI_Iprobe`), making progress first.
@@ -577,27 +660,37 @@ impl Core {
             self.loopback(&t.header, ptr, len);
             return;
         }
-        // Shared memory takes the compact header form (fewer cache lines per small message).
-        let (transport, header): (&mut dyn Transport, _) =
-            match (self.shm.as_mut(), self.tcp.as_mut()) {
-                (Some(shm), _) if shm.reaches(t.to) => (shm, t.header.encode_short().0),
-                (_, Some(tcp)) => (tcp, t.header.encode()),
-                _ => return,
-            };
-        if let Some(req) = owner {
-            *self.lent.get_or_insert_with(req, || 0) += 1;
-        }
         // SAFETY: `ptr` is inside a send buffer registered in `sends`, which stays registered
         // (and borrowed by its request) until the transport returns it through on_sent.
-        let res = unsafe { transport.send(t.to, &header, Body { ptr, len, owner }) };
+        unsafe { self.hand_over(t.to, &t.header, Body { ptr, len, owner }) };
+    }
+
+    /// Hands a frame to the transport that reaches `to`; a failure marks the peer lost.
+    ///
+    /// # Safety
+    /// As [`Transport::send`]: `body` is readable for its length, until `on_sent` when it
+    /// has an owner.
+    unsafe fn hand_over(&mut self, to: ERank, header: &Header, body: Body) {
+        // Shared memory takes the compact header form (fewer cache lines per small message).
+        let (transport, bytes): (&mut dyn Transport, _) =
+            match (self.shm.as_mut(), self.tcp.as_mut()) {
+                (Some(shm), _) if shm.reaches(to) => (shm, header.encode_short().0),
+                (_, Some(tcp)) => (tcp, header.encode()),
+                _ => return,
+            };
+        if let Some(req) = body.owner {
+            *self.lent.get_or_insert_with(req, || 0) += 1;
+        }
+        // SAFETY: forwarded from the caller.
+        let res = unsafe { transport.send(to, &bytes, body) };
         if let Err(e) = res {
-            // The engine completes this send after its frames are handed out, so nothing
-            // waits on the buffer yet: dropping the count is enough.
-            if let Some(req) = owner {
+            // The engine completes a send after its frames are handed out, so nothing waits
+            // on the buffer yet: dropping the count is enough.
+            if let Some(req) = body.owner {
                 give_back(&mut self.lent, req);
             }
-            self.lost.entry(t.to.0).or_insert_with(|| e.to_string());
-            self.engine.handle_peer_lost(t.to);
+            self.lost.entry(to.0).or_insert_with(|| e.to_string());
+            self.engine.handle_peer_lost(to);
         }
     }
 

@@ -17,7 +17,8 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_engine::{Rank, ReqId};
+use braid_engine::wire::{COMPACT, COMPACT_LEN, Header};
+use braid_engine::{Rank, RecvStatus, ReqId};
 use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
@@ -62,6 +63,18 @@ impl ByteStream for ShmPipe {
             }
         }
     }
+}
+
+/// What [`ShmTransport::take_eager`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// The frame was taken; the receive is complete.
+    Taken(RecvStatus),
+    /// No frame from the peer yet.
+    Empty,
+    /// A frame the fast path does not take (another kind, not accepted, partly written,
+    /// too long): the general path must read it.
+    Other,
 }
 
 /// Why the shared-memory transport could not be set up.
@@ -313,6 +326,48 @@ impl ShmTransport {
             did = true;
         }
         did
+    }
+
+    /// The receive fast path: when the next frame from `peer` is a whole compact eager
+    /// frame whose payload fits `dst` and `accept` accepts its header (returning the status,
+    /// which commits to the frame), copies the payload straight from the ring into `dst`
+    /// and consumes the frame. No staging buffer, no sink, no request.
+    pub fn take_eager(
+        &mut self,
+        peer: Rank,
+        dst: &mut [u8],
+        accept: impl FnOnce(&Header) -> Option<RecvStatus>,
+    ) -> Take {
+        let Some(c) = self.conns.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
+            return Take::Other;
+        };
+        if !c.at_frame_boundary() {
+            return Take::Other;
+        }
+        let rx = &mut c.stream_mut().rx;
+        let avail = rx.available();
+        if avail == 0 {
+            return Take::Empty;
+        }
+        let mut head = [0u8; COMPACT_LEN];
+        if avail < COMPACT_LEN || rx.peek(&mut head) < COMPACT_LEN || head[0] & COMPACT == 0 {
+            return Take::Other;
+        }
+        let Ok(h) = Header::decode(&head) else {
+            return Take::Other;
+        };
+        let Ok(len) = usize::try_from(h.payload_len) else {
+            return Take::Other;
+        };
+        if len > dst.len() || avail - COMPACT_LEN < len {
+            return Take::Other;
+        }
+        let Some(status) = accept(&h) else {
+            return Take::Other;
+        };
+        rx.consume(COMPACT_LEN);
+        rx.read(&mut dst[..len]);
+        Take::Taken(status)
     }
 
     /// Whether some local peer has written bytes not yet read (one load per peer).

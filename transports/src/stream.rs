@@ -139,6 +139,11 @@ impl<S: ByteStream> FramedConn<S> {
         &self.stream
     }
 
+    /// Whether the next incoming byte starts a frame (no frame is half read).
+    pub fn at_frame_boundary(&self) -> bool {
+        matches!(self.rd, ReadState::Header { got: 0, .. })
+    }
+
     /// Whether bytes are queued for writing.
     pub fn has_pending_writes(&self) -> bool {
         !self.out.is_empty()

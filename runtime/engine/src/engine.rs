@@ -535,11 +535,13 @@ impl Engine {
         header.tag = tag;
         header.seq = seq;
         header.msg_len = len;
-        header.send_req = req;
         if len <= self.eager_limit(to) {
             header.payload_len = len;
+            // A standard eager send needs no answer, so it names no request (and travels
+            // in the compact header form).
             if mode == SendMode::Synchronous {
                 header.flags = FLAG_SYNC;
+                header.send_req = req;
             }
             self.transmits.push_back(Transmit {
                 to,
@@ -562,6 +564,7 @@ impl Engine {
             }
         } else {
             header.kind = FrameKind::Rts;
+            header.send_req = req;
             if pull_addr != 0 && self.cfg.offer_pull.get(to.0 as usize) == Some(&true) {
                 header.flags |= FLAG_PULL;
                 header.offset = pull_addr;
@@ -574,6 +577,109 @@ impl Engine {
             self.sends.insert(req, SendState::AwaitCts { to, len });
         }
         Ok(req)
+    }
+
+    /// The fast path of a standard-mode eager send: when the message fits the eager limit
+    /// towards `to` and no frame is queued ahead of it, draws its sequence number and returns
+    /// a request id and the frame's header, which the driver hands to the transport at once
+    /// with the whole buffer as payload. The send is complete once the transport took the
+    /// frame; no request state is kept. `None` when the general path
+    /// ([`Engine::post_send`]) must take the send: too long, a lost or self peer, frames
+    /// still queued.
+    ///
+    /// # Errors
+    /// [`UsageError`] for a rank outside the job or a negative tag.
+    pub fn send_eager_now(
+        &mut self,
+        context: ContextId,
+        to: Rank,
+        tag: Tag,
+        len: u64,
+    ) -> Result<Option<(ReqId, Header)>, UsageError> {
+        self.check_rank(to)?;
+        if tag.0 < 0 {
+            return Err(UsageError::InvalidTag(tag));
+        }
+        if to == self.cfg.rank || len > self.eager_limit(to) || !self.transmits.is_empty() {
+            return Ok(None);
+        }
+        let peer = &mut self.peers[to.0 as usize];
+        if peer.lost {
+            return Ok(None);
+        }
+        let seq = Seq(peer.next_send);
+        peer.next_send += 1;
+        let mut header = Header::new(FrameKind::Eager, self.cfg.rank);
+        header.context = context;
+        header.tag = tag;
+        header.seq = seq;
+        header.msg_len = len;
+        header.payload_len = len;
+        Ok(Some((self.new_req(), header)))
+    }
+
+    /// Whether a receive from `source` with tag `tag` on `context`, posted now, would find
+    /// nothing to match yet and be the only candidate for the next message from `source`:
+    /// no receive is posted on the context, no unexpected message there matches, and no
+    /// envelope from `source` waits for an earlier one. The driver may then take that
+    /// message straight from the transport with [`Engine::take_direct`] instead of posting.
+    pub fn can_take_direct(&self, context: ContextId, source: Rank, tag: TagSel) -> bool {
+        let Some(peer) = self.peers.get(source.0 as usize) else {
+            return false;
+        };
+        if peer.lost || !peer.early.is_empty() {
+            return false;
+        }
+        self.queues.get(&context).is_none_or(|q| {
+            q.posted.is_empty()
+                && !q.unexpected.iter().any(|id| {
+                    self.arrivals
+                        .get(id)
+                        .is_some_and(|a| a.source == source && tag.accepts(a.tag))
+                })
+        })
+    }
+
+    /// Accepts eager frame `h` from `from` for an unposted receive (see
+    /// [`Engine::can_take_direct`]) on `context` accepting `tag` with room for `capacity`
+    /// bytes: when it is the next envelope from `from` in order, standard-mode, on that
+    /// context, accepted by `tag` and fits, the engine counts it delivered and returns its
+    /// status; the driver then copies the payload into the receive. `None` (engine
+    /// unchanged) for any other frame, which the general path must then take.
+    pub fn take_direct(
+        &mut self,
+        from: Rank,
+        h: &Header,
+        context: ContextId,
+        tag: TagSel,
+        capacity: u64,
+    ) -> Option<RecvStatus> {
+        let peer = self.peers.get_mut(from.0 as usize)?;
+        if h.kind != FrameKind::Eager
+            || h.flags != 0
+            || h.source != from
+            || h.context != context
+            || !tag.accepts(h.tag)
+            || h.seq.0 != peer.next_recv
+            || h.payload_len != h.msg_len
+            || h.msg_len > capacity
+            || h.msg_len
+                > self
+                    .cfg
+                    .eager_limit
+                    .get(from.0 as usize)
+                    .copied()
+                    .unwrap_or(0)
+        {
+            return None;
+        }
+        peer.next_recv += 1;
+        Some(RecvStatus {
+            source: from,
+            tag: h.tag,
+            len: h.msg_len,
+            stored: h.msg_len,
+        })
     }
 
     /// Posts a receive into a buffer of `capacity` bytes.

@@ -344,6 +344,12 @@ pub(crate) fn iprobe_p2p(
     with_core(|c| c.iprobe(ctx, from, tag))
 }
 
+/// Whether no nonblocking collective is in flight (blocking point-to-point calls then need
+/// not advance any).
+pub(crate) fn idle() -> bool {
+    ACTIVE_LEN.load(Ordering::Acquire) == 0
+}
+
 /// Waits for point-to-point request `id`, advancing nonblocking collectives meanwhile.
 pub(crate) fn wait_p2p(id: ReqId) -> Result<Finished, Error> {
     if active().is_empty() {
