@@ -291,6 +291,7 @@ fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()
         let mut hist = Histogram::<u64>::new_with_bounds(1, HIST_MAX_NS, 3)
             .context("creating a latency histogram")?;
         let mut total = 0.0;
+        let mut start = 0.0;
         let mut errors = 0u64;
         b.barrier()?;
         for i in 0..iters + skip {
@@ -299,13 +300,16 @@ fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()
                 r.fill(0);
             }
             if me == 0 {
-                let t0 = b.time();
+                // As OSU: the clock is read at the first timed iteration and after the loop,
+                // unless each round trip is timed for percentiles.
+                if i == skip {
+                    start = b.time();
+                }
+                let t0 = if c.percentiles { b.time() } else { 0.0 };
                 b.send(peer, LAT_TAG, s)?;
                 b.recv(peer, LAT_TAG, r)?;
-                let dt = b.time() - t0;
-                if i >= skip {
-                    total += dt;
-                    hist.saturating_record(nanos(dt / 2.0));
+                if c.percentiles && i >= skip {
+                    hist.saturating_record(nanos((b.time() - t0) / 2.0));
                 }
             } else {
                 b.recv(peer, LAT_TAG, r)?;
@@ -315,13 +319,18 @@ fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()
                 errors += check(r, i);
             }
         }
+        if me == 0 {
+            total = b.time() - start;
+        }
         out.local_errors += errors;
         let all_errors = b.reduce_to_root(errors as f64, ReduceOp::Sum)?;
         if me == 0 {
             let lat = total * 1e6 / (2.0 * iters as f64);
             let mut rec = out.record(size, lat, "us", (iters, skip), all_errors);
-            rec.p50_us = Some(hist.value_at_quantile(0.5) as f64 / 1e3);
-            rec.p99_us = Some(hist.value_at_quantile(0.99) as f64 / 1e3);
+            if c.percentiles {
+                rec.p50_us = Some(hist.value_at_quantile(0.5) as f64 / 1e3);
+                rec.p99_us = Some(hist.value_at_quantile(0.99) as f64 / 1e3);
+            }
             out.push(rec)?;
         }
     }

@@ -1581,6 +1581,10 @@ fn osu_json_job(
     if let Some(w) = window {
         prog.extend(["-W".into(), w.to_string()]);
     }
+    // The tables report the median latency too.
+    if bench.ends_with("osu_latency") {
+        prog.push("--percentiles".into());
+    }
     prog
 }
 

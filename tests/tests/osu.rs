@@ -236,6 +236,7 @@ fn output_file_gets_json_while_stdout_keeps_text() {
             "json",
             "--output",
             path_str(&file),
+            "--percentiles",
         ],
     );
     assert!(
