@@ -1,8 +1,9 @@
 //! Rail modes of the TCP transport on the namespace testbed: content-checked transfers in
 //! every mode (`single`, `indep`, `stripe`, `weighted`) with the per-interface byte counters
 //! showing which rails carried them, a rail taken down in the middle of a transfer (the job
-//! completes with correct data), the last rail taken down (the job fails promptly, naming
-//! host and rail), and bad settings (clear errors).
+//! completes with correct data; in `indep` the pairs of that rail move to another one), the
+//! last rail taken down (the job fails promptly, naming host and rail), and bad settings
+//! (clear errors).
 //!
 //! Needs root for the testbed tests (they print `SKIPPED: ...` and pass otherwise) and the
 //! binaries `mpirun`, `p2p_large`, `p2p_wildcard` and `rail_stream`: `cargo build --release
@@ -233,19 +234,41 @@ fn weighted_mode_spreads_data_over_every_rail() {
 
 /// Takes `rail` of `host` down after `after` while `cmd` runs; returns how the job ended.
 fn with_rail_down(b: &Bed, host: &str, rail: &str, after: Duration, cmd: &mut Command) -> Finished {
-    let ns = b.tb.netns(host).expect("netns");
-    let rail_owned = rail.to_string();
-    let downer = thread::spawn(move || {
-        thread::sleep(after);
-        let st = Command::new("ip")
-            .args(["-n", &ns, "link", "set", &rail_owned, "down"])
-            .status();
-        assert!(st.is_ok_and(|s| s.success()), "ip link set down failed");
+    with_link_changes(b, &[(host, rail, after, false)], cmd).0
+}
+
+/// Sets each `(host, rail)` down (`false`) or up (`true`) at its time from the start, in
+/// order, while `cmd` runs. Returns how the job ended and, per change, the bytes both hosts
+/// had sent on that rail just after it. Every rail changed is up again afterwards.
+fn with_link_changes(
+    b: &Bed,
+    changes: &[(&str, &str, Duration, bool)],
+    cmd: &mut Command,
+) -> (Finished, Vec<u64>) {
+    let (f, sent) = thread::scope(|s| {
+        let changer = s.spawn(|| {
+            let start = std::time::Instant::now();
+            let mut sent = Vec::new();
+            for (host, rail, at, up) in changes {
+                thread::sleep(at.saturating_sub(start.elapsed()));
+                b.tb.set_link(host, rail, *up)
+                    .unwrap_or_else(|e| panic!("set {rail} of {host} up={up}: {e}"));
+                sent.push(
+                    ["n0", "n1"]
+                        .iter()
+                        .map(|h| tx_bytes(b, h, &[rail])[0])
+                        .sum(),
+                );
+            }
+            sent
+        });
+        let f = run_with_deadline(cmd, JOB_DEADLINE);
+        (f, changer.join().expect("link changer thread"))
     });
-    let f = run_with_deadline(cmd, JOB_DEADLINE);
-    downer.join().expect("downer thread");
-    b.tb.set_link(host, rail, true).expect("link up again");
-    f
+    for (host, rail, _, _) in changes {
+        b.tb.set_link(host, rail, true).expect("link up again");
+    }
+    (f, sent)
 }
 
 #[test]
@@ -319,6 +342,175 @@ fn latency_rail_down_mid_pingpong_fails_over_with_correct_data() {
         );
         eprintln!(
             "{mode} pingpong with eth1 down: {}",
+            f.stdout.lines().next().unwrap_or("")
+        );
+    }
+}
+
+#[test]
+fn indep_rail_down_mid_stream_moves_its_pairs_to_another_rail() {
+    if !can_run("indep_rail_down_mid_stream_moves_its_pairs_to_another_rail") {
+        return;
+    }
+    // 4 ranks alternate between the hosts: pair (0, 1) has local ranks (0, 0), rail eth1;
+    // pair (2, 3) has (1, 1), rail eth2. Both stream at once; eth1 goes down in the middle,
+    // first on n1 (the side of the higher ranks, which connect: rank 1 sees its interface
+    // down and connects on eth2), then, in a second job, on n0 (the side that waits: rank 1
+    // notices by the stall of what it sends). The idle cross pairs (0, 3) and (2, 1), also
+    // on eth1, move too and carry the final barrier.
+    let b = bed("rlindepf", 226, &gigabit(&["eth1", "eth2"]));
+    for host in ["n1", "n0"] {
+        let mut cmd = job(
+            &b,
+            4,
+            "indep",
+            "eth1,eth2",
+            &["BRAID_RAIL_TIMEOUT_MS=1000"],
+            "rail_stream",
+            &["pairs", "384"],
+        );
+        let f = with_rail_down(&b, host, "eth1", Duration::from_millis(1500), &mut cmd);
+        assert_ok(&f, &format!("indep with eth1 down on {host}"));
+        for (rx, tx) in [(1, 0), (3, 2)] {
+            assert!(
+                f.stdout.contains(&format!(
+                    "rail_stream pairs: rank {rx} received 384 MiB from rank {tx}"
+                )),
+                "eth1 down on {host}: pair ({tx}, {rx}) incomplete:\n{}",
+                f.stdout
+            );
+        }
+        assert!(
+            f.stderr.contains("lost rail eth1 (") && f.stderr.contains("failed over to rail eth2"),
+            "eth1 down on {host}: no message naming the lost rail and the new one:\n{}",
+            f.stderr
+        );
+        assert!(
+            !f.stderr.contains("lost rail eth2"),
+            "eth1 down on {host}: eth2 reported lost:\n{}",
+            f.stderr
+        );
+        eprintln!(
+            "indep with eth1 down on {host}: {}",
+            f.stdout
+                .lines()
+                .filter(|l| l.contains("received"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}
+
+#[test]
+fn indep_last_rail_down_ends_the_job_naming_host_and_rail() {
+    if !can_run("indep_last_rail_down_ends_the_job_naming_host_and_rail") {
+        return;
+    }
+    // The pair fails over from eth1 to eth2; when eth2 goes too, no rail is left.
+    // Rails going down on n1 (rank 1, which connects) or on n0 (rank 0, which waits).
+    let b = bed("rlindepl", 228, &gigabit(&["eth1", "eth2"]));
+    for host in ["n1", "n0"] {
+        let mut cmd = job(
+            &b,
+            2,
+            "indep",
+            "eth1,eth2",
+            &["BRAID_RAIL_TIMEOUT_MS=1000"],
+            "rail_stream",
+            &["4096", "4"],
+        );
+        // The second rail goes only once the first failover is surely done: with eth1 down on
+        // n0, rank 1 may be idle (waiting for data) and notice by keepalive, within the stall
+        // timeout plus 3 probes a second apart.
+        let changes = [
+            (host, "eth1", Duration::from_millis(1000), false),
+            (host, "eth2", Duration::from_millis(8000), false),
+        ];
+        let (f, _) = with_link_changes(&b, &changes, &mut cmd);
+        assert_ne!(
+            f.code(),
+            Some(0),
+            "{host}: job survived losing every rail:\n{}",
+            f.stderr
+        );
+        assert_ne!(
+            f.code(),
+            Some(124),
+            "{host}: job hung until mpirun's timeout:\n{}",
+            f.stderr
+        );
+        assert!(
+            f.elapsed < Duration::from_secs(25),
+            "{host}: took {:?}",
+            f.elapsed
+        );
+        assert!(
+            f.stderr.contains("lost rail eth1 (") && f.stderr.contains("failed over to rail eth2"),
+            "{host}: no failover from eth1 to eth2 before the end:\n{}",
+            f.stderr
+        );
+        assert!(
+            f.stderr.contains("FAILED")
+                && f.stderr.contains("no rail left")
+                && f.stderr.contains("rail eth2")
+                && (f.stderr.contains("host rlindepl-n1") || f.stderr.contains("host rlindepl-n0")),
+            "{host}: error does not name host and rail:\n{}",
+            f.stderr
+        );
+        eprintln!(
+            "indep, every rail down on {host}: failed after {:?}",
+            f.elapsed
+        );
+    }
+}
+
+#[test]
+fn rail_back_up_is_readopted_in_stripe_and_weighted() {
+    if !can_run("rail_back_up_is_readopted_in_stripe_and_weighted") {
+        return;
+    }
+    // eth2 goes down on n1 in the middle of a long stream and comes back 1.5 s later: the
+    // higher rank reconnects it and it carries data again.
+    let b = bed("rlreadop", 224, &gigabit(FOUR));
+    let rails = FOUR.join(",");
+    for mode in ["stripe", "weighted"] {
+        let mut cmd = job(
+            &b,
+            2,
+            mode,
+            &rails,
+            &["BRAID_RAIL_TIMEOUT_MS=1000"],
+            "rail_stream",
+            &["3072", "4"],
+        );
+        let changes = [
+            ("n1", "eth2", Duration::from_millis(1200), false),
+            ("n1", "eth2", Duration::from_millis(2700), true),
+        ];
+        let (f, sent) = with_link_changes(&b, &changes, &mut cmd);
+        let after = ["n0", "n1"]
+            .iter()
+            .map(|h| tx_bytes(&b, h, &["eth2"])[0])
+            .sum::<u64>();
+        assert_ok(&f, &format!("{mode} with eth2 down and up again"));
+        assert!(
+            f.stdout.contains("rail_stream received 3072 MiB"),
+            "{mode}: {}",
+            f.stdout
+        );
+        assert!(
+            f.stderr.contains("lost rail eth2 (") && f.stderr.contains("re-adopted rail eth2 ("),
+            "{mode}: no messages of eth2 lost and re-adopted:\n{}",
+            f.stderr
+        );
+        let again = after - sent[1];
+        assert!(
+            again > 16 << 20,
+            "{mode}: eth2 carried only {again} bytes after it came back"
+        );
+        eprintln!(
+            "{mode} with eth2 down and up again: {} MiB on eth2 after it came back; {}",
+            again >> 20,
             f.stdout.lines().next().unwrap_or("")
         );
     }

@@ -22,8 +22,8 @@
 //! the stream framing of [`stream`].
 //!
 //! # Not yet implemented
-//! Reconnecting a rail that comes back up; failover in `single` and `indep` modes (one
-//! connection per pair there); measuring rail latency to choose the small-frame rail.
+//! Failover in `single` mode (one rail by definition); moving an `indep` pair back to its own
+//! rail when that rail comes back up; measuring rail latency to choose the small-frame rail.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -160,6 +160,19 @@ pub enum TransportError {
     /// There is no connection to that rank.
     #[error("no connection to rank {0}")]
     NotConnected(Rank),
+    /// Every rail to the peer failed and no other rail could take over.
+    #[error("no rail left to rank {peer} on host {host}: {why}; last failure: {last}")]
+    NoRailLeft {
+        /// The peer.
+        peer: Rank,
+        /// Its host.
+        host: String,
+        /// What was tried (rails and how each failed), or what was waited for.
+        why: String,
+        /// The failure of the pair's last connection.
+        #[source]
+        last: Box<Self>,
+    },
 }
 
 /// A way to move frames between ranks.

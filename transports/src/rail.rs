@@ -20,7 +20,8 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum RailMode {
     /// Connection-parallel: each peer pair uses one rail, `min(local rank of a, local rank of
-    /// b) mod rails`, so the local ranks of a host spread over the rails.
+    /// b) mod rails`, so the local ranks of a host spread over the rails. When that rail fails,
+    /// the pair moves to another one ([`RailMode::fallback_rails`]).
     Indep,
     /// One connection per peer pair, on rail 0.
     #[default]
@@ -51,6 +52,23 @@ impl RailMode {
             Self::Single => vec![0],
             Self::Indep => vec![local_a.min(local_b) as usize % n],
             Self::Stripe | Self::Weighted => (0..n).collect(),
+        }
+    }
+
+    /// The rails a pair may move to when its rails of [`Self::rails_for_pair`] fail, in the
+    /// order they are tried: in `indep` the job's other rails, from the one after the pair's
+    /// own on, cyclically (so the pairs of a failed rail move to its neighbour, not all to
+    /// rail 0). None in the other modes: `single` means one rail (over a bond device, the bond
+    /// fails over by itself), and `stripe` and `weighted` use every rail already. Symmetric in
+    /// the two local ranks, as `rails_for_pair`.
+    pub fn fallback_rails(self, local_a: u32, local_b: u32, nrails: usize) -> Vec<usize> {
+        let n = nrails.max(1);
+        match self {
+            Self::Indep => {
+                let own = local_a.min(local_b) as usize % n;
+                (1..n).map(|k| (own + k) % n).collect()
+            }
+            Self::Single | Self::Stripe | Self::Weighted => Vec::new(),
         }
     }
 }
@@ -235,6 +253,12 @@ mod tests {
         assert_eq!(RailMode::Single.rails_for_pair(3, 3, 4), vec![0]);
         assert_eq!(RailMode::Stripe.rails_for_pair(0, 0, 3), vec![0, 1, 2]);
         assert!(RailMode::Weighted.is_multi() && !RailMode::Indep.is_multi());
+        assert_eq!(RailMode::Indep.fallback_rails(3, 1, 4), vec![2, 3, 0]);
+        assert_eq!(RailMode::Indep.fallback_rails(1, 3, 4), vec![2, 3, 0]);
+        assert!(RailMode::Indep.fallback_rails(0, 0, 1).is_empty());
+        for m in [RailMode::Single, RailMode::Stripe, RailMode::Weighted] {
+            assert!(m.fallback_rails(0, 1, 4).is_empty(), "{m}");
+        }
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! on the rails [`RailMode::rails_for_pair`] gives the pair (`single`: rail 0; `indep`: one
 //! rail chosen from the two local ranks; `stripe`, `weighted`: every rail). A new connection
 //! starts with a 32-byte hello: the magic `BRAIDv01`, the 16-byte job key, the sender's rank
-//! (u32 LE), the rail (u16 LE) and two zero bytes. A connection with a wrong magic, key, rank
-//! or rail is closed with a warning; the listener stays open for the whole job, so a stray
-//! connection can arrive at any time and is always refused.
+//! (u32 LE), the rail (u16 LE) and the connection's generation on that rail (u16 LE: 0 at
+//! wire-up, see the `conn` module on lanes). A connection with a wrong magic, key, rank, rail
+//! or generation is closed with a warning; the listener stays open for the whole job, so a
+//! stray connection can arrive at any time and is always refused. Connections made later
+//! (failover, re-adoption, below) follow the same rule: the higher rank of the pair connects,
+//! names rail and generation in its hello, and the lower rank adopts what it names, so both
+//! ends always agree on the rails a pair uses.
 //!
 //! # Scheduling (`stripe`, `weighted`)
 //! Every frame travels whole on one connection; the engine's per-pair sequence numbers put
@@ -23,13 +27,35 @@
 //! fast as the fastest, its rate being unmeasured) take turns.
 //!
 //! # Rail failure
-//! A connection whose write or read fails, or whose kernel holds unacknowledged segments
-//! while no ACK arrived for the stall timeout (2 s by default), is dropped, with a line on
-//! stderr naming rank, rail, addresses, peer and host. On a peer with other live rails the
-//! frames it held are resent whole on them, including those the dead socket had accepted but
-//! the peer never received (see the `conn` module: reliable connections). When the last
-//! connection to a peer goes, the peer is reported lost with an error naming host, rail and
-//! addresses.
+//! A connection whose write or read fails, whose kernel holds unacknowledged segments while no
+//! ACK arrived for the stall timeout (2 s by default), whose local interface is down, or whose
+//! TCP keepalive probes (an idle connection: after the stall timeout, then one per second
+//! [`KEEPALIVE_PROBES`] times) go unanswered, is dropped, with a line on stderr naming rank,
+//! rail, addresses, peer and host. A pair that may use several rails (its *rail set*: the
+//! rails [`RailMode::rails_for_pair`] wires it on, then its fallbacks,
+//! [`RailMode::fallback_rails`]) keeps every frame until the peer acknowledges it, so nothing
+//! is lost with a connection (see the `conn` module: reliable connections):
+//! - With other live connections to the peer, the frames the dead one held are resent whole
+//!   on them, including those the dead socket had accepted but the peer never received.
+//! - With none left (`indep`, whose pair uses one rail at a time, or every rail of a
+//!   `stripe` pair gone), the pair *fails over*: the higher rank connects on the next rail of
+//!   the set (in order, skipping rails whose interface here is down and the rail that just
+//!   failed; each attempt bounded by the stall timeout), the lower rank waits for that
+//!   connection (bounded: [`TcpTransport::failover_wait`]); frames sent meanwhile wait, and
+//!   once connected the LOST exchange of the dead connection resends what it had not
+//!   delivered, in the same way. In `indep` the new rail becomes the pair's rail on both sides.
+//! - When no rail of the set is left (every attempt failed, or the lower rank waited in vain),
+//!   the peer is reported lost with an error naming host, rails and the last failure.
+//!
+//! A closed connection (end of file, reset: what a peer's exit looks like) starts a failover
+//! without messages: when the peer has exited, the higher rank's connections are refused and
+//! end it at once, the lower rank's wait ends it within its bound.
+//!
+//! # Re-adoption (`stripe`, `weighted`)
+//! A rail of the set that died while others carried on is reconnected by the higher rank
+//! when its interface here is up again: tried every [`READOPT_EVERY`] (each attempt bounded by
+//! the stall timeout, so a rail still down at the peer's end costs a few SYNs), logged on
+//! stderr once it succeeds; from then on it carries traffic as before.
 //!
 //! # Implementation notes
 //! Reads go through a staging buffer, so one `read` call can carry many small frames;
@@ -47,6 +73,7 @@
 //! traffic sends none on its own.
 
 mod conn;
+mod failover;
 mod sys;
 
 use std::collections::HashMap;
@@ -77,6 +104,14 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const RAIL_SLOTS: usize = 64;
 const LISTENER_BASE: usize = 1 << 40;
 const PENDING_BASE: usize = 1 << 41;
+/// Tokens of outgoing connections in progress (failover, re-adoption): `CONNECT_BASE + slot`.
+const CONNECT_BASE: usize = 1 << 42;
+/// Unanswered keepalive probes (one per second once a connection was idle for the stall
+/// timeout) after which the kernel fails a connection of a pair that can fail over.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// How often the higher rank of a `stripe` or `weighted` pair tries to reconnect a rail of the
+/// pair that died.
+pub const READOPT_EVERY: Duration = Duration::from_secs(1);
 /// How often connections are checked for stalls.
 const STALL_CHECK: Duration = Duration::from_millis(100);
 /// How often drain rates are sampled (`weighted`).
@@ -188,10 +223,61 @@ struct Pending {
     since: Instant,
 }
 
-/// A rail of a peer that died, with the frames it held until the peer says which it got.
+/// An accepted connection whose hello passed, to be added by the caller of the poll (which
+/// can replace an older connection of the pair on the rail, see `failover`).
+#[derive(Debug)]
+struct Accepted {
+    /// The peer the hello named: a higher rank, not lost at the check.
+    peer: Rank,
+    /// A rail of the pair's set.
+    rail: usize,
+    /// At least the pair's next generation on `rail` at the check.
+    generation: u16,
+    /// The connection, deregistered from the poller.
+    stream: TcpStream,
+    /// Local and remote addresses, for messages.
+    local: IpAddr,
+    remote: SocketAddr,
+}
+
+/// An outgoing connection in progress (failover or re-adoption; wire-up connects blocking).
+#[derive(Debug)]
+struct Connecting {
+    /// A lower rank, whose pair has no connection on `rail`.
+    peer: u32,
+    rail: usize,
+    /// Generation the hello names (see the `conn` module on lanes): the pair's next one on
+    /// `rail`, which becomes used only once the hello is written.
+    generation: u16,
+    /// Registered with token `CONNECT_BASE + slot`, for writability (connected or failed).
+    stream: TcpStream,
+    /// The peer's address on `rail`, and the local one bound.
+    addr: SocketAddr,
+    local: IpAddr,
+    /// Given up when not connected within the stall timeout from here.
+    since: Instant,
+}
+
+/// A pair without a live connection, moving to another rail of its set.
+#[derive(Debug)]
+struct Failover {
+    /// When the pair lost its last connection (the lower rank waits from here).
+    since: Instant,
+    /// Rails that failed since then, the one that started it first, with why (for the error
+    /// naming them when none is left).
+    failed: Vec<(usize, String)>,
+    /// The failure that started it, reported if no rail is left.
+    cause: TransportError,
+    /// Started by a closed connection (a peer's exit looks so): no messages.
+    quiet: bool,
+}
+
+/// A connection of a peer that died, with the frames it held until the peer says which it
+/// got.
 #[derive(Debug)]
 struct DeadRail {
-    rail: u16,
+    /// The connection's lane (rail and generation).
+    lane: u16,
     /// Frames of the dead connection; `None` once resent or released.
     history: Option<std::collections::VecDeque<Entry>>,
     /// Tracked frames sent on it (the peer cannot have received more).
@@ -204,15 +290,35 @@ struct DeadRail {
 #[derive(Debug)]
 struct Link {
     host: String,
+    /// The peer's TCP card, to connect after wire-up.
+    card: String,
+    /// The peer runs on this host (chooses its address on the default rail).
+    same_host: bool,
     /// Connection per rail index; `None`: not used, or dead.
     conns: Vec<Option<Conn>>,
-    /// Rails this pair is wired on.
+    /// The pair's rail set in order of preference: the rails it is wired on, then its
+    /// fallbacks ([`RailMode::fallback_rails`]). A rail the pair fails over to moves to the
+    /// front; in `single` and `indep` frames take the first live rail of this list.
     rails: Vec<usize>,
-    /// Several rails: connections keep history and fail over.
+    /// The rails the pair is wired on ([`RailMode::rails_for_pair`]), which re-adoption keeps
+    /// connected.
+    wired: Vec<usize>,
+    /// Per rail index, the least generation a new connection of the pair on it may have
+    /// (every connection of the pair on a rail has a generation of its own).
+    next_gen: Vec<u16>,
+    /// Per rail index, no re-adoption attempt before this.
+    readopt_at: Vec<Option<Instant>>,
+    /// The rail set has several rails: connections keep history and fail over.
     reliable: bool,
-    /// Frames cut short on a dead rail, finished by their resends.
+    /// Frames cut short on a dead connection, finished by their resends.
     partials: HashMap<Ident, Saved>,
     dead: Vec<DeadRail>,
+    /// Frames sent while the pair had no live connection, in order, with settled bodies
+    /// (copied, or borrowed from their send request until released); written once a
+    /// connection is adopted. Empty unless `reliable`.
+    parked: std::collections::VecDeque<Entry>,
+    /// Set while the pair has no live connection and moves to another rail; `None` otherwise.
+    failover: Option<Failover>,
     /// Round-robin cursor (`stripe`); the rail used last (`weighted`).
     rr: usize,
     /// Some connection owes the peer at least [`conn::PIGGYBACK_AT`] acknowledgements: the
@@ -251,6 +357,14 @@ pub struct TcpTransport {
     polls: u64,
     /// Accepted connections that have not sent their hello yet, by slot.
     pending: Vec<Option<Pending>>,
+    /// Accepted connections whose hello passed, added at the end of the poll that read it.
+    accepted: Vec<Accepted>,
+    /// Outgoing connections in progress (failover, re-adoption), by slot.
+    connecting: Vec<Option<Connecting>>,
+    /// Some pair can use several rails: interfaces are checked for being down.
+    any_reliable: bool,
+    /// When re-adoption was last considered.
+    last_readopt: Instant,
     /// Requests whose borrowed bodies are no longer needed since the last progress call.
     sent: Vec<ReqId>,
     /// Connections whose write failed inside `send`, killed at the next progress call.
@@ -334,6 +448,10 @@ impl TcpTransport {
             links: (0..size).map(|_| None).collect(),
             polls: 0,
             pending: Vec::new(),
+            accepted: Vec::new(),
+            connecting: Vec::new(),
+            any_reliable: false,
+            last_readopt: now,
             sent: Vec::new(),
             failed: Vec::new(),
             dirty: Vec::new(),
@@ -398,28 +516,43 @@ impl TcpTransport {
         let me = self.rank;
         let nrails = self.rails.len();
         for p in peers {
-            let rails = cfg
+            let wired = cfg
                 .mode
                 .rails_for_pair(cfg.local_rank, p.local_rank, nrails);
+            let mut rails = wired.clone();
+            rails.extend(
+                cfg.mode
+                    .fallback_rails(cfg.local_rank, p.local_rank, nrails)
+                    .into_iter()
+                    .filter(|r| !wired.contains(r)),
+            );
             let reliable = rails.len() > 1;
+            self.any_reliable |= reliable;
             self.links[p.rank.0 as usize] = Some(Link {
                 host: p.host.clone(),
+                card: p.card.clone(),
+                same_host: p.same_host,
                 conns: (0..nrails).map(|_| None).collect(),
                 rails,
+                wired,
+                next_gen: vec![0; nrails],
+                readopt_at: vec![None; nrails],
                 reliable,
                 partials: HashMap::new(),
                 dead: Vec::new(),
+                parked: std::collections::VecDeque::new(),
+                failover: None,
                 rr: 0,
                 owed: false,
                 lost: false,
             });
         }
         for p in peers.iter().filter(|p| p.rank < me) {
-            let rails = self.links[p.rank.0 as usize]
+            let wired = self.links[p.rank.0 as usize]
                 .as_ref()
-                .map(|l| l.rails.clone())
+                .map(|l| l.wired.clone())
                 .unwrap_or_default();
-            for rail in rails {
+            for rail in wired {
                 self.connect_rail(p, rail, deadline)?;
             }
         }
@@ -430,7 +563,7 @@ impl TcpTransport {
                 .filter(|p| {
                     self.links[p.rank.0 as usize]
                         .as_ref()
-                        .is_some_and(|l| l.rails.iter().any(|r| l.conns[*r].is_none()))
+                        .is_some_and(|l| l.wired.iter().any(|r| l.conns[*r].is_none()))
                 })
                 .map(|p| p.rank.0)
                 .collect();
@@ -455,7 +588,7 @@ impl TcpTransport {
         rail: usize,
         deadline: Instant,
     ) -> Result<(), WireUpError> {
-        let (addr, local) = self.pick_addr(p, rail)?;
+        let (addr, local) = pick_addr(&self.rails, p.rank, &p.card, p.same_host, rail)?;
         let err = |e| WireUpError::Connect {
             peer: p.rank,
             addr,
@@ -463,12 +596,7 @@ impl TcpTransport {
             source: e,
         };
         let stream = connect(addr, local, deadline).map_err(err)?;
-        let mut hello = [0u8; HELLO_LEN];
-        hello[..8].copy_from_slice(MAGIC);
-        hello[8..24].copy_from_slice(&self.key.0);
-        hello[24..28].copy_from_slice(&self.rank.0.to_le_bytes());
-        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
-        hello[28..30].copy_from_slice(&rail16.to_le_bytes());
+        let hello = self.hello(rail, 0);
         let mut std_stream: std::net::TcpStream = stream.into();
         std_stream
             .write_all(&hello)
@@ -478,11 +606,24 @@ impl TcpTransport {
         self.add_conn(
             p.rank,
             rail,
+            0,
             TcpStream::from_std(std_stream),
             local_ip,
             addr,
         )
         .map_err(WireUpError::Poll)
+    }
+
+    /// The hello this rank sends on a new connection on `rail` of generation `generation`.
+    fn hello(&self, rail: usize, generation: u16) -> [u8; HELLO_LEN] {
+        let mut hello = [0u8; HELLO_LEN];
+        hello[..8].copy_from_slice(MAGIC);
+        hello[8..24].copy_from_slice(&self.key.0);
+        hello[24..28].copy_from_slice(&self.rank.0.to_le_bytes());
+        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
+        hello[28..30].copy_from_slice(&rail16.to_le_bytes());
+        hello[30..32].copy_from_slice(&generation.to_le_bytes());
+        hello
     }
 
     /// One poll during wire-up: accepts connections and reads hellos. Frames that peers which
@@ -497,51 +638,68 @@ impl TcpTransport {
         }
         let tokens: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
         for t in tokens {
-            if t >= PENDING_BASE {
+            if t >= CONNECT_BASE {
+                // None during wire-up.
+            } else if t >= PENDING_BASE {
                 self.read_hello(t - PENDING_BASE);
             } else if t >= LISTENER_BASE {
                 self.accept(t - LISTENER_BASE);
+            }
+        }
+        for a in std::mem::take(&mut self.accepted) {
+            let taken = self.links[a.peer.0 as usize]
+                .as_ref()
+                .is_none_or(|l| l.conns[a.rail].is_some());
+            if taken {
+                eprintln!(
+                    "braid: rank {}: refused a connection from {}: a second connection \
+                     claiming rank {} on rail {} during wire-up",
+                    self.rank, a.remote, a.peer, a.rail
+                );
+            } else if let Err(e) =
+                self.add_conn(a.peer, a.rail, a.generation, a.stream, a.local, a.remote)
+            {
+                eprintln!(
+                    "braid: rank {}: cannot register rank {}: {e}",
+                    self.rank, a.peer
+                );
             }
         }
         self.expire_pending();
         Ok(())
     }
 
-    fn pick_addr(&self, p: &PeerCard, rail: usize) -> Result<(SocketAddr, IpAddr), WireUpError> {
-        let bad = || WireUpError::BadCard {
-            peer: p.rank,
-            rail,
-            card: p.card.clone(),
-        };
-        let part = p.card.split(',').nth(rail).ok_or_else(bad)?;
-        let (addrs, port) = part.rsplit_once('@').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let addrs: Vec<IpAddr> = addrs.split(';').filter_map(|a| a.parse().ok()).collect();
-        let local = self.rails.get(rail).map(|r| r.addr).ok_or_else(bad)?;
-        let chosen = if local.is_unspecified() {
-            addrs
-                .iter()
-                .find(|a| a.is_loopback() == p.same_host)
-                .or(addrs.first())
-                .copied()
-        } else {
-            addrs.first().copied()
-        };
-        Ok((SocketAddr::new(chosen.ok_or_else(bad)?, port), local))
-    }
-
+    /// Registers a new connection of `peer` on `rail` with generation `generation`; callers
+    /// then adopt one made after wire-up (`failover`).
     fn add_conn(
         &mut self,
         peer: Rank,
         rail: usize,
+        generation: u16,
         mut stream: TcpStream,
         local: IpAddr,
         remote: SocketAddr,
     ) -> io::Result<()> {
         let i = peer.0 as usize;
+        let stall = self.cfg.stall_timeout;
         let Some(link) = self.links.get_mut(i).and_then(Option::as_mut) else {
             return Err(io::Error::other(format!("rank {peer} is not a TCP peer")));
         };
+        let lane = conn::lane(rail, generation).ok_or_else(|| {
+            io::Error::other(format!(
+                "rail {rail} has no generation {generation} (fewer than {})",
+                conn::GENERATIONS
+            ))
+        })?;
+        if link.reliable {
+            // An idle connection over a dead path fails within stall + probes seconds, so the
+            // higher rank of a pair learns of it even while it has nothing to send.
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(stall.max(Duration::from_secs(1)))
+                .with_interval(Duration::from_secs(1))
+                .with_retries(KEEPALIVE_PROBES);
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
+        }
         self.poll.registry().register(
             &mut stream,
             Token(i * RAIL_SLOTS + rail),
@@ -553,9 +711,8 @@ impl TcpTransport {
             .map_or_else(|| format!("#{rail}"), |r| r.name.clone());
         let path = format!("{local} -> {}", remote.ip());
         let desc = format!("host {}, rail {rail_name}, {local} -> {remote}", link.host);
-        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
         link.conns[rail] = Some(Conn::new(
-            rail16,
+            lane,
             rail_name,
             path,
             desc,
@@ -563,6 +720,8 @@ impl TcpTransport {
             peer,
             link.reliable,
         ));
+        link.next_gen[rail] = generation.saturating_add(1);
+        link.readopt_at[rail] = None;
         self.direct_stale = true;
         Ok(())
     }
@@ -609,7 +768,7 @@ impl TcpTransport {
         let Some(p) = self.pending.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let verdict: Option<Result<(Rank, usize), String>> = loop {
+        let verdict: Option<Result<(Rank, usize, u16), String>> = loop {
             match Read::read(&mut p.stream, &mut p.hello[p.got..]) {
                 Ok(0) => break Some(Err("closed before its hello".into())),
                 Ok(n) => {
@@ -627,7 +786,7 @@ impl TcpTransport {
             return;
         };
         let _ = self.poll.registry().deregister(&mut p.stream);
-        let verdict = verdict.and_then(|(peer, rail)| {
+        let verdict = verdict.and_then(|(peer, rail, generation)| {
             let link = self.links[peer.0 as usize]
                 .as_ref()
                 .ok_or_else(|| format!("rank {peer} is not a TCP peer of rank {}", self.rank))?;
@@ -637,25 +796,30 @@ impl TcpTransport {
                     link.rails
                 ));
             }
-            if link.conns[rail].is_some() || link.lost {
+            // A pair that cannot fail over never reconnects; any other pair's later connection
+            // on a rail has a generation above all before it there.
+            if link.lost || generation < link.next_gen[rail] || (!link.reliable && generation > 0) {
                 return Err(format!(
-                    "a second connection claiming rank {peer} on rail {rail}"
+                    "a second connection claiming rank {peer} on rail {rail} (generation \
+                     {generation})"
                 ));
             }
-            Ok((peer, rail))
+            Ok((peer, rail, generation))
         });
         match verdict {
-            Ok((peer, rail)) => {
+            Ok((peer, rail, generation)) => {
                 let local = p
                     .stream
                     .local_addr()
                     .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
-                if let Err(e) = self.add_conn(peer, rail, p.stream, local, p.addr) {
-                    eprintln!(
-                        "braid: rank {}: cannot register rank {peer}: {e}",
-                        self.rank
-                    );
-                }
+                self.accepted.push(Accepted {
+                    peer,
+                    rail,
+                    generation,
+                    stream: p.stream,
+                    local,
+                    remote: p.addr,
+                });
             }
             Err(why) => eprintln!(
                 "braid: rank {}: refused a connection from {}: {why}",
@@ -692,6 +856,15 @@ impl TcpTransport {
         }
         if !link.reliable {
             return link.live().next().map(|c| c.rail as usize);
+        }
+        if !mode.is_multi() {
+            // The pair's rail: the first live one of its set (both ends agree: a rail the pair
+            // fails over to moves to the front of the set on both).
+            return link
+                .rails
+                .iter()
+                .copied()
+                .find(|r| link.conns[*r].as_ref().is_some_and(|c| !c.broken));
         }
         let n = link.live_count();
         if n <= 1 {
@@ -758,11 +931,24 @@ impl TcpTransport {
     }
 
     /// Queues `entry` to `peer` on the connection [`Self::choose`] picks. Returns false when
-    /// the peer has no live connection.
-    fn enqueue(&mut self, peer: u32, entry: Entry) -> bool {
+    /// the peer has no live connection and cannot get one; a tracked frame to a pair that can
+    /// fail over waits in [`Link::parked`] for its next connection instead.
+    fn enqueue(&mut self, peer: u32, mut entry: Entry) -> bool {
         // Large eager messages spread like data chunks; small frames keep the fast rail.
         let data = entry.is_data() || entry.wire_len() >= SPREAD_MIN;
         let Some(rail) = self.choose(peer, data, entry.wire_len()) else {
+            if let Some(link) = self
+                .links
+                .get_mut(peer as usize)
+                .and_then(Option::as_mut)
+                .filter(|l| l.reliable && !l.lost && entry.tracked())
+            {
+                // The body may be the caller's for this call only: copy it unless its send
+                // request lends it.
+                entry.settle(&mut self.sent);
+                link.parked.push_back(entry);
+                return true;
+            }
             entry.release(&mut self.sent);
             return false;
         };
@@ -778,7 +964,7 @@ impl TcpTransport {
             link.owed = false;
             for c in link.conns.iter_mut().flatten() {
                 if c.rx.ack_pending() {
-                    self.piggyback.push((c.rail, c.rx.pos));
+                    self.piggyback.push((c.lane, c.rx.pos));
                     c.rx.mark_acked();
                 }
             }
@@ -839,7 +1025,7 @@ impl TcpTransport {
     /// Reads everything available on one connection; handles its control events and its
     /// failure. Returns whether bytes were read.
     fn read_conn(&mut self, peer: u32, rail: usize, sink: &mut dyn FrameSink) -> bool {
-        let nrails = u32::try_from(self.rails.len()).unwrap_or(u32::MAX);
+        let nrails = self.rails.len();
         let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
             return false;
         };
@@ -891,9 +1077,14 @@ impl TcpTransport {
             return;
         }
         match ev {
-            Event::Ack { rail, pos } => {
-                let Some(c) = link.conns.get_mut(rail as usize).and_then(Option::as_mut) else {
-                    return; // a rail that died meanwhile: its LOST exchange settles it
+            Event::Ack { lane, pos } => {
+                let Some(c) = link
+                    .conns
+                    .get_mut(conn::rail_of(lane))
+                    .and_then(Option::as_mut)
+                    .filter(|c| c.lane == lane)
+                else {
+                    return; // a connection that died meanwhile: its LOST exchange settles it
                 };
                 if let Err(reason) = c.ack(pos, &mut self.sent) {
                     let addr = c.framed_addr();
@@ -905,8 +1096,8 @@ impl TcpTransport {
                     self.lose_peer(peer, err, sink);
                 }
             }
-            Event::Lost { rail, pos } => {
-                let rail = rail as usize;
+            Event::Lost { lane, pos } => {
+                let rail = conn::rail_of(lane);
                 if !link.rails.contains(&rail) {
                     let err = TransportError::PeerProtocol {
                         peer: Rank(peer),
@@ -916,14 +1107,15 @@ impl TcpTransport {
                     self.lose_peer(peer, err, sink);
                     return;
                 }
-                if link.conns[rail].is_some() {
+                if link.conns[rail].as_ref().is_some_and(|c| c.lane == lane) {
                     // Take what already arrived on it, then drop it as the peer did.
                     self.read_conn(peer, rail, sink);
                     let conn = self
                         .links
                         .get(peer as usize)
                         .and_then(Option::as_ref)
-                        .and_then(|l| l.conns[rail].as_ref());
+                        .and_then(|l| l.conns[rail].as_ref())
+                        .filter(|c| c.lane == lane);
                     if let Some(c) = conn {
                         let err = TransportError::LocalIo {
                             peer: Rank(peer),
@@ -935,14 +1127,15 @@ impl TcpTransport {
                         return;
                     }
                 }
-                self.resend_from(peer, rail, pos, sink);
+                self.resend_from(peer, lane, pos, sink);
             }
         }
     }
 
-    /// Drops connection `rail` of `peer`. With other live rails its frames move there once
-    /// the peer's received count is known (`remote`, or its LOST frame later); otherwise the
-    /// peer is lost.
+    /// Drops connection `rail` of `peer`. Its frames move to the pair's other connections once
+    /// the peer's received count is known (`remote`, or its LOST frame later); with none left
+    /// the pair fails over to another rail of its set (see the `failover` module), and a pair
+    /// that has no other rail (or broke the protocol) is lost.
     fn kill_conn(
         &mut self,
         peer: u32,
@@ -967,8 +1160,9 @@ impl TcpTransport {
         let quiet = remote.is_none() && is_quiet(&err);
         let protocol = matches!(err, TransportError::PeerProtocol { .. });
         let left = link.live_count();
+        let lane = c.lane;
         link.dead.push(DeadRail {
-            rail: c.rail,
+            lane,
             sent_pos: c.next_pos,
             acked_pos: c.acked_pos,
             history: None,
@@ -978,14 +1172,19 @@ impl TcpTransport {
         if let Some(d) = link.dead.last_mut() {
             d.history = Some(hist);
         }
-        if !link.reliable || protocol || left == 0 {
+        if !link.reliable || protocol {
             self.lose_peer(peer, err, sink);
             return;
         }
         if !quiet {
+            let next = match (left, peer < me.0) {
+                (0, true) => ", failing over to another rail".to_string(),
+                (0, false) => format!(", waiting for rank {peer} to connect on another rail"),
+                _ => String::new(),
+            };
             eprintln!(
                 "braid: rank {me} lost rail {rail_name} ({path}) to rank {peer} on host {}: \
-                 {err}; {left} rail(s) left",
+                 {err}; {left} rail(s) left{next}",
                 link.host
             );
         }
@@ -997,22 +1196,26 @@ impl TcpTransport {
         if !self.ack_pending.contains(&peer) {
             self.ack_pending.push(peer);
         }
-        let rail16 = u16::try_from(rail).unwrap_or(u16::MAX);
-        let lost = control_header(KIND_LOST, me, rail16, rx_pos);
+        // Without a live connection the LOST frame and the resends wait for the next one.
+        let lost = control_header(KIND_LOST, me, lane, rx_pos);
         self.enqueue(peer, Entry::frame(&lost, Body::EMPTY));
         if let Some(pos) = remote {
-            self.resend_from(peer, rail, pos, sink);
+            self.resend_from(peer, lane, pos, sink);
+        }
+        if left == 0 {
+            self.start_failover(peer, rail, err, quiet, sink);
         }
     }
 
-    /// The peer received `pos` tracked frames of dead rail `rail`: release those, resend the
-    /// rest on the live rails.
-    fn resend_from(&mut self, peer: u32, rail: usize, pos: u64, sink: &mut dyn FrameSink) {
+    /// The peer received `pos` tracked frames of dead connection `lane`: release those, resend
+    /// the rest on the live connections.
+    fn resend_from(&mut self, peer: u32, lane: u16, pos: u64, sink: &mut dyn FrameSink) {
         let me = self.rank;
         let Some(link) = self.links.get_mut(peer as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(d) = link.dead.iter_mut().find(|d| d.rail as usize == rail) else {
+        let rail = conn::rail_of(lane);
+        let Some(d) = link.dead.iter_mut().find(|d| d.lane == lane) else {
             return;
         };
         let Some(hist) = d.history.take() else {
@@ -1039,11 +1242,10 @@ impl TcpTransport {
             );
             return;
         }
-        let rail16 = d.rail;
         for e in hist {
             match (e.tracked(), e.pos()) {
                 (true, Some(p)) if p >= pos => {
-                    let ident = e.ident(rail16).unwrap_or((rail16, p));
+                    let ident = e.ident(lane).unwrap_or((lane, p));
                     self.enqueue(peer, e.into_resend(me, ident));
                 }
                 _ => e.release(&mut self.sent),
@@ -1074,7 +1276,18 @@ impl TcpTransport {
                 e.release(&mut self.sent);
             }
         }
+        for e in link.parked.drain(..) {
+            e.release(&mut self.sent);
+        }
+        link.failover = None;
         link.partials.clear();
+        for slot in &mut self.connecting {
+            if slot.as_ref().is_some_and(|c| c.peer == peer)
+                && let Some(mut c) = slot.take()
+            {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+        }
         sink.on_peer_lost(Rank(peer), err);
     }
 
@@ -1141,7 +1354,8 @@ impl TcpTransport {
             return;
         }
         self.last_stall_check = now;
-        self.check_links(sink);
+        let down = self.links_down();
+        self.check_links(&down, sink);
         let timeout = self.cfg.stall_timeout;
         let mut stalled = Vec::new();
         for (peer, link) in self.links.iter_mut().enumerate() {
@@ -1162,30 +1376,32 @@ impl TcpTransport {
             };
             self.kill_conn(peer, rail, err, None, sink);
         }
+        self.check_failovers(now, &down, sink);
     }
 
-    /// Drops the connections of every rail whose interface here is down (link down, no
-    /// carrier): the peer hears of it at once through a LOST frame on another rail, instead of
-    /// both sides waiting out the stall timeout. Only peers reached over several rails.
-    fn check_links(&mut self, sink: &mut dyn FrameSink) {
-        if !self.cfg.mode.is_multi() || self.rails.len() < 2 {
-            return;
+    /// The rails whose interface here is down (link down, no carrier); always none when no
+    /// pair can fail over.
+    fn links_down(&self) -> Vec<usize> {
+        if !self.any_reliable || self.rails.len() < 2 {
+            return Vec::new();
         }
-        let down = {
-            let names: Vec<&str> = self.rails.iter().map(|r| r.name.as_str()).collect();
-            match sys::links_down(&names) {
-                Ok(d) => d,
-                Err(_) => return,
-            }
-        };
-        for rail in down {
+        let names: Vec<&str> = self.rails.iter().map(|r| r.name.as_str()).collect();
+        sys::links_down(&names).unwrap_or_default()
+    }
+
+    /// Drops the connections on the rails `down`: the peer hears of it at once through a LOST
+    /// frame on another connection, instead of both sides waiting out the stall timeout. Only
+    /// pairs that can fail over.
+    fn check_links(&mut self, down: &[usize], sink: &mut dyn FrameSink) {
+        for &rail in down {
             let name = self.rails[rail].name.clone();
             let victims: Vec<(u32, String)> = self
                 .links
                 .iter()
                 .enumerate()
                 .filter_map(|(peer, l)| {
-                    let c = l.as_ref()?.conns.get(rail)?.as_ref()?;
+                    let l = l.as_ref().filter(|l| l.reliable)?;
+                    let c = l.conns.get(rail)?.as_ref()?;
                     Some((u32::try_from(peer).ok()?, c.framed_addr()))
                 })
                 .collect();
@@ -1223,22 +1439,23 @@ impl TcpTransport {
             let mut still = false;
             for c in link.conns.iter_mut().flatten() {
                 if c.rx.ack_due(now) {
-                    acks.push((c.rail, c.rx.pos));
+                    acks.push((c.lane, c.rx.pos));
                     c.rx.mark_acked();
                 } else if c.rx.ack_pending() {
                     still = true;
                 }
             }
-            for &(rail, pos) in &acks {
-                // On its own rail unless that one is backed up.
-                let own = peer as usize * RAIL_SLOTS + rail as usize;
+            for &(lane, pos) in &acks {
+                // On its own connection unless that one is backed up.
+                let rail = conn::rail_of(lane);
+                let own = peer as usize * RAIL_SLOTS + rail;
                 let link = self.links[peer as usize].as_mut();
                 let direct = link
-                    .and_then(|l| l.conns[rail as usize].as_mut())
+                    .and_then(|l| l.conns[rail].as_mut())
                     .filter(|c| !c.broken && c.queued < 256 * 1024);
                 match direct {
                     Some(c) => {
-                        if c.push(Entry::ack(me, rail, pos), &mut self.sent).is_err() {
+                        if c.push(Entry::ack(me, lane, pos), &mut self.sent).is_err() {
                             c.broken = true;
                             self.any_broken = true;
                         }
@@ -1247,7 +1464,7 @@ impl TcpTransport {
                         }
                     }
                     None => {
-                        self.enqueue(peer, Entry::ack(me, rail, pos));
+                        self.enqueue(peer, Entry::ack(me, lane, pos));
                     }
                 }
             }
@@ -1409,12 +1626,15 @@ impl Transport for TcpTransport {
         tokens.extend(self.events.iter().map(|e| {
             (
                 e.token().0,
-                e.is_readable() || e.is_read_closed(),
+                // An error (a keepalive timeout, say) shows when reading.
+                e.is_readable() || e.is_read_closed() || e.is_error(),
                 e.is_writable(),
             )
         }));
         for &(t, readable, writable) in &tokens {
-            if t >= PENDING_BASE {
+            if t >= CONNECT_BASE {
+                self.connect_ready(t - CONNECT_BASE, sink);
+            } else if t >= PENDING_BASE {
                 self.read_hello(t - PENDING_BASE);
             } else if t >= LISTENER_BASE {
                 self.accept(t - LISTENER_BASE);
@@ -1428,6 +1648,10 @@ impl Transport for TcpTransport {
             }
         }
         self.ready = tokens;
+        for a in std::mem::take(&mut self.accepted) {
+            self.accept_conn(a, sink);
+            did = true;
+        }
         if !self.ack_pending.is_empty() {
             let now = Instant::now();
             if self.ack_urgent || self.ack_at.is_none_or(|t| now >= t) {
@@ -1444,11 +1668,10 @@ impl Transport for TcpTransport {
     }
 
     fn has_pending_writes(&self) -> bool {
-        self.links
-            .iter()
-            .flatten()
-            .flat_map(|l| l.conns.iter().flatten())
-            .any(|c| c.queued > 0 && !c.broken)
+        self.links.iter().flatten().any(|l| {
+            (!l.lost && !l.parked.is_empty())
+                || l.conns.iter().flatten().any(|c| c.queued > 0 && !c.broken)
+        })
     }
 }
 
@@ -1465,12 +1688,13 @@ fn is_quiet(err: &TransportError) -> bool {
     }
 }
 
+/// Checks a hello; returns the peer, the rail and the generation it names.
 fn check_hello(
     h: &[u8; HELLO_LEN],
     key: &JobKey,
     size: u32,
     me: Rank,
-) -> Result<(Rank, usize), String> {
+) -> Result<(Rank, usize, u16), String> {
     if &h[..8] != MAGIC {
         return Err("not a Braid hello (bad magic)".into());
     }
@@ -1484,10 +1708,42 @@ fn check_hello(
         ));
     }
     let rail = u16::from_le_bytes([h[28], h[29]]);
-    if h[30..32] != [0, 0] {
-        return Err("reserved hello bytes set".into());
+    let generation = u16::from_le_bytes([h[30], h[31]]);
+    if generation >= conn::GENERATIONS {
+        return Err(format!("generation {generation} out of range"));
     }
-    Ok((Rank(rank), usize::from(rail)))
+    Ok((Rank(rank), usize::from(rail), generation))
+}
+
+/// The address to connect to on `rail` of peer `peer` (TCP card `card`), and the local address
+/// to bind.
+fn pick_addr(
+    rails: &[Rail],
+    peer: Rank,
+    card: &str,
+    same_host: bool,
+    rail: usize,
+) -> Result<(SocketAddr, IpAddr), WireUpError> {
+    let bad = || WireUpError::BadCard {
+        peer,
+        rail,
+        card: card.into(),
+    };
+    let part = card.split(',').nth(rail).ok_or_else(bad)?;
+    let (addrs, port) = part.rsplit_once('@').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let addrs: Vec<IpAddr> = addrs.split(';').filter_map(|a| a.parse().ok()).collect();
+    let local = rails.get(rail).map(|r| r.addr).ok_or_else(bad)?;
+    let chosen = if local.is_unspecified() {
+        addrs
+            .iter()
+            .find(|a| a.is_loopback() == same_host)
+            .or(addrs.first())
+            .copied()
+    } else {
+        addrs.first().copied()
+    };
+    Ok((SocketAddr::new(chosen.ok_or_else(bad)?, port), local))
 }
 
 fn connect(addr: SocketAddr, local: IpAddr, deadline: Instant) -> io::Result<Socket> {

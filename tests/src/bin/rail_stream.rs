@@ -9,6 +9,13 @@
 //! `rail_stream pingpong SECS`: instead, small messages (8 B to 2 KiB, the ones that take the
 //! latency rail) go back and forth between ranks 0 and 1 for about SECS seconds, every byte
 //! checked; rank 0 prints `rail_stream pingpong N round trips in S s (longest T ms)`.
+//!
+//! `rail_stream pairs TOTAL_MIB`: ranks 2k and 2k+1 form pair k (an odd last rank only joins
+//! the final barrier). In every pair at once, the even rank sends the odd one about TOTAL_MIB
+//! MiB in messages cycling through 4 MiB, 1000 B, 2 MiB and 40 KiB (rendezvous and eager), and
+//! after every 8th message the odd rank answers with 8 bytes carrying the message index, which
+//! the even rank checks; every byte is checked. The odd rank prints `rail_stream pairs: rank R
+//! received N MiB from rank S in T s`.
 
 use std::time::Instant;
 
@@ -26,6 +33,10 @@ fn main() {
     };
     if std::env::args().nth(1).as_deref() == Some("pingpong") {
         pingpong(arg(2, 3) as u64);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("pairs") {
+        pairs(arg(2, 256));
         return;
     }
     let (total, msg) = (arg(1, 256), arg(2, 4).max(1));
@@ -130,6 +141,69 @@ fn pingpong(secs: u64) {
                 start.elapsed().as_secs_f64(),
                 longest.as_secs_f64() * 1e3
             );
+        }
+        world.barrier().or_fail("final barrier")
+    });
+}
+
+/// Checked streams of mixed message sizes in every pair (2k, 2k+1) at once, with a short answer
+/// after every 8th message; about `total_mib` MiB per pair.
+fn pairs(total_mib: usize) {
+    const SIZES: [usize; 4] = [4 << 20, 1000, 2 << 20, 40 << 10];
+    let mut sizes = Vec::new();
+    let mut sum = 0;
+    while sum < total_mib << 20 {
+        let n = SIZES[sizes.len() % SIZES.len()];
+        sizes.push(n);
+        sum += n;
+    }
+    run_rank("rail_stream pairs", |world| {
+        let (rank, size) = (world.rank(), world.size());
+        ensure(size >= 2, || "needs at least 2 ranks".into())?;
+        let start = Instant::now();
+        let peer_rank = rank ^ 1;
+        if peer_rank < size {
+            let peer = world.process_at_rank(peer_rank);
+            let pair = (rank / 2) as u64;
+            let mut buf = vec![0u8; SIZES[0]];
+            for (i, &n) in sizes.iter().enumerate() {
+                let salt = salt_of(&[pair, i as u64, 0x9a1e]);
+                let what = format!("pair {pair} message {i} of {} ({n} B)", sizes.len());
+                let answer = i % 8 == 7;
+                if rank % 2 == 0 {
+                    fill_pattern(&mut buf[..n], salt);
+                    peer.send_with_tag(&buf[..n], 7).or_fail(&what)?;
+                    if answer {
+                        let mut a = [0u8; 8];
+                        let st = peer
+                            .receive_into_with_tag(&mut a[..], 8)
+                            .or_fail(format!("{what}: answer"))?;
+                        ensure(
+                            st.count_bytes() == 8 && u64::from_le_bytes(a) == i as u64,
+                            || format!("{what}: answer {a:?}, status {st:?}"),
+                        )?;
+                    }
+                } else {
+                    let st = peer
+                        .receive_into_with_tag(&mut buf[..n], 7)
+                        .or_fail(&what)?;
+                    ensure(st.count_bytes() == n, || format!("{what}: status {st:?}"))?;
+                    check_pattern(&buf[..n], salt).map_err(|e| format!("{what}: {e}"))?;
+                    if answer {
+                        let a = (i as u64).to_le_bytes();
+                        peer.send_with_tag(&a[..], 8)
+                            .or_fail(format!("{what}: answer"))?;
+                    }
+                }
+            }
+            if rank % 2 == 1 {
+                println!(
+                    "rail_stream pairs: rank {rank} received {} MiB from rank {peer_rank} in \
+                     {:.2} s",
+                    sum >> 20,
+                    start.elapsed().as_secs_f64()
+                );
+            }
         }
         world.barrier().or_fail("final barrier")
     });

@@ -11,14 +11,22 @@
 //! reported done only then) until it is acknowledged. An acknowledgement goes alone after
 //! [`ACK_EVERY`] frames, a data chunk, or [`ACK_DELAY`]; but once [`PIGGYBACK_AT`] frames are
 //! owed, the next frame to the peer carries it in the same `writev`, so two-way traffic
-//! (ping-pong) never sends one alone. When a rail dies, each side tells the other how many frames of that rail it
-//! received ([`KIND_LOST`], itself tracked) and the other resends the rest, whole, on the
-//! remaining rails, each behind a [`KIND_RESEND`] tag naming the frame's original identity
-//! (rail, position). A frame whose payload was partly placed when its rail died is finished
-//! by its resend into the same destination, so the engine sees every frame exactly once.
+//! (ping-pong) never sends one alone. When a connection dies, each side tells the other how
+//! many frames of it it received ([`KIND_LOST`], itself tracked) and the other resends the
+//! rest, whole, on the remaining or replacement connections, each behind a [`KIND_RESEND`] tag
+//! naming the frame's original identity (lane, position). A frame whose payload was partly
+//! placed when its connection died is finished by its resend into the same destination, so
+//! the engine sees every frame exactly once.
 //!
-//! A peer reached over one connection (modes `single` and `indep`) has nothing to fail over
-//! to: its connection keeps no history and sends no control frames.
+//! # Lanes
+//! A connection is named on the wire by its *lane*: its rail plus [`RAIL_SLOTS`] times its
+//! generation on that rail (0 for the connection of wire-up, one more for each later
+//! connection of the pair on the rail, see [`lane`]). A rail can thus carry a pair twice (a
+//! rail re-adopted after it came back up) without the positions of the two connections
+//! being confused.
+//!
+//! A peer that can only ever use one rail (mode `single`, or any mode with one rail) has
+//! nothing to fail over to: its connection keeps no history and sends no control frames.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Write};
@@ -28,18 +36,18 @@ use std::time::{Duration, Instant};
 use braid_engine::{FrameToken, Rank, ReqId};
 use mio::net::TcpStream;
 
-use super::sys;
+use super::{RAIL_SLOTS, sys};
 use crate::stream::{COPY_LIMIT, FramedConn, ReadMode};
 use crate::{Body, Dest, FrameSink, HEADER_LEN, TransportError};
 
 // Control kinds stay below the compact-header bit (0x80) and outside the engine's kinds, so
 // the framing reads them as full headers and the engine would reject them.
 
-/// Control frame, untracked: "I have received `pos` tracked frames of rail `rail`".
+/// Control frame, untracked: "I have received `pos` tracked frames of lane `lane`".
 pub(crate) const KIND_ACK: u8 = 0x41;
-/// Control frame, tracked: "rail `rail` is dead; I received `pos` of its tracked frames".
+/// Control frame, tracked: "lane `lane` is dead; I received `pos` of its tracked frames".
 pub(crate) const KIND_LOST: u8 = 0x42;
-/// Tag in front of a resent frame: "the next frame is frame `pos` of rail `rail`".
+/// Tag in front of a resent frame: "the next frame is frame `pos` of lane `lane`".
 pub(crate) const KIND_RESEND: u8 = 0x43;
 /// Token of control frames (they never reach the engine).
 const CONTROL_TOKEN: FrameToken = FrameToken(u64::MAX);
@@ -62,14 +70,31 @@ const INLINE_MAX: usize = 64;
 /// acknowledgements along (in the same `writev`), before [`ACK_EVERY`] would send one alone.
 pub(crate) const PIGGYBACK_AT: u64 = ACK_EVERY / 2;
 
-/// Identity of a tracked frame: the rail it was first queued on and its position there.
+/// Identity of a tracked frame: the lane it was first queued on and its position there.
 pub(crate) type Ident = (u16, u64);
 
+/// Generations a rail can have for one pair (lanes must fit in 16 bits).
+pub(crate) const GENERATIONS: u16 = (u16::MAX as usize / RAIL_SLOTS) as u16;
+
+/// The lane of generation `generation` on `rail`; `None` when the rail is out of
+/// generations (or not a rail slot).
+pub(crate) fn lane(rail: usize, generation: u16) -> Option<u16> {
+    if rail >= RAIL_SLOTS || generation >= GENERATIONS {
+        return None;
+    }
+    u16::try_from(usize::from(generation) * RAIL_SLOTS + rail).ok()
+}
+
+/// The rail of a lane.
+pub(crate) fn rail_of(lane: u16) -> usize {
+    usize::from(lane) % RAIL_SLOTS
+}
+
 /// Encodes a control frame header (payload-free).
-pub(crate) fn control_header(kind: u8, me: Rank, rail: u16, pos: u64) -> [u8; HEADER_LEN] {
+pub(crate) fn control_header(kind: u8, me: Rank, lane: u16, pos: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0] = kind;
-    h[4..8].copy_from_slice(&u32::from(rail).to_le_bytes());
+    h[4..8].copy_from_slice(&u32::from(lane).to_le_bytes());
     h[8..12].copy_from_slice(&me.0.to_le_bytes());
     h[48..56].copy_from_slice(&pos.to_le_bytes());
     h
@@ -92,10 +117,10 @@ fn control_fields(h: &[u8; HEADER_LEN]) -> (u32, u64, u64) {
 /// What a control frame told us, handled by the transport after the read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Event {
-    /// The peer received `pos` tracked frames of our connection on `rail`.
-    Ack { rail: u32, pos: u64 },
-    /// The peer dropped `rail`; it received `pos` of our tracked frames there.
-    Lost { rail: u32, pos: u64 },
+    /// The peer received `pos` tracked frames of our connection `lane`.
+    Ack { lane: u16, pos: u64 },
+    /// The peer dropped connection `lane`; it received `pos` of our tracked frames there.
+    Lost { lane: u16, pos: u64 },
 }
 
 /// Where the payload of a frame goes, kept so a resend can finish it.
@@ -182,13 +207,13 @@ impl Entry {
     }
 
     /// An acknowledgement.
-    pub(crate) fn ack(me: Rank, rail: u16, pos: u64) -> Self {
+    pub(crate) fn ack(me: Rank, lane: u16, pos: u64) -> Self {
         Self {
             tag: None,
             resend_of: None,
             pos: None,
             tracked: false,
-            header: control_header(KIND_ACK, me, rail, pos),
+            header: control_header(KIND_ACK, me, lane, pos),
             hlen: HEADER_LEN,
             body: Payload::Inline {
                 buf: [0; INLINE_MAX],
@@ -250,8 +275,9 @@ impl Entry {
 
     /// Copies a small or unowned borrowed body, reporting its request done.
     /// Large bodies of a send request stay borrowed: until written on an unreliable
-    /// connection, until acknowledged on a reliable one.
-    fn settle(&mut self, sent: &mut Vec<ReqId>) {
+    /// connection, until acknowledged on a reliable one (or, while the entry waits for a
+    /// connection, until it is released).
+    pub(crate) fn settle(&mut self, sent: &mut Vec<ReqId>) {
         if let Payload::Borrowed { len, req, .. } = self.body {
             let keep = req.is_some() && len > COPY_LIMIT;
             if !keep {
@@ -275,9 +301,9 @@ impl Entry {
         }
     }
 
-    /// The identity of this tracked frame on connection `rail`.
-    pub(crate) fn ident(&self, rail: u16) -> Option<Ident> {
-        self.resend_of.or(self.pos.map(|p| (rail, p)))
+    /// The identity of this tracked frame on connection `lane`.
+    pub(crate) fn ident(&self, lane: u16) -> Option<Ident> {
+        self.resend_of.or(self.pos.map(|p| (lane, p)))
     }
 
     pub(crate) fn pos(&self) -> Option<u64> {
@@ -288,7 +314,7 @@ impl Entry {
         self.tracked
     }
 
-    /// Turns a frame of a dead rail into its resend.
+    /// Turns a frame of a dead connection into its resend.
     pub(crate) fn into_resend(mut self, me: Rank, ident: Ident) -> Self {
         self.tag = Some(control_header(KIND_RESEND, me, ident.0, ident.1));
         self.resend_of = Some(ident);
@@ -369,8 +395,8 @@ struct RailSink<'a> {
     rx: &'a mut Rx,
     partials: &'a mut HashMap<Ident, Saved>,
     events: &'a mut Vec<Event>,
-    rail: u16,
-    nrails: u32,
+    lane: u16,
+    nrails: usize,
 }
 
 fn control_dest() -> Dest {
@@ -389,24 +415,25 @@ unsafe impl FrameSink for RailSink<'_> {
     fn on_header(&mut self, from: Rank, header: &[u8; HEADER_LEN]) -> Result<Dest, String> {
         let kind = header[0];
         if matches!(kind, KIND_ACK | KIND_LOST | KIND_RESEND) {
-            let (rail, pos, len) = control_fields(header);
-            if len != 0 || rail >= self.nrails {
-                return Err(format!(
-                    "bad rail control frame {kind:#x} (rail {rail}, payload {len})"
-                ));
-            }
+            let (lane, pos, len) = control_fields(header);
+            let lane = u16::try_from(lane)
+                .ok()
+                .filter(|l| len == 0 && rail_of(*l) < self.nrails)
+                .ok_or_else(|| {
+                    format!("bad rail control frame {kind:#x} (lane {lane}, payload {len})")
+                })?;
             match kind {
-                KIND_ACK => self.events.push(Event::Ack { rail, pos }),
+                KIND_ACK => self.events.push(Event::Ack { lane, pos }),
                 KIND_LOST => {
                     self.rx.pos += 1;
                     self.rx.since.get_or_insert_with(Instant::now);
-                    self.events.push(Event::Lost { rail, pos });
+                    self.events.push(Event::Lost { lane, pos });
                 }
                 _ => {
                     if self.rx.next_resend.is_some() {
                         return Err("two resend tags in a row".into());
                     }
-                    self.rx.next_resend = Some((u16::try_from(rail).unwrap_or(u16::MAX), pos));
+                    self.rx.next_resend = Some((lane, pos));
                 }
             }
             self.rx.cur = Some(Cur::Control);
@@ -416,7 +443,7 @@ unsafe impl FrameSink for RailSink<'_> {
             .rx
             .next_resend
             .take()
-            .unwrap_or((self.rail, self.rx.pos));
+            .unwrap_or((self.lane, self.rx.pos));
         let data = kind == braid_engine::wire::FrameKind::Data as u8;
         if let Some(saved) = (!self.partials.is_empty())
             .then(|| self.partials.remove(&ident))
@@ -461,6 +488,8 @@ unsafe impl FrameSink for RailSink<'_> {
 pub(crate) struct Conn {
     /// Index of its rail.
     pub(crate) rail: u16,
+    /// Its name on the wire: `rail` plus [`RAIL_SLOTS`] times its generation ([`lane`]).
+    pub(crate) lane: u16,
     /// Rail (interface) name.
     pub(crate) rail_name: String,
     /// `local -> remote` addresses, for messages.
@@ -469,7 +498,8 @@ pub(crate) struct Conn {
     desc: String,
     /// Framing of the incoming bytes; its stream is written directly.
     pub(crate) framed: FramedConn<TcpStream>,
-    /// Keeps unacknowledged frames and exchanges control frames (peer has several rails).
+    /// Keeps unacknowledged frames and exchanges control frames (the pair can use several
+    /// rails).
     reliable: bool,
     /// Frames: acknowledged ones are gone; `q[..wr_idx]` are written (reliable only),
     /// `q[wr_idx]` has `wr_off` bytes written, the rest are unwritten.
@@ -506,7 +536,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(
-        rail: u16,
+        lane: u16,
         rail_name: String,
         path: String,
         desc: String,
@@ -515,7 +545,8 @@ impl Conn {
         reliable: bool,
     ) -> Self {
         Self {
-            rail,
+            rail: u16::try_from(rail_of(lane)).unwrap_or(u16::MAX),
+            lane,
             rail_name,
             path,
             framed: FramedConn::new(peer, desc.clone(), stream),
@@ -673,7 +704,7 @@ impl Conn {
         sink: &mut dyn FrameSink,
         partials: &mut HashMap<Ident, Saved>,
         events: &mut Vec<Event>,
-        nrails: u32,
+        nrails: usize,
     ) -> Result<bool, TransportError> {
         if !self.reliable {
             return self.framed.read_all(staging, sink, ReadMode::Batched);
@@ -683,7 +714,7 @@ impl Conn {
             rx: &mut self.rx,
             partials,
             events,
-            rail: self.rail,
+            lane: self.lane,
             nrails,
         };
         self.framed.read_all(staging, &mut rs, ReadMode::Batched)
