@@ -18,7 +18,7 @@
 //! | **rails** (read by `bootstrap`; see `braid_transports::rail::RailMode`) | | |
 //! | `BRAID_RAIL_MODE` | single | how TCP traffic uses the rails of `BRAID_RAILS`, the same on every rank: `single` (one connection per peer, rail 0), `indep` (one rail per peer pair: min of the two local ranks mod rails), `stripe` (a connection per rail; data chunks round-robin), `weighted` (as stripe, chunks by measured rail rate) |
 //! | `BRAID_RAIL_CHUNK` | 262144 | largest data frame of a rendezvous transfer in `stripe` and `weighted` mode with several rails (replaces `BRAID_CHUNK_SIZE` there, so a message spreads over the rails) |
-//! | `BRAID_RAIL_TIMEOUT_MS` | 2000 | a TCP connection with unacknowledged bytes and no ACK from the peer's host for this long is dropped (its frames fail over to the other rails; on the last rail the peer is lost) |
+//! | `BRAID_RAIL_TIMEOUT_MS` | 2000 | a TCP connection with unacknowledged bytes and no ACK from the peer's host for this long is dropped (its frames fail over to the other rails, in `indep` on a new connection; with no rail left the peer is lost) |
 //! | **collectives** (read by `collective::settings`; see `braid::collective::info()`) | | |
 //! | `BRAID_COLL_BCAST_LONG` | 131072 | broadcasts of at least this many bytes (and ≥ 8 ranks) use scatter-allgather instead of the binomial tree |
 //! | `BRAID_COLL_ALLREDUCE_SHORT` | 65536 | allreduces below this many bytes use recursive doubling; longer commutative ones Rabenseifner (power-of-two ranks) or ring |
