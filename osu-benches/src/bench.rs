@@ -122,10 +122,9 @@ pub fn run_on<B: Backend>(b: &B, config: &Config, args: &Args) -> anyhow::Result
         _ => None,
     };
     if let Some(msg) = rank_rule {
-        if b.rank() == 0 {
-            bail!("{msg} (job has {n})");
-        }
-        return Ok(false);
+        // Every rank says so: the first rank to exit ends the job, and its message must be
+        // out by then whichever rank it is.
+        bail!("{msg} (job has {n})");
     }
     let mut out = Output::new(b, config, args);
     out.start()?;

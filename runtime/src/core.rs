@@ -332,7 +332,7 @@ impl Core {
                 len,
             },
         );
-        self.pump();
+        self.pump_posted();
         Ok(req)
     }
 
@@ -356,7 +356,7 @@ impl Core {
             .post_recv(ctx, src, tag, len as u64)
             .map_err(usage)?;
         self.recvs.insert(req, RawBuf { ptr, len });
-        self.pump();
+        self.pump_posted();
         Ok(req)
     }
 
@@ -609,35 +609,52 @@ impl Core {
         Ok(did)
     }
 
-    /// Sends what the engine emitted and records completions. Returns whether it did anything.
+    /// Sends what the engine emitted, performs its single-copy pulls and records
+    /// completions. Returns whether it did anything.
     #[inline]
     fn pump(&mut self) -> bool {
-        self.engine.has_output() && self.pump_output()
+        self.engine.has_output() && self.pump_output(true)
+    }
+
+    /// [`Core::pump`] after posting a send or receive: frames go out at once, but pulls wait
+    /// for the next progress call. A receive posted against a waiting RTS would otherwise
+    /// copy the whole message before the caller gets to post its own sends, and a peer
+    /// waiting for those sends would idle meanwhile (the two ranks of `osu_bibw` would take
+    /// turns instead of copying at the same time).
+    #[inline]
+    fn pump_posted(&mut self) {
+        if self.engine.has_output() {
+            self.pump_output(false);
+        }
     }
 
     /// The body of [`Core::pump`] once the engine has output (kept out of line so the idle
-    /// check inlines into every poll).
+    /// check inlines into every poll). Each pull's answer goes out as soon as the copy is
+    /// done, so the sender's request completes without waiting for the other pulls.
     #[inline(never)]
-    fn pump_output(&mut self) -> bool {
+    fn pump_output(&mut self, pulls: bool) -> bool {
         let mut did = false;
-        while self.engine.has_output() {
+        loop {
             let mut any = false;
             while let Some(t) = self.engine.poll_transmit() {
                 any = true;
                 self.transmit(t);
             }
-            while let Some(p) = self.engine.poll_pull() {
-                any = true;
+            if pulls && let Some(p) = self.engine.poll_pull() {
+                did = true;
                 let ok = self.pull(&p);
                 self.engine.handle_pull_done(p.req, ok);
+                continue;
             }
             while let Some(c) = self.engine.poll_completion() {
                 any = true;
                 self.complete(c);
             }
             did |= any;
+            if !any {
+                return did;
+            }
         }
-        did
     }
 
     fn transmit(&mut self, t: Transmit) {
