@@ -528,13 +528,7 @@ impl Engine {
             });
             return Ok(req);
         }
-        let seq = Seq(peer.next_send);
-        peer.next_send += 1;
-        let mut header = Header::new(FrameKind::Eager, self.cfg.rank);
-        header.context = context;
-        header.tag = tag;
-        header.seq = seq;
-        header.msg_len = len;
+        let mut header = self.envelope(context, to, tag, len);
         if len <= self.eager_limit(to) {
             header.payload_len = len;
             // A standard eager send needs no answer, so it names no request (and travels
@@ -603,10 +597,17 @@ impl Engine {
         if to == self.cfg.rank || len > self.eager_limit(to) || !self.transmits.is_empty() {
             return Ok(None);
         }
-        let peer = &mut self.peers[to.0 as usize];
-        if peer.lost {
+        if self.peers[to.0 as usize].lost {
             return Ok(None);
         }
+        let mut header = self.envelope(context, to, tag, len);
+        header.payload_len = len;
+        Ok(Some((self.new_req(), header)))
+    }
+
+    /// The eager envelope of the next message to `to`, with its sequence number drawn.
+    fn envelope(&mut self, context: ContextId, to: Rank, tag: Tag, len: u64) -> Header {
+        let peer = &mut self.peers[to.0 as usize];
         let seq = Seq(peer.next_send);
         peer.next_send += 1;
         let mut header = Header::new(FrameKind::Eager, self.cfg.rank);
@@ -614,8 +615,7 @@ impl Engine {
         header.tag = tag;
         header.seq = seq;
         header.msg_len = len;
-        header.payload_len = len;
-        Ok(Some((self.new_req(), header)))
+        header
     }
 
     /// Whether a receive from `source` with tag `tag` on `context`, posted now, would find
