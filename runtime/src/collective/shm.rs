@@ -804,6 +804,9 @@ impl Region {
         let first = self.step + 1;
         self.step += k as u64;
         let folds = root.is_none_or(|r| r == self.me);
+        // Our chunks go to the slots when another member reads them, or in place (over more
+        // than two members) as our own copy of the operand the result overwrites.
+        let publish = !folds || root.is_none() || (send.is_none() && self.p > 2);
         for j in 0..k {
             let s = first + j as u64;
             if j == 1 && !folds {
@@ -817,7 +820,8 @@ impl Region {
             };
             let own = own.as_ptr();
             // SAFETY: `own` points at `len` bytes of the caller's operand.
-            self.write(s, d, Some(unsafe { std::slice::from_raw_parts(own, len) }))?;
+            let chunk = unsafe { std::slice::from_raw_parts(own, len) };
+            self.write(s, d, publish.then_some(chunk))?;
             self.post(s);
             if !folds {
                 continue;
@@ -829,7 +833,7 @@ impl Region {
                 }
             }
             if let Some(rb) = recv.as_deref_mut() {
-                self.fold(s, op, own, &mut rb[off..off + len]);
+                self.fold(s, op, own, publish, &mut rb[off..off + len]);
             }
         }
         Ok(())
@@ -1030,31 +1034,42 @@ impl Region {
     }
 
     /// `out = x0 ∘ (x1 ∘ (… ∘ x(p-1)))` over the members' chunks of step `s`; this rank's
-    /// operand is read from `own` (which may be `out` itself, in place).
-    fn fold(&self, s: u64, op: &ResolvedOp, own: *const u8, out: &mut [u8]) {
+    /// operand is read from `own`, which may be `out` itself (in place): then from our own
+    /// copy in our slot if `published`, else (a reduce over two members, where only this root
+    /// needs the result) straight from `out`.
+    fn fold(&self, s: u64, op: &ResolvedOp, own: *const u8, published: bool, out: &mut [u8]) {
         let len = out.len();
         let in_place = std::ptr::eq(own, out.as_ptr());
         let last = self.p - 1;
-        let operand = |r: usize| -> *const u8 {
-            if r != self.me {
+        if in_place && !published {
+            debug_assert!(self.p == 2);
+            let peer = 1 - self.me;
+            // SAFETY: the peer posted step s; its chunk holds `len` bytes, not ours, that
+            // nobody writes before our next post.
+            let x = unsafe { std::slice::from_raw_parts(self.data(peer, s, len), len) };
+            if self.me == 1 {
+                op.apply(x, out);
+            } else {
+                op.apply_left(out, x);
+            }
+            return;
+        }
+        let operand = |r: usize| -> &[u8] {
+            let p = if r != self.me {
                 self.data(r, s, len)
             } else if in_place {
                 self.data(self.me, s, len)
             } else {
                 own
-            }
-        };
-        if last != self.me || !in_place {
+            };
             // SAFETY: the operand holds `len` bytes (a posted peer chunk, our own copy of
             // ours, or our send buffer), none of which is `out` (in place, our own copy is
             // read instead) and none of which anybody writes before our next post.
-            unsafe { std::ptr::copy_nonoverlapping(operand(last), out.as_mut_ptr(), len) };
-        }
-        for r in (0..last).rev() {
-            // SAFETY: as above: `len` readable bytes, not overlapping `out`, stable until our
-            // next post.
-            let x = unsafe { std::slice::from_raw_parts(operand(r), len) };
-            op.apply(x, out);
+            unsafe { std::slice::from_raw_parts(p, len) }
+        };
+        op.apply3(operand(last - 1), operand(last), out);
+        for r in (0..last - 1).rev() {
+            op.apply(operand(r), out);
         }
     }
 
