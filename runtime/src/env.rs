@@ -29,7 +29,7 @@
 //! | `BRAID_COLL_SHM_MAX` | 4194304 | longest message (bytes per rank) a blocking collective sends through the shared-memory component; longer ones use point-to-point |
 //! | `BRAID_COLL_SHM_SLOT` | 32768 | bytes of each of the two data slots per rank in a communicator's shared region (the pipeline chunk); rounded up to a multiple of 128, at least 1k |
 //! | `BRAID_COLL_SHM_PAIR_MIN` | 65536 | two-rank single-copy reduces of at least this many bytes split the work: the root folds the head of the vector, the other rank the tail, which it writes into the root's buffer (`process_vm_writev`) |
-//! | `BRAID_COLL_SHM_SPLIT` | 32768 | single-copy broadcasts of at least this many bytes split the copying between both ends: the root writes the last 1/p of the message into every other rank's buffer (`process_vm_writev`) while they read the rest |
+//! | `BRAID_COLL_SHM_SPLIT` | 32768 | single-copy broadcasts, gathers and scatters with blocks of at least this many bytes split the copying between both ends: the owner of a block writes its last 1/p (`process_vm_writev`) while the other end reads the rest |
 //! | `BRAID_COLL_FAKE_HOSTS` | 0 | testing: when k > 0, collectives pretend world rank r is on host r·k/size (two-level algorithms on one machine); `split_shared` still uses real hosts |
 
 use std::time::Duration;

@@ -138,8 +138,8 @@ fn segments_of(f: &Finished) -> Vec<String> {
 /// with the component on and off, nothing left in /dev/shm.
 #[test]
 fn shared_memory_component_matches_point_to_point() {
-    // Broadcasts and allgathers from 8 KiB go by single-copy transfers, unless BRAID_SHM_CMA
-    // is off; from BRAID_COLL_SHM_SPLIT (32 KiB) broadcasts copy at both ends; reduces
+    // Broadcasts, allgathers, gathers and scatters from 8 KiB go by single-copy transfers,
+    // unless BRAID_SHM_CMA is off; from BRAID_COLL_SHM_SPLIT (32 KiB) both ends copy; reduces
     // on two ranks from BRAID_COLL_SHM_PAIR_MIN (64 KiB) split the folding. The last cases
     // move those thresholds: never split, and split from 4 KiB blocks.
     let cases = [

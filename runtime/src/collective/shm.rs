@@ -1,15 +1,17 @@
-//! The shared-memory collective component: blocking barrier, bcast, reduce, allreduce and
-//! allgather among ranks of one host through a per-communicator shared region with
-//! cache-line flags, instead of point-to-point messages (Open MPI's `coll/sm`, MPICH's
-//! release/gather collectives play the same part).
+//! The shared-memory collective component: blocking barrier, bcast, reduce, allreduce,
+//! allgather, gather, scatter, gatherv and scatterv among ranks of one host through a
+//! per-communicator shared region with cache-line flags, instead of point-to-point messages
+//! (Open MPI's `coll/sm`, MPICH's release/gather collectives play the same part).
 //!
 //! # Selection
 //! A blocking collective takes this path when every member of the communicator has the same
 //! host identity (as the two-level algorithms see it, so `BRAID_COLL_FAKE_HOSTS` splits it
 //! too), there are 2 to [`MAX_RANKS`] members, `BRAID_SHM` and `BRAID_COLL_SHM` are on, and
-//! the message (per rank) is at most `BRAID_COLL_SHM_MAX` bytes. The choice depends only on
-//! values every member has, so all members choose alike. Everything else, and every
-//! nonblocking collective, stays on the point-to-point schedules of the parent module.
+//! the message (per rank) is at most `BRAID_COLL_SHM_MAX` bytes. Gatherv and scatterv take it
+//! whatever their lengths, but only when the members agreed on single-copy transfers (below):
+//! a member knows no length but its own. The choice depends only on values every member has,
+//! so all members choose alike. Everything else, and every nonblocking collective, stays on
+//! the point-to-point schedules of the parent module.
 //!
 //! # Lifetime
 //! The region is made at the first collective call on a communicator that selects this path:
@@ -49,23 +51,25 @@
 //! descriptor of the first step, so members whose lengths differ all stop after the first
 //! step, with an error, and stay in step.
 //!
-//! Broadcasts and allgathers of at least [`CMA_MIN`] bytes per rank, and reductions of at least
-//! [`REDUCE_CMA_MIN`], skip the slots when every member can read every other's memory
-//! (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the region is made; the kernel asks the same
-//! access for `process_vm_writev`): at a first step each member publishes its buffer's address
-//! inline, the others copy straight from or to it (one copy instead of two), and a second step
-//! tells each owner that everybody is done with its buffer. From `BRAID_COLL_SHM_SPLIT` bytes per
-//! block a broadcast splits the copy between its two ends, so that two cores copy at once: the
-//! reader reads the head while the owner of the data writes the tail (`n / p` bytes,
-//! [`Region::split_tail`]). Reductions of at least [`SPLIT_REDUCE_MIN`] bytes (an allreduce, or a
-//! reduce over more than two members) are a reduce-scatter then a gather: each member folds its
-//! block of the elements from everybody's operand (so each reads and reduces about `n/p` bytes of
-//! each operand), publishes its block of the result, and the members that need the result read the
-//! other blocks; a third step releases the blocks. A reduce over two members from
-//! `BRAID_COLL_SHM_PAIR_MIN` bytes has the root fold the head of the vector while the other member
-//! folds the tail and writes it into the root's result ([`Region::reduce_pair`]). An allgather
-//! writes each member's block into the others' buffers rather than reading it (the block was just
-//! copied and is still in the cache).
+//! Broadcasts, allgathers, gathers and scatters of at least [`CMA_MIN`] bytes per rank, and
+//! reductions of at least [`REDUCE_CMA_MIN`], skip the slots when every member can read every
+//! other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the region is made; the kernel
+//! asks the same access for `process_vm_writev`): at a first step each member publishes its
+//! buffer's address inline, the others copy straight from or to it (one copy instead of two), and
+//! a second step tells each owner that everybody is done with its buffer. From
+//! `BRAID_COLL_SHM_SPLIT` bytes per block a broadcast, gather or scatter splits each block's copy
+//! between its two ends, so that two cores copy at once: the reader reads the head while the owner
+//! of the data writes the tail (`n / p` bytes, [`Region::split_tail`]). Reductions of at least
+//! [`SPLIT_REDUCE_MIN`] bytes (an allreduce, or a reduce over more than two members) are a
+//! reduce-scatter then a gather: each member folds its block of the elements from everybody's
+//! operand (so each reads and reduces about `n/p` bytes of each operand), publishes its block of
+//! the result, and the members that need the result read the other blocks; a third step releases
+//! the blocks. A reduce over two members from `BRAID_COLL_SHM_PAIR_MIN` bytes has the root fold
+//! the head of the vector while the other member folds the tail and writes it into the root's
+//! result ([`Region::reduce_pair`]). An allgather writes each member's block into the others'
+//! buffers rather than reading it (the block was just copied and is still in the cache). Gatherv
+//! and scatterv move short blocks through the slots (a scatterv packs the short blocks that fit
+//! behind a table of where each block is) and long ones by single-copy reads.
 //!
 //! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
 //! the results are bitwise identical everywhere and non-commutative operations get MPI's
@@ -87,18 +91,18 @@
 //! out of each needed peer slot; with `c` the cost of a cache-line transfer between cores (about
 //! 50-100 ns), an 8-byte allreduce or barrier on 2 ranks costs about `2c`, a broadcast of `n`
 //! bytes two memory copies of `n` pipelined in slot-sized chunks, an allreduce of `n` bytes on `p`
-//! ranks `p-1` reductions of `n` per rank; from [`CMA_MIN`] bytes a broadcast or allgather costs
-//! two synchronizations and one single-copy transfer of `n` per block moved (an allgather writes
-//! its block into the others' buffers; split: `n - n/p` read at one end while `n/p` is written at
-//! the other). Measured on two cores of a Xeon (Emerald Rapids, KVM) with `osu_bcast`: 1 MiB in
-//! 24-31 µs split against 64 µs read by the receiver alone (a `memcpy` of 1 MiB takes about 40 µs
-//! there); `osu_allgather`: 1 MiB in 136 µs written against 158 µs read; `osu_reduce`: 1 MiB in
-//! 67 µs with the pair split against 150 µs folded by the root alone.
+//! ranks `p-1` reductions of `n` per rank; from [`CMA_MIN`] bytes a broadcast, allgather, gather
+//! or scatter costs two synchronizations and one single-copy transfer of `n` per block moved (an
+//! allgather writes its block into the others' buffers; split: `n - n/p` read at one end while
+//! `n/p` is written at the other). Measured on two cores of a Xeon (Emerald Rapids, KVM) with
+//! `osu_bcast`: 1 MiB in 24-31 µs split against 64 µs read by the receiver alone (a `memcpy` of
+//! 1 MiB takes about 40 µs there); `osu_allgather`: 1 MiB in 136 µs written against 158 µs read;
+//! `osu_reduce`: 1 MiB in 67 µs with the pair split against 150 µs folded by the root alone.
 //!
 //! # Not yet implemented
-//! Gather/scatter and the v-forms, the intra-host phase of the two-level algorithms,
-//! reduce-scatter-based allreduce for many ranks and long vectors, futex sleeping in long waits,
-//! `process_vm_writev` in `braid_shm` (where `cma_read` lives; [`cma_write`] is local for now).
+//! The intra-host phase of the two-level algorithms, reduce-scatter-based allreduce for many ranks
+//! and long vectors, futex sleeping in long waits, `process_vm_writev` in `braid_shm` (where
+//! `cma_read` lives; [`cma_write`] is local for now).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -130,8 +134,9 @@ const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE)
 const _: () = assert!(PID + 4 <= CTRL);
 /// Messages longer than 2^40 bytes never take this path (descriptor field width).
 const LEN_BITS: u32 = 40;
-/// Broadcasts and allgathers of at least this many bytes (per rank) copy straight from the
-/// owner's buffer with a single-copy read (`process_vm_readv`), when every member can. At 8 KiB on two cores (Emerald Rapids, KVM) that takes 1.2-1.6 µs against
+/// Broadcasts, allgathers, gathers and scatters of at least this many bytes (per rank) copy
+/// straight from the owner's buffer with a single-copy read (`process_vm_readv`), when every
+/// member can. At 8 KiB on two cores (Emerald Rapids, KVM) that takes 1.2-1.6 µs against
 /// 1.8-2.2 µs through the slots, whose freshly written lines the reader must fetch from the
 /// writer's cache.
 const CMA_MIN: usize = 8 * 1024;
@@ -165,7 +170,11 @@ enum Kind {
     Allreduce = 2,
     Barrier = 3,
     Bcast = 4,
+    Gather = 6,
+    Gatherv = 7,
     Reduce = 5,
+    Scatter = 8,
+    Scatterv = 9,
 }
 
 impl Kind {
@@ -175,10 +184,19 @@ impl Kind {
             Self::Allreduce => "MPI_Allreduce",
             Self::Barrier => "MPI_Barrier",
             Self::Bcast => "MPI_Bcast",
+            Self::Gather => "MPI_Gather",
+            Self::Gatherv => "MPI_Gatherv",
             Self::Reduce => "MPI_Reduce",
+            Self::Scatter => "MPI_Scatter",
+            Self::Scatterv => "MPI_Scatterv",
         }
     }
 }
+
+/// The kind and root of a descriptor, without its length (v-forms: lengths differ by member).
+const KIND_ROOT: u64 = !((1 << LEN_BITS) - 1);
+/// Length field of a descriptor.
+const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
 
 fn desc(kind: Kind, root: usize, len: usize) -> u64 {
     ((kind as u64) << 56) | (((root as u64) & 0xffff) << LEN_BITS) | len as u64
@@ -204,8 +222,8 @@ struct ShmSettings {
     /// `BRAID_COLL_SHM_PAIR_MIN`: single-copy reduces to a root of two members of at least
     /// this many bytes split the work between both ([`Region::reduce_pair`]).
     pair_min: usize,
-    /// `BRAID_COLL_SHM_SPLIT`: single-copy broadcasts of at least this many bytes split the
-    /// copying between both ends ([`Region::split_tail`]).
+    /// `BRAID_COLL_SHM_SPLIT`: single-copy broadcasts, gathers and scatters of at least this
+    /// many bytes per block split the copying between both ends ([`Region::split_tail`]).
     split: usize,
 }
 
@@ -243,7 +261,7 @@ pub(crate) fn info() -> String {
     let s = settings();
     format!(
         "shared-memory collectives (one-host communicators: barrier, bcast, reduce, allreduce, \
-         allgather): BRAID_COLL_SHM={}; \
+         allgather, gather, scatter, gatherv, scatterv): BRAID_COLL_SHM={}; \
          BRAID_COLL_SHM_MAX={} bytes; BRAID_COLL_SHM_SLOT={} bytes; single-copy transfers \
          (BRAID_SHM_CMA={}) from {CMA_MIN} bytes, reductions from {REDUCE_CMA_MIN}; copies \
          split between both ends from BRAID_COLL_SHM_SPLIT={} bytes; two-rank reduces split \
@@ -318,6 +336,70 @@ pub(crate) fn allgather(
 ) -> Option<Result<(), Error>> {
     let region = region_for(comm, n)?;
     Some(region.and_then(|r| lock(&r).allgather(send, recv, n)))
+}
+
+/// `MPI_Gather` of `n`-byte blocks to `root`; `send` is `None` in place (the root's block is
+/// already in `recv`); `recv` is the root's buffer of `p` blocks (empty elsewhere).
+pub(crate) fn gather(
+    comm: &CommData,
+    root: usize,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    n: usize,
+) -> Option<Result<(), Error>> {
+    let region = region_for(comm, n)?;
+    Some(region.and_then(|r| lock(&r).gather(root, send, recv, n)))
+}
+
+/// `MPI_Scatter` of `n`-byte blocks from `root`; `send` is the root's buffer of `p` blocks
+/// (empty elsewhere); `recv` is `None` in place (the root keeps its block in `send`).
+pub(crate) fn scatter(
+    comm: &CommData,
+    root: usize,
+    send: &[u8],
+    recv: Option<&mut [u8]>,
+    n: usize,
+) -> Option<Result<(), Error>> {
+    let region = region_for(comm, n)?;
+    Some(region.and_then(|r| lock(&r).scatter(root, send, recv, n)))
+}
+
+/// `MPI_Gatherv` to `root`: `send` is this member's block (`None` in place at the root);
+/// `blocks` gives, at the root, each member's `(offset, length)` in bytes in `recv`. Only with
+/// single-copy transfers: a member knows no length but its own, so the path may not depend on
+/// them, and without single-copy reads a long block would need a pipeline whose length only
+/// its owner knows.
+pub(crate) fn gatherv(
+    comm: &CommData,
+    root: usize,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    blocks: &[(usize, usize)],
+) -> Option<Result<(), Error>> {
+    let region = match region_for(comm, 0)? {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut g = lock(&region);
+    g.cma.then(|| g.gatherv(root, send, recv, blocks))
+}
+
+/// `MPI_Scatterv` from `root`: `blocks` gives, at the root, each member's `(offset, length)`
+/// in bytes in `send`; `recv` is this member's block (`None` in place at the root). Only with
+/// single-copy transfers, as [`gatherv`].
+pub(crate) fn scatterv(
+    comm: &CommData,
+    root: usize,
+    send: &[u8],
+    blocks: &[(usize, usize)],
+    recv: Option<&mut [u8]>,
+) -> Option<Result<(), Error>> {
+    let region = match region_for(comm, 0)? {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut g = lock(&region);
+    g.cma.then(|| g.scatterv(root, send, blocks, recv))
 }
 
 /// Forgets (and unmaps, once no call uses it) the region of a freed communicator.
@@ -1399,19 +1481,484 @@ impl Region {
     }
 }
 
-/// Splitting copies.
+/// Rooted gathers and scatters.
 impl Region {
-    /// Bytes at the end of an `n`-byte single-copy broadcast that the root writes into every
-    /// other member's buffer while they read the rest: `n / p`, whole pages, from
-    /// `BRAID_COLL_SHM_SPLIT` bytes. The root then copies `(p - 1) n / p` bytes and each other
-    /// member `(p - 1) n / p`, instead of the root idling while each other member copies `n`.
+    /// Bytes at the end of each `n`-byte block of a single-copy broadcast, gather or scatter
+    /// that the member which owns the source writes into the destination while the other end
+    /// reads the rest: `n / p`, whole pages, from `BRAID_COLL_SHM_SPLIT` bytes. The root then
+    /// copies `(p - 1) n / p` bytes and each other member `(p - 1) n / p` (a broadcast) or
+    /// `n / p` (a gather or scatter), instead of one end idling while the other copies.
     fn split_tail(&self, n: usize) -> usize {
         if n < settings().split {
             return 0;
         }
         n / self.p / 4096 * 4096
     }
+
+    /// Gather of `n`-byte blocks to `root` (`send` `None`: in place at the root). Short blocks
+    /// go through the slots in a pipeline of slot-sized chunks: each other member writes its
+    /// chunk, the root copies all of them out.
+    fn gather(
+        &mut self,
+        root: usize,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        n: usize,
+    ) -> Result<(), Error> {
+        let d = desc(Kind::Gather, root, n);
+        if self.cma && n >= CMA_MIN {
+            return self.gather_cma(root, send, recv, n, d);
+        }
+        let me = self.me;
+        let (k, cs) = Self::chunks(n, self.slot);
+        let first = self.step + 1;
+        self.step += k as u64;
+        if me == root
+            && let Some(sb) = send
+        {
+            recv[me * n..(me + 1) * n].copy_from_slice(sb);
+        }
+        let mine = send.unwrap_or(&[]);
+        for j in 0..k {
+            let s = first + j as u64;
+            let (off, len) = (j * cs, cs.min(n - j * cs));
+            if me != root {
+                if j == 1 {
+                    self.check_first(first, d, Kind::Gather)?;
+                }
+                self.write(s, d, Some(&mine[off..off + len]))?;
+                self.post(s);
+                continue;
+            }
+            self.write(s, d, None)?;
+            self.post(s);
+            self.wait_all(s)?;
+            for r in (0..self.p).filter(|r| *r != me) {
+                self.check(r, s, d, Kind::Gather)?;
+                let from = self.data(r, s, len);
+                let to = &mut recv[r * n + off..r * n + off + len];
+                // SAFETY: member r posted step s; its chunk holds `len` bytes that nobody
+                // rewrites before our next post; `to` is our own buffer.
+                unsafe { std::ptr::copy_nonoverlapping(from, to.as_mut_ptr(), len) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Gather by single-copy transfers: at a first step the root publishes its buffer's
+    /// address and every other member its block's, and all check all descriptors. The root
+    /// reads the head of every block while each other member writes the tail of its own
+    /// ([`Region::split_tail`]) into the root's buffer. At the second step each says it is
+    /// done (and whether it worked); the root returns once all are done, the others once the
+    /// root has read.
+    fn gather_cma(
+        &mut self,
+        root: usize,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        n: usize,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let me = self.me;
+        let mine = send.unwrap_or(&[]);
+        let addr = if me == root {
+            recv.as_ptr()
+        } else {
+            mine.as_ptr()
+        };
+        self.write(s, d, Some(&(addr as u64).to_ne_bytes()))?;
+        self.post(s);
+        // On a mismatch every member stops here, none having copied.
+        self.check_first(s, d, Kind::Gather)?;
+        self.step += 1;
+        let head = n - self.split_tail(n);
+        let res = if me == root {
+            if let Some(sb) = send {
+                recv[me * n..(me + 1) * n].copy_from_slice(sb);
+            }
+            (0..self.p)
+                .filter(|r| *r != me)
+                .try_for_each(|r| self.cma_from_at(r, s, 0, &mut recv[r * n..r * n + head]))
+        } else {
+            self.cma_to_at(root, s, 0, me * n + head, &mine[head..n])
+        };
+        self.done(s + 1, d, Kind::Gather, root, res, head < n)
+    }
+
+    /// The last step of a rooted single-copy gather or scatter: posts step `s` with our status
+    /// (also after a failure, so nobody hangs); the root waits until every other member is
+    /// done with its buffer, the others until the root is done with theirs. When the writers
+    /// `wrote` (the other members into the root's buffer for a gather, the root into theirs
+    /// for a scatter), a reader whose writer failed fails too.
+    fn done(
+        &mut self,
+        s: u64,
+        d: u64,
+        kind: Kind,
+        root: usize,
+        res: Result<(), Error>,
+        wrote: bool,
+    ) -> Result<(), Error> {
+        self.write(s, d, Some(&u64::from(res.is_err()).to_ne_bytes()))?;
+        self.post(s);
+        if self.me == root {
+            self.wait_all(s)?;
+        } else {
+            self.wait(root, s)?;
+        }
+        res?;
+        let reader_is_root = kind == Kind::Gather;
+        if !wrote || reader_is_root != (self.me == root) {
+            return Ok(());
+        }
+        let failed = (0..self.p)
+            .filter(|r| *r != self.me && (self.me == root || *r == root))
+            .find(|r| self.addr(*r, s, 0) != 0);
+        match failed {
+            Some(r) => Err(Error::LocalOs(format!(
+                "{}: rank {} failed to write its part",
+                kind.name(),
+                self.world[r]
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Scatter of `n`-byte blocks from `root` (`recv` `None`: in place at the root). Short
+    /// blocks go through the root's slots: the other members' blocks, in rank order, as one
+    /// stream in slot-sized chunks, of which each member copies its part.
+    fn scatter(
+        &mut self,
+        root: usize,
+        send: &[u8],
+        recv: Option<&mut [u8]>,
+        n: usize,
+    ) -> Result<(), Error> {
+        let d = desc(Kind::Scatter, root, n);
+        if self.cma && n >= CMA_MIN {
+            return self.scatter_cma(root, send, recv, n, d);
+        }
+        let me = self.me;
+        let mut recv = recv;
+        if me == root
+            && let Some(rb) = recv.as_deref_mut()
+        {
+            rb.copy_from_slice(&send[me * n..(me + 1) * n]);
+        }
+        // Member r's block in the stream.
+        let pos = |r: usize| if r < root { r } else { r - 1 } * n;
+        let total = (self.p - 1) * n;
+        let (k, cs) = Self::chunks(total, self.slot);
+        let first = self.step + 1;
+        self.step += k as u64;
+        for j in 0..k {
+            let s = first + j as u64;
+            let (off, len) = (j * cs, cs.min(total - j * cs));
+            if j == 1 {
+                self.check_first(first, d, Kind::Scatter)?;
+            }
+            self.write(s, d, None)?;
+            if me == root {
+                let to = self.data(me, s, len);
+                for q in (0..self.p).filter(|q| *q != root) {
+                    let (lo, hi) = (pos(q).max(off), (pos(q) + n).min(off + len));
+                    if lo < hi {
+                        let from = &send[q * n + lo - pos(q)..q * n + hi - pos(q)];
+                        // SAFETY: our chunk of step s holds `len` bytes (data's contract) and
+                        // [lo - off, hi - off) lies inside it; nobody reads it before our post
+                        // (`write` waited until everybody finished step s - 2).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(from.as_ptr(), to.add(lo - off), hi - lo);
+                        }
+                    }
+                }
+                self.post(s);
+                continue;
+            }
+            self.post(s);
+            self.wait(root, s)?;
+            self.check(root, s, d, Kind::Scatter)?;
+            let (lo, hi) = (pos(me).max(off), (pos(me) + n).min(off + len));
+            if lo < hi
+                && let Some(rb) = recv.as_deref_mut()
+            {
+                let from = self.data(root, s, len);
+                let to = &mut rb[lo - pos(me)..hi - pos(me)];
+                // SAFETY: the root posted step s; its chunk holds `len` bytes, of which
+                // [lo - off, hi - off) is our part, not rewritten before we post s + 1; `to` is
+                // our own buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(from.add(lo - off), to.as_mut_ptr(), hi - lo)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Scatter by single-copy transfers: at a first step the root publishes its buffer's
+    /// address and every other member its block's, and all check all descriptors. Each other
+    /// member reads the head of its block while the root writes the tails
+    /// ([`Region::split_tail`]); the second step as in [`Region::gather_cma`].
+    fn scatter_cma(
+        &mut self,
+        root: usize,
+        send: &[u8],
+        recv: Option<&mut [u8]>,
+        n: usize,
+        d: u64,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let me = self.me;
+        let mut recv = recv;
+        let addr = if me == root {
+            send.as_ptr()
+        } else {
+            recv.as_deref().map_or(std::ptr::null(), <[u8]>::as_ptr)
+        };
+        self.write(s, d, Some(&(addr as u64).to_ne_bytes()))?;
+        self.post(s);
+        self.check_first(s, d, Kind::Scatter)?;
+        self.step += 1;
+        let head = n - self.split_tail(n);
+        let res = if me == root {
+            if let Some(rb) = recv.as_deref_mut() {
+                rb.copy_from_slice(&send[me * n..(me + 1) * n]);
+            }
+            (0..self.p)
+                .filter(|r| *r != me)
+                .try_for_each(|r| self.cma_to_at(r, s, 0, head, &send[r * n + head..(r + 1) * n]))
+        } else {
+            match recv {
+                Some(rb) => self.cma_from_at(root, s, me * n, &mut rb[..head]),
+                None => Ok(()),
+            }
+        };
+        self.done(s + 1, d, Kind::Scatter, root, res, head < n)
+    }
+
+    /// Whether a v-form block of `len` bytes goes through the slots (else its owner publishes
+    /// its address for a single-copy transfer).
+    fn v_short(&self, len: usize) -> bool {
+        len < CMA_MIN && len <= self.slot
+    }
+
+    /// The v-forms' first-step check: every member's kind and root (lengths differ by design;
+    /// the root checks them against its counts).
+    fn check_first_v(&mut self, s: u64, d: u64, kind: Kind) -> Result<(), Error> {
+        self.wait_all(s)?;
+        for r in (0..self.p).filter(|r| *r != self.me) {
+            let got = self.desc_word(r, s).load(Ordering::Relaxed);
+            if got & KIND_ROOT != d & KIND_ROOT {
+                // Reported like a whole-word mismatch of kind or root.
+                self.check(r, s, (got & LEN_MASK) | (d & KIND_ROOT), kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gatherv to `root`: at a first step every other member publishes its block (short ones
+    /// in its slot, [`Region::v_short`], else its address) with its length in the descriptor,
+    /// and all check all kinds and roots; the root checks each length against its count and
+    /// copies or reads each block. At the second step the root says it is done; the members
+    /// that published an address wait for it.
+    fn gatherv(
+        &mut self,
+        root: usize,
+        send: Option<&[u8]>,
+        recv: &mut [u8],
+        blocks: &[(usize, usize)],
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let me = self.me;
+        let mine = send.unwrap_or(&[]);
+        let len = if me == root { 0 } else { mine.len() };
+        let d = desc(Kind::Gatherv, root, len);
+        let addr = (mine.as_ptr() as u64).to_ne_bytes();
+        let data = match (me == root, self.v_short(len)) {
+            (true, _) => None,
+            (false, true) => Some(mine),
+            (false, false) => Some(&addr[..]),
+        };
+        self.write(s, d, data)?;
+        self.post(s);
+        self.check_first_v(s, d, Kind::Gatherv)?;
+        self.step += 1;
+        let mut res = Ok(());
+        if me == root {
+            if let Some(sb) = send {
+                let (off, _) = blocks[me];
+                recv[off..off + sb.len()].copy_from_slice(sb);
+            }
+            for r in (0..self.p).filter(|r| *r != me) {
+                let got = (self.desc_word(r, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
+                let (off, want) = blocks[r];
+                if got != want {
+                    res = res.and(Err(mismatch(
+                        Kind::Gatherv.name(),
+                        format!("rank {r} sends {got} bytes into a block of {want} bytes"),
+                    )));
+                    continue;
+                }
+                let to = &mut recv[off..off + got];
+                if self.v_short(got) {
+                    // SAFETY: member r posted step s with its `got`-byte block in its cell or
+                    // slot, not rewritten before we post s + 1; `to` is our own buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(self.data(r, s, got), to.as_mut_ptr(), got)
+                    };
+                } else if res.is_ok() {
+                    res = self.cma_from_at(r, s, 0, to);
+                }
+            }
+        }
+        // "Done", posted even after a failure, so nobody hangs.
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        if me != root && !self.v_short(len) {
+            self.wait(root, s + 1)?;
+        }
+        res
+    }
+
+    /// Scatterv from `root`: at a first step the root puts in its slot a table of
+    /// `(where, length)` per member, followed by the short blocks that fit (`where` is then
+    /// [`PACKED`] plus the block's offset in the slot; else it is the block's address for a
+    /// single-copy read), with the table's and packed blocks' length in its descriptor; every
+    /// other member gives its receive length in its own. All check all kinds and roots; each
+    /// other member checks its entry's length against its own and copies or reads its block.
+    /// At the second step they say they are done; the root waits for them when it published an
+    /// address.
+    fn scatterv(
+        &mut self,
+        root: usize,
+        send: &[u8],
+        blocks: &[(usize, usize)],
+        recv: Option<&mut [u8]>,
+    ) -> Result<(), Error> {
+        self.step += 1;
+        let s = self.step;
+        let (me, p) = (self.me, self.p);
+        let mut recv = recv;
+        let table = 16 * p;
+        let mut exposed = false;
+        let d = if me == root {
+            // Lay out the slot: the table, then short blocks while they fit.
+            let mut entries = vec![(0u64, 0u64); p];
+            let mut used = table;
+            for r in (0..p).filter(|r| *r != me) {
+                let (off, len) = blocks[r];
+                if self.v_short(len) && used + len <= self.slot {
+                    entries[r] = (PACKED | used as u64, len as u64);
+                    used += len;
+                } else {
+                    entries[r] = (send[off..].as_ptr() as u64, len as u64);
+                    exposed = true;
+                }
+            }
+            let d = desc(Kind::Scatterv, root, used);
+            self.write(s, d, None)?;
+            let to = self.data(me, s, used);
+            for (r, &(w, len)) in entries.iter().enumerate() {
+                let mut e = [0u8; 16];
+                e[..8].copy_from_slice(&w.to_ne_bytes());
+                e[8..].copy_from_slice(&len.to_ne_bytes());
+                // SAFETY: the table's 16 p bytes lie at the start of our `used`-byte chunk of
+                // step s (a slot: used >= 32 > INLINE); nobody reads it before our post.
+                unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
+                if w & PACKED != 0 {
+                    let (off, len) = (blocks[r].0, len as usize);
+                    // SAFETY: as above; the packed block lies inside the `used` bytes, apart
+                    // from the table and from every other block.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            send[off..off + len].as_ptr(),
+                            to.add((w & !PACKED) as usize),
+                            len,
+                        );
+                    }
+                }
+            }
+            d
+        } else {
+            let len = recv.as_deref().map_or(0, <[u8]>::len);
+            let d = desc(Kind::Scatterv, root, len);
+            self.write(s, d, None)?;
+            d
+        };
+        self.post(s);
+        self.check_first_v(s, d, Kind::Scatterv)?;
+        self.step += 1;
+        let mut res = Ok(());
+        if me == root {
+            if let Some(rb) = recv.as_deref_mut() {
+                let (off, len) = blocks[me];
+                rb.copy_from_slice(&send[off..off + len]);
+            }
+        } else if let Some(rb) = recv {
+            let used = (self.desc_word(root, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
+            let mut e = [0u8; 16];
+            if used >= table && used <= self.slot {
+                // SAFETY: the root posted step s with a table of 16 p bytes at the start of
+                // its `used`-byte chunk, not rewritten before we post s + 1.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.data(root, s, used).add(16 * me),
+                        e.as_mut_ptr(),
+                        16,
+                    )
+                };
+            }
+            let w = u64::from_ne_bytes(e[..8].try_into().unwrap_or_default());
+            let len = u64::from_ne_bytes(e[8..].try_into().unwrap_or_default()) as usize;
+            let at = (w & !PACKED) as usize;
+            if len != rb.len() {
+                res = Err(mismatch(
+                    Kind::Scatterv.name(),
+                    format!("the root sends {len} bytes into {} bytes", rb.len()),
+                ));
+            } else if w & PACKED != 0 {
+                if at + len <= used {
+                    // SAFETY: as above; the block lies inside the root's `used` bytes (checked);
+                    // `rb` is our own buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            self.data(root, s, used).add(at),
+                            rb.as_mut_ptr(),
+                            len,
+                        )
+                    };
+                } else {
+                    res = Err(Error::LocalOs(format!(
+                        "MPI_Scatterv: malformed table from rank {}",
+                        self.world[root]
+                    )));
+                }
+            } else if len > 0 {
+                res = braid_shm::cma_read(self.pids[root], w, rb).map_err(|e| {
+                    Error::LocalOs(format!(
+                        "single-copy read from rank {} in a shared-memory collective: {e}",
+                        self.world[root]
+                    ))
+                });
+            }
+        }
+        // "Done", posted even after a failure, so nobody hangs.
+        self.write(s + 1, d, None)?;
+        self.post(s + 1);
+        if me == root && exposed {
+            self.wait_all(s + 1)?;
+        }
+        res
+    }
 }
+
+/// Marks a scatterv table entry whose block is in the root's slot (at the offset in the low
+/// bits) rather than at an address in its memory (user-space addresses stay below 2^63).
+const PACKED: u64 = 1 << 63;
 
 /// Copies `src` to address `remote_addr` in process `pid` with `process_vm_writev`, looping
 /// over partial writes: the writing twin of [`braid_shm::cma_read`] (the kernel asks for the
