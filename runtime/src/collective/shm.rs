@@ -59,9 +59,10 @@
 //! a second step tells each owner that everybody is done with its buffer. From
 //! `BRAID_COLL_SHM_SPLIT` bytes per block a broadcast, gather or scatter splits each block's copy
 //! between its two ends, so that two cores copy at once: the reader reads the head while the owner
-//! of the data writes the tail (`n / p` bytes, [`Region::split_tail`]). Reductions of at least
-//! [`SPLIT_REDUCE_MIN`] bytes (an allreduce, or a reduce over more than two members) are a
-//! reduce-scatter then a gather: each member folds its block of the elements from everybody's
+//! of the data writes the tail (a broadcast: `n / p` bytes, [`Region::split_tail`]; a gather or
+//! scatter: as much as balances the root's own local copy, [`Region::rooted_tail`]). Reductions of
+//! at least [`SPLIT_REDUCE_MIN`] bytes (an allreduce, or a reduce over more than two members) are
+//! a reduce-scatter then a gather: each member folds its block of the elements from everybody's
 //! operand (so each reads and reduces about `n/p` bytes of each operand), publishes its block of
 //! the result, and the members that need the result read the other blocks; a third step releases
 //! the blocks. A reduce over two members from `BRAID_COLL_SHM_PAIR_MIN` bytes has the root fold
@@ -69,7 +70,9 @@
 //! result ([`Region::reduce_pair`]). An allgather writes each member's block into the others'
 //! buffers rather than reading it (the block was just copied and is still in the cache). Gatherv
 //! and scatterv move short blocks through the slots (a scatterv packs the short blocks that fit
-//! behind a table of where each block is) and long ones by single-copy reads.
+//! behind a table of where each block is) and long ones by single-copy transfers (a gatherv's
+//! members write theirs into the root's buffer, at the addresses the root lists in a table in its
+//! slot).
 //!
 //! Reductions fold operands in the same order on every rank, `x0 ∘ (x1 ∘ (… ∘ x(p-1)))`, so
 //! the results are bitwise identical everywhere and non-commutative operations get MPI's
@@ -1483,16 +1486,36 @@ impl Region {
 
 /// Rooted gathers and scatters.
 impl Region {
-    /// Bytes at the end of each `n`-byte block of a single-copy broadcast, gather or scatter
-    /// that the member which owns the source writes into the destination while the other end
-    /// reads the rest: `n / p`, whole pages, from `BRAID_COLL_SHM_SPLIT` bytes. The root then
-    /// copies `(p - 1) n / p` bytes and each other member `(p - 1) n / p` (a broadcast) or
-    /// `n / p` (a gather or scatter), instead of one end idling while the other copies.
+    /// Bytes at the end of an `n`-byte single-copy broadcast that the root writes into every
+    /// other member's buffer while they read the rest: `n / p`, whole pages, from
+    /// `BRAID_COLL_SHM_SPLIT` bytes. The root then copies `(p - 1) n / p` bytes and each other
+    /// member `(p - 1) n / p`, instead of the root idling while each other member copies `n`.
     fn split_tail(&self, n: usize) -> usize {
         if n < settings().split {
             return 0;
         }
         n / self.p / 4096 * 4096
+    }
+
+    /// Bytes at the end of each `n`-byte block of a single-copy gather (scatter) that the other
+    /// member writes into (the root writes into the other member's buffer) while the reader
+    /// reads the rest, chosen by the root (which alone knows whether it copies its own block,
+    /// `local`) so that both ends finish together, counting a local copy like a transfer: a
+    /// gather with a local copy has the others write whole blocks (`n`), one in place
+    /// `(p - 1) n / p`; a scatter with a local copy has the others read whole blocks (0), one
+    /// in place `n / p`. Only from `BRAID_COLL_SHM_SPLIT` bytes (below, the reader copies
+    /// all), in whole pages.
+    fn rooted_tail(&self, n: usize, kind: Kind, local: bool) -> usize {
+        if n < settings().split {
+            return 0;
+        }
+        let p = self.p;
+        match (kind, local) {
+            (Kind::Gather, true) => n,
+            (Kind::Gather, false) => n / p * (p - 1) / 4096 * 4096,
+            (_, true) => 0,
+            (_, false) => n / p / 4096 * 4096,
+        }
     }
 
     /// Gather of `n`-byte blocks to `root` (`send` `None`: in place at the root). Short blocks
@@ -1546,11 +1569,12 @@ impl Region {
     }
 
     /// Gather by single-copy transfers: at a first step the root publishes its buffer's
-    /// address and every other member its block's, and all check all descriptors. The root
-    /// reads the head of every block while each other member writes the tail of its own
-    /// ([`Region::split_tail`]) into the root's buffer. At the second step each says it is
-    /// done (and whether it worked); the root returns once all are done, the others once the
-    /// root has read.
+    /// address and how many bytes at the end of each block the others write
+    /// ([`Region::rooted_tail`]), every other member its block's address, and all check all
+    /// descriptors. The root copies its own block and reads the heads of the others while each
+    /// other member writes the tail of its own into the root's buffer. At the second step each
+    /// says it is done (and whether it worked); the root returns once all are done, the others
+    /// once the root has read.
     fn gather_cma(
         &mut self,
         root: usize,
@@ -1563,21 +1587,28 @@ impl Region {
         let s = self.step;
         let me = self.me;
         let mine = send.unwrap_or(&[]);
-        let addr = if me == root {
-            recv.as_ptr()
+        let mut words = [0u8; 16];
+        if me == root {
+            let tail = self.rooted_tail(n, Kind::Gather, send.is_some());
+            words[..8].copy_from_slice(&(recv.as_ptr() as u64).to_ne_bytes());
+            words[8..].copy_from_slice(&(tail as u64).to_ne_bytes());
+            self.write(s, d, Some(&words))?;
         } else {
-            mine.as_ptr()
-        };
-        self.write(s, d, Some(&(addr as u64).to_ne_bytes()))?;
+            words[..8].copy_from_slice(&(mine.as_ptr() as u64).to_ne_bytes());
+            self.write(s, d, Some(&words[..8]))?;
+        }
         self.post(s);
-        // On a mismatch every member stops here, none having copied.
+        if me == root
+            && let Some(sb) = send
+        {
+            recv[me * n..(me + 1) * n].copy_from_slice(sb);
+        }
+        // On a mismatch every member stops here, none having copied into another.
         self.check_first(s, d, Kind::Gather)?;
         self.step += 1;
-        let head = n - self.split_tail(n);
+        let tail = usize::try_from(self.addr(root, s, 1)).map_or(n, |t| t.min(n));
+        let head = n - tail;
         let res = if me == root {
-            if let Some(sb) = send {
-                recv[me * n..(me + 1) * n].copy_from_slice(sb);
-            }
             (0..self.p)
                 .filter(|r| *r != me)
                 .try_for_each(|r| self.cma_from_at(r, s, 0, &mut recv[r * n..r * n + head]))
@@ -1698,9 +1729,10 @@ impl Region {
     }
 
     /// Scatter by single-copy transfers: at a first step the root publishes its buffer's
-    /// address and every other member its block's, and all check all descriptors. Each other
-    /// member reads the head of its block while the root writes the tails
-    /// ([`Region::split_tail`]); the second step as in [`Region::gather_cma`].
+    /// address and how many bytes at the end of each block it writes
+    /// ([`Region::rooted_tail`]), every other member its block's address, and all check all
+    /// descriptors. Each other member reads the head of its block while the root copies its
+    /// own block and writes the tails; the second step as in [`Region::gather_cma`].
     fn scatter_cma(
         &mut self,
         root: usize,
@@ -1713,20 +1745,28 @@ impl Region {
         let s = self.step;
         let me = self.me;
         let mut recv = recv;
-        let addr = if me == root {
-            send.as_ptr()
+        let mut words = [0u8; 16];
+        if me == root {
+            let tail = self.rooted_tail(n, Kind::Scatter, recv.is_some());
+            words[..8].copy_from_slice(&(send.as_ptr() as u64).to_ne_bytes());
+            words[8..].copy_from_slice(&(tail as u64).to_ne_bytes());
+            self.write(s, d, Some(&words))?;
         } else {
-            recv.as_deref().map_or(std::ptr::null(), <[u8]>::as_ptr)
-        };
-        self.write(s, d, Some(&(addr as u64).to_ne_bytes()))?;
+            let addr = recv.as_deref().map_or(std::ptr::null(), <[u8]>::as_ptr);
+            words[..8].copy_from_slice(&(addr as u64).to_ne_bytes());
+            self.write(s, d, Some(&words[..8]))?;
+        }
         self.post(s);
+        if me == root
+            && let Some(rb) = recv.as_deref_mut()
+        {
+            rb.copy_from_slice(&send[me * n..(me + 1) * n]);
+        }
         self.check_first(s, d, Kind::Scatter)?;
         self.step += 1;
-        let head = n - self.split_tail(n);
+        let tail = usize::try_from(self.addr(root, s, 1)).map_or(n, |t| t.min(n));
+        let head = n - tail;
         let res = if me == root {
-            if let Some(rb) = recv.as_deref_mut() {
-                rb.copy_from_slice(&send[me * n..(me + 1) * n]);
-            }
             (0..self.p)
                 .filter(|r| *r != me)
                 .try_for_each(|r| self.cma_to_at(r, s, 0, head, &send[r * n + head..(r + 1) * n]))
@@ -1759,11 +1799,13 @@ impl Region {
         Ok(())
     }
 
-    /// Gatherv to `root`: at a first step every other member publishes its block (short ones
-    /// in its slot, [`Region::v_short`], else its address) with its length in the descriptor,
-    /// and all check all kinds and roots; the root checks each length against its count and
-    /// copies or reads each block. At the second step the root says it is done; the members
-    /// that published an address wait for it.
+    /// Gatherv to `root`: at a first step the root puts in its slot a table of `(address,
+    /// length)` of each member's block in its buffer, and every other member publishes its
+    /// block's length in its descriptor and a short block ([`Region::v_short`]) itself; all
+    /// check all kinds and roots. The root checks each length against its counts, copies its
+    /// own block and the short ones, while each member with a long block checks its entry's
+    /// length and writes the block straight into the root's buffer. At the second step each
+    /// says it is done (and whether it worked); the root returns once all are, if any wrote.
     fn gatherv(
         &mut self,
         root: usize,
@@ -1773,55 +1815,108 @@ impl Region {
     ) -> Result<(), Error> {
         self.step += 1;
         let s = self.step;
-        let me = self.me;
+        let (me, p) = (self.me, self.p);
         let mine = send.unwrap_or(&[]);
-        let len = if me == root { 0 } else { mine.len() };
-        let d = desc(Kind::Gatherv, root, len);
-        let addr = (mine.as_ptr() as u64).to_ne_bytes();
-        let data = match (me == root, self.v_short(len)) {
-            (true, _) => None,
-            (false, true) => Some(mine),
-            (false, false) => Some(&addr[..]),
+        let table = 16 * p;
+        let d = if me == root {
+            let d = desc(Kind::Gatherv, root, table);
+            self.write(s, d, None)?;
+            let to = self.data(me, s, table);
+            for (r, &(off, len)) in blocks.iter().enumerate().take(p) {
+                let mut e = [0u8; 16];
+                e[..8].copy_from_slice(&(recv[off..].as_ptr() as u64).to_ne_bytes());
+                e[8..].copy_from_slice(&(len as u64).to_ne_bytes());
+                // SAFETY: the table's 16 p bytes are our chunk of step s (a slot: 16 p >= 32 >
+                // INLINE); nobody reads it before our post.
+                unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
+            }
+            d
+        } else {
+            let d = desc(Kind::Gatherv, root, mine.len());
+            self.write(s, d, self.v_short(mine.len()).then_some(mine))?;
+            d
         };
-        self.write(s, d, data)?;
         self.post(s);
+        if me == root
+            && let Some(sb) = send
+        {
+            let (off, _) = blocks[me];
+            recv[off..off + sb.len()].copy_from_slice(sb);
+        }
         self.check_first_v(s, d, Kind::Gatherv)?;
         self.step += 1;
         let mut res = Ok(());
+        // Whether some member writes into our buffer (then we wait for it to finish).
+        let mut written = false;
         if me == root {
-            if let Some(sb) = send {
-                let (off, _) = blocks[me];
-                recv[off..off + sb.len()].copy_from_slice(sb);
-            }
-            for r in (0..self.p).filter(|r| *r != me) {
+            for r in (0..p).filter(|r| *r != me) {
                 let got = (self.desc_word(r, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
                 let (off, want) = blocks[r];
+                written |= !self.v_short(got);
                 if got != want {
                     res = res.and(Err(mismatch(
                         Kind::Gatherv.name(),
                         format!("rank {r} sends {got} bytes into a block of {want} bytes"),
                     )));
-                    continue;
-                }
-                let to = &mut recv[off..off + got];
-                if self.v_short(got) {
+                } else if self.v_short(got) {
+                    let to = &mut recv[off..off + got];
                     // SAFETY: member r posted step s with its `got`-byte block in its cell or
                     // slot, not rewritten before we post s + 1; `to` is our own buffer.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(self.data(r, s, got), to.as_mut_ptr(), got)
-                    };
-                } else if res.is_ok() {
-                    res = self.cma_from_at(r, s, 0, to);
+                        std::ptr::copy_nonoverlapping(self.data(r, s, got), to.as_mut_ptr(), got);
+                    }
                 }
             }
+        } else if !self.v_short(mine.len()) {
+            let (w, want) = self.v_entry(root, s, me);
+            res = if want == Some(mine.len()) {
+                cma_write(self.pids[root], w, mine).map_err(|e| {
+                    Error::LocalOs(format!(
+                        "single-copy write to rank {} in a shared-memory collective: {e}",
+                        self.world[root]
+                    ))
+                })
+            } else {
+                Err(mismatch(
+                    Kind::Gatherv.name(),
+                    format!(
+                        "this rank sends {} bytes into a block of {want:?}",
+                        mine.len()
+                    ),
+                ))
+            };
         }
         // "Done", posted even after a failure, so nobody hangs.
-        self.write(s + 1, d, None)?;
+        self.write(s + 1, d, Some(&u64::from(res.is_err()).to_ne_bytes()))?;
         self.post(s + 1);
-        if me != root && !self.v_short(len) {
-            self.wait(root, s + 1)?;
+        if written {
+            self.wait_all(s + 1)?;
+            if let Some(r) = (0..p).find(|r| *r != me && self.addr(*r, s + 1, 0) != 0) {
+                return res.and(Err(Error::LocalOs(format!(
+                    "MPI_Gatherv: rank {} failed to write its block",
+                    self.world[r]
+                ))));
+            }
         }
         res
+    }
+
+    /// Entry `r` of the table member `root` published at step `s` (a gatherv's or scatterv's):
+    /// its first word and its length, `None` when the table is malformed.
+    fn v_entry(&self, root: usize, s: u64, r: usize) -> (u64, Option<usize>) {
+        let used = (self.desc_word(root, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
+        if used < 16 * self.p || used > self.slot {
+            return (0, None);
+        }
+        let mut e = [0u8; 16];
+        // SAFETY: the root posted step s with a table of 16 p bytes at the start of its
+        // `used`-byte chunk (a slot), not rewritten before we post s + 1.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data(root, s, used).add(16 * r), e.as_mut_ptr(), 16)
+        };
+        let w = u64::from_ne_bytes(e[..8].try_into().unwrap_or_default());
+        let len = u64::from_ne_bytes(e[8..].try_into().unwrap_or_default());
+        (w, usize::try_from(len).ok())
     }
 
     /// Scatterv from `root`: at a first step the root puts in its slot a table of
@@ -1890,30 +1985,21 @@ impl Region {
             d
         };
         self.post(s);
+        if me == root
+            && let Some(rb) = recv.as_deref_mut()
+        {
+            let (off, len) = blocks[me];
+            rb.copy_from_slice(&send[off..off + len]);
+        }
         self.check_first_v(s, d, Kind::Scatterv)?;
         self.step += 1;
         let mut res = Ok(());
-        if me == root {
-            if let Some(rb) = recv.as_deref_mut() {
-                let (off, len) = blocks[me];
-                rb.copy_from_slice(&send[off..off + len]);
-            }
-        } else if let Some(rb) = recv {
+        if me != root
+            && let Some(rb) = recv
+        {
             let used = (self.desc_word(root, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
-            let mut e = [0u8; 16];
-            if used >= table && used <= self.slot {
-                // SAFETY: the root posted step s with a table of 16 p bytes at the start of
-                // its `used`-byte chunk, not rewritten before we post s + 1.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        self.data(root, s, used).add(16 * me),
-                        e.as_mut_ptr(),
-                        16,
-                    )
-                };
-            }
-            let w = u64::from_ne_bytes(e[..8].try_into().unwrap_or_default());
-            let len = u64::from_ne_bytes(e[8..].try_into().unwrap_or_default()) as usize;
+            let (w, len) = self.v_entry(root, s, me);
+            let len = len.unwrap_or(usize::MAX);
             let at = (w & !PACKED) as usize;
             if len != rb.len() {
                 res = Err(mismatch(
@@ -1921,9 +2007,10 @@ impl Region {
                     format!("the root sends {len} bytes into {} bytes", rb.len()),
                 ));
             } else if w & PACKED != 0 {
-                if at + len <= used {
-                    // SAFETY: as above; the block lies inside the root's `used` bytes (checked);
-                    // `rb` is our own buffer.
+                if at.checked_add(len).is_some_and(|end| end <= used) {
+                    // SAFETY: the root posted step s with its `used`-byte chunk in its slot
+                    // (`v_entry` checked `used` against the slot), not rewritten before we post
+                    // s + 1; the block lies inside it (checked); `rb` is our own buffer.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             self.data(root, s, used).add(at),
