@@ -10,7 +10,7 @@
 //! | `BRAID_SPIN_US` | 1000 (50 when oversubscribed) | how long a wait polls before it blocks in the poller |
 //! | `BRAID_CONNECT_TIMEOUT` | 60 | seconds wire-up may take before init fails naming the missing ranks |
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
-//! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`); they go pipelined through the shared rings instead |
+//! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
 //! | `BRAID_SHM_EAGER_LIMIT` | 16384 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous |
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
@@ -28,6 +28,8 @@
 //! | `BRAID_COLL_SHM` | on | `off`: collectives on one-host communicators use point-to-point schedules instead of the shared-memory component (module `collective::shm`) |
 //! | `BRAID_COLL_SHM_MAX` | 4194304 | longest message (bytes per rank) a blocking collective sends through the shared-memory component; longer ones use point-to-point |
 //! | `BRAID_COLL_SHM_SLOT` | 32768 | bytes of each of the two data slots per rank in a communicator's shared region (the pipeline chunk); rounded up to a multiple of 128, at least 1k |
+//! | `BRAID_COLL_SHM_PAIR_MIN` | 65536 | two-rank single-copy reduces of at least this many bytes split the work: the root folds the head of the vector, the other rank the tail, which it writes into the root's buffer (`process_vm_writev`) |
+//! | `BRAID_COLL_SHM_SPLIT` | 32768 | single-copy broadcasts, gathers and scatters with blocks of at least this many bytes split the copying between both ends: the owner of a block writes its last 1/p (`process_vm_writev`) while the other end reads the rest |
 //! | `BRAID_COLL_FAKE_HOSTS` | 0 | testing: when k > 0, collectives pretend world rank r is on host r·k/size (two-level algorithms on one machine); `split_shared` still uses real hosts |
 
 use std::time::Duration;
@@ -73,6 +75,10 @@ pub(crate) struct Settings {
     pub(crate) coll_shm_max: u64,
     /// `BRAID_COLL_SHM_SLOT`.
     pub(crate) coll_shm_slot: u64,
+    /// `BRAID_COLL_SHM_PAIR_MIN`.
+    pub(crate) coll_shm_pair_min: u64,
+    /// `BRAID_COLL_SHM_SPLIT`.
+    pub(crate) coll_shm_split: u64,
 }
 
 /// A variable that is set but does not parse.
@@ -186,6 +192,8 @@ impl Settings {
             coll_shm: switch("BRAID_COLL_SHM", true)?,
             coll_shm_max: number("BRAID_COLL_SHM_MAX", 4 << 20)?,
             coll_shm_slot: number("BRAID_COLL_SHM_SLOT", 32 << 10)?,
+            coll_shm_pair_min: number("BRAID_COLL_SHM_PAIR_MIN", 64 << 10)?,
+            coll_shm_split: number("BRAID_COLL_SHM_SPLIT", 32 << 10)?,
         })
     }
 }

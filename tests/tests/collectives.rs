@@ -138,25 +138,34 @@ fn segments_of(f: &Finished) -> Vec<String> {
 /// with the component on and off, nothing left in /dev/shm.
 #[test]
 fn shared_memory_component_matches_point_to_point() {
-    // Slots of 32k: broadcasts and allgathers from 16 KiB go by single-copy reads, unless
-    // BRAID_SHM_CMA is off.
+    // Broadcasts, allgathers, gathers and scatters from 8 KiB go by single-copy transfers,
+    // unless BRAID_SHM_CMA is off; from BRAID_COLL_SHM_SPLIT (32 KiB) both ends copy; reduces
+    // on two ranks from BRAID_COLL_SHM_PAIR_MIN (64 KiB) split the folding. The last cases
+    // move those thresholds: never split, and split from 4 KiB blocks.
     let cases = [
-        (2, "1k", "on"),
-        (3, "1k", "on"),
-        (5, "2k", "on"),
-        (4, "32k", "on"),
-        (3, "32k", "off"),
+        (2, "1k", "on", "32k", "64k"),
+        (3, "1k", "on", "32k", "64k"),
+        (5, "2k", "on", "32k", "64k"),
+        (4, "32k", "on", "32k", "64k"),
+        (3, "32k", "off", "32k", "64k"),
+        (2, "32k", "on", "1g", "1g"),
+        (2, "4k", "on", "4k", "8k"),
+        (3, "4k", "on", "4k", "8k"),
     ];
-    for (n, slot, cma) in cases {
+    for (n, slot, cma, split, pair) in cases {
         let mut digests = Vec::new();
         for shm in ["1", "0"] {
             let env = [
                 ("BRAID_COLL_SHM", shm),
                 ("BRAID_COLL_SHM_SLOT", slot),
                 ("BRAID_SHM_CMA", cma),
+                ("BRAID_COLL_SHM_SPLIT", split),
+                ("BRAID_COLL_SHM_PAIR_MIN", pair),
             ];
             let f = job_of("coll_shm", n, &env, &[]);
-            let what = format!("coll_shm, BRAID_COLL_SHM={shm}, slot {slot}, CMA {cma}");
+            let what = format!(
+                "coll_shm, BRAID_COLL_SHM={shm}, slot {slot}, CMA {cma}, split {split}, pair {pair}"
+            );
             assert_ok_as("coll_shm", n, &f, &what);
             let left = segments_of(&f);
             assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");

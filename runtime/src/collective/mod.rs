@@ -733,6 +733,15 @@ fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slic
         .collect()
 }
 
+/// `(offset, length)` in bytes of each block of a v-form partition.
+fn byte_blocks(counts: &[usize], displs: &[usize], elem: usize) -> Vec<(usize, usize)> {
+    counts
+        .iter()
+        .zip(displs)
+        .map(|(c, d)| (d * elem, c * elem))
+        .collect()
+}
+
 fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
     (0..p).map(|i| Slice::new(loc, i * n, n)).collect()
 }
@@ -1119,6 +1128,11 @@ fn do_gather(
                     format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
+            if matches!(mode, Mode::Blocking)
+                && let Some(r) = shm::gather(comm, root, (!in_place).then_some(send), recv, n)
+            {
+                return r.map(|()| None);
+            }
             let mine = if in_place {
                 Slice::new(Loc::Recv, root * n, n)
             } else {
@@ -1153,6 +1167,17 @@ fn do_gather(
                         b[root].len
                     ),
                 ));
+            }
+            if matches!(mode, Mode::Blocking) {
+                let at = if is_root {
+                    byte_blocks(&counts, &displs, elem)
+                } else {
+                    Vec::new()
+                };
+                let mine = (!in_place).then_some(send);
+                if let Some(r) = shm::gatherv(comm, root, mine, recv, &at) {
+                    return r.map(|()| None);
+                }
             }
             alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
         }
@@ -1207,6 +1232,12 @@ fn do_scatter(
                     format!("blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
+            if matches!(mode, Mode::Blocking)
+                && let Some(r) =
+                    shm::scatter(comm, root, send, (!in_place).then_some(&mut *recv), n)
+            {
+                return r.map(|()| None);
+            }
             let mine = if in_place {
                 s.tmp(n)
             } else {
@@ -1241,6 +1272,17 @@ fn do_scatter(
                         recv.len()
                     ),
                 ));
+            }
+            if matches!(mode, Mode::Blocking) {
+                let at = if is_root {
+                    byte_blocks(&counts, &displs, elem)
+                } else {
+                    Vec::new()
+                };
+                let mine = (!in_place).then_some(&mut *recv);
+                if let Some(r) = shm::scatterv(comm, root, send, &at, mine) {
+                    return r.map(|()| None);
+                }
             }
             alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
         }

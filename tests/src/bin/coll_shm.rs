@@ -1,17 +1,18 @@
 //! The shared-memory collective component (`braid::collective`, module `shm`) under stress:
-//! long runs of barrier, bcast, reduce, allreduce and allgather with sizes alternating across
-//! the slot and inline boundaries, several communicators used interleaved (dup, splits,
-//! freed and re-made), results checked against a sequential reference and bitwise identical
-//! on every rank. Prints `digest <hex>` (rank 0), a hash of every result, so that runs with
-//! the component forced off and on can be compared, and `job <id>` so that the caller can
-//! look for left-over segments.
+//! long runs of barrier, bcast, reduce (every root, in place, non-commutative), allreduce,
+//! allgather, gather, scatter, gatherv and scatterv (plain and in place) with sizes
+//! alternating across the slot, inline, single-copy and split boundaries, several
+//! communicators used interleaved (dup, splits, freed and re-made), results checked against a
+//! sequential reference and bitwise identical on every rank. Prints `digest <hex>` (rank 0), a
+//! hash of every result, so that runs with the component forced off and on can be compared,
+//! and `job <id>` so that the caller can look for left-over segments.
 //!
 //! While it runs it also checks `/proc/self/maps`: with the component on, every communicator
 //! that ran a collective maps one region `/dev/shm/braid-<job>-coll-...`, already deleted;
 //! the mapping goes when the communicator is freed. `coll_shm quick` runs a shorter sequence
 //! (oversubscribed jobs); `coll_shm die` kills a rank while the others wait for it.
 
-use braid::collective::SystemOperation;
+use braid::collective::{Partition, PartitionMut, SystemOperation, UserOperation};
 use braid::traits::*;
 use braid::{Color, SimpleCommunicator};
 use braid_tests::{Check, OrFail, ensure, run_rank};
@@ -143,9 +144,14 @@ fn round(comm: &SimpleCommunicator, n: usize, r: usize, d: &mut Digest, what: &s
             .or_fail(w("reduce"))?;
     }
 
+    reduce_variants(comm, n, r, d, &w)?;
+
     let all: Vec<i64> = (0..p)
         .flat_map(|q| (0..n).map(move |i| val(q, i, r)))
         .collect();
+    gather_scatter(comm, n, r, &mine, &all, d, &w)?;
+    varcount(comm, n, r, d, &w)?;
+
     let mut ag = vec![0i64; n * p];
     comm.all_gather_into(&mine[..], &mut ag[..])
         .or_fail(w("allgather"))?;
@@ -159,14 +165,234 @@ fn round(comm: &SimpleCommunicator, n: usize, r: usize, d: &mut Digest, what: &s
     comm.barrier().or_fail(w("barrier"))
 }
 
+/// 2x2 integer matrices (row-major) multiplied elementwise: associative, not commutative.
+fn matmul(a: [i64; 4], b: [i64; 4]) -> [i64; 4] {
+    [
+        a[0].wrapping_mul(b[0])
+            .wrapping_add(a[1].wrapping_mul(b[2])),
+        a[0].wrapping_mul(b[1])
+            .wrapping_add(a[1].wrapping_mul(b[3])),
+        a[2].wrapping_mul(b[0])
+            .wrapping_add(a[3].wrapping_mul(b[2])),
+        a[2].wrapping_mul(b[1])
+            .wrapping_add(a[3].wrapping_mul(b[3])),
+    ]
+}
+
+fn mat(rank: usize, i: usize, round: usize) -> [i64; 4] {
+    let v = |k: usize| (rank * 3 + i * 5 + round + k) as i64 % 5 - 2;
+    [v(0), v(1), v(2), v(3)]
+}
+
+/// Reduces to every root in turn, plain and in place, with a commutative operation and with a
+/// non-commutative one (2x2 matrix products, rank order), over `n` elements (i64 or matrices
+/// of the same byte length, so the same thresholds are crossed).
+fn reduce_variants(
+    comm: &SimpleCommunicator,
+    n: usize,
+    r: usize,
+    d: &mut Digest,
+    w: &dyn Fn(&str) -> String,
+) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    let sum: Vec<i64> = (0..n).map(|i| (0..p).map(|q| val(q, i, r)).sum()).collect();
+    let m = n / 4;
+    let mm: Vec<[i64; 4]> = (0..m).map(|i| mat(me, i, r)).collect();
+    let prod: Vec<[i64; 4]> = (0..m)
+        .map(|i| (1..p).fold(mat(0, i, r), |a, q| matmul(a, mat(q, i, r))))
+        .collect();
+    let matop = || {
+        UserOperation::<[i64; 4]>::associative(|a, b| {
+            for (x, y) in a.iter().zip(b.iter_mut()) {
+                *y = matmul(*x, *y);
+            }
+        })
+    };
+    for root in 0..p {
+        let rp = comm.process_at_rank(root as i32);
+        if me == root {
+            let mut o = (0..n).map(|i| val(me, i, r)).collect::<Vec<i64>>();
+            rp.reduce_in_place_root(&mut o[..], SystemOperation::sum())
+                .or_fail(w(&format!("reduce in place, root {root}")))?;
+            same(&w(&format!("reduce in place, root {root}")), &o, &sum)?;
+            d.add_i64(&o);
+            let mut o = vec![[0i64; 4]; m];
+            rp.reduce_into_root(&mm[..], &mut o[..], matop())
+                .or_fail(w(&format!("reduce matop, root {root}")))?;
+            same(&w(&format!("reduce matop, root {root}")), &o, &prod)?;
+            let mut o = mm.clone();
+            rp.reduce_in_place_root(&mut o[..], matop())
+                .or_fail(w(&format!("reduce matop in place, root {root}")))?;
+            same(
+                &w(&format!("reduce matop in place, root {root}")),
+                &o,
+                &prod,
+            )?;
+        } else {
+            let mine: Vec<i64> = (0..n).map(|i| val(me, i, r)).collect();
+            rp.reduce_into(&mine[..], SystemOperation::sum())
+                .or_fail(w(&format!("reduce in place, root {root}")))?;
+            rp.reduce_into(&mm[..], matop())
+                .or_fail(w(&format!("reduce matop, root {root}")))?;
+            rp.reduce_into(&mm[..], matop())
+                .or_fail(w(&format!("reduce matop in place, root {root}")))?;
+        }
+    }
+    let mut o = vec![[0i64; 4]; m];
+    comm.all_reduce_into(&mm[..], &mut o[..], matop())
+        .or_fail(w("allreduce matop"))?;
+    same(&w("allreduce matop"), &o, &prod)?;
+    let mut o = mm.clone();
+    comm.all_reduce_in_place(&mut o[..], matop())
+        .or_fail(w("allreduce matop in place"))?;
+    same(&w("allreduce matop in place"), &o, &prod)
+}
+
+/// Gather and scatter of `n` elements per rank to and from a rotating root, plain and in
+/// place.
+fn gather_scatter(
+    comm: &SimpleCommunicator,
+    n: usize,
+    r: usize,
+    mine: &[i64],
+    all: &[i64],
+    d: &mut Digest,
+    w: &dyn Fn(&str) -> String,
+) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    let root = (r + 2) % p;
+    let rp = comm.process_at_rank(root as i32);
+    if me == root {
+        let mut g = vec![0i64; n * p];
+        rp.gather_into_root(mine, &mut g[..]).or_fail(w("gather"))?;
+        same(&w("gather"), &g, all)?;
+        d.add_i64(&g);
+        let mut g = vec![0i64; n * p];
+        g[me * n..(me + 1) * n].copy_from_slice(mine);
+        rp.gather_in_place_root(&mut g[..])
+            .or_fail(w("gather in place"))?;
+        same(&w("gather in place"), &g, all)?;
+        let mut sc = vec![0i64; n];
+        rp.scatter_into_root(all, &mut sc[..])
+            .or_fail(w("scatter"))?;
+        same(&w("scatter"), &sc, mine)?;
+        rp.scatter_in_place_root(all)
+            .or_fail(w("scatter in place"))?;
+    } else {
+        rp.gather_into(mine).or_fail(w("gather"))?;
+        rp.gather_into(mine).or_fail(w("gather in place"))?;
+        for what in ["scatter", "scatter in place"] {
+            let mut sc = vec![0i64; n];
+            rp.scatter_into(&mut sc[..]).or_fail(w(what))?;
+            same(&w(what), &sc, mine)?;
+            d.add_i64(&sc);
+        }
+    }
+    Ok(())
+}
+
+/// Gatherv and scatterv (plain and in place) with blocks of mixed lengths (`n`, none, about
+/// `n/3`, `2n + 1` elements, by rank and round: inline, in the slots, packed, and by
+/// single-copy transfers), laid out in reverse rank order with gaps.
+fn varcount(
+    comm: &SimpleCommunicator,
+    n: usize,
+    r: usize,
+    d: &mut Digest,
+    w: &dyn Fn(&str) -> String,
+) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    let cnt = |q: usize| match (q + r) % 4 {
+        0 => n,
+        1 => 0,
+        2 => n / 3 + 1,
+        _ => 2 * n + 1,
+    };
+    let counts: Vec<i32> = (0..p).map(|q| cnt(q) as i32).collect();
+    let displs: Vec<i32> = (0..p)
+        .map(|q| (q + 1..p).map(|k| cnt(k) as i32 + 1).sum())
+        .collect();
+    let total: usize = (0..p).map(|q| cnt(q) + 1).sum();
+    let block = |q: usize| -> Vec<i64> { (0..cnt(q)).map(|i| val(q, i, r + 7)).collect() };
+    let mut want = vec![-1i64; total];
+    for q in 0..p {
+        let at = displs[q] as usize;
+        want[at..at + cnt(q)].copy_from_slice(&block(q));
+    }
+    let mine = block(me);
+    let root = (r + 1) % p;
+    let rp = comm.process_at_rank(root as i32);
+    if me == root {
+        let mut o = vec![-1i64; total];
+        rp.gather_varcount_into_root(
+            &mine[..],
+            &mut PartitionMut::new(&mut o[..], counts.clone(), displs.clone()),
+        )
+        .or_fail(w("gatherv"))?;
+        same(&w("gatherv"), &o, &want)?;
+        d.add_i64(&o);
+        let mut o = vec![-1i64; total];
+        let at = displs[me] as usize;
+        o[at..at + mine.len()].copy_from_slice(&mine);
+        rp.gather_varcount_in_place_root(&mut PartitionMut::new(
+            &mut o[..],
+            counts.clone(),
+            displs.clone(),
+        ))
+        .or_fail(w("gatherv in place"))?;
+        same(&w("gatherv in place"), &o, &want)?;
+        let mut s = vec![0i64; cnt(me)];
+        rp.scatter_varcount_into_root(
+            &Partition::new(&want[..], counts.clone(), displs.clone()),
+            &mut s[..],
+        )
+        .or_fail(w("scatterv"))?;
+        same(&w("scatterv"), &s, &mine)?;
+        rp.scatter_varcount_in_place_root(&Partition::new(
+            &want[..],
+            counts.clone(),
+            displs.clone(),
+        ))
+        .or_fail(w("scatterv in place"))?;
+    } else {
+        rp.gather_varcount_into(&mine[..]).or_fail(w("gatherv"))?;
+        rp.gather_varcount_into(&mine[..])
+            .or_fail(w("gatherv in place"))?;
+        for what in ["scatterv", "scatterv in place"] {
+            let mut s = vec![0i64; cnt(me)];
+            rp.scatter_varcount_into(&mut s[..]).or_fail(w(what))?;
+            same(&w(what), &s, &mine)?;
+            d.add_i64(&s);
+        }
+    }
+    Ok(())
+}
+
 /// Sizes (in i64 elements) around the inline (16 bytes) and slot boundaries.
 fn sizes(quick: bool) -> Vec<usize> {
     let s = slot() / 8;
     let mut v = vec![0, 1, 2, 3, s - 1, s, s + 1, 2 * s + 3];
     if !quick {
-        // 70_001 elements (560 KiB) also cross the split-reduction threshold, with uneven
-        // blocks.
-        v.extend([5 * s + 7, 1, 4 * s, 70_001]);
+        // Around the single-copy thresholds (16 KiB broadcasts, gathers and scatters; 32 KiB
+        // split copies; 64 KiB two-rank split reduces). 70_001 elements (560 KiB) also cross
+        // the split-reduction threshold, with uneven blocks, and the chunk of a two-rank
+        // split reduce (256 KiB) several times.
+        v.extend([
+            5 * s + 7,
+            1,
+            4 * s,
+            2047,
+            2048,
+            4095,
+            4097,
+            8191,
+            8192,
+            8193,
+            70_001,
+        ]);
     }
     v
 }
