@@ -1,5 +1,6 @@
-//! Cross-memory attach: single-copy reads from another process's address space
-//! (`process_vm_readv`), for large messages (rendezvous).
+//! Cross-memory attach: single-copy reads from and writes to another process's address
+//! space (`process_vm_readv`, `process_vm_writev`), for large messages (rendezvous) and the
+//! shared-memory collectives.
 
 use std::io;
 
@@ -19,8 +20,38 @@ use crate::sys;
 /// Messages name the pid, address and length.
 pub fn cma_read(pid: i32, remote_addr: u64, dst: &mut [u8]) -> io::Result<()> {
     let len = dst.len();
+    copy_all("process_vm_readv", pid, remote_addr, len, |done, addr| {
+        sys::process_vm_read(pid, addr, &mut dst[done..])
+    })
+}
+
+/// Copies `src` to address `remote_addr` in process `pid`, looping over partial writes: the
+/// writing twin of [`cma_read`], with the same access rule (the kernel checks ptrace access
+/// for both directions alike).
+///
+/// # Errors
+///
+/// As [`cma_read`]; messages name `process_vm_writev`, pid, address and length.
+pub fn cma_write(pid: i32, remote_addr: u64, src: &[u8]) -> io::Result<()> {
+    copy_all(
+        "process_vm_writev",
+        pid,
+        remote_addr,
+        src.len(),
+        |done, addr| sys::process_vm_write(pid, addr, &src[done..]),
+    )
+}
+
+/// Calls `step(done, address)` until `len` bytes are copied, retrying interrupted calls.
+fn copy_all(
+    op: &str,
+    pid: i32,
+    remote_addr: u64,
+    len: usize,
+    mut step: impl FnMut(usize, u64) -> io::Result<usize>,
+) -> io::Result<()> {
     let ctx = |done: usize| {
-        format!("process_vm_readv(pid {pid}, addr {remote_addr:#x}, len {len}) after {done} bytes")
+        format!("{op}(pid {pid}, addr {remote_addr:#x}, len {len}) after {done} bytes")
     };
     let mut done = 0;
     while done < len {
@@ -31,11 +62,11 @@ pub fn cma_read(pid: i32, remote_addr: u64, dst: &mut [u8]) -> io::Result<()> {
                 format!("{}: address overflow", ctx(done)),
             )
         })?;
-        match sys::process_vm_read(pid, addr, &mut dst[done..]) {
+        match step(done, addr) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{}: read 0 bytes", ctx(done)),
+                    format!("{}: copied 0 bytes", ctx(done)),
                 ));
             }
             Ok(n) => done += n,
@@ -76,6 +107,16 @@ mod tests {
         cma_read(me(), src.as_ptr() as u64, &mut dst).unwrap();
         assert_eq!(src, dst);
         cma_read(me(), src.as_ptr() as u64, &mut []).unwrap();
+    }
+
+    #[test]
+    fn writes_own_memory_across_pages() {
+        let src: Vec<u8> = (0..2 * 4096 + 77).map(|i| (i * 13 % 251) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        cma_write(me(), dst.as_mut_ptr() as u64, &src).unwrap();
+        assert_eq!(src, dst);
+        let e = cma_write(me(), 0, &src).unwrap_err();
+        assert!(e.to_string().contains("process_vm_writev"), "{e}");
     }
 
     #[test]

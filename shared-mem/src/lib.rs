@@ -49,7 +49,7 @@ mod segment;
 mod sys;
 pub mod transport;
 
-pub use cma::{allow_ptrace_from_any, cma_probe, cma_read};
+pub use cma::{allow_ptrace_from_any, cma_probe, cma_read, cma_write};
 pub use doorbell::{DOORBELL_FOOTPRINT, DOORBELL_MAGIC, Doorbell, format_doorbell};
 pub use error::OsError;
 pub use ring::{

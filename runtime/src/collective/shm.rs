@@ -103,9 +103,9 @@
 //! `osu_reduce`: 1 MiB in 67 µs with the pair split against 150 µs folded by the root alone.
 //!
 //! # Not yet implemented
-//! The intra-host phase of the two-level algorithms, reduce-scatter-based allreduce for many ranks
-//! and long vectors, futex sleeping in long waits, `process_vm_writev` in `braid_shm` (where
-//! `cma_read` lives; [`cma_write`] is local for now).
+//! The intra-host phase of the two-level algorithms, futex sleeping in long waits, a probe of
+//! `process_vm_writev` apart from the read probe (the kernel applies the same ptrace check to
+//! both, so a host that allows reads allows writes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -1305,7 +1305,7 @@ impl Region {
             return Ok(());
         }
         let addr = self.addr(r, s, k).wrapping_add(off as u64);
-        cma_write(self.pids[r], addr, src).map_err(|e| {
+        braid_shm::cma_write(self.pids[r], addr, src).map_err(|e| {
             Error::LocalOs(format!(
                 "single-copy write to rank {} in a shared-memory collective: {e}",
                 self.world[r]
@@ -1870,7 +1870,7 @@ impl Region {
         } else if !self.v_short(mine.len()) {
             let (w, want) = self.v_entry(root, s, me);
             res = if want == Some(mine.len()) {
-                cma_write(self.pids[root], w, mine).map_err(|e| {
+                braid_shm::cma_write(self.pids[root], w, mine).map_err(|e| {
                     Error::LocalOs(format!(
                         "single-copy write to rank {} in a shared-memory collective: {e}",
                         self.world[root]
@@ -2046,63 +2046,6 @@ impl Region {
 /// Marks a scatterv table entry whose block is in the root's slot (at the offset in the low
 /// bits) rather than at an address in its memory (user-space addresses stay below 2^63).
 const PACKED: u64 = 1 << 63;
-
-/// Copies `src` to address `remote_addr` in process `pid` with `process_vm_writev`, looping
-/// over partial writes: the writing twin of [`braid_shm::cma_read`] (the kernel asks for the
-/// same ptrace access as for reading, so members that agreed on single-copy reads can also
-/// write). Messages name the pid, address and length.
-///
-/// # Implementation notes
-/// Belongs in `braid_shm::cma` next to `cma_read`; kept here until that crate grows it.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn cma_write(pid: i32, remote_addr: u64, src: &[u8]) -> std::io::Result<()> {
-    let len = src.len();
-    let ctx = |done: usize, e: &dyn std::fmt::Display| {
-        std::io::Error::other(format!(
-            "process_vm_writev(pid {pid}, addr {remote_addr:#x}, len {len}) after {done} bytes: {e}"
-        ))
-    };
-    let mut done = 0;
-    while done < len {
-        let addr = remote_addr
-            .checked_add(done as u64)
-            .and_then(|a| usize::try_from(a).ok())
-            .ok_or_else(|| ctx(done, &"address overflow"))?;
-        let rest = &src[done..];
-        let local = libc::iovec {
-            iov_base: rest.as_ptr().cast_mut().cast(),
-            iov_len: rest.len(),
-        };
-        let remote = libc::iovec {
-            // Only an integer to the kernel, which checks it against the other process's
-            // address space; never dereferenced here.
-            iov_base: addr as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        // SAFETY: `local` describes `rest`, valid for reads of its length (the kernel only
-        // reads through it); the remote iovec is checked by the kernel.
-        let n =
-            unsafe { libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0) };
-        match n {
-            0 => return Err(ctx(done, &"wrote 0 bytes")),
-            n if n > 0 => done += n.unsigned_abs(),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(ctx(done, &e));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Without `process_vm_writev` no member ever agrees on single-copy transfers, so this is
-/// never called.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn cma_write(_pid: i32, _remote_addr: u64, _src: &[u8]) -> std::io::Result<()> {
-    Err(std::io::ErrorKind::Unsupported.into())
-}
 
 /// Whether a mapped region's header matches what this rank expects.
 fn header_ok(seg: &Segment, p: usize, slot: usize) -> bool {

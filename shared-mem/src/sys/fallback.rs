@@ -48,6 +48,10 @@ pub(crate) fn process_vm_read(_pid: i32, _addr: u64, _dst: &mut [u8]) -> io::Res
     Err(unsupported())
 }
 
+pub(crate) fn process_vm_write(_pid: i32, _addr: u64, _src: &[u8]) -> io::Result<usize> {
+    Err(unsupported())
+}
+
 pub(crate) fn set_ptracer_any() -> io::Result<()> {
     Ok(())
 }

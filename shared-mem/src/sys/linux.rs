@@ -199,6 +199,34 @@ pub(crate) fn process_vm_read(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result
     Ok(n.unsigned_abs())
 }
 
+/// `process_vm_writev` of `src` to `addr` in process `pid`; returns the bytes written.
+pub(crate) fn process_vm_write(pid: i32, addr: u64, src: &[u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: src.as_ptr().cast_mut().cast(),
+        iov_len: src.len(),
+    };
+    let remote = libc::iovec {
+        // The remote address is only an integer to the kernel; it is never dereferenced here.
+        iov_base: usize::try_from(addr)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "address too large"))?
+            as *mut libc::c_void,
+        iov_len: src.len(),
+    };
+    // SAFETY: `local` describes `src`, which is valid for reads of its length (the kernel
+    // only reads through it); the remote iovec is checked by the kernel against the other
+    // process's address space.
+    let n = syscall!(process_vm_writev(
+        pid,
+        &raw const local,
+        1,
+        &raw const remote,
+        1,
+        0
+    ))?;
+    // `n` is non-negative here (errors were -1).
+    Ok(n.unsigned_abs())
+}
+
 /// `prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY)`: lets any process of the same user attach
 /// (and so `process_vm_readv`) to this one under Yama `ptrace_scope = 1`.
 pub(crate) fn set_ptracer_any() -> io::Result<()> {
