@@ -11,7 +11,7 @@
 //! | `BRAID_CONNECT_TIMEOUT` | 60 | seconds wire-up may take before init fails naming the missing ranks |
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
 //! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
-//! | `BRAID_SHM_EAGER_LIMIT` | 16384 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous |
+//! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
 //! | `BRAID_JOB_ID` | set by `mpirun` | names the job's shared segments (`/dev/shm/braid-<job>-<rank>`); otherwise the PMI kvsname |
@@ -171,7 +171,7 @@ impl Settings {
             connect_timeout: Duration::from_secs(number("BRAID_CONNECT_TIMEOUT", 60)?),
             shm: switch("BRAID_SHM", true)?,
             shm_cma: switch("BRAID_SHM_CMA", true)?,
-            shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 16 * 1024)?,
+            shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 8 * 1024)?,
             shm_ring_size: ring_size()?,
             fake_hosts: var("BRAID_FAKE_HOSTS")
                 .map(|_| number("BRAID_FAKE_HOSTS", 1))
