@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_engine::wire::{COMPACT, COMPACT_LEN, Header, header_len};
+use braid_engine::wire::{COMPACT, COMPACT_LEN, Header};
 use braid_engine::{Rank, RecvStatus, ReqId};
 use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
@@ -31,8 +31,6 @@ use crate::{
 /// Magic value other ranks read from this process to check that single-copy reads work.
 static PROBE_WORD: u64 = 0x4252_4149_445f_434d;
 const STAGING: usize = 64 * 1024;
-/// Bodies up to this long are written with their header in one ring write when it fits.
-const SMALL_FRAME: usize = 4096;
 
 /// A connection to one local peer: my ring in its segment, its ring in mine.
 struct ShmPipe {
@@ -392,23 +390,6 @@ impl Transport for ShmTransport {
         let Some(c) = self.conns.get_mut(to.0 as usize).and_then(Option::as_mut) else {
             return Err(TransportError::NotConnected(to));
         };
-        // A small frame on a connection with nothing queued goes into the ring in one piece
-        // when it fits, without the framing layer's queue bookkeeping.
-        if body.len <= SMALL_FRAME && !c.has_pending_writes() {
-            let body_slice: &[u8] = if body.len == 0 {
-                &[]
-            } else {
-                // SAFETY: the caller guarantees `ptr` is valid for `len` bytes.
-                unsafe { std::slice::from_raw_parts(body.ptr, body.len) }
-            };
-            let pipe = c.stream_mut();
-            let parts = [&header[..header_len(header[0])], body_slice];
-            if pipe.tx.try_write_vectored(&parts).is_ok() {
-                pipe.bell.ring();
-                self.sent.extend(body.owner);
-                return Ok(());
-            }
-        }
         // SAFETY: forwarded from the caller.
         unsafe { c.send(header, body, &mut self.sent) }
     }

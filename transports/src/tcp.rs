@@ -737,14 +737,7 @@ impl TcpTransport {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let slot = self
-                .pending
-                .iter()
-                .position(Option::is_none)
-                .unwrap_or_else(|| {
-                    self.pending.push(None);
-                    self.pending.len() - 1
-                });
+            let slot = free_slot(&mut self.pending);
             if self
                 .poll
                 .registry()
@@ -1673,6 +1666,14 @@ impl Transport for TcpTransport {
                 || l.conns.iter().flatten().any(|c| c.queued > 0 && !c.broken)
         })
     }
+}
+
+/// Index of an empty entry of `slots` (a token table), appending one when all are taken.
+fn free_slot<T>(slots: &mut Vec<Option<T>>) -> usize {
+    slots.iter().position(Option::is_none).unwrap_or_else(|| {
+        slots.push(None);
+        slots.len() - 1
+    })
 }
 
 /// Whether a connection error is what a peer closing its end looks like (process exit): no

@@ -515,10 +515,7 @@ impl Engine {
         mode: SendMode,
         pull_addr: u64,
     ) -> Result<ReqId, UsageError> {
-        self.check_rank(to)?;
-        if tag.0 < 0 {
-            return Err(UsageError::InvalidTag(tag));
-        }
+        self.check_send(to, tag)?;
         let req = self.new_req();
         let peer = &mut self.peers[to.0 as usize];
         if peer.lost {
@@ -590,14 +587,12 @@ impl Engine {
         tag: Tag,
         len: u64,
     ) -> Result<Option<(ReqId, Header)>, UsageError> {
-        self.check_rank(to)?;
-        if tag.0 < 0 {
-            return Err(UsageError::InvalidTag(tag));
-        }
-        if to == self.cfg.rank || len > self.eager_limit(to) || !self.transmits.is_empty() {
-            return Ok(None);
-        }
-        if self.peers[to.0 as usize].lost {
+        self.check_send(to, tag)?;
+        if to == self.cfg.rank
+            || len > self.eager_limit(to)
+            || !self.transmits.is_empty()
+            || self.peers[to.0 as usize].lost
+        {
             return Ok(None);
         }
         let mut header = self.envelope(context, to, tag, len);
@@ -654,6 +649,7 @@ impl Engine {
         tag: TagSel,
         capacity: u64,
     ) -> Option<RecvStatus> {
+        let limit = self.eager_limit(from);
         let peer = self.peers.get_mut(from.0 as usize)?;
         if h.kind != FrameKind::Eager
             || h.flags != 0
@@ -663,13 +659,7 @@ impl Engine {
             || h.seq.0 != peer.next_recv
             || h.payload_len != h.msg_len
             || h.msg_len > capacity
-            || h.msg_len
-                > self
-                    .cfg
-                    .eager_limit
-                    .get(from.0 as usize)
-                    .copied()
-                    .unwrap_or(0)
+            || h.msg_len > limit
         {
             return None;
         }
@@ -1388,6 +1378,15 @@ impl Engine {
         let r = ReqId(self.next_req);
         self.next_req += 1;
         r
+    }
+
+    /// The destination and tag of a send are valid.
+    fn check_send(&self, to: Rank, tag: Tag) -> Result<(), UsageError> {
+        self.check_rank(to)?;
+        if tag.0 < 0 {
+            return Err(UsageError::InvalidTag(tag));
+        }
+        Ok(())
     }
 
     fn check_rank(&self, r: Rank) -> Result<(), UsageError> {

@@ -180,14 +180,7 @@ impl TcpTransport {
         };
         let sock = open().map_err(|e| format!("connect to {addr}: {e}"))?;
         let mut stream = TcpStream::from_std(sock.into());
-        let slot = self
-            .connecting
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or_else(|| {
-                self.connecting.push(None);
-                self.connecting.len() - 1
-            });
+        let slot = super::free_slot(&mut self.connecting);
         self.poll
             .registry()
             .register(&mut stream, Token(CONNECT_BASE + slot), Interest::WRITABLE)
