@@ -2988,6 +2988,56 @@ impl Process<'_> {
         }
         Ok(r)
     }
+
+    /// The blocks a non-root passes to a v-form (it has no partition: all empty).
+    fn no_partition(&self) -> (Vec<usize>, Vec<usize>, usize) {
+        let p = self.comm_data().group().size() as usize;
+        (vec![0; p], vec![0; p], 1)
+    }
+
+    /// Gather(v) at a non-root, run in `mode`.
+    fn gather_leaf<S: Buffer + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &S,
+        varcount: bool,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_send(what, send)?;
+        let v = varcount.then(|| self.no_partition());
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            &mut [],
+            v,
+            false,
+            mode,
+        )
+    }
+
+    /// Scatter(v) at a non-root, run in `mode`.
+    fn scatter_leaf<R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        recv: &mut R,
+        varcount: bool,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_recv(what, recv)?;
+        let v = varcount.then(|| self.no_partition());
+        do_scatter(
+            self.comm_data(),
+            root,
+            &[],
+            recv.as_bytes_mut(),
+            v,
+            false,
+            mode,
+        )
+    }
 }
 
 impl Root for Process<'_> {
@@ -3031,18 +3081,8 @@ impl Root for Process<'_> {
     }
 
     fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.not_root("MPI_Gather")?;
-        contiguous_send("MPI_Gather", send)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_leaf("MPI_Gather", send, false, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3081,20 +3121,8 @@ impl Root for Process<'_> {
     }
 
     fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.not_root("MPI_Gatherv")?;
-        contiguous_send("MPI_Gatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            v,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_leaf("MPI_Gatherv", send, true, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3121,18 +3149,8 @@ impl Root for Process<'_> {
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.not_root("MPI_Scatter")?;
-        contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_leaf("MPI_Scatter", recv, false, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3171,20 +3189,8 @@ impl Root for Process<'_> {
     }
 
     fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.not_root("MPI_Scatterv")?;
-        contiguous_recv("MPI_Scatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        do_scatter(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            v,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_leaf("MPI_Scatterv", recv, true, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3382,13 +3388,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Igather")?;
-        contiguous_send("MPI_Igather", send)?;
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_gather(c, root, sb, &mut [], None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_leaf("MPI_Igather", send, false, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3426,15 +3427,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Igatherv")?;
-        contiguous_send("MPI_Igatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_gather(c, root, sb, &mut [], v, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_leaf("MPI_Igatherv", send, true, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_into_root<
@@ -3479,13 +3473,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Iscatter")?;
-        contiguous_recv("MPI_Iscatter", recv)?;
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, &[], rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_leaf("MPI_Iscatter", recv, false, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3523,15 +3512,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Iscatterv")?;
-        contiguous_recv("MPI_Iscatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, &[], rb, v, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_leaf("MPI_Iscatterv", recv, true, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_into_root<
