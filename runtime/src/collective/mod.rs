@@ -2996,7 +2996,7 @@ impl Process<'_> {
     }
 
     /// Gather(v) at a non-root, run in `mode`.
-    fn gather_leaf<S: Buffer + ?Sized>(
+    fn gather_nonroot<S: Buffer + ?Sized>(
         &self,
         what: &'static str,
         send: &S,
@@ -3018,7 +3018,7 @@ impl Process<'_> {
     }
 
     /// Scatter(v) at a non-root, run in `mode`.
-    fn scatter_leaf<R: BufferMut + ?Sized>(
+    fn scatter_nonroot<R: BufferMut + ?Sized>(
         &self,
         what: &'static str,
         recv: &mut R,
@@ -3081,7 +3081,7 @@ impl Root for Process<'_> {
     }
 
     fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        self.gather_leaf("MPI_Gather", send, false, Mode::Blocking)
+        self.gather_nonroot("MPI_Gather", send, false, Mode::Blocking)
             .map(drop)
     }
 
@@ -3121,7 +3121,7 @@ impl Root for Process<'_> {
     }
 
     fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        self.gather_leaf("MPI_Gatherv", send, true, Mode::Blocking)
+        self.gather_nonroot("MPI_Gatherv", send, true, Mode::Blocking)
             .map(drop)
     }
 
@@ -3149,7 +3149,7 @@ impl Root for Process<'_> {
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        self.scatter_leaf("MPI_Scatter", recv, false, Mode::Blocking)
+        self.scatter_nonroot("MPI_Scatter", recv, false, Mode::Blocking)
             .map(drop)
     }
 
@@ -3189,7 +3189,7 @@ impl Root for Process<'_> {
     }
 
     fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        self.scatter_leaf("MPI_Scatterv", recv, true, Mode::Blocking)
+        self.scatter_nonroot("MPI_Scatterv", recv, true, Mode::Blocking)
             .map(drop)
     }
 
@@ -3388,7 +3388,7 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let started = self.gather_leaf("MPI_Igather", send, false, Mode::Immediate);
+        let started = self.gather_nonroot("MPI_Igather", send, false, Mode::Immediate);
         immediate(started, scope)
     }
 
@@ -3427,7 +3427,7 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let started = self.gather_leaf("MPI_Igatherv", send, true, Mode::Immediate);
+        let started = self.gather_nonroot("MPI_Igatherv", send, true, Mode::Immediate);
         immediate(started, scope)
     }
 
@@ -3473,7 +3473,7 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let started = self.scatter_leaf("MPI_Iscatter", recv, false, Mode::Immediate);
+        let started = self.scatter_nonroot("MPI_Iscatter", recv, false, Mode::Immediate);
         immediate(started, scope)
     }
 
@@ -3512,7 +3512,7 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let started = self.scatter_leaf("MPI_Iscatterv", recv, true, Mode::Immediate);
+        let started = self.scatter_nonroot("MPI_Iscatterv", recv, true, Mode::Immediate);
         immediate(started, scope)
     }
 
