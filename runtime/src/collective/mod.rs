@@ -3038,6 +3038,80 @@ impl Process<'_> {
             mode,
         )
     }
+
+    /// Gather at the root, run in `mode`; `send` is `None` in place.
+    fn gather_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut R,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        contiguous_recv(what, recv)?;
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
+        do_gather(c, root, sb, rb, None, in_place, mode)
+    }
+
+    /// Scatter at the root, run in `mode`; `recv` is `None` in place.
+    fn scatter_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &S,
+        recv: Option<&mut R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        contiguous_send(what, send)?;
+        if let Some(rb) = &recv {
+            contiguous_recv(what, &**rb)?;
+        }
+        let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        do_scatter(c, root, sb, rb, None, in_place, mode)
+    }
+
+    /// Reduce at a non-root, run in `mode`.
+    fn reduce_nonroot<S: Buffer + ?Sized, O: Operation>(
+        &self,
+        what: &'static str,
+        send: &S,
+        op: O,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_send(what, send)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        do_reduce(c, root, sb, None, false, op, mode)
+    }
+
+    /// Reduce at the root, run in `mode`; `send` is `None` in place.
+    fn reduce_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut R,
+        op: O,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        contiguous_recv(what, recv)?;
+        let op = match send {
+            Some(sb) => op.resolve(&sb.item_datatype())?,
+            None => op.resolve(&recv.item_datatype())?,
+        };
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), Some(recv.as_bytes_mut()));
+        do_reduce(c, root, sb, rb, in_place, op, mode)
+    }
 }
 
 impl Root for Process<'_> {
@@ -3090,34 +3164,13 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gather")?;
-        contiguous_send("MPI_Gather", send)?;
-        contiguous_recv("MPI_Gather", recv)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_root("MPI_Gather", Some(send), recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_in_place_root<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gather")?;
-        contiguous_recv("MPI_Gather", recv)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            None,
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_root("MPI_Gather", None::<&[u8]>, recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
@@ -3158,34 +3211,13 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatter")?;
-        contiguous_send("MPI_Scatter", send)?;
-        contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_root("MPI_Scatter", send, Some(recv), Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_in_place_root<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatter")?;
-        contiguous_send("MPI_Scatter", send)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            None,
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_root("MPI_Scatter", send, None::<&mut [u8]>, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
@@ -3222,19 +3254,8 @@ impl Root for Process<'_> {
     }
 
     fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {
-        let root = self.not_root("MPI_Reduce")?;
-        contiguous_send("MPI_Reduce", send)?;
-        let op = op.resolve(&send.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            None,
-            false,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_nonroot("MPI_Reduce", send, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
@@ -3243,20 +3264,8 @@ impl Root for Process<'_> {
         recv: &mut R,
         op: O,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Reduce")?;
-        contiguous_send("MPI_Reduce", send)?;
-        contiguous_recv("MPI_Reduce", recv)?;
-        let op = op.resolve(&send.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            Some(recv.as_bytes_mut()),
-            false,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_root("MPI_Reduce", Some(send), recv, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(
@@ -3264,19 +3273,8 @@ impl Root for Process<'_> {
         buf: &mut R,
         op: O,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Reduce")?;
-        contiguous_recv("MPI_Reduce", buf)?;
-        let op = op.resolve(&buf.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            &[],
-            Some(buf.as_bytes_mut()),
-            true,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_root("MPI_Reduce", None::<&[u8]>, buf, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn immediate_reduce_into_root<
@@ -3292,20 +3290,8 @@ impl Root for Process<'_> {
         recv: &'a mut R,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Ireduce")?;
-        contiguous_send("MPI_Ireduce", send)?;
-        contiguous_recv("MPI_Ireduce", recv)?;
-        let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            Some(recv.as_bytes_mut()),
-            false,
-            op,
-            Mode::Immediate,
-        )?;
-        Ok(Request::collective_opt(e, scope))
+        let started = self.reduce_root("MPI_Ireduce", Some(send), recv, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(
@@ -3314,19 +3300,8 @@ impl Root for Process<'_> {
         send: &'a S,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Ireduce")?;
-        contiguous_send("MPI_Ireduce", send)?;
-        let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            None,
-            false,
-            op,
-            Mode::Immediate,
-        )?;
-        Ok(Request::collective_opt(e, scope))
+        let started = self.reduce_nonroot("MPI_Ireduce", send, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_reduce_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
@@ -3335,12 +3310,8 @@ impl Root for Process<'_> {
         buf: &'a mut R,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Ireduce")?;
-        contiguous_recv("MPI_Ireduce", buf)?;
-        let op = op.resolve(&buf.item_datatype())?;
-        let b = Some(buf.as_bytes_mut());
-        let c = self.comm_data();
-        immediate(do_reduce(c, root, &[], b, true, op, Mode::Immediate), scope)
+        let started = self.reduce_root("MPI_Ireduce", None::<&[u8]>, buf, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn gather_varcount_in_place_root<R: BufferMut + ?Sized>(
@@ -3398,14 +3369,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igather")?;
-        contiguous_send("MPI_Igather", send)?;
-        contiguous_recv("MPI_Igather", recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_gather(c, root, sb, rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_root("MPI_Igather", Some(send), recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3413,13 +3378,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igather")?;
-        contiguous_recv("MPI_Igather", recv)?;
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_gather(c, root, &[], rb, None, true, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_root("MPI_Igather", None::<&[u8]>, recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3483,14 +3443,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatter")?;
-        contiguous_send("MPI_Iscatter", send)?;
-        contiguous_recv("MPI_Iscatter", recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, sb, rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_root("MPI_Iscatter", send, Some(recv), Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3498,13 +3452,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatter")?;
-        contiguous_send("MPI_Iscatter", send)?;
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_scatter(c, root, sb, &mut [], None, true, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_root("MPI_Iscatter", send, None::<&mut [u8]>, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
