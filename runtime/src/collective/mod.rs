@@ -3112,6 +3112,44 @@ impl Process<'_> {
         let (c, rb) = (self.comm_data(), Some(recv.as_bytes_mut()));
         do_reduce(c, root, sb, rb, in_place, op, mode)
     }
+
+    /// Gatherv at the root, run in `mode`; `send` is `None` in place.
+    fn gatherv_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut PartitionMut<'_, R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        let p = self.comm_data().group().size() as usize;
+        let v = recv_partition(what, p, recv)?;
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
+        do_gather(c, root, sb, rb, Some(v), in_place, mode)
+    }
+
+    /// Scatterv at the root, run in `mode`; `recv` is `None` in place.
+    fn scatterv_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &Partition<'_, S>,
+        recv: Option<&mut R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(rb) = &recv {
+            contiguous_recv(what, &**rb)?;
+        }
+        let p = self.comm_data().group().size() as usize;
+        let v = send_partition(what, p, send)?;
+        let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
+        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
+        do_scatter(c, root, sb, rb, Some(v), in_place, mode)
+    }
 }
 
 impl Root for Process<'_> {
@@ -3318,40 +3356,16 @@ impl Root for Process<'_> {
         &self,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gatherv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Gatherv", p, recv)?;
-        let rb = recv.buf.as_bytes_mut();
-        do_gather(
-            self.comm_data(),
-            root,
-            &[],
-            rb,
-            Some(v),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gatherv_root("MPI_Gatherv", None::<&[u8]>, recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_in_place_root<S: Buffer + ?Sized>(
         &self,
         send: &Partition<'_, S>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatterv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Scatterv", p, send)?;
-        let sb = send.buf.as_bytes();
-        do_scatter(
-            self.comm_data(),
-            root,
-            sb,
-            &mut [],
-            Some(v),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatterv_root("MPI_Scatterv", send, None::<&mut [u8]>, Mode::Blocking)
+            .map(drop)
     }
 
     fn immediate_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3402,15 +3416,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igatherv")?;
-        contiguous_send("MPI_Igatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Igatherv", p, recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.buf.as_bytes_mut());
-        immediate(
-            do_gather(c, root, sb, rb, Some(v), false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gatherv_root("MPI_Igatherv", Some(send), recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3418,14 +3425,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igatherv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Igatherv", p, recv)?;
-        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
-        immediate(
-            do_gather(c, root, &[], rb, Some(v), true, Mode::Immediate),
-            scope,
-        )
+        let started = self.gatherv_root("MPI_Igatherv", None::<&[u8]>, recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3476,15 +3477,8 @@ impl Root for Process<'_> {
         send: &'a Partition<'_, S>,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatterv")?;
-        contiguous_recv("MPI_Iscatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Iscatterv", p, send)?;
-        let (c, sb, rb) = (self.comm_data(), send.buf.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, sb, rb, Some(v), false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatterv_root("MPI_Iscatterv", send, Some(recv), Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3492,14 +3486,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a Partition<'_, S>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatterv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Iscatterv", p, send)?;
-        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
-        immediate(
-            do_scatter(c, root, sb, &mut [], Some(v), true, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatterv_root("MPI_Iscatterv", send, None::<&mut [u8]>, Mode::Immediate);
+        immediate(started, scope)
     }
 }
 
