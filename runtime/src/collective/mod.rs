@@ -733,15 +733,6 @@ fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slic
         .collect()
 }
 
-/// `(offset, length)` in bytes of each block of a v-form partition.
-fn byte_blocks(counts: &[usize], displs: &[usize], elem: usize) -> Vec<(usize, usize)> {
-    counts
-        .iter()
-        .zip(displs)
-        .map(|(c, d)| (d * elem, c * elem))
-        .collect()
-}
-
 fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
     (0..p).map(|i| Slice::new(loc, i * n, n)).collect()
 }
@@ -1170,7 +1161,7 @@ fn do_gather(
             }
             if matches!(mode, Mode::Blocking) {
                 let at = if is_root {
-                    byte_blocks(&counts, &displs, elem)
+                    b.iter().map(|x| (x.off, x.len)).collect()
                 } else {
                     Vec::new()
                 };
@@ -1275,7 +1266,7 @@ fn do_scatter(
             }
             if matches!(mode, Mode::Blocking) {
                 let at = if is_root {
-                    byte_blocks(&counts, &displs, elem)
+                    b.iter().map(|x| (x.off, x.len)).collect()
                 } else {
                     Vec::new()
                 };
