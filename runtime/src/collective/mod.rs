@@ -733,15 +733,6 @@ fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slic
         .collect()
 }
 
-/// `(offset, length)` in bytes of each block of a v-form partition.
-fn byte_blocks(counts: &[usize], displs: &[usize], elem: usize) -> Vec<(usize, usize)> {
-    counts
-        .iter()
-        .zip(displs)
-        .map(|(c, d)| (d * elem, c * elem))
-        .collect()
-}
-
 fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
     (0..p).map(|i| Slice::new(loc, i * n, n)).collect()
 }
@@ -1170,7 +1161,7 @@ fn do_gather(
             }
             if matches!(mode, Mode::Blocking) {
                 let at = if is_root {
-                    byte_blocks(&counts, &displs, elem)
+                    b.iter().map(|x| (x.off, x.len)).collect()
                 } else {
                     Vec::new()
                 };
@@ -1275,7 +1266,7 @@ fn do_scatter(
             }
             if matches!(mode, Mode::Blocking) {
                 let at = if is_root {
-                    byte_blocks(&counts, &displs, elem)
+                    b.iter().map(|x| (x.off, x.len)).collect()
                 } else {
                     Vec::new()
                 };
@@ -2988,6 +2979,168 @@ impl Process<'_> {
         }
         Ok(r)
     }
+
+    /// The blocks a non-root passes to a v-form (it has no partition: all empty).
+    fn no_partition(&self) -> (Vec<usize>, Vec<usize>, usize) {
+        let p = self.comm_data().group().size() as usize;
+        (vec![0; p], vec![0; p], 1)
+    }
+
+    /// Gather(v) at a non-root, run in `mode`.
+    fn gather_nonroot<S: Buffer + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &S,
+        varcount: bool,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_send(what, send)?;
+        let v = varcount.then(|| self.no_partition());
+        do_gather(
+            self.comm_data(),
+            root,
+            send.as_bytes(),
+            &mut [],
+            v,
+            false,
+            mode,
+        )
+    }
+
+    /// Scatter(v) at a non-root, run in `mode`.
+    fn scatter_nonroot<R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        recv: &mut R,
+        varcount: bool,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_recv(what, recv)?;
+        let v = varcount.then(|| self.no_partition());
+        do_scatter(
+            self.comm_data(),
+            root,
+            &[],
+            recv.as_bytes_mut(),
+            v,
+            false,
+            mode,
+        )
+    }
+
+    /// Gather at the root, run in `mode`; `send` is `None` in place.
+    fn gather_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut R,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        contiguous_recv(what, recv)?;
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
+        do_gather(c, root, sb, rb, None, in_place, mode)
+    }
+
+    /// Scatter at the root, run in `mode`; `recv` is `None` in place.
+    fn scatter_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &S,
+        recv: Option<&mut R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        contiguous_send(what, send)?;
+        if let Some(rb) = &recv {
+            contiguous_recv(what, &**rb)?;
+        }
+        let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        do_scatter(c, root, sb, rb, None, in_place, mode)
+    }
+
+    /// Reduce at a non-root, run in `mode`.
+    fn reduce_nonroot<S: Buffer + ?Sized, O: Operation>(
+        &self,
+        what: &'static str,
+        send: &S,
+        op: O,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.not_root(what)?;
+        contiguous_send(what, send)?;
+        let op = op.resolve(&send.item_datatype())?;
+        let (c, sb) = (self.comm_data(), send.as_bytes());
+        do_reduce(c, root, sb, None, false, op, mode)
+    }
+
+    /// Reduce at the root, run in `mode`; `send` is `None` in place.
+    fn reduce_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut R,
+        op: O,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        contiguous_recv(what, recv)?;
+        let op = match send {
+            Some(sb) => op.resolve(&sb.item_datatype())?,
+            None => op.resolve(&recv.item_datatype())?,
+        };
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), Some(recv.as_bytes_mut()));
+        do_reduce(c, root, sb, rb, in_place, op, mode)
+    }
+
+    /// Gatherv at the root, run in `mode`; `send` is `None` in place.
+    fn gatherv_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: Option<&S>,
+        recv: &mut PartitionMut<'_, R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(sb) = send {
+            contiguous_send(what, sb)?;
+        }
+        let p = self.comm_data().group().size() as usize;
+        let v = recv_partition(what, p, recv)?;
+        let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
+        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
+        do_gather(c, root, sb, rb, Some(v), in_place, mode)
+    }
+
+    /// Scatterv at the root, run in `mode`; `recv` is `None` in place.
+    fn scatterv_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
+        &self,
+        what: &'static str,
+        send: &Partition<'_, S>,
+        recv: Option<&mut R>,
+        mode: Mode,
+    ) -> Result<Option<Shared>, Error> {
+        let root = self.is_root(what)?;
+        if let Some(rb) = &recv {
+            contiguous_recv(what, &**rb)?;
+        }
+        let p = self.comm_data().group().size() as usize;
+        let v = send_partition(what, p, send)?;
+        let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
+        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
+        do_scatter(c, root, sb, rb, Some(v), in_place, mode)
+    }
 }
 
 impl Root for Process<'_> {
@@ -3031,18 +3184,8 @@ impl Root for Process<'_> {
     }
 
     fn gather_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.not_root("MPI_Gather")?;
-        contiguous_send("MPI_Gather", send)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_nonroot("MPI_Gather", send, false, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3050,51 +3193,18 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gather")?;
-        contiguous_send("MPI_Gather", send)?;
-        contiguous_recv("MPI_Gather", recv)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_root("MPI_Gather", Some(send), recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_in_place_root<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gather")?;
-        contiguous_recv("MPI_Gather", recv)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            None,
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_root("MPI_Gather", None::<&[u8]>, recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_varcount_into<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.not_root("MPI_Gatherv")?;
-        contiguous_send("MPI_Gatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            v,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gather_nonroot("MPI_Gatherv", send, true, Mode::Blocking)
+            .map(drop)
     }
 
     fn gather_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3121,18 +3231,8 @@ impl Root for Process<'_> {
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.not_root("MPI_Scatter")?;
-        contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_nonroot("MPI_Scatter", recv, false, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3140,51 +3240,18 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatter")?;
-        contiguous_send("MPI_Scatter", send)?;
-        contiguous_recv("MPI_Scatter", recv)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.as_bytes_mut(),
-            None,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_root("MPI_Scatter", send, Some(recv), Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_in_place_root<S: Buffer + ?Sized>(&self, send: &S) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatter")?;
-        contiguous_send("MPI_Scatter", send)?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            &mut [],
-            None,
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_root("MPI_Scatter", send, None::<&mut [u8]>, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
-        let root = self.not_root("MPI_Scatterv")?;
-        contiguous_recv("MPI_Scatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        do_scatter(
-            self.comm_data(),
-            root,
-            &[],
-            recv.as_bytes_mut(),
-            v,
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatter_nonroot("MPI_Scatterv", recv, true, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3216,19 +3283,8 @@ impl Root for Process<'_> {
     }
 
     fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {
-        let root = self.not_root("MPI_Reduce")?;
-        contiguous_send("MPI_Reduce", send)?;
-        let op = op.resolve(&send.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            None,
-            false,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_nonroot("MPI_Reduce", send, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_into_root<S: Buffer + ?Sized, R: BufferMut + ?Sized, O: Operation>(
@@ -3237,20 +3293,8 @@ impl Root for Process<'_> {
         recv: &mut R,
         op: O,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Reduce")?;
-        contiguous_send("MPI_Reduce", send)?;
-        contiguous_recv("MPI_Reduce", recv)?;
-        let op = op.resolve(&send.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            Some(recv.as_bytes_mut()),
-            false,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_root("MPI_Reduce", Some(send), recv, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_in_place_root<R: BufferMut + ?Sized, O: Operation>(
@@ -3258,19 +3302,8 @@ impl Root for Process<'_> {
         buf: &mut R,
         op: O,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Reduce")?;
-        contiguous_recv("MPI_Reduce", buf)?;
-        let op = op.resolve(&buf.item_datatype())?;
-        do_reduce(
-            self.comm_data(),
-            root,
-            &[],
-            Some(buf.as_bytes_mut()),
-            true,
-            op,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.reduce_root("MPI_Reduce", None::<&[u8]>, buf, op, Mode::Blocking)
+            .map(drop)
     }
 
     fn immediate_reduce_into_root<
@@ -3286,20 +3319,8 @@ impl Root for Process<'_> {
         recv: &'a mut R,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Ireduce")?;
-        contiguous_send("MPI_Ireduce", send)?;
-        contiguous_recv("MPI_Ireduce", recv)?;
-        let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            Some(recv.as_bytes_mut()),
-            false,
-            op,
-            Mode::Immediate,
-        )?;
-        Ok(Request::collective_opt(e, scope))
+        let started = self.reduce_root("MPI_Ireduce", Some(send), recv, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_reduce_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized, O: Operation>(
@@ -3308,19 +3329,8 @@ impl Root for Process<'_> {
         send: &'a S,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Ireduce")?;
-        contiguous_send("MPI_Ireduce", send)?;
-        let op = op.resolve(&send.item_datatype())?;
-        let e = do_reduce(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            None,
-            false,
-            op,
-            Mode::Immediate,
-        )?;
-        Ok(Request::collective_opt(e, scope))
+        let started = self.reduce_nonroot("MPI_Ireduce", send, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_reduce_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized, O: Operation>(
@@ -3329,52 +3339,24 @@ impl Root for Process<'_> {
         buf: &'a mut R,
         op: O,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Ireduce")?;
-        contiguous_recv("MPI_Ireduce", buf)?;
-        let op = op.resolve(&buf.item_datatype())?;
-        let b = Some(buf.as_bytes_mut());
-        let c = self.comm_data();
-        immediate(do_reduce(c, root, &[], b, true, op, Mode::Immediate), scope)
+        let started = self.reduce_root("MPI_Ireduce", None::<&[u8]>, buf, op, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn gather_varcount_in_place_root<R: BufferMut + ?Sized>(
         &self,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gatherv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Gatherv", p, recv)?;
-        let rb = recv.buf.as_bytes_mut();
-        do_gather(
-            self.comm_data(),
-            root,
-            &[],
-            rb,
-            Some(v),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gatherv_root("MPI_Gatherv", None::<&[u8]>, recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_varcount_in_place_root<S: Buffer + ?Sized>(
         &self,
         send: &Partition<'_, S>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatterv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Scatterv", p, send)?;
-        let sb = send.buf.as_bytes();
-        do_scatter(
-            self.comm_data(),
-            root,
-            sb,
-            &mut [],
-            Some(v),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatterv_root("MPI_Scatterv", send, None::<&mut [u8]>, Mode::Blocking)
+            .map(drop)
     }
 
     fn immediate_gather_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3382,13 +3364,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Igather")?;
-        contiguous_send("MPI_Igather", send)?;
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_gather(c, root, sb, &mut [], None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_nonroot("MPI_Igather", send, false, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3397,14 +3374,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igather")?;
-        contiguous_send("MPI_Igather", send)?;
-        contiguous_recv("MPI_Igather", recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_gather(c, root, sb, rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_root("MPI_Igather", Some(send), recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3412,13 +3383,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igather")?;
-        contiguous_recv("MPI_Igather", recv)?;
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_gather(c, root, &[], rb, None, true, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_root("MPI_Igather", None::<&[u8]>, recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_into<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3426,15 +3392,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Igatherv")?;
-        contiguous_send("MPI_Igatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_gather(c, root, sb, &mut [], v, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gather_nonroot("MPI_Igatherv", send, true, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_into_root<
@@ -3448,15 +3407,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igatherv")?;
-        contiguous_send("MPI_Igatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Igatherv", p, recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.buf.as_bytes_mut());
-        immediate(
-            do_gather(c, root, sb, rb, Some(v), false, Mode::Immediate),
-            scope,
-        )
+        let started = self.gatherv_root("MPI_Igatherv", Some(send), recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_gather_varcount_in_place_root<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3464,14 +3416,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Igatherv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = recv_partition("MPI_Igatherv", p, recv)?;
-        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
-        immediate(
-            do_gather(c, root, &[], rb, Some(v), true, Mode::Immediate),
-            scope,
-        )
+        let started = self.gatherv_root("MPI_Igatherv", None::<&[u8]>, recv, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3479,13 +3425,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Iscatter")?;
-        contiguous_recv("MPI_Iscatter", recv)?;
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, &[], rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_nonroot("MPI_Iscatter", recv, false, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_into_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized, R: BufferMut + ?Sized>(
@@ -3494,14 +3435,8 @@ impl Root for Process<'_> {
         send: &'a S,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatter")?;
-        contiguous_send("MPI_Iscatter", send)?;
-        contiguous_recv("MPI_Iscatter", recv)?;
-        let (c, sb, rb) = (self.comm_data(), send.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, sb, rb, None, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_root("MPI_Iscatter", send, Some(recv), Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3509,13 +3444,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a S,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatter")?;
-        contiguous_send("MPI_Iscatter", send)?;
-        let (c, sb) = (self.comm_data(), send.as_bytes());
-        immediate(
-            do_scatter(c, root, sb, &mut [], None, true, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_root("MPI_Iscatter", send, None::<&mut [u8]>, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_into<'a, Sc: Scope<'a>, R: BufferMut + ?Sized>(
@@ -3523,15 +3453,8 @@ impl Root for Process<'_> {
         scope: Sc,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.not_root("MPI_Iscatterv")?;
-        contiguous_recv("MPI_Iscatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = Some((vec![0; p], vec![0; p], 1));
-        let (c, rb) = (self.comm_data(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, &[], rb, v, false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatter_nonroot("MPI_Iscatterv", recv, true, Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_into_root<
@@ -3545,15 +3468,8 @@ impl Root for Process<'_> {
         send: &'a Partition<'_, S>,
         recv: &'a mut R,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatterv")?;
-        contiguous_recv("MPI_Iscatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Iscatterv", p, send)?;
-        let (c, sb, rb) = (self.comm_data(), send.buf.as_bytes(), recv.as_bytes_mut());
-        immediate(
-            do_scatter(c, root, sb, rb, Some(v), false, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatterv_root("MPI_Iscatterv", send, Some(recv), Mode::Immediate);
+        immediate(started, scope)
     }
 
     fn immediate_scatter_varcount_in_place_root<'a, Sc: Scope<'a>, S: Buffer + ?Sized>(
@@ -3561,14 +3477,8 @@ impl Root for Process<'_> {
         scope: Sc,
         send: &'a Partition<'_, S>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let root = self.is_root("MPI_Iscatterv")?;
-        let p = self.comm_data().group().size() as usize;
-        let v = send_partition("MPI_Iscatterv", p, send)?;
-        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
-        immediate(
-            do_scatter(c, root, sb, &mut [], Some(v), true, Mode::Immediate),
-            scope,
-        )
+        let started = self.scatterv_root("MPI_Iscatterv", send, None::<&mut [u8]>, Mode::Immediate);
+        immediate(started, scope)
     }
 }
 
