@@ -547,7 +547,7 @@ fn coll_lengths(bench: Bench, size: usize, me: usize, p: usize) -> (usize, usize
         Bench::Scatter | Bench::Scatterv | Bench::Iscatter | Bench::Iscatterv => {
             (size * p, size, 0, 0)
         }
-        Bench::IreduceScatter => (0, 0, floats, reduce_scatter_counts(floats, p)[me]),
+        Bench::IreduceScatter => (0, 0, floats, reduce_scatter_count(floats, p, me)),
         Bench::Allreduce | Bench::Iallreduce | Bench::Ireduce | Bench::Reduce => {
             (0, 0, floats, floats)
         }
@@ -564,13 +564,17 @@ fn reduce_scatter_portion(size: usize, p: usize) -> usize {
     (size / size_of::<f32>() / p.max(1)).max(1)
 }
 
-/// OSU's `recvcounts` of `MPI_Reduce_scatter` for a vector of `floats` elements on `p` ranks:
-/// `floats / p` each, one more for the first `floats % p` ranks.
-fn reduce_scatter_counts(floats: usize, p: usize) -> Vec<usize> {
+/// OSU's `recvcounts[i]` of `MPI_Reduce_scatter` for a vector of `floats` elements on `p`
+/// ranks: `floats / p` each, one more for the first `floats % p` ranks.
+fn reduce_scatter_count(floats: usize, p: usize, i: usize) -> usize {
     let p = p.max(1);
-    (0..p)
-        .map(|i| floats / p + usize::from(i < floats % p))
-        .collect()
+    floats / p + usize::from(i < floats % p)
+}
+
+/// Where rank `i`'s block of [`reduce_scatter_count`]s starts: the sum of the counts before it.
+fn reduce_scatter_offset(floats: usize, p: usize, i: usize) -> usize {
+    let p = p.max(1);
+    i * (floats / p) + i.min(floats % p)
 }
 
 impl CollBuffers {
@@ -591,9 +595,11 @@ impl CollBuffers {
     /// `osu_ireduce_scatter`: OSU's counts of floats, no displacements).
     fn set_partition(&mut self, bench: Bench, size: usize, p: usize) -> anyhow::Result<()> {
         if bench == Bench::IreduceScatter {
-            self.counts = reduce_scatter_counts(size / size_of::<f32>(), p)
-                .into_iter()
-                .map(|c| i32::try_from(c).context("count exceeds i32"))
+            let floats = size / size_of::<f32>();
+            self.counts = (0..p.max(1))
+                .map(|i| {
+                    i32::try_from(reduce_scatter_count(floats, p, i)).context("count exceeds i32")
+                })
                 .collect::<anyhow::Result<_>>()?;
             self.displs.clear();
             return Ok(());
@@ -746,11 +752,7 @@ impl CollBuffers {
             Bench::Allreduce | Bench::Iallreduce => sums_ok(0),
             Bench::Reduce | Bench::Ireduce => !root || sums_ok(0),
             Bench::ReduceScatter => sums_ok(me * fr),
-            Bench::IreduceScatter => sums_ok(
-                reduce_scatter_counts(size / size_of::<f32>(), p)[..me]
-                    .iter()
-                    .sum(),
-            ),
+            Bench::IreduceScatter => sums_ok(reduce_scatter_offset(size / size_of::<f32>(), p, me)),
             _ => true,
         };
         u64::from(!ok)
@@ -1102,6 +1104,22 @@ mod tests {
         let records = report::parse_json(&fs::read_to_string(&file).unwrap()).unwrap();
         let _ = fs::remove_file(&file);
         (oks.iter().all(|&ok| ok), records)
+    }
+
+    #[test]
+    fn reduce_scatter_offsets_are_prefix_sums_of_counts() {
+        for (floats, p) in [(0, 1), (1, 3), (7, 3), (10, 4), (1024, 7)] {
+            let mut at = 0;
+            for i in 0..p {
+                assert_eq!(
+                    reduce_scatter_offset(floats, p, i),
+                    at,
+                    "{floats} on {p}, rank {i}"
+                );
+                at += reduce_scatter_count(floats, p, i);
+            }
+            assert_eq!(at, floats);
+        }
     }
 
     #[test]

@@ -1354,7 +1354,7 @@ fn openmpi(tb: &Testbed, a: &OpenmpiArgs) -> anyhow::Result<()> {
         for &rails in &a.rails {
             let list = tb.rail_list(rails)?;
             let mut benches = Vec::new();
-            if !a.sizes.is_empty() {
+            if bw {
                 benches.push((
                     "osu_bw",
                     &a.osu_bw,

@@ -229,6 +229,21 @@ pub fn run_rank(name: &str, body: impl FnOnce(&braid::SimpleCommunicator) -> Che
     }
 }
 
+/// The product `a * b` of 2x2 integer matrices (row-major, wrapping): associative, not
+/// commutative, so reductions over it check that rank order is kept.
+pub fn matmul(a: [i64; 4], b: [i64; 4]) -> [i64; 4] {
+    [
+        a[0].wrapping_mul(b[0])
+            .wrapping_add(a[1].wrapping_mul(b[2])),
+        a[0].wrapping_mul(b[1])
+            .wrapping_add(a[1].wrapping_mul(b[3])),
+        a[2].wrapping_mul(b[0])
+            .wrapping_add(a[3].wrapping_mul(b[2])),
+        a[2].wrapping_mul(b[1])
+            .wrapping_add(a[3].wrapping_mul(b[3])),
+    ]
+}
+
 /// Word `k` of the test pattern with salt `salt`: a function of the byte offset `8 * k`.
 fn pattern_word(salt: u64, offset: u64) -> u64 {
     let mut z = salt.wrapping_add(0x9E37_79B9_7F4A_7C15);

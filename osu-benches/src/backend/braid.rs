@@ -10,6 +10,7 @@ use std::fmt::Display;
 
 use anyhow::anyhow;
 use braid::collective::{Partition, PartitionMut, SystemOperation};
+use braid::request::{LocalScope, Request, Scope};
 use braid::traits::*;
 
 use super::{Backend, Between, Coll, ReduceOp};
@@ -249,12 +250,12 @@ impl Backend for BraidBackend<'_> {
         let me = self.rank();
         let w = self.world;
         let sum = SystemOperation::sum;
-        // Each arm starts the request in a scope, computes, and waits. The partitions of the
-        // v-forms are made before the scope, since requests borrow them for its lifetime.
+        // Each arm starts its request in a scope (`scoped`), computes, and waits. The partitions
+        // of the v-forms are made first, since requests borrow them for the scope's lifetime.
         let result = match op {
-            Coll::Allgather { send, recv } => braid::request::scope(|scope| {
-                overlap(w.immediate_all_gather_into(scope, send, recv), between)
-            }),
+            Coll::Allgather { send, recv } => {
+                scoped(between, |s| w.immediate_all_gather_into(s, send, recv))
+            }
             Coll::Allgatherv {
                 send,
                 recv,
@@ -262,22 +263,16 @@ impl Backend for BraidBackend<'_> {
                 displs,
             } => {
                 let mut part = PartitionMut::new(recv, counts, displs);
-                braid::request::scope(|scope| {
-                    overlap(
-                        w.immediate_all_gather_varcount_into(scope, send, &mut part),
-                        between,
-                    )
+                scoped(between, |s| {
+                    w.immediate_all_gather_varcount_into(s, send, &mut part)
                 })
             }
-            Coll::Allreduce { send, recv } => braid::request::scope(|scope| {
-                overlap(
-                    w.immediate_all_reduce_into(scope, send, recv, sum()),
-                    between,
-                )
+            Coll::Allreduce { send, recv } => scoped(between, |s| {
+                w.immediate_all_reduce_into(s, send, recv, sum())
             }),
-            Coll::Alltoall { send, recv } => braid::request::scope(|scope| {
-                overlap(w.immediate_all_to_all_into(scope, send, recv), between)
-            }),
+            Coll::Alltoall { send, recv } => {
+                scoped(between, |s| w.immediate_all_to_all_into(s, send, recv))
+            }
             Coll::Alltoallv {
                 send,
                 recv,
@@ -286,26 +281,21 @@ impl Backend for BraidBackend<'_> {
             } => {
                 let sp = Partition::new(send, counts, displs);
                 let mut rp = PartitionMut::new(recv, counts, displs);
-                braid::request::scope(|scope| {
-                    overlap(
-                        w.immediate_all_to_all_varcount_into(scope, &sp, &mut rp),
-                        between,
-                    )
+                scoped(between, |s| {
+                    w.immediate_all_to_all_varcount_into(s, &sp, &mut rp)
                 })
             }
             Coll::Barrier => overlap(w.immediate_barrier(), between),
-            Coll::Bcast { root, buf } => braid::request::scope(|scope| {
-                let p = w.process_at_rank(root);
-                overlap(p.immediate_broadcast_into(scope, buf), between)
+            Coll::Bcast { root, buf } => scoped(between, |s| {
+                w.process_at_rank(root).immediate_broadcast_into(s, buf)
             }),
-            Coll::Gather { root, send, recv } => braid::request::scope(|scope| {
+            Coll::Gather { root, send, recv } => scoped(between, |s| {
                 let p = w.process_at_rank(root);
-                let r = if me == root {
-                    p.immediate_gather_into_root(scope, send, recv)
+                if me == root {
+                    p.immediate_gather_into_root(s, send, recv)
                 } else {
-                    p.immediate_gather_into(scope, send)
-                };
-                overlap(r, between)
+                    p.immediate_gather_into(s, send)
+                }
             }),
             Coll::Gatherv {
                 root,
@@ -315,45 +305,36 @@ impl Backend for BraidBackend<'_> {
                 displs,
             } => {
                 let mut part = PartitionMut::new(recv, counts, displs);
-                braid::request::scope(|scope| {
+                scoped(between, |s| {
                     let p = w.process_at_rank(root);
-                    let r = if me == root {
-                        p.immediate_gather_varcount_into_root(scope, send, &mut part)
+                    if me == root {
+                        p.immediate_gather_varcount_into_root(s, send, &mut part)
                     } else {
-                        p.immediate_gather_varcount_into(scope, send)
-                    };
-                    overlap(r, between)
+                        p.immediate_gather_varcount_into(s, send)
+                    }
                 })
             }
-            Coll::Reduce { root, send, recv } => braid::request::scope(|scope| {
+            Coll::Reduce { root, send, recv } => scoped(between, |s| {
                 let p = w.process_at_rank(root);
-                let r = if me == root {
-                    p.immediate_reduce_into_root(scope, send, recv, sum())
+                if me == root {
+                    p.immediate_reduce_into_root(s, send, recv, sum())
                 } else {
-                    p.immediate_reduce_into(scope, send, sum())
-                };
-                overlap(r, between)
+                    p.immediate_reduce_into(s, send, sum())
+                }
             }),
-            Coll::ReduceScatter { send, recv, counts } => braid::request::scope(|scope| {
-                overlap(
-                    w.immediate_reduce_scatter_varcount_into(scope, send, recv, counts, sum()),
-                    between,
-                )
+            Coll::ReduceScatter { send, recv, counts } => scoped(between, |s| {
+                w.immediate_reduce_scatter_varcount_into(s, send, recv, counts, sum())
             }),
-            Coll::ReduceScatterBlock { send, recv } => braid::request::scope(|scope| {
-                overlap(
-                    w.immediate_reduce_scatter_block_into(scope, send, recv, sum()),
-                    between,
-                )
+            Coll::ReduceScatterBlock { send, recv } => scoped(between, |s| {
+                w.immediate_reduce_scatter_block_into(s, send, recv, sum())
             }),
-            Coll::Scatter { root, send, recv } => braid::request::scope(|scope| {
+            Coll::Scatter { root, send, recv } => scoped(between, |s| {
                 let p = w.process_at_rank(root);
-                let r = if me == root {
-                    p.immediate_scatter_into_root(scope, send, recv)
+                if me == root {
+                    p.immediate_scatter_into_root(s, send, recv)
                 } else {
-                    p.immediate_scatter_into(scope, recv)
-                };
-                overlap(r, between)
+                    p.immediate_scatter_into(s, recv)
+                }
             }),
             Coll::Scatterv {
                 root,
@@ -363,14 +344,13 @@ impl Backend for BraidBackend<'_> {
                 displs,
             } => {
                 let part = Partition::new(send, counts, displs);
-                braid::request::scope(|scope| {
+                scoped(between, |s| {
                     let p = w.process_at_rank(root);
-                    let r = if me == root {
-                        p.immediate_scatter_varcount_into_root(scope, &part, recv)
+                    if me == root {
+                        p.immediate_scatter_varcount_into_root(s, &part, recv)
                     } else {
-                        p.immediate_scatter_varcount_into(scope, recv)
-                    };
-                    overlap(r, between)
+                        p.immediate_scatter_varcount_into(s, recv)
+                    }
                 })
             }
         };
@@ -378,10 +358,18 @@ impl Backend for BraidBackend<'_> {
     }
 }
 
+/// Runs `start` in a new request scope, then [`overlap`]s the request it started.
+fn scoped<'a, F>(between: &mut Between<'_>, start: F) -> Result<(), braid::Error>
+where
+    F: for<'s> FnOnce(&'s LocalScope<'a>) -> Result<Request<'a, &'s LocalScope<'a>>, braid::Error>,
+{
+    braid::request::scope(|scope| overlap(start(scope), between))
+}
+
 /// OSU's overlap step: once the request has started, runs `between` (the dummy compute,
 /// which may test the request), then waits unless a test saw it complete.
-fn overlap<'a, S: braid::request::Scope<'a>>(
-    started: Result<braid::request::Request<'a, S>, braid::Error>,
+fn overlap<'a, S: Scope<'a>>(
+    started: Result<Request<'a, S>, braid::Error>,
     between: &mut Between<'_>,
 ) -> Result<(), braid::Error> {
     let mut request = started?;

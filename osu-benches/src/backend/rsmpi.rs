@@ -10,6 +10,7 @@
 use anyhow::{anyhow, bail};
 use mpi::collective::SystemOperation;
 use mpi::datatype::{Partition, PartitionMut};
+use mpi::request::{LocalScope, Request, Scope};
 use mpi::traits::*;
 
 use super::{Backend, Between, Coll, ReduceOp};
@@ -260,13 +261,12 @@ impl Backend for RsmpiBackend<'_> {
         let me = self.rank();
         let w = self.world;
         let sum = SystemOperation::sum;
-        // Each arm starts the request, computes, and waits: the request types differ. The
-        // partitions of the v-forms are made before the scope, since requests borrow them.
+        // Each arm starts its request in a scope (`scoped`), computes, and waits. The partitions
+        // of the v-forms are made first, since requests borrow them for the scope's lifetime.
         match op {
-            Coll::Allgather { send, recv } => mpi::request::scope(|scope| {
-                let r = w.immediate_all_gather_into(scope, send, recv);
-                overlap(r, between);
-            }),
+            Coll::Allgather { send, recv } => {
+                scoped(between, |s| w.immediate_all_gather_into(s, send, recv));
+            }
             Coll::Allgatherv {
                 send,
                 recv,
@@ -274,19 +274,18 @@ impl Backend for RsmpiBackend<'_> {
                 displs,
             } => {
                 let mut part = PartitionMut::new(recv, counts, displs);
-                mpi::request::scope(|scope| {
-                    let r = w.immediate_all_gather_varcount_into(scope, send, &mut part);
-                    overlap(r, between);
+                scoped(between, |s| {
+                    w.immediate_all_gather_varcount_into(s, send, &mut part)
                 });
             }
-            Coll::Allreduce { send, recv } => mpi::request::scope(|scope| {
-                let r = w.immediate_all_reduce_into(scope, send, recv, sum());
-                overlap(r, between);
-            }),
-            Coll::Alltoall { send, recv } => mpi::request::scope(|scope| {
-                let r = w.immediate_all_to_all_into(scope, send, recv);
-                overlap(r, between);
-            }),
+            Coll::Allreduce { send, recv } => {
+                scoped(between, |s| {
+                    w.immediate_all_reduce_into(s, send, recv, sum())
+                });
+            }
+            Coll::Alltoall { send, recv } => {
+                scoped(between, |s| w.immediate_all_to_all_into(s, send, recv));
+            }
             Coll::Alltoallv {
                 send,
                 recv,
@@ -295,29 +294,26 @@ impl Backend for RsmpiBackend<'_> {
             } => {
                 let sp = Partition::new(send, counts, displs);
                 let mut rp = PartitionMut::new(recv, counts, displs);
-                mpi::request::scope(|scope| {
-                    let r = w.immediate_all_to_all_varcount_into(scope, &sp, &mut rp);
-                    overlap(r, between);
+                scoped(between, |s| {
+                    w.immediate_all_to_all_varcount_into(s, &sp, &mut rp)
                 });
             }
-            Coll::Barrier => {
-                let r = w.immediate_barrier();
-                overlap(r, between);
+            Coll::Barrier => overlap(w.immediate_barrier(), between),
+            Coll::Bcast { root, buf } => {
+                scoped(between, |s| {
+                    w.process_at_rank(root).immediate_broadcast_into(s, buf)
+                });
             }
-            Coll::Bcast { root, buf } => mpi::request::scope(|scope| {
-                let r = w.process_at_rank(root).immediate_broadcast_into(scope, buf);
-                overlap(r, between);
-            }),
-            Coll::Gather { root, send, recv } => mpi::request::scope(|scope| {
-                let p = w.process_at_rank(root);
-                if me == root {
-                    let r = p.immediate_gather_into_root(scope, send, recv);
-                    overlap(r, between);
-                } else {
-                    let r = p.immediate_gather_into(scope, send);
-                    overlap(r, between);
-                }
-            }),
+            Coll::Gather { root, send, recv } => {
+                scoped(between, |s| {
+                    let p = w.process_at_rank(root);
+                    if me == root {
+                        p.immediate_gather_into_root(s, send, recv)
+                    } else {
+                        p.immediate_gather_into(s, send)
+                    }
+                });
+            }
             Coll::Gatherv {
                 root,
                 send,
@@ -325,43 +321,43 @@ impl Backend for RsmpiBackend<'_> {
                 counts,
                 displs,
             } => {
-                let mut part = PartitionMut::new(recv, counts, displs);
-                mpi::request::scope(|scope| {
+                let p = w.process_at_rank(root);
+                // The root's request borrows the partition, the others' their send buffer.
+                if me == root {
+                    let mut part = PartitionMut::new(recv, counts, displs);
+                    scoped(between, |s| {
+                        p.immediate_gather_varcount_into_root(s, send, &mut part)
+                    });
+                } else {
+                    scoped(between, |s| p.immediate_gather_varcount_into(s, send));
+                }
+            }
+            Coll::Reduce { root, send, recv } => {
+                scoped(between, |s| {
                     let p = w.process_at_rank(root);
                     if me == root {
-                        let r = p.immediate_gather_varcount_into_root(scope, send, &mut part);
-                        overlap(r, between);
+                        p.immediate_reduce_into_root(s, send, recv, sum())
                     } else {
-                        let r = p.immediate_gather_varcount_into(scope, send);
-                        overlap(r, between);
+                        p.immediate_reduce_into(s, send, sum())
                     }
                 });
             }
-            Coll::Reduce { root, send, recv } => mpi::request::scope(|scope| {
-                let p = w.process_at_rank(root);
-                if me == root {
-                    let r = p.immediate_reduce_into_root(scope, send, recv, sum());
-                    overlap(r, between);
-                } else {
-                    let r = p.immediate_reduce_into(scope, send, sum());
-                    overlap(r, between);
-                }
-            }),
             Coll::ReduceScatter { .. } => bail!(NO_REDUCE_SCATTER),
-            Coll::ReduceScatterBlock { send, recv } => mpi::request::scope(|scope| {
-                let r = w.immediate_reduce_scatter_block_into(scope, send, recv, sum());
-                overlap(r, between);
-            }),
-            Coll::Scatter { root, send, recv } => mpi::request::scope(|scope| {
-                let p = w.process_at_rank(root);
-                if me == root {
-                    let r = p.immediate_scatter_into_root(scope, send, recv);
-                    overlap(r, between);
-                } else {
-                    let r = p.immediate_scatter_into(scope, recv);
-                    overlap(r, between);
-                }
-            }),
+            Coll::ReduceScatterBlock { send, recv } => {
+                scoped(between, |s| {
+                    w.immediate_reduce_scatter_block_into(s, send, recv, sum())
+                });
+            }
+            Coll::Scatter { root, send, recv } => {
+                scoped(between, |s| {
+                    let p = w.process_at_rank(root);
+                    if me == root {
+                        p.immediate_scatter_into_root(s, send, recv)
+                    } else {
+                        p.immediate_scatter_into(s, recv)
+                    }
+                });
+            }
             Coll::Scatterv {
                 root,
                 send,
@@ -370,14 +366,12 @@ impl Backend for RsmpiBackend<'_> {
                 displs,
             } => {
                 let part = Partition::new(send, counts, displs);
-                mpi::request::scope(|scope| {
+                scoped(between, |s| {
                     let p = w.process_at_rank(root);
                     if me == root {
-                        let r = p.immediate_scatter_varcount_into_root(scope, &part, recv);
-                        overlap(r, between);
+                        p.immediate_scatter_varcount_into_root(s, &part, recv)
                     } else {
-                        let r = p.immediate_scatter_varcount_into(scope, recv);
-                        overlap(r, between);
+                        p.immediate_scatter_varcount_into(s, recv)
                     }
                 });
             }
@@ -386,12 +380,17 @@ impl Backend for RsmpiBackend<'_> {
     }
 }
 
+/// Runs `start` in a new request scope, then [`overlap`]s the request it started.
+fn scoped<'a, D: ?Sized + 'a, F>(between: &mut Between<'_>, start: F)
+where
+    F: for<'s> FnOnce(&'s LocalScope<'a>) -> Request<'a, D, &'s LocalScope<'a>>,
+{
+    mpi::request::scope(|scope| overlap(start(scope), between));
+}
+
 /// OSU's overlap step: runs `between` (the dummy compute, which may test the request), then
 /// waits unless a test saw the request complete.
-fn overlap<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
-    request: mpi::request::Request<'a, D, S>,
-    between: &mut Between<'_>,
-) {
+fn overlap<'a, D: ?Sized, S: Scope<'a>>(request: Request<'a, D, S>, between: &mut Between<'_>) {
     let mut slot = Some(request);
     between(&mut || {
         if let Some(r) = slot.take()

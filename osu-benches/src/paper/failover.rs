@@ -319,12 +319,11 @@ fn run_one(
     let started = rx
         .recv_timeout(Duration::from_secs(60))
         .map_err(|_| anyhow!("`{line}`: the stream did not start within 60 s"));
-    let mut down = None;
-    let res = started.and_then(|()| {
+    // The wall-clock time of the failure.
+    let down = started.and_then(|()| {
         std::thread::sleep(Duration::from_millis(after));
         set_link(tb, host, rail, false)?;
-        down = Some(wall());
-        Ok(())
+        Ok(wall())
     });
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -340,7 +339,7 @@ fn run_one(
     let up = set_link(tb, host, rail, true);
     let _ = outs.join();
     let err_text = errs.join().unwrap_or_default();
-    res?;
+    let down = down?;
     up?;
     let Some(status) = status else {
         bail!(
@@ -351,7 +350,7 @@ fn run_one(
     ensure!(status.success(), "`{line}` failed ({status}):\n{err_text}");
     let t: Timeline = serde_json::from_str(&std::fs::read_to_string(file)?)
         .with_context(|| format!("parsing {}", file.display()))?;
-    Ok((t, down.unwrap_or(0.0)))
+    Ok((t, down))
 }
 
 pub(super) fn failover(tb: &Testbed, a: &FailoverArgs) -> anyhow::Result<()> {

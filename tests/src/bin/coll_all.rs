@@ -10,7 +10,7 @@ use braid::group::GroupRelation;
 use braid::topology::{CartesianCommunicator, dims_create};
 use braid::traits::*;
 use braid::{Color, CommunicatorRelation, Error, SimpleCommunicator};
-use braid_tests::{Check, OrFail, ensure, run_rank};
+use braid_tests::{Check, OrFail, ensure, matmul, run_rank};
 
 /// A particle: a struct with a derived datatype.
 #[derive(Clone, Copy, Debug, PartialEq, braid::Equivalence)]
@@ -29,19 +29,6 @@ fn val(rank: usize, i: usize) -> i64 {
 
 fn mat(rank: usize, i: usize) -> [i64; 4] {
     [(rank + i) as i64 % 5 + 1, 1, 1, 0]
-}
-
-fn matmul(a: [i64; 4], b: [i64; 4]) -> [i64; 4] {
-    [
-        a[0].wrapping_mul(b[0])
-            .wrapping_add(a[1].wrapping_mul(b[2])),
-        a[0].wrapping_mul(b[1])
-            .wrapping_add(a[1].wrapping_mul(b[3])),
-        a[2].wrapping_mul(b[0])
-            .wrapping_add(a[3].wrapping_mul(b[2])),
-        a[2].wrapping_mul(b[1])
-            .wrapping_add(a[3].wrapping_mul(b[3])),
-    ]
 }
 
 fn matop() -> UserOperation<[i64; 4]> {
@@ -823,6 +810,8 @@ fn nonblocking_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -
         .collect();
     let total = (0..p).map(|r| cnt(r) + 1).sum::<usize>();
     let mine: Vec<i64> = (0..cnt(me)).map(|i| val(me, i)).collect();
+    // Where this rank's block sits in a gathered buffer.
+    let mine_at = displs[me] as usize;
     let mut want = vec![-1i64; total];
     for r in 0..p {
         for i in 0..cnt(r) {
@@ -847,16 +836,12 @@ fn nonblocking_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -
         let mut g = vec![-1i64; total];
         let mut gi = vec![-1i64; total];
         if at_root {
-            for i in 0..cnt(me) {
-                gi[displs[me] as usize + i] = val(me, i);
-            }
+            gi[mine_at..mine_at + mine.len()].copy_from_slice(&mine);
         }
         let mut s = vec![0i64; cnt(me)];
         let mut ag = vec![-1i64; total];
         let mut agi = vec![-1i64; total];
-        for i in 0..cnt(me) {
-            agi[displs[me] as usize + i] = val(me, i);
-        }
+        agi[mine_at..mine_at + mine.len()].copy_from_slice(&mine);
         let mut ar = vec![0i64; alen];
         let mut ari = abuf.clone();
         {
@@ -952,9 +937,7 @@ fn nonblocking_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -
         // The blocking in-place v-forms.
         let mut o = vec![-1i64; total];
         if at_root {
-            for i in 0..cnt(me) {
-                o[displs[me] as usize + i] = val(me, i);
-            }
+            o[mine_at..mine_at + mine.len()].copy_from_slice(&mine);
             rp.gather_varcount_in_place_root(&mut PartitionMut::new(
                 &mut o[..],
                 counts.clone(),
@@ -977,9 +960,7 @@ fn nonblocking_varcount(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -
             same(&w("scatterv (root in place)"), &s, &mine)?;
         }
         let mut o = vec![-1i64; total];
-        for i in 0..cnt(me) {
-            o[displs[me] as usize + i] = val(me, i);
-        }
+        o[mine_at..mine_at + mine.len()].copy_from_slice(&mine);
         comm.all_gather_varcount_in_place(&mut PartitionMut::new(
             &mut o[..],
             counts.clone(),

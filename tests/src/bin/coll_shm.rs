@@ -15,7 +15,7 @@
 use braid::collective::{Partition, PartitionMut, SystemOperation, UserOperation};
 use braid::traits::*;
 use braid::{Color, SimpleCommunicator};
-use braid_tests::{Check, OrFail, ensure, run_rank};
+use braid_tests::{Check, OrFail, ensure, matmul, run_rank};
 
 /// FNV-1a over the results.
 #[derive(Debug)]
@@ -163,20 +163,6 @@ fn round(comm: &SimpleCommunicator, n: usize, r: usize, d: &mut Digest, what: &s
     same(&w("allgather in place"), &agi, &all)?;
     d.add_i64(&ag);
     comm.barrier().or_fail(w("barrier"))
-}
-
-/// 2x2 integer matrices (row-major) multiplied elementwise: associative, not commutative.
-fn matmul(a: [i64; 4], b: [i64; 4]) -> [i64; 4] {
-    [
-        a[0].wrapping_mul(b[0])
-            .wrapping_add(a[1].wrapping_mul(b[2])),
-        a[0].wrapping_mul(b[1])
-            .wrapping_add(a[1].wrapping_mul(b[3])),
-        a[2].wrapping_mul(b[0])
-            .wrapping_add(a[3].wrapping_mul(b[2])),
-        a[2].wrapping_mul(b[1])
-            .wrapping_add(a[3].wrapping_mul(b[3])),
-    ]
 }
 
 fn mat(rank: usize, i: usize, round: usize) -> [i64; 4] {
