@@ -1,5 +1,6 @@
 //! Braid's intra-node transport substrate: named shared-memory [`Segment`]s, lock-free
-//! single-producer single-consumer byte rings inside them, [`Doorbell`]s to sleep on, and
+//! single-producer single-consumer byte rings inside them, fast boxes of stamped slots for
+//! small frames ([`FastboxProducer`]), [`Doorbell`]s to sleep on, and
 //! single-copy cross-memory reads ([`cma_read`]) for large messages.
 //!
 //! Ranks on one host each own a segment (`/dev/shm/braid-<jobid>-<rank>`); a peer writes to
@@ -24,6 +25,8 @@
 //! - **rank**: a process of an MPI job, numbered from 0.
 //! - **segment**: a shared-memory file mapped by several ranks on one host ([`Segment`]).
 //! - **ring**: a bounded SPSC byte queue at an offset in a segment ([`format_ring`]).
+//! - **fast box**: a bounded SPSC queue of small records in stamped slots, which the reader
+//!   polls on the data's own cache line ([`format_fastbox`]).
 //! - **doorbell**: a futex word a sleeping receiver waits on ([`Doorbell`]).
 //! - **eager**: a message copied through a ring; **rendezvous**: a large message announced
 //!   through the ring and pulled by the receiver with [`cma_read`].
@@ -43,6 +46,7 @@ mod cache_padded;
 mod cma;
 mod doorbell;
 mod error;
+mod fastbox;
 mod primitive;
 mod ring;
 mod segment;
@@ -52,6 +56,10 @@ pub mod transport;
 pub use cma::{allow_ptrace_from_any, cma_probe, cma_read, cma_write};
 pub use doorbell::{DOORBELL_FOOTPRINT, DOORBELL_MAGIC, Doorbell, format_doorbell};
 pub use error::OsError;
+pub use fastbox::{
+    FASTBOX_FOOTPRINT, FASTBOX_MAGIC, FASTBOX_RECORD, FASTBOX_SLOTS, FastboxConsumer,
+    FastboxProducer, attach_fastbox_consumer, attach_fastbox_producer, format_fastbox,
+};
 pub use ring::{
     MAX_RING_CAPACITY, RING_ALIGN, RING_HEADER_LEN, RING_MAGIC, RingConsumer, RingProducer,
     attach_consumer, attach_producer, format_ring, ring_footprint,

@@ -3,9 +3,13 @@
 //!
 //! # Layout
 //! Each rank owns one segment `braid-<job>-<rank>`: a doorbell, then one inbound ring per rank
-//! of its host, indexed by the sender's position among the host's ranks (sorted by world
-//! rank). A sender writes frames into its ring in the receiver's segment and rings the
-//! receiver's doorbell; the receiver polls its rings and sleeps on its doorbell.
+//! of its host, then one inbound fast box per rank of its host, both indexed by the sender's
+//! position among the host's ranks (sorted by world rank). A sender writes frames into its
+//! ring (or, for a small eager frame, its fast box) in the receiver's segment and rings the
+//! receiver's doorbell; the receiver polls its boxes and rings and sleeps on its doorbell.
+//!
+//! Fast-box frames may overtake ring frames: only compact eager envelopes go there, and the
+//! engine puts envelopes back in order by their sequence numbers.
 //!
 //! # Lifetime
 //! [`ShmTransport::create`] makes and formats the segment; [`ShmTransport::connect`] maps
@@ -17,25 +21,29 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_engine::wire::{COMPACT, COMPACT_LEN, Header};
+use braid_engine::wire::{COMPACT, COMPACT_LEN, Header, header_len};
 use braid_engine::{Rank, RecvStatus, ReqId};
 use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
 use crate::{
-    DOORBELL_FOOTPRINT, Doorbell, RingConsumer, RingProducer, Segment, allow_ptrace_from_any,
-    attach_consumer, attach_producer, cma_probe, cma_read, format_doorbell, format_ring,
-    ring_footprint,
+    DOORBELL_FOOTPRINT, Doorbell, FASTBOX_FOOTPRINT, FASTBOX_RECORD, FastboxConsumer,
+    FastboxProducer, RingConsumer, RingProducer, Segment, allow_ptrace_from_any, attach_consumer,
+    attach_fastbox_consumer, attach_fastbox_producer, attach_producer, cma_probe, cma_read,
+    format_doorbell, format_fastbox, format_ring, ring_footprint,
 };
 
 /// Magic value other ranks read from this process to check that single-copy reads work.
 static PROBE_WORD: u64 = 0x4252_4149_445f_434d;
 const STAGING: usize = 64 * 1024;
 
-/// A connection to one local peer: my ring in its segment, its ring in mine.
+/// A connection to one local peer: my ring and fast box in its segment, its ring and fast
+/// box in mine.
 struct ShmPipe {
     tx: RingProducer,
     rx: RingConsumer,
+    box_tx: FastboxProducer,
+    box_rx: FastboxConsumer,
     /// The peer's doorbell, rung after each write.
     bell: Doorbell,
 }
@@ -151,6 +159,11 @@ fn ring_offset(index: usize, capacity: usize) -> usize {
     DOORBELL_FOOTPRINT.next_multiple_of(crate::RING_ALIGN) + index * ring_footprint(capacity)
 }
 
+/// Where the fast box of the sender at `index` lies, after the `ranks` rings.
+fn box_offset(index: usize, ranks: usize, capacity: usize) -> usize {
+    ring_offset(ranks, capacity) + index * FASTBOX_FOOTPRINT
+}
+
 impl ShmTransport {
     /// Creates and formats this rank's segment. `local` lists the world ranks of this host
     /// (this rank included); `job` names the job.
@@ -170,14 +183,16 @@ impl ShmTransport {
             name: name.clone(),
             source,
         };
-        let len = ring_offset(local.len(), ring_capacity);
+        let n = local.len();
+        let len = box_offset(n, n, ring_capacity);
         let seg = Arc::new(Segment::create(&name, len).map_err(create)?);
         // SAFETY: the segment is fresh and only this process has it mapped yet; every offset
-        // lies inside it (len covers the doorbell and all rings).
+        // lies inside it (len covers the doorbell, all rings and all boxes).
         unsafe {
             format_doorbell(&seg, 0);
-            for i in 0..local.len() {
+            for i in 0..n {
                 format_ring(&seg, ring_offset(i, ring_capacity), ring_capacity);
+                format_fastbox(&seg, box_offset(i, n, ring_capacity));
             }
         }
         // SAFETY: formatted just above; this rank is the only consumer of its doorbell.
@@ -235,30 +250,31 @@ impl ShmTransport {
                 source,
             };
             let seg = Arc::new(Segment::open(name).map_err(attach)?);
-            // SAFETY: the peer formatted its doorbell and rings before publishing its card;
-            // this rank is the only producer of ring `me` in the peer's segment and the only
-            // consumer of ring `theirs` in its own; attach checks magic and bounds.
-            let (tx, rx, bell) = unsafe {
-                (
-                    attach_producer(Arc::clone(&seg), ring_offset(me, self.ring_capacity))
+            let (n, cap) = (self.local.len(), self.ring_capacity);
+            // SAFETY: the peer formatted its doorbell, rings and boxes before publishing its
+            // card; this rank is the only producer of ring and box `me` in the peer's segment
+            // and the only consumer of ring and box `theirs` in its own; attach checks magic
+            // and bounds.
+            let pipe = unsafe {
+                ShmPipe {
+                    tx: attach_producer(Arc::clone(&seg), ring_offset(me, cap)).map_err(attach)?,
+                    rx: attach_consumer(Arc::clone(&self.seg), ring_offset(theirs, cap))
                         .map_err(attach)?,
-                    attach_consumer(
+                    box_tx: attach_fastbox_producer(Arc::clone(&seg), box_offset(me, n, cap))
+                        .map_err(attach)?,
+                    box_rx: attach_fastbox_consumer(
                         Arc::clone(&self.seg),
-                        ring_offset(theirs, self.ring_capacity),
+                        box_offset(theirs, n, cap),
                     )
                     .map_err(attach)?,
-                    Doorbell::attach(seg, 0).map_err(attach)?,
-                )
+                    bell: Doorbell::attach(seg, 0).map_err(attach)?,
+                }
             };
             let i = peer.0 as usize;
             self.pids[i] = pid;
             self.can_pull[i] = cma && cma_probe(pid, probe, PROBE_WORD);
             self.connected.push(i);
-            self.conns[i] = Some(FramedConn::new(
-                *peer,
-                format!("shm:{name}"),
-                ShmPipe { tx, rx, bell },
-            ));
+            self.conns[i] = Some(FramedConn::new(*peer, format!("shm:{name}"), pipe));
         }
         Ok(())
     }
@@ -303,7 +319,10 @@ impl ShmTransport {
             } else {
                 Ok(false)
             };
-            // Reading only when bytes are there keeps the idle poll to one load per peer.
+            if res.is_ok() && c.stream().box_rx.ready() {
+                res = drain_box(c, sink).map(|()| true);
+            }
+            // Reading only when bytes are there keeps the idle poll to two loads per peer.
             if c.stream().rx.available() > 0 {
                 res = res
                     .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
@@ -328,10 +347,11 @@ impl ShmTransport {
         did
     }
 
-    /// The receive fast path: when the next frame from `peer` is a whole compact eager
-    /// frame whose payload fits `dst` and `accept` accepts its header (returning the status,
-    /// which commits to the frame), copies the payload straight from the ring into `dst`
-    /// and consumes the frame. No staging buffer, no sink, no request.
+    /// The receive fast path: when the next frame from `peer` (in its fast box, else in its
+    /// ring) is a whole compact eager frame whose payload fits `dst` and `accept` accepts its
+    /// header (returning the status, which commits to the frame), copies the payload
+    /// straight from shared memory into `dst` and consumes the frame. No staging buffer, no
+    /// sink, no request.
     pub fn take_eager(
         &mut self,
         peer: Rank,
@@ -341,6 +361,27 @@ impl ShmTransport {
         let Some(c) = self.conns.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
             return Take::Other;
         };
+        let pipe = c.stream_mut();
+        if let Some(rec) = pipe.box_rx.front() {
+            let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..)) else {
+                return Take::Other;
+            };
+            let Ok(h) = Header::decode(head) else {
+                return Take::Other;
+            };
+            if head[0] & COMPACT == 0
+                || h.payload_len != body.len() as u64
+                || body.len() > dst.len()
+            {
+                return Take::Other;
+            }
+            let Some(status) = accept(&h) else {
+                return Take::Other;
+            };
+            dst[..body.len()].copy_from_slice(body);
+            pipe.box_rx.pop();
+            return Take::Taken(status);
+        }
         if !c.at_frame_boundary() {
             return Take::Other;
         }
@@ -370,13 +411,33 @@ impl ShmTransport {
         Take::Taken(status)
     }
 
-    /// Whether some local peer has written bytes not yet read (one load per peer).
+    /// Whether some local peer has written frames not yet read (two loads per peer).
     pub fn has_input(&self) -> bool {
         self.connected.iter().any(|&i| {
-            self.conns[i]
-                .as_ref()
-                .is_some_and(|c| c.stream().rx.available() > 0)
+            self.conns[i].as_ref().is_some_and(|c| {
+                let pipe = c.stream();
+                pipe.box_rx.ready() || pipe.rx.available() > 0
+            })
         })
+    }
+}
+
+/// Hands every published fast-box record of `c`'s peer to `sink`, releasing each slot
+/// before the engine sees the frame.
+fn drain_box(c: &mut FramedConn<ShmPipe>, sink: &mut dyn FrameSink) -> Result<(), TransportError> {
+    let mut rec = [0u8; FASTBOX_RECORD];
+    loop {
+        let n = {
+            let pipe = c.stream_mut();
+            let Some(bytes) = pipe.box_rx.front() else {
+                return Ok(());
+            };
+            rec[..bytes.len()].copy_from_slice(bytes);
+            let n = bytes.len();
+            pipe.box_rx.pop();
+            n
+        };
+        c.deliver(&rec[..n], sink)?;
     }
 }
 
@@ -390,6 +451,21 @@ impl Transport for ShmTransport {
         let Some(c) = self.conns.get_mut(to.0 as usize).and_then(Option::as_mut) else {
             return Err(TransportError::NotConnected(to));
         };
+        let hlen = header_len(header[0]);
+        if hlen == COMPACT_LEN && body.len <= FASTBOX_RECORD - hlen && !c.has_pending_writes() {
+            let body_slice: &[u8] = if body.len == 0 {
+                &[]
+            } else {
+                // SAFETY: the caller guarantees `ptr` is valid for `len` bytes.
+                unsafe { std::slice::from_raw_parts(body.ptr, body.len) }
+            };
+            let pipe = c.stream_mut();
+            if pipe.box_tx.try_write(&[&header[..hlen], body_slice]) {
+                pipe.bell.ring();
+                self.sent.extend(body.owner);
+                return Ok(());
+            }
+        }
         // SAFETY: forwarded from the caller.
         unsafe { c.send(header, body, &mut self.sent) }
     }

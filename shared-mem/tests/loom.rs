@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use braid_shm::{
-    RingConsumer, RingProducer, Segment, attach_consumer, attach_producer, format_ring,
+    FASTBOX_FOOTPRINT, RingConsumer, RingProducer, Segment, attach_consumer,
+    attach_fastbox_consumer, attach_fastbox_producer, attach_producer, format_fastbox, format_ring,
     ring_footprint,
 };
 
@@ -134,5 +135,50 @@ fn vectored_and_peek() {
         let mut rest = [0u8; 8];
         let n = c.read(&mut rest);
         assert_eq!(usize::from(seen) * 4 + n, usize::from(frames) * 4);
+    });
+}
+
+/// A fast box of 2 slots: the producer writes 3 records (so it wraps and must wait for
+/// `freed`); the consumer pops what it sees. Records arrive whole and in order, and a slot is
+/// never rewritten while it is read (loom's cell tracking).
+#[test]
+fn fastbox_wraps_in_order() {
+    let seg = Arc::new(Segment::anonymous(FASTBOX_FOOTPRINT).unwrap());
+    loom::model(move || {
+        // SAFETY: formatted before any thread of this iteration runs; one producer and one
+        // consumer.
+        let (mut p, mut c) = unsafe {
+            format_fastbox(&seg, 0);
+            (
+                attach_fastbox_producer(seg.clone(), 0).unwrap(),
+                attach_fastbox_consumer(seg.clone(), 0).unwrap(),
+            )
+        };
+        let t = loom::thread::spawn(move || {
+            let mut sent = 0u8;
+            for r in 0..3u8 {
+                if !p.try_write(&[&[r, r]]) {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            if let Some(rec) = c.front() {
+                got.push(rec.to_vec());
+                c.pop();
+            }
+        }
+        let sent = t.join().unwrap();
+        while let Some(rec) = c.front() {
+            got.push(rec.to_vec());
+            c.pop();
+        }
+        assert_eq!(got.len(), usize::from(sent));
+        for (i, rec) in got.iter().enumerate() {
+            assert_eq!(rec, &[i as u8, i as u8]);
+        }
     });
 }

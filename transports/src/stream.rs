@@ -429,6 +429,45 @@ impl<S: ByteStream> FramedConn<S> {
         Ok(())
     }
 
+    /// Hands `sink` one whole frame, header and payload, that arrived outside the stream
+    /// (e.g. through a shared-memory fast box). It does not disturb a frame half read from
+    /// the stream.
+    ///
+    /// # Errors
+    /// The frame is shorter than its header or its payload length disagrees with the header,
+    /// or the sink rejected it; the connection is then unusable.
+    pub fn deliver(&self, frame: &[u8], sink: &mut dyn FrameSink) -> Result<(), TransportError> {
+        let bad = |reason: String| TransportError::PeerProtocol {
+            peer: self.peer,
+            addr: self.addr.clone(),
+            reason,
+        };
+        let hlen = frame.first().map_or(HEADER_LEN, |b| header_len(*b));
+        if frame.len() < hlen {
+            return Err(bad(format!(
+                "a {}-byte frame cannot hold its {hlen}-byte header",
+                frame.len()
+            )));
+        }
+        let mut hdr = [0; HEADER_LEN];
+        hdr[..hlen].copy_from_slice(&frame[..hlen]);
+        let dest = sink.on_header(self.peer, &hdr).map_err(bad)?;
+        let payload = &frame[hlen..];
+        if dest.take.checked_add(dest.skip) != Some(payload.len()) {
+            return Err(bad(format!(
+                "frame carries {} payload bytes, its header says {}",
+                payload.len(),
+                dest.take.saturating_add(dest.skip)
+            )));
+        }
+        if dest.take > 0 {
+            // SAFETY: the sink promised `ptr` is valid for `take` bytes; `take <= payload.len()`.
+            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), dest.ptr, dest.take) };
+        }
+        sink.on_payload(self.peer, dest.token);
+        Ok(())
+    }
+
     fn finish_payload(&mut self, sink: &mut dyn FrameSink) {
         if let ReadState::Payload { token, .. } = self.rd {
             self.rd = ReadState::Header {
