@@ -952,13 +952,21 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<(), Error> {
     let bytes = buf.packed();
-    let (id, done) = with_core(|c| -> Result<_, Error> {
+    let (ptr, len) = (bytes.as_ptr(), bytes.len());
+    let id = with_core(|c| -> Result<_, Error> {
+        // Small standard sends are complete at once, with no request to collect.
+        // SAFETY: `bytes` is borrowed for the whole call.
+        if unsafe { c.send_now(ctx, to, tag, ptr, len, mode) }?.is_some() {
+            return Ok(None);
+        }
         // SAFETY: `bytes` stays borrowed until the request is collected, here or by
         // `wait_p2p`.
-        let id = unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) }?;
-        Ok((id, c.collect(id)))
+        let id = unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }?;
+        Ok(Some((id, c.collect(id))))
     })?;
-    // Small standard sends are complete at once.
+    let Some((id, done)) = id else {
+        return Ok(());
+    };
     let finished = match done {
         Some(f) => f,
         None => crate::collective::wait_p2p(id)?,

@@ -294,26 +294,29 @@ impl Core {
         len: usize,
         mode: SendMode,
     ) -> Result<ReqId, Error> {
-        // A small standard send leaves at once, without request state: the transports copy
-        // what they cannot write, so the buffer is free as soon as `send` returns.
-        if mode == SendMode::Standard
-            && len <= COPY_LIMIT
-            && let Some((req, header)) = self
-                .engine
-                .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
-                .map_err(usage)?
-        {
-            let body = Body {
-                ptr,
-                len,
-                owner: None,
-            };
-            // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
-            // transport reads it only during the call.
-            unsafe { self.hand_over(ERank(to), &header, body) };
+        // SAFETY: `ptr` is valid for `len` bytes for longer than this call.
+        if let Some(req) = unsafe { self.send_now(ctx, to, tag, ptr, len, mode) }? {
             self.finished.insert(req, Ok(sent_status()));
             return Ok(req);
         }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.post_send(ctx, to, tag, ptr, len, mode) }
+    }
+
+    /// Posts a send request to the engine (the general path of [`Core::isend`], for any
+    /// length and mode).
+    ///
+    /// # Safety
+    /// As [`Core::isend`].
+    pub(crate) unsafe fn post_send(
+        &mut self,
+        ctx: ContextId,
+        to: u32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+        mode: SendMode,
+    ) -> Result<ReqId, Error> {
         let req = self
             .engine
             .post_send(
@@ -334,6 +337,43 @@ impl Core {
         );
         self.pump_posted();
         Ok(req)
+    }
+
+    /// Sends a small standard message at once, without request state: the transports copy
+    /// what they cannot write, so the buffer is free when this returns. Returns the (already
+    /// complete) request's id, or `None` when the message must go through [`Core::isend`]'s
+    /// general path (too long, another mode, frames queued ahead of it).
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes during the call.
+    pub(crate) unsafe fn send_now(
+        &mut self,
+        ctx: ContextId,
+        to: u32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+        mode: SendMode,
+    ) -> Result<Option<ReqId>, Error> {
+        if mode != SendMode::Standard || len > COPY_LIMIT {
+            return Ok(None);
+        }
+        let Some((req, header)) = self
+            .engine
+            .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
+            .map_err(usage)?
+        else {
+            return Ok(None);
+        };
+        let body = Body {
+            ptr,
+            len,
+            owner: None,
+        };
+        // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
+        // transport reads it only during the call.
+        unsafe { self.hand_over(ERank(to), &header, body) };
+        Ok(Some(req))
     }
 
     /// Starts a receive into raw memory. `from`/`tag` of `None` are wildcards.
