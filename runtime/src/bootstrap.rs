@@ -198,6 +198,10 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         yield_between: oversubscribed,
     };
     let mut cfg = Config::uniform(ERank(rank), size, settings.eager_limit, chunk_size);
+    // Both ends copying pays only when each has a core of its own.
+    cfg.split_min = settings
+        .shm_split_min
+        .unwrap_or(if oversubscribed { 0 } else { 64 * 1024 });
     if let Some(s) = &shm {
         for r in 0..size {
             if s.reaches(ERank(r)) {

@@ -393,7 +393,7 @@ impl Core {
         let tag = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
         let req = self
             .engine
-            .post_recv(ctx, src, tag, len as u64)
+            .post_recv_at(ctx, src, tag, len as u64, ptr as u64)
             .map_err(usage)?;
         self.recvs.insert(req, RawBuf { ptr, len });
         self.pump_posted();
@@ -680,6 +680,12 @@ impl Core {
                 any = true;
                 self.transmit(t);
             }
+            if pulls && let Some(p) = self.engine.poll_push() {
+                did = true;
+                let ok = self.push(&p);
+                self.engine.handle_push_done(&p, ok);
+                continue;
+            }
             if pulls && let Some(p) = self.engine.poll_pull() {
                 did = true;
                 let ok = self.pull(&p);
@@ -757,10 +763,34 @@ impl Core {
         let (Some(shm), Some(buf)) = (self.shm.as_ref(), self.recvs.get(&p.req)) else {
             return false;
         };
-        let len = (p.len as usize).min(buf.len);
-        // SAFETY: the receive buffer is valid for buf.len bytes and borrowed by its request.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.ptr, len) };
+        let (Ok(off), Ok(len)) = (usize::try_from(p.offset), usize::try_from(p.len)) else {
+            return false;
+        };
+        if off.checked_add(len).is_none_or(|end| end > buf.len) {
+            return false;
+        }
+        // SAFETY: `off + len <= buf.len`, and the receive buffer is valid for buf.len bytes
+        // and borrowed by its request.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(off), len) };
         shm.pull(p.from, p.addr, dst)
+    }
+
+    /// Copies the sender's part of a split transfer straight into the receiver's buffer.
+    /// Returns false when the copy failed (the receiver then pulls those bytes itself).
+    fn push(&mut self, p: &braid_engine::Push) -> bool {
+        let (Some(shm), Some(buf)) = (self.shm.as_ref(), self.sends.get(&p.req)) else {
+            return false;
+        };
+        let (Ok(off), Ok(len)) = (usize::try_from(p.offset), usize::try_from(p.len)) else {
+            return false;
+        };
+        if off.checked_add(len).is_none_or(|end| end > buf.len) {
+            return false;
+        }
+        // SAFETY: `off + len <= buf.len`; the send buffer is valid for reads for buf.len
+        // bytes until its request completes, which needs the receiver's FIN after this push.
+        let src = unsafe { std::slice::from_raw_parts(buf.ptr.add(off).cast_const(), len) };
+        shm.push(p.to, p.addr, src)
     }
 
     /// Delivers a frame addressed to this rank.

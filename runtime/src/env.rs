@@ -12,6 +12,7 @@
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
 //! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
 //! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
+//! | `BRAID_SHM_SPLIT_MIN` | 65536 (0 when oversubscribed) | single-copy messages of at least this many bytes are copied by both ends: the receiver reads the first half (`process_vm_readv`) while the sender writes the second half into the receive buffer (`process_vm_writev`); 0 turns it off |
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
 //! | `BRAID_JOB_ID` | set by `mpirun` | names the job's shared segments (`/dev/shm/braid-<job>-<rank>`); otherwise the PMI kvsname |
@@ -46,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) shm: bool,
     pub(crate) shm_cma: bool,
     pub(crate) shm_eager_limit: u64,
+    /// `BRAID_SHM_SPLIT_MIN`; `None`: the default, which depends on oversubscription.
+    pub(crate) shm_split_min: Option<u64>,
     pub(crate) shm_ring_size: usize,
     pub(crate) fake_hosts: Option<u32>,
     pub(crate) job_id: Option<String>,
@@ -172,6 +175,9 @@ impl Settings {
             shm: switch("BRAID_SHM", true)?,
             shm_cma: switch("BRAID_SHM_CMA", true)?,
             shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 8 * 1024)?,
+            shm_split_min: var("BRAID_SHM_SPLIT_MIN")
+                .map(|_| number("BRAID_SHM_SPLIT_MIN", 0))
+                .transpose()?,
             shm_ring_size: ring_size()?,
             fake_hosts: var("BRAID_FAKE_HOSTS")
                 .map(|_| number("BRAID_FAKE_HOSTS", 1))

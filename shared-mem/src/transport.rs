@@ -30,7 +30,7 @@ use crate::{
     DOORBELL_FOOTPRINT, Doorbell, FASTBOX_FOOTPRINT, FASTBOX_RECORD, FastboxConsumer,
     FastboxProducer, RingConsumer, RingProducer, Segment, allow_ptrace_from_any, attach_consumer,
     attach_fastbox_consumer, attach_fastbox_producer, attach_producer, cma_probe, cma_read,
-    format_doorbell, format_fastbox, format_ring, ring_footprint,
+    cma_write, format_doorbell, format_fastbox, format_ring, ring_footprint,
 };
 
 /// Magic value other ranks read from this process to check that single-copy reads work.
@@ -301,6 +301,11 @@ impl ShmTransport {
     /// the copy failed.
     pub fn pull(&self, peer: Rank, addr: u64, dst: &mut [u8]) -> bool {
         self.can_pull(peer) && cma_read(self.pids[peer.0 as usize], addr, dst).is_ok()
+    }
+
+    /// Copies `src` to `addr` in `peer`'s memory. Returns false when the copy failed.
+    pub fn push(&self, peer: Rank, addr: u64, src: &[u8]) -> bool {
+        self.can_pull(peer) && cma_write(self.pids[peer.0 as usize], addr, src).is_ok()
     }
 
     fn index_of(&self, rank: u32) -> Option<usize> {

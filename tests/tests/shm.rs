@@ -113,6 +113,20 @@ fn eight_ranks_all_to_all_random_sizes() {
 }
 
 #[test]
+fn split_transfers_all_to_all_random_sizes() {
+    let _g = one_job_at_a_time();
+    // Every rendezvous message is copied by both ends (the receiver reads the head, the
+    // sender writes the tail), with wildcard receives, oversubscribed.
+    let f = job(
+        8,
+        "p2p_wildcard",
+        &["11", "150", "all"],
+        &[("BRAID_SHM_SPLIT_MIN", "1"), ("BRAID_SHM_EAGER_LIMIT", "256")],
+    );
+    assert_ok(&f, "p2p_wildcard all-to-all with split transfers, 8 ranks");
+}
+
+#[test]
 fn misc_semantics_over_shared_memory() {
     let _g = one_job_at_a_time();
     let f = job(4, "p2p_misc", &[], &[]);

@@ -23,6 +23,11 @@ pub struct Config {
     /// Per peer: this rank can read the peer's memory, so it accepts pull offers from it.
     /// Length `size`.
     pub can_pull: Vec<bool>,
+    /// A pulled message of at least this many bytes, received whole into a buffer whose
+    /// address the receive gave ([`Engine::post_recv_at`]), is split: the receiver pulls the
+    /// first half while the sender writes the second half into the receive buffer
+    /// ([`FrameKind::Push`], [`Push`]), so both processes copy. 0: never split.
+    pub split_min: u64,
 }
 
 impl Config {
@@ -35,6 +40,7 @@ impl Config {
             chunk_size: chunk_size.clamp(1, MAX_PAYLOAD),
             offer_pull: vec![false; size as usize],
             can_pull: vec![false; size as usize],
+            split_min: 0,
         }
     }
 }
@@ -141,15 +147,35 @@ pub struct Incoming {
     pub placement: Placement,
 }
 
-/// A message the driver must copy straight from the sender's memory into a receive buffer
+/// Bytes the driver must copy straight from the sender's memory into a receive buffer
 /// (single-copy transfer), then report with [`Engine::handle_pull_done`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pull {
-    /// The receive request whose buffer gets the data (from offset 0).
+    /// The receive request whose buffer gets the data.
     pub req: ReqId,
     /// The sender, whose memory holds the data.
     pub from: Rank,
-    /// Address of the data in the sender's address space.
+    /// Address of the first byte to copy, in the sender's address space.
+    pub addr: u64,
+    /// Where in the receive buffer the bytes go.
+    pub offset: u64,
+    /// Bytes to copy.
+    pub len: u64,
+}
+
+/// Bytes the driver must copy from a send buffer straight into the receiver's memory (the
+/// sender's half of a split transfer), then report with [`Engine::handle_push_done`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Push {
+    /// The send request whose buffer holds the data.
+    pub req: ReqId,
+    /// The receiver, whose memory gets the data.
+    pub to: Rank,
+    /// The receiver's request (named in the answer).
+    pub recv_req: ReqId,
+    /// Where in the send buffer the bytes start.
+    pub offset: u64,
+    /// Address of the destination, in the receiver's address space.
     pub addr: u64,
     /// Bytes to copy.
     pub len: u64,
@@ -341,6 +367,8 @@ struct Posted {
     source: SourceSel,
     tag: TagSel,
     capacity: u64,
+    /// Address of the receive buffer in this process (0: not given, no split transfers).
+    addr: u64,
 }
 
 /// Per-peer sequencing state.
@@ -369,11 +397,20 @@ enum RecvState {
     /// Matched an eager arrival whose payload is still arriving; `capacity` is the size of
     /// the receive buffer.
     Eager { arrival: u64, capacity: u64 },
-    /// Matched a pull-offering RTS; the driver is copying the data (see [`Pull`]).
+    /// Matched a pull-offering RTS; the driver is copying the data (see [`Pull`]), and for a
+    /// split transfer the sender is writing bytes `push.0..push.0 + push.1`.
     Pull {
         from: Rank,
         status: RecvStatus,
         send_req: ReqId,
+        /// Address of the message in the sender's memory.
+        addr: u64,
+        /// Copies not yet done (pulls, and the push).
+        parts: u8,
+        /// A pull failed: once every part is done, fall back to CTS.
+        failed: bool,
+        /// Offset and length of the part the sender writes; length 0 once it answered.
+        push: (u64, u64),
     },
     /// Matched an RTS; `received` of `accepted` bytes of data are placed.
     Data {
@@ -409,8 +446,9 @@ enum InFlight {
 /// # Polling order
 /// After any call that may make progress (`post_*`, `handle_*`):
 /// 1. drain [`Engine::poll_transmit`] and send (or copy) every frame, including its body;
-/// 2. drain [`Engine::poll_pull`], perform each copy and report it with
-///    [`Engine::handle_pull_done`] (which may queue more frames: go back to 1);
+/// 2. drain [`Engine::poll_pull`] and [`Engine::poll_push`], perform each copy and report it
+///    with [`Engine::handle_pull_done`] / [`Engine::handle_push_done`] (which may queue more
+///    frames: go back to 1);
 /// 3. then drain [`Engine::poll_completion`]. A send completes only after its last frame was
 ///    handed out, so the driver never reports a send complete while its buffer is still
 ///    needed.
@@ -445,6 +483,8 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     /// Single-copy transfers for the driver, in order.
     pulls: VecDeque<Pull>,
+    /// The sender's halves of split transfers, in order.
+    pushes: VecDeque<Push>,
     /// Finished requests, in order.
     completions: VecDeque<Completion>,
 }
@@ -471,6 +511,7 @@ impl Engine {
             in_flight: SeqMap::default(),
             transmits: VecDeque::new(),
             pulls: VecDeque::new(),
+            pushes: VecDeque::new(),
             completions: VecDeque::new(),
         }
     }
@@ -683,6 +724,22 @@ impl Engine {
         tag: TagSel,
         capacity: u64,
     ) -> Result<ReqId, UsageError> {
+        self.post_recv_at(context, source, tag, capacity, 0)
+    }
+
+    /// [`Engine::post_recv`] into a buffer at address `addr` of this process, which a
+    /// sender on the same host may then write into (split transfers, [`Push`]).
+    ///
+    /// # Errors
+    /// As [`Engine::post_recv`].
+    pub fn post_recv_at(
+        &mut self,
+        context: ContextId,
+        source: SourceSel,
+        tag: TagSel,
+        capacity: u64,
+        addr: u64,
+    ) -> Result<ReqId, UsageError> {
         if let SourceSel::Rank(r) = source {
             self.check_rank(r)?;
         }
@@ -697,6 +754,7 @@ impl Engine {
             source,
             tag,
             capacity,
+            addr,
         };
         let q = self.queues.entry(context).or_default();
         let found = q.unexpected.iter().position(|id| {
@@ -798,6 +856,64 @@ impl Engine {
                     offset += n;
                 }
                 self.complete(sreq, Outcome::Sent);
+                Ok(self.empty(token))
+            }
+            FrameKind::Push => {
+                let Some(SendState::AwaitCts { to, len }) = self.sends.get(&h.send_req) else {
+                    return Err(self.unknown(from, h.kind, h.send_req));
+                };
+                if *to != from {
+                    return Err(self.unknown(from, h.kind, h.send_req));
+                }
+                if h.msg_len == 0 || h.msg_len > *len {
+                    return Err(PeerError::OutOfBounds {
+                        from,
+                        offset: 0,
+                        len: h.msg_len,
+                        limit: *len,
+                    });
+                }
+                self.pushes.push_back(Push {
+                    req: h.send_req,
+                    to: from,
+                    recv_req: h.recv_req,
+                    offset: *len - h.msg_len,
+                    addr: h.offset,
+                    len: h.msg_len,
+                });
+                Ok(self.empty(token))
+            }
+            FrameKind::Pushed => {
+                let Some(RecvState::Pull {
+                    from: src,
+                    addr,
+                    parts,
+                    push,
+                    ..
+                }) = self.recvs.get_mut(&h.recv_req)
+                else {
+                    return Err(self.unknown(from, h.kind, h.recv_req));
+                };
+                if *src != from || push.1 == 0 {
+                    return Err(self.unknown(from, h.kind, h.recv_req));
+                }
+                let (offset, len) = std::mem::take(push);
+                if h.msg_len == len {
+                    *parts = parts.saturating_sub(1);
+                    if *parts == 0 {
+                        self.finish_pull(h.recv_req);
+                    }
+                } else {
+                    // The sender could not write its part: pull it too.
+                    let addr = addr.wrapping_add(offset);
+                    self.pulls.push_back(Pull {
+                        req: h.recv_req,
+                        from,
+                        addr,
+                        offset,
+                        len,
+                    });
+                }
                 Ok(self.empty(token))
             }
             FrameKind::SyncAck | FrameKind::Fin => {
@@ -1001,18 +1117,56 @@ impl Engine {
         self.pulls.pop_front()
     }
 
-    /// Says how the pull for receive `req` went. On success the receive completes and the
-    /// sender is told; on failure the engine falls back to the sender pushing the data (CTS).
+    /// Says how a pull for receive `req` went. Once every part of the transfer is done the
+    /// receive completes and the sender is told; if a pull failed, the engine then falls back
+    /// to the sender pushing the whole message as data frames (CTS).
     pub fn handle_pull_done(&mut self, req: ReqId, ok: bool) {
+        let Some(RecvState::Pull { parts, failed, .. }) = self.recvs.get_mut(&req) else {
+            return;
+        };
+        *parts = parts.saturating_sub(1);
+        *failed |= !ok;
+        if *parts == 0 {
+            self.finish_pull(req);
+        }
+    }
+
+    /// The sender's half of a split transfer for which the driver must do (see [`Push`]).
+    #[inline]
+    pub fn poll_push(&mut self) -> Option<Push> {
+        self.pushes.pop_front()
+    }
+
+    /// Says how push `p` went; the receiver is told (and pulls the bytes itself if it failed).
+    pub fn handle_push_done(&mut self, p: &Push, ok: bool) {
+        if self.peers.get(p.to.0 as usize).is_none_or(|peer| peer.lost) {
+            return;
+        }
+        let mut h = Header::new(FrameKind::Pushed, self.cfg.rank);
+        h.send_req = p.req;
+        h.recv_req = p.recv_req;
+        h.msg_len = if ok { p.len } else { 0 };
+        self.transmits.push_back(Transmit {
+            to: p.to,
+            header: h,
+            body: Body::None,
+        });
+    }
+
+    /// Ends a pulled receive whose parts are all done: FIN and completion, or CTS if a pull
+    /// failed.
+    fn finish_pull(&mut self, req: ReqId) {
         let Some(RecvState::Pull {
             from,
             status,
             send_req,
+            failed,
+            ..
         }) = self.recvs.remove(&req)
         else {
             return;
         };
-        if ok {
+        if !failed {
             self.send_fin(from, send_req);
             self.complete(
                 req,
@@ -1057,7 +1211,10 @@ impl Engine {
     /// [`Engine::poll_completion`] has something: a cheap check for an idle driver loop.
     #[inline]
     pub fn has_output(&self) -> bool {
-        !(self.transmits.is_empty() && self.pulls.is_empty() && self.completions.is_empty())
+        !(self.transmits.is_empty()
+            && self.pulls.is_empty()
+            && self.pushes.is_empty()
+            && self.completions.is_empty())
     }
 
     /// The next frame to send.
@@ -1307,18 +1464,47 @@ impl Engine {
                             },
                         );
                     } else {
+                        // The pulled head of a large message is page-aligned so both
+                        // copies start on pages.
+                        let split = self.cfg.split_min > 0
+                            && p.addr != 0
+                            && stored == status.len
+                            && stored >= self.cfg.split_min;
+                        let head = match stored / 2 {
+                            _ if !split => stored,
+                            h if h >= 4096 => h.next_multiple_of(4096).min(stored),
+                            h => h,
+                        };
                         self.pulls.push_back(Pull {
                             req: p.req,
                             from: to,
                             addr,
-                            len: stored,
+                            offset: 0,
+                            len: head,
                         });
+                        let push = (head, stored - head);
+                        if push.1 > 0 {
+                            let mut h = Header::new(FrameKind::Push, self.cfg.rank);
+                            h.send_req = send_req;
+                            h.recv_req = p.req;
+                            h.offset = p.addr.wrapping_add(head);
+                            h.msg_len = push.1;
+                            self.transmits.push_back(Transmit {
+                                to,
+                                header: h,
+                                body: Body::None,
+                            });
+                        }
                         self.recvs.insert(
                             p.req,
                             RecvState::Pull {
                                 from: to,
                                 status,
                                 send_req,
+                                addr,
+                                parts: 1 + u8::from(push.1 > 0),
+                                failed: false,
+                                push,
                             },
                         );
                     }

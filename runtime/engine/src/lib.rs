@@ -37,7 +37,7 @@ pub mod wire;
 
 pub use engine::{
     Body, Completion, Config, Engine, Incoming, Outcome, PeerError, Placement, ProbeInfo, Pull,
-    RecvStatus, SendMode, SourceSel, TagSel, Transmit, UsageError,
+    Push, RecvStatus, SendMode, SourceSel, TagSel, Transmit, UsageError,
 };
 pub use ids::{
     ContextId, FrameToken, IdBuildHasher, IdHasher, IdMap, Rank, ReqId, Seq, SeqKey, SeqMap, Tag,

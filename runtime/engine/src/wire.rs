@@ -12,10 +12,10 @@
 //! | 8..12  | source        | sender's [`Rank`]                                           |
 //! | 12..16 | tag           | [`Tag`], never negative                                     |
 //! | 16..24 | seq           | per-(sender, receiver) [`Seq`] of an envelope               |
-//! | 24..32 | msg_len       | whole message length (envelopes), accepted length (CTS)     |
-//! | 32..40 | send_req      | sender's request id (RTS, CTS, ack)                         |
-//! | 40..48 | recv_req      | receiver's request id (CTS, data)                           |
-//! | 48..56 | offset        | byte offset of a data chunk; pull address of an RTS         |
+//! | 24..32 | msg_len       | message length (envelopes), accepted length (CTS), bytes (push) |
+//! | 32..40 | send_req      | sender's request id (RTS, CTS, ack, push)                   |
+//! | 40..48 | recv_req      | receiver's request id (CTS, data, push)                     |
+//! | 48..56 | offset        | offset of a data chunk; pull address of an RTS; push target |
 //! | 56..64 | payload_len   | bytes of payload that follow this header                    |
 //!
 //! Decoding checks everything a header alone can tell; the engine checks the rest against
@@ -70,6 +70,13 @@ pub enum FrameKind {
     SyncAck = 5,
     /// The receiver pulled a rendezvous message itself; the send is complete.
     Fin = 6,
+    /// The receiver of a pull-offering RTS asks the sender to write the last `msg_len` bytes
+    /// of the message into the receiver's memory at address `offset`, while it pulls the
+    /// rest itself (split single-copy transfer).
+    Push = 7,
+    /// The sender's answer to [`FrameKind::Push`]: `msg_len` bytes were written (0: the
+    /// write failed and the receiver must pull them).
+    Pushed = 8,
 }
 
 impl FrameKind {
@@ -81,6 +88,8 @@ impl FrameKind {
             4 => Self::Data,
             5 => Self::SyncAck,
             6 => Self::Fin,
+            7 => Self::Push,
+            8 => Self::Pushed,
             _ => return None,
         })
     }
@@ -277,9 +286,12 @@ impl Header {
         let bad_len = match kind {
             FrameKind::Eager => h.payload_len != h.msg_len,
             FrameKind::Data => false,
-            FrameKind::Rts | FrameKind::Cts | FrameKind::SyncAck | FrameKind::Fin => {
-                h.payload_len != 0
-            }
+            FrameKind::Rts
+            | FrameKind::Cts
+            | FrameKind::SyncAck
+            | FrameKind::Fin
+            | FrameKind::Push
+            | FrameKind::Pushed => h.payload_len != 0,
         };
         if bad_len || h.payload_len > MAX_PAYLOAD {
             return Err(DecodeError::PayloadLength {

@@ -61,6 +61,28 @@ fn rendezvous_posted_first_and_truncated() {
 }
 
 #[test]
+fn split_transfer_pulls_the_head_and_the_sender_pushes_the_tail() {
+    let mut net = Net::with_split(2, 1, EAGER, CHUNK, 8, true, 1);
+    let len = 3 * 4096 + 100;
+    let s = net.send(0, 1, 0, payload_for(5, len), SendMode::Standard);
+    let r = net.recv(1, SourceSel::Rank(Rank(0)), TagSel::Any, len);
+    let mut frames = 0;
+    while net.step() {
+        frames += 1;
+    }
+    let (st, data) = ok_data(&net, 1, r);
+    assert_eq!((st.len, st.stored), (len as u64, len as u64));
+    assert_eq!(data, payload_for(5, len));
+    assert_eq!(net.nodes[0].sends_done.get(&s), Some(&Outcome::Sent));
+    // RTS, PUSH, PUSHED and FIN: no data frames.
+    assert_eq!(frames, 4);
+    assert_eq!(
+        net.nodes[0].engine.pending() + net.nodes[1].engine.pending(),
+        0
+    );
+}
+
+#[test]
 fn pull_replaces_cts_and_data() {
     let mut net = Net::with_pull(2, 1, EAGER, CHUNK, 8, true);
     let s = net.send(0, 1, 0, payload_for(4, 500), SendMode::Standard);
@@ -421,6 +443,25 @@ proptest! {
             .map(|mut m| { m.src %= n; m.dst %= n; m })
             .collect();
         let mut net = Net::with_pull(n, 2, EAGER, CHUNK, seed, true);
+        net.pull_failure = failure;
+        run_program_with(net, n, &msgs)?;
+    }
+
+    /// Split transfers (the receiver pulls the head, the sender pushes the tail), with pulls
+    /// and pushes that sometimes fail: same matching, same data.
+    #[test]
+    fn split_transfers_agree_with_reference(
+        seed in any::<u64>(),
+        n in 1u32..4,
+        failure in prop_oneof![Just(0.0), Just(0.3)],
+        split_min in prop_oneof![Just(1u64), Just(EAGER + 1), Just(3000)],
+        msgs in prop::collection::vec(msg_strategy(3), 1..40),
+    ) {
+        let msgs: Vec<Msg> = msgs
+            .into_iter()
+            .map(|mut m| { m.src %= n; m.dst %= n; m })
+            .collect();
+        let mut net = Net::with_split(n, 2, EAGER, CHUNK, seed, true, split_min);
         net.pull_failure = failure;
         run_program_with(net, n, &msgs)?;
     }

@@ -86,6 +86,8 @@ pub struct Net {
     pub errors: Vec<(u32, String)>,
     /// Pull addresses handed to the engines, and the data behind them.
     pulls: HashMap<u64, Vec<u8>>,
+    /// Receive buffer addresses handed to the engines: (rank, request) by address.
+    recv_addrs: HashMap<u64, (u32, ReqId)>,
     /// Probability that a pull fails (the engine must fall back to CTS and data).
     pub pull_failure: f64,
     /// Take the engine's fast paths where they apply: standard eager sends straight onto a
@@ -103,11 +105,26 @@ impl Net {
 
     /// A network whose ranks offer and accept single-copy pulls (as on one host).
     pub fn with_pull(n: u32, rails: usize, eager: u64, chunk: u64, seed: u64, pull: bool) -> Self {
+        Self::with_split(n, rails, eager, chunk, seed, pull, 0)
+    }
+
+    /// As [`Net::with_pull`], with pulled messages of at least `split_min` bytes split
+    /// between a pull and a push (0: never).
+    pub fn with_split(
+        n: u32,
+        rails: usize,
+        eager: u64,
+        chunk: u64,
+        seed: u64,
+        pull: bool,
+        split_min: u64,
+    ) -> Self {
         let nodes = (0..n)
             .map(|r| Node {
                 engine: Engine::new(Config {
                     offer_pull: vec![pull; n as usize],
                     can_pull: vec![pull; n as usize],
+                    split_min,
                     ..Config::uniform(Rank(r), n, eager, chunk)
                 }),
                 send_bufs: HashMap::new(),
@@ -126,6 +143,7 @@ impl Net {
             rng: StdRng::seed_from_u64(seed),
             errors: Vec::new(),
             pulls: HashMap::new(),
+            recv_addrs: HashMap::new(),
             pull_failure: 0.0,
             fast: false,
             direct_takes: 0,
@@ -179,11 +197,14 @@ impl Net {
         {
             return req;
         }
+        // Far from the send addresses, and spaced wider than any test buffer.
+        let addr = (1 << 40) + self.recv_addrs.len() as u64 * (1 << 32);
         let n = &mut self.nodes[at as usize];
         let req = n
             .engine
-            .post_recv(ContextId(0), source, tag, capacity as u64)
+            .post_recv_at(ContextId(0), source, tag, capacity as u64, addr)
             .expect("valid receive");
+        self.recv_addrs.insert(addr, (at, req));
         n.recv_bufs.insert(req, vec![0u8; capacity]);
         n.log.push(Event::Post {
             req,
@@ -277,15 +298,36 @@ impl Net {
                 any = true;
                 let ok = !self.rng.gen_bool(self.pull_failure);
                 if ok {
-                    let src = &self.pulls[&p.addr];
-                    let len = p.len as usize;
+                    let src = &self.pulls[&(p.addr - p.offset)];
+                    let (off, len) = (p.offset as usize, p.len as usize);
                     let dst = self.nodes[r as usize]
                         .recv_bufs
                         .get_mut(&p.req)
                         .expect("pull into a live receive");
-                    dst[..len].copy_from_slice(&src[..len]);
+                    dst[off..off + len].copy_from_slice(&src[off..off + len]);
                 }
                 self.nodes[r as usize].engine.handle_pull_done(p.req, ok);
+            }
+            while let Some(p) = self.nodes[r as usize].engine.poll_push() {
+                any = true;
+                let ok = !self.rng.gen_bool(self.pull_failure);
+                if ok {
+                    let (off, len) = (p.offset as usize, p.len as usize);
+                    let src = self.nodes[r as usize].send_bufs[&p.req][off..off + len].to_vec();
+                    let (&base, &(at, rreq)) = self
+                        .recv_addrs
+                        .iter()
+                        .find(|(base, _)| (**base..**base + (1 << 32)).contains(&p.addr))
+                        .expect("push into a posted receive buffer");
+                    assert_eq!(at, p.to.0, "push to the rank that owns the buffer");
+                    let at_off = (p.addr - base) as usize;
+                    let dst = self.nodes[at as usize]
+                        .recv_bufs
+                        .get_mut(&rreq)
+                        .expect("push into a live receive");
+                    dst[at_off..at_off + len].copy_from_slice(&src);
+                }
+                self.nodes[r as usize].engine.handle_push_done(&p, ok);
             }
             while let Some(c) = self.nodes[r as usize].engine.poll_completion() {
                 any = true;
