@@ -491,6 +491,19 @@ impl RingProducer {
         self.free_given(head)
     }
 
+    /// Whether the consumer has read everything written so far (reloads `head` only when
+    /// the cached copy says it has not).
+    pub fn is_drained(&mut self) -> bool {
+        if self.cached_head == self.tail {
+            return true;
+        }
+        let head = self.raw.hdr().head.load(Ordering::Acquire);
+        if self.tail.wrapping_sub(head) <= self.raw.capacity {
+            self.cached_head = head;
+        }
+        self.cached_head == self.tail
+    }
+
     /// Copies as much of `src` as fits (possibly nothing) and publishes it with `Release`.
     /// Never blocks. Returns the number of bytes written, a prefix of `src`.
     ///

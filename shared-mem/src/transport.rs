@@ -8,8 +8,9 @@
 //! ring (or, for a small eager frame, its fast box) in the receiver's segment and rings the
 //! receiver's doorbell; the receiver polls its boxes and rings and sleeps on its doorbell.
 //!
-//! Fast-box frames may overtake ring frames: only compact eager envelopes go there, and the
-//! engine puts envelopes back in order by their sequence numbers.
+//! A frame goes to the fast box only when the ring to that peer is drained, so fast-box frames
+//! do not overtake ring frames (only compact eager envelopes go there, and the engine would
+//! put envelopes back in order by their sequence numbers anyway).
 //!
 //! # Lifetime
 //! [`ShmTransport::create`] makes and formats the segment; [`ShmTransport::connect`] maps
@@ -456,8 +457,15 @@ impl Transport for ShmTransport {
         let Some(c) = self.conns.get_mut(to.0 as usize).and_then(Option::as_mut) else {
             return Err(TransportError::NotConnected(to));
         };
+        // A small eager frame takes the fast box, unless ring frames are still unread: then
+        // it follows them through the ring, so frames arrive in order (the engine would
+        // reorder envelopes anyway, but at the cost of holding early ones).
         let hlen = header_len(header[0]);
-        if hlen == COMPACT_LEN && body.len <= FASTBOX_RECORD - hlen && !c.has_pending_writes() {
+        if hlen == COMPACT_LEN
+            && body.len <= FASTBOX_RECORD - hlen
+            && !c.has_pending_writes()
+            && c.stream_mut().tx.is_drained()
+        {
             let body_slice: &[u8] = if body.len == 0 {
                 &[]
             } else {

@@ -121,7 +121,10 @@ fn split_transfers_all_to_all_random_sizes() {
         8,
         "p2p_wildcard",
         &["11", "150", "all"],
-        &[("BRAID_SHM_SPLIT_MIN", "1"), ("BRAID_SHM_EAGER_LIMIT", "256")],
+        &[
+            ("BRAID_SHM_SPLIT_MIN", "1"),
+            ("BRAID_SHM_EAGER_LIMIT", "256"),
+        ],
     );
     assert_ok(&f, "p2p_wildcard all-to-all with split transfers, 8 ranks");
 }
