@@ -749,6 +749,19 @@ mod tests {
     }
 
     #[test]
+    fn drained_only_once_the_consumer_read_everything() {
+        let (mut p, mut c) = pair(64, 0);
+        assert!(p.is_drained());
+        assert_eq!(p.write(&[1, 2, 3]), 3);
+        assert!(!p.is_drained());
+        let mut buf = [0u8; 2];
+        assert_eq!(c.read(&mut buf), 2);
+        assert!(!p.is_drained());
+        assert_eq!(c.read(&mut buf), 1);
+        assert!(p.is_drained());
+    }
+
+    #[test]
     fn footprint_is_aligned() {
         assert_eq!(RING_HEADER_LEN % RING_ALIGN, 0);
         assert_eq!(RING_HEADER_LEN, 512);
