@@ -75,6 +75,19 @@ struct RawBuf {
     len: usize,
 }
 
+impl RawBuf {
+    /// The `len` bytes at `offset`, if they lie inside the buffer (as a raw slice: whoever
+    /// dereferences it answers for the buffer being alive and unaliased).
+    fn part(&self, offset: u64, len: u64) -> Option<*mut [u8]> {
+        let (off, len) = (usize::try_from(offset).ok()?, usize::try_from(len).ok()?);
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        // `off <= self.len`: the pointer stays inside (or one past) the buffer.
+        Some(std::ptr::slice_from_raw_parts_mut(self.ptr.wrapping_add(off), len))
+    }
+}
+
 /// Result of a finished request, kept until the front-end collects it.
 pub(crate) type Finished = Result<RecvStatus, Error>;
 
@@ -760,37 +773,28 @@ impl Core {
     /// Copies a message straight out of the sender's memory into a receive buffer. Returns
     /// false when the copy failed (the engine then asks the sender to push the data).
     fn pull(&mut self, p: &braid_engine::Pull) -> bool {
-        let (Some(shm), Some(buf)) = (self.shm.as_ref(), self.recvs.get(&p.req)) else {
+        let (Some(shm), Some(part)) = (
+            self.shm.as_ref(),
+            self.recvs.get(&p.req).and_then(|b| b.part(p.offset, p.len)),
+        ) else {
             return false;
         };
-        let (Ok(off), Ok(len)) = (usize::try_from(p.offset), usize::try_from(p.len)) else {
-            return false;
-        };
-        if off.checked_add(len).is_none_or(|end| end > buf.len) {
-            return false;
-        }
-        // SAFETY: `off + len <= buf.len`, and the receive buffer is valid for buf.len bytes
-        // and borrowed by its request.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.ptr.add(off), len) };
-        shm.pull(p.from, p.addr, dst)
+        // SAFETY: the receive buffer is valid for writes and borrowed by its request.
+        shm.pull(p.from, p.addr, unsafe { &mut *part })
     }
 
     /// Copies the sender's part of a split transfer straight into the receiver's buffer.
     /// Returns false when the copy failed (the receiver then pulls those bytes itself).
     fn push(&mut self, p: &braid_engine::Push) -> bool {
-        let (Some(shm), Some(buf)) = (self.shm.as_ref(), self.sends.get(&p.req)) else {
+        let (Some(shm), Some(part)) = (
+            self.shm.as_ref(),
+            self.sends.get(&p.req).and_then(|b| b.part(p.offset, p.len)),
+        ) else {
             return false;
         };
-        let (Ok(off), Ok(len)) = (usize::try_from(p.offset), usize::try_from(p.len)) else {
-            return false;
-        };
-        if off.checked_add(len).is_none_or(|end| end > buf.len) {
-            return false;
-        }
-        // SAFETY: `off + len <= buf.len`; the send buffer is valid for reads for buf.len
-        // bytes until its request completes, which needs the receiver's FIN after this push.
-        let src = unsafe { std::slice::from_raw_parts(buf.ptr.add(off).cast_const(), len) };
-        shm.push(p.to, p.addr, src)
+        // SAFETY: the send buffer is valid for reads until its request completes, which
+        // needs the receiver's FIN after this push.
+        shm.push(p.to, p.addr, unsafe { &*part })
     }
 
     /// Delivers a frame addressed to this rank.
