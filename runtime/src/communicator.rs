@@ -983,8 +983,8 @@ pub(crate) fn recv_into<B: BufferMut + ?Sized>(
     }
     let bytes = buf.as_bytes_mut();
     let capacity = bytes.len();
-    // A small message from a shared-memory peer comes straight from its ring when nothing
-    // else is pending (see `Core::recv_direct`).
+    // A small message from a named peer comes straight from its shared-memory ring or TCP
+    // connection when nothing else is pending (see `Core::recv_direct`).
     let direct = match from {
         Some(r) if crate::collective::idle() => {
             // SAFETY: `bytes` is mutably borrowed for the whole call.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use braid_engine::wire::{COMPACT, COMPACT_LEN, Header};
 use braid_engine::{Rank, RecvStatus, ReqId};
-use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 pub use braid_transports::Take;
+use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
 use crate::{

@@ -81,14 +81,16 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use braid_engine::{Rank, ReqId};
+use braid_engine::wire::{Header, header_len};
+use braid_engine::{Rank, RecvStatus, ReqId};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use self::conn::{Conn, Entry, Event, Ident, KIND_LOST, Saved, control_header};
 use crate::rail::{Rail, RailError, RailMode, published_addrs};
-use crate::{Body, FrameSink, HEADER_LEN, JobKey, Transport, TransportError};
+use crate::stream::ReadMode;
+use crate::{Body, FrameSink, HEADER_LEN, JobKey, Take, Transport, TransportError};
 
 const MAGIC: &[u8; 8] = b"BRAIDv01";
 const HELLO_LEN: usize = 32;
@@ -396,6 +398,8 @@ pub struct TcpTransport {
     last_rate_check: Instant,
     /// `send_acks` marked a connection broken.
     any_broken: bool,
+    /// The next progress call runs the poller ([`Self::poll_next`]).
+    poll_due: bool,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -468,6 +472,7 @@ impl TcpTransport {
             last_stall_check: now,
             last_rate_check: now,
             any_broken: false,
+            poll_due: false,
         })
     }
 
@@ -495,6 +500,106 @@ impl TcpTransport {
     /// The rail mode in use.
     pub fn mode(&self) -> RailMode {
         self.cfg.mode
+    }
+
+    /// The receive fast path (a blocking receive naming one peer, see `braid::core`): reads
+    /// the connection to `peer` once and, when the read starts with a whole eager frame whose
+    /// payload fits `dst` and which `accept` accepts (returning its status, which commits to
+    /// the frame), copies the payload straight into `dst`. Every other byte read goes through
+    /// the framing into `sink` as a progress call would put it. No request, no poller.
+    ///
+    /// Returns [`Take::Empty`] when nothing was there, [`Take::Other`] when the general path
+    /// must take over: the peer's connection keeps frames for failover (several rails), a
+    /// frame is half read, output is queued, the read brought another frame first (it went
+    /// to `sink`), or the connection failed (reported to `sink`).
+    pub fn take_eager<S: FrameSink>(
+        &mut self,
+        peer: Rank,
+        dst: &mut [u8],
+        sink: &mut S,
+        accept: impl FnOnce(&mut S, &Header) -> Option<RecvStatus>,
+    ) -> Take {
+        if self.recheck_all || !self.dirty.is_empty() || !self.failed.is_empty() {
+            return Take::Other;
+        }
+        let Some(link) = self.links.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
+            return Take::Other;
+        };
+        if link.reliable || link.lost {
+            return Take::Other;
+        }
+        // An unreliable pair has exactly one connection.
+        let Some((rail, c)) = link
+            .conns
+            .iter_mut()
+            .enumerate()
+            .find_map(|(r, c)| Some((r, c.as_mut()?)))
+        else {
+            return Take::Other;
+        };
+        if c.broken || !c.framed.at_frame_boundary() {
+            return Take::Other;
+        }
+        let staging = &mut self.staging[..];
+        let n = match Read::read(c.framed.stream_mut(), staging) {
+            Ok(0) => {
+                let err = c.framed.closed();
+                self.kill_conn(peer.0, rail, err, None, sink);
+                return Take::Other;
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Take::Empty;
+            }
+            Err(e) => {
+                let err = TransportError::LocalIo {
+                    peer,
+                    addr: c.framed_addr(),
+                    op: "read",
+                    source: e,
+                };
+                self.kill_conn(peer.0, rail, err, None, sink);
+                return Take::Other;
+            }
+        };
+        let got = &staging[..n];
+        let hlen = header_len(got[0]);
+        let mut taken = None;
+        if let Some(head) = got.get(..hlen) {
+            let mut full = [0u8; HEADER_LEN];
+            full[..hlen].copy_from_slice(head);
+            let len = usize::try_from(Header::peek_payload_len(&full)).unwrap_or(usize::MAX);
+            if len <= dst.len()
+                && len <= n - hlen
+                && let Ok(h) = Header::decode(head)
+                && let Some(status) = accept(sink, &h)
+            {
+                dst[..len].copy_from_slice(&got[hlen..hlen + len]);
+                taken = Some((status, hlen + len));
+            }
+        }
+        let from = taken.map_or(0, |t| t.1);
+        let mut res = c.framed.feed(&staging[from..n], sink).map(|()| true);
+        if res.is_ok() && n == staging.len() {
+            // A full read: more may wait, and the edge-triggered poller will not say so.
+            res = c.framed.read_all(staging, sink, ReadMode::Batched);
+        }
+        if let Err(err) = res {
+            self.kill_conn(peer.0, rail, err, None, sink);
+        }
+        taken.map_or(Take::Other, |t| Take::Taken(t.0))
+    }
+
+    /// Makes the next [`Transport::progress`] call wait in the poller (with its timeout)
+    /// instead of reading the connections directly, so new connections, writability and
+    /// timers are looked at: for a caller that busy-polls through [`Self::take_eager`].
+    pub fn poll_next(&mut self) {
+        self.poll_due = true;
     }
 
     /// Connects to every lower rank of `peers` and accepts connections from every higher
@@ -834,10 +939,6 @@ impl TcpTransport {
                 );
             }
         }
-    }
-
-    fn link_mut(&mut self, peer: u32) -> Option<&mut Link> {
-        self.links.get_mut(peer as usize).and_then(Option::as_mut)
     }
 
     /// The live connection a frame to `peer` goes on.
@@ -1522,8 +1623,43 @@ impl Transport for TcpTransport {
         header: &[u8; HEADER_LEN],
         body: Body,
     ) -> Result<(), TransportError> {
-        if self.link_mut(to.0).is_none_or(|l| l.lost) {
+        let Some(link) = self
+            .links
+            .get_mut(to.0 as usize)
+            .and_then(Option::as_mut)
+            .filter(|l| !l.lost)
+        else {
             return Err(TransportError::NotConnected(to));
+        };
+        // A small frame to a one-connection peer with nothing queued: one `send`.
+        if !link.reliable
+            && let Some((rail, c)) = link
+                .conns
+                .iter_mut()
+                .enumerate()
+                .find_map(|(r, c)| Some((r, c.as_mut()?)))
+        {
+            match c.send_small(header, body, &mut self.sent) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if c.queued > 0 {
+                        self.dirty.push(to.0 as usize * RAIL_SLOTS + rail);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    c.broken = true;
+                    let err = TransportError::LocalIo {
+                        peer: to,
+                        addr: c.framed_addr(),
+                        op: "write",
+                        source: e,
+                    };
+                    self.failed.push((to.0, rail, err));
+                    self.sent.extend(body.owner);
+                    return Ok(());
+                }
+            }
         }
         // The entry borrows `body` for this call (see # Safety); `Conn::push` copies what it
         // must keep without an owner.
@@ -1564,10 +1700,12 @@ impl Transport for TcpTransport {
             }
         }
         self.polls = self.polls.wrapping_add(1);
+        let poll_due = std::mem::take(&mut self.poll_due);
         if timeout == Some(Duration::ZERO)
             && !did
             && self.sent.is_empty()
             && !self.polls.is_multiple_of(16)
+            && !poll_due
             && self.dirty.is_empty()
         {
             if self.direct_stale {
