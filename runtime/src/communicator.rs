@@ -952,6 +952,14 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<(), Error> {
     let bytes = buf.packed();
+    // A small standard send leaves at once, without a request (see `Core::send_now`).
+    if mode == SendMode::Standard
+        // SAFETY: `bytes` is borrowed for the whole call.
+        && with_core(|c| unsafe { c.send_now(ctx, to, tag, bytes.as_ptr(), bytes.len()) })?
+            .is_some()
+    {
+        return Ok(());
+    }
     let (id, done) = with_core(|c| -> Result<_, Error> {
         // SAFETY: `bytes` stays borrowed until the request is collected, here or by
         // `wait_p2p`.

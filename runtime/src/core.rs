@@ -280,6 +280,45 @@ impl Core {
         }
     }
 
+    /// A small standard-mode send that leaves at once, without request state: the transports
+    /// copy what they cannot write, so the buffer is free as soon as this returns. Returns
+    /// the request id it drew (complete already), or `None` when the general path
+    /// ([`Core::isend`]) must take the send.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes during the call.
+    ///
+    /// # Errors
+    /// An invalid rank or tag.
+    pub(crate) unsafe fn send_now(
+        &mut self,
+        ctx: ContextId,
+        to: u32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+    ) -> Result<Option<ReqId>, Error> {
+        if len > COPY_LIMIT {
+            return Ok(None);
+        }
+        let Some((req, header)) = self
+            .engine
+            .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
+            .map_err(usage)?
+        else {
+            return Ok(None);
+        };
+        let body = Body {
+            ptr,
+            len,
+            owner: None,
+        };
+        // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
+        // transport reads it only during the call.
+        unsafe { self.hand_over(ERank(to), &header, body) };
+        Ok(Some(req))
+    }
+
     /// Starts a send from raw memory.
     ///
     /// # Safety
@@ -294,23 +333,10 @@ impl Core {
         len: usize,
         mode: SendMode,
     ) -> Result<ReqId, Error> {
-        // A small standard send leaves at once, without request state: the transports copy
-        // what they cannot write, so the buffer is free as soon as `send` returns.
         if mode == SendMode::Standard
-            && len <= COPY_LIMIT
-            && let Some((req, header)) = self
-                .engine
-                .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
-                .map_err(usage)?
+            // SAFETY: `ptr` is valid for `len` bytes (caller's promise).
+            && let Some(req) = unsafe { self.send_now(ctx, to, tag, ptr, len) }?
         {
-            let body = Body {
-                ptr,
-                len,
-                owner: None,
-            };
-            // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
-            // transport reads it only during the call.
-            unsafe { self.hand_over(ERank(to), &header, body) };
             self.finished.insert(req, Ok(sent_status()));
             return Ok(req);
         }

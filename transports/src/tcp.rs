@@ -79,6 +79,7 @@ mod sys;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use braid_engine::wire::{Header, header_len};
@@ -400,6 +401,14 @@ pub struct TcpTransport {
     any_broken: bool,
     /// The next progress call runs the poller ([`Self::poll_next`]).
     poll_due: bool,
+    /// Connections of one-connection peers stay out of the poller (set at wire-up when every
+    /// pair has one connection and there are at most [`DIRECT_POLL_MAX`]): busy polling reads
+    /// them, and a blocking progress call waits in `poll(2)` on them and the poller.
+    bare: bool,
+    /// `poll(2)` set of a blocking call with bare connections (reused).
+    pollfds: Vec<libc::pollfd>,
+    /// Bare connections of that set, in its order after the poller's own descriptor.
+    polled: Vec<(u32, usize)>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -473,6 +482,9 @@ impl TcpTransport {
             last_rate_check: now,
             any_broken: false,
             poll_due: false,
+            bare: false,
+            pollfds: Vec::new(),
+            polled: Vec::new(),
         })
     }
 
@@ -620,6 +632,7 @@ impl TcpTransport {
         let deadline = Instant::now() + timeout;
         let me = self.rank;
         let nrails = self.rails.len();
+        let mut conns = 0;
         for p in peers {
             let wired = cfg
                 .mode
@@ -633,6 +646,7 @@ impl TcpTransport {
             );
             let reliable = rails.len() > 1;
             self.any_reliable |= reliable;
+            conns += wired.len();
             self.links[p.rank.0 as usize] = Some(Link {
                 host: p.host.clone(),
                 card: p.card.clone(),
@@ -652,6 +666,7 @@ impl TcpTransport {
                 lost: false,
             });
         }
+        self.bare = !self.any_reliable && conns <= DIRECT_POLL_MAX;
         for p in peers.iter().filter(|p| p.rank < me) {
             let wired = self.links[p.rank.0 as usize]
                 .as_ref()
@@ -805,26 +820,23 @@ impl TcpTransport {
                 .with_retries(KEEPALIVE_PROBES);
             socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
         }
-        self.poll.registry().register(
-            &mut stream,
-            Token(i * RAIL_SLOTS + rail),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let bare = self.bare && !link.reliable;
+        if !bare {
+            self.poll.registry().register(
+                &mut stream,
+                Token(i * RAIL_SLOTS + rail),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
         let rail_name = self
             .rails
             .get(rail)
             .map_or_else(|| format!("#{rail}"), |r| r.name.clone());
         let path = format!("{local} -> {}", remote.ip());
         let desc = format!("host {}, rail {rail_name}, {local} -> {remote}", link.host);
-        link.conns[rail] = Some(Conn::new(
-            lane,
-            rail_name,
-            path,
-            desc,
-            stream,
-            peer,
-            link.reliable,
-        ));
+        let mut conn = Conn::new(lane, rail_name, path, desc, stream, peer, link.reliable);
+        conn.registered = !bare;
+        link.conns[rail] = Some(conn);
         link.next_gen[rail] = generation.saturating_add(1);
         link.readopt_at[rail] = None;
         self.direct_stale = true;
@@ -1246,7 +1258,9 @@ impl TcpTransport {
             return;
         };
         self.direct_stale = true;
-        let _ = self.poll.registry().deregister(c.framed.stream_mut());
+        if c.registered {
+            let _ = self.poll.registry().deregister(c.framed.stream_mut());
+        }
         if let Some((ident, saved)) = c.partial() {
             link.partials.insert(ident, saved);
         }
@@ -1359,7 +1373,9 @@ impl TcpTransport {
         self.direct_stale = true;
         for slot in &mut link.conns {
             if let Some(mut c) = slot.take() {
-                let _ = self.poll.registry().deregister(c.framed.stream_mut());
+                if c.registered {
+                    let _ = self.poll.registry().deregister(c.framed.stream_mut());
+                }
                 for e in c.into_history() {
                     e.release(&mut self.sent);
                 }
@@ -1416,6 +1432,61 @@ impl TcpTransport {
                 self.kill_conn(peer, rail, err, None, sink);
                 true
             }
+        }
+    }
+
+    /// Waits up to `timeout` for events: in the poller alone, or, with bare connections and a
+    /// non-zero timeout, in `poll(2)` on the poller's descriptor and the bare connections (for
+    /// reading, and for writing those with queued bytes). Leaves the poller's events in
+    /// `self.events` and the bare connections to look at in `self.polled`: after a wait,
+    /// with their `revents` in `self.pollfds[1..]`; without one, all of them, `pollfds` empty.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.polled.clear();
+        self.pollfds.clear();
+        if self.bare {
+            if self.direct_stale {
+                self.rebuild_direct();
+            }
+            for &(peer, rail, _) in &self.direct {
+                let c = self.links[peer as usize]
+                    .as_ref()
+                    .and_then(|l| l.conns[rail].as_ref());
+                if let Some(c) = c.filter(|c| !c.registered && !c.broken) {
+                    self.polled.push((peer, rail));
+                    if !timeout.is_zero() {
+                        let out = if c.queued > 0 { libc::POLLOUT } else { 0 };
+                        self.pollfds.push(libc::pollfd {
+                            fd: c.framed.stream().as_raw_fd(),
+                            events: libc::POLLIN | libc::POLLRDHUP | out,
+                            revents: 0,
+                        });
+                    }
+                }
+            }
+        }
+        let mut poller_timeout = timeout;
+        if !self.pollfds.is_empty() {
+            let me = libc::pollfd {
+                fd: self.poll.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            self.pollfds.insert(0, me);
+            match sys::poll(&mut self.pollfds, timeout) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.pollfds[0].revents == 0 {
+                self.events.clear();
+                return Ok(());
+            }
+            poller_timeout = Duration::ZERO;
+        }
+        match self.poll.poll(&mut self.events, Some(poller_timeout)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -1735,7 +1806,7 @@ impl Transport for TcpTransport {
         }
         let now = Instant::now();
         self.check_rails(now, sink);
-        let mut timeout = if did || !self.sent.is_empty() {
+        let timeout = if did || !self.sent.is_empty() {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -1746,12 +1817,8 @@ impl Transport for TcpTransport {
         } else {
             conn::ACK_DELAY
         };
-        timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        let timeout = timeout.map_or(cap, |t| t.min(cap));
+        self.wait(timeout)?;
         let mut tokens = std::mem::take(&mut self.ready);
         tokens.clear();
         tokens.extend(self.events.iter().map(|e| {
@@ -1778,6 +1845,18 @@ impl Transport for TcpTransport {
                 }
             }
         }
+        let bare = std::mem::take(&mut self.polled);
+        for (i, &(peer, rail)) in bare.iter().enumerate() {
+            // Without a wait every bare connection is read; after one, those that woke it.
+            let revents = self.pollfds.get(i + 1).map_or(libc::POLLIN, |p| p.revents);
+            if revents & libc::POLLOUT != 0 {
+                did |= self.flush_token(peer as usize * RAIL_SLOTS + rail, sink);
+            }
+            if revents & !libc::POLLOUT != 0 {
+                did |= self.read_conn(peer, rail, sink);
+            }
+        }
+        self.polled = bare;
         self.ready = tokens;
         for a in std::mem::take(&mut self.accepted) {
             self.accept_conn(a, sink);

@@ -556,6 +556,9 @@ pub(crate) struct Conn {
     blocked: bool,
     /// Consecutive busy-polling reads that found nothing (see `TcpTransport::progress`).
     pub(crate) idle_reads: u32,
+    /// Registered with the transport's poller; otherwise read by busy polling and watched
+    /// with `poll(2)` when the transport blocks (see `TcpTransport::progress`).
+    pub(crate) registered: bool,
 }
 
 impl Conn {
@@ -592,6 +595,7 @@ impl Conn {
             broken: false,
             blocked: false,
             idle_reads: 0,
+            registered: true,
         }
     }
 
