@@ -12,10 +12,10 @@ use braid_engine::{
     Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank,
     RecvStatus, ReqId, SendMode, SeqMap, SourceSel, TagSel, Transmit,
 };
-use braid_shm::transport::{ShmTransport, Take};
+use braid_shm::transport::ShmTransport;
 use braid_transports::stream::COPY_LIMIT;
 use braid_transports::tcp::TcpTransport;
-use braid_transports::{Body, Dest, FrameSink, Transport, TransportError};
+use braid_transports::{Body, Dest, FrameSink, Take, Transport, TransportError};
 
 use crate::error::Error;
 
@@ -413,12 +413,13 @@ impl Core {
         Ok(req)
     }
 
-    /// The fast path of a blocking receive from `from` on shared memory: when the engine
-    /// says nothing already here could match it ([`Engine::can_take_direct`]), watches the
-    /// ring from `from` and takes the next message straight into the buffer, without a
-    /// request. Returns `None`, having changed nothing, when the general path must run the
-    /// receive: another kind of frame comes, other input or output waits, or the spin
-    /// budget is used up (the general path then blocks).
+    /// The fast path of a blocking receive from `from`: when the engine says nothing already
+    /// here could match it ([`Engine::can_take_direct`]), watches the peer's shared-memory ring
+    /// or TCP connection and takes the next message straight into the buffer, without a
+    /// request. Returns `None` when the general path must run the receive: another kind of
+    /// frame comes, other input or output waits, or the spin budget is used up (the general
+    /// path then blocks). On shared memory that leaves everything as it was; over TCP,
+    /// frames read meanwhile have gone into the engine as a progress call would put them.
     ///
     /// # Safety
     /// `ptr` must be valid for writes of `len` bytes during the call.
@@ -432,15 +433,7 @@ impl Core {
     ) -> Option<RecvStatus> {
         let src = ERank(from);
         let tsel = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
-        let Self {
-            engine, shm, spin, ..
-        } = self;
-        let shm = shm.as_mut()?;
-        if self.tcp_active
-            || engine.has_output()
-            || !shm.reaches(src)
-            || !engine.can_take_direct(ctx, src, tsel)
-        {
+        if self.engine.has_output() || !self.engine.can_take_direct(ctx, src, tsel) {
             return None;
         }
         let dst = if len == 0 {
@@ -449,12 +442,32 @@ impl Core {
             // SAFETY: the caller's promise.
             unsafe { std::slice::from_raw_parts_mut(ptr, len) }
         };
+        if self.shm.as_ref().is_some_and(|s| s.reaches(src)) {
+            if self.tcp_active {
+                return None;
+            }
+            return self.recv_direct_shm(ctx, src, tsel, dst);
+        }
+        self.recv_direct_tcp(ctx, src, tsel, dst)
+    }
+
+    /// [`Core::recv_direct`] from a peer on shared memory (with no TCP peers to poll).
+    fn recv_direct_shm(
+        &mut self,
+        ctx: ContextId,
+        src: ERank,
+        tsel: TagSel,
+        dst: &mut [u8],
+    ) -> Option<RecvStatus> {
+        let Self {
+            engine, shm, spin, ..
+        } = self;
+        let shm = shm.as_mut()?;
+        let cap = dst.len() as u64;
         let mut waiter = Waiter::new(*spin);
         let mut spins = 0u32;
         loop {
-            let take = shm.take_eager(src, dst, |h| {
-                engine.take_direct(src, h, ctx, tsel, len as u64)
-            });
+            let take = shm.take_eager(src, dst, |h| engine.take_direct(src, h, ctx, tsel, cap));
             match take {
                 Take::Taken(status) => return Some(status),
                 Take::Other => return None,
@@ -473,6 +486,70 @@ impl Core {
                 return None;
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// [`Core::recv_direct`] from a peer over TCP: one `read` of the peer's connection per
+    /// spin ([`TcpTransport::take_eager`]), no request, no poller. Every [`TCP_POLL_EVERY`]
+    /// spins a full progress pass (with the poller) looks at everything else: other peers,
+    /// new connections, queued output, timers; the fast path ends when that pass leaves the
+    /// engine with output or with a candidate for this receive.
+    fn recv_direct_tcp(
+        &mut self,
+        ctx: ContextId,
+        src: ERank,
+        tsel: TagSel,
+        dst: &mut [u8],
+    ) -> Option<RecvStatus> {
+        let cap = dst.len() as u64;
+        let mut waiter = Waiter::new(self.spin);
+        let mut spins = 0u32;
+        let mut returned = Vec::new();
+        loop {
+            let Self {
+                engine,
+                tcp,
+                recvs,
+                lent,
+                lost,
+                ..
+            } = self;
+            let mut sink = Sink {
+                engine,
+                recvs,
+                lent,
+                returned: &mut returned,
+                lost,
+            };
+            let take = tcp.as_mut()?.take_eager(src, dst, &mut sink, |s, h| {
+                s.engine.take_direct(src, h, ctx, tsel, cap)
+            });
+            if !returned.is_empty() {
+                self.settle_returned(&mut returned);
+            }
+            match take {
+                Take::Taken(status) => return Some(status),
+                Take::Other => return None,
+                Take::Empty => {}
+            }
+            spins = spins.wrapping_add(1);
+            if self.spin.yield_between {
+                return None;
+            }
+            if spins.is_multiple_of(TCP_POLL_EVERY) {
+                if waiter.next_timeout() != Some(Duration::ZERO) {
+                    return None;
+                }
+                if let Some(tcp) = self.tcp.as_mut() {
+                    tcp.poll_next();
+                }
+                if self.progress(Some(Duration::ZERO)).is_err()
+                    || self.engine.has_output()
+                    || !self.engine.can_take_direct(ctx, src, tsel)
+                {
+                    return None;
+                }
+            }
         }
     }
 
@@ -651,15 +728,24 @@ impl Core {
         } else if self.tcp.is_none() && self.shm.is_none() && blocking {
             std::thread::sleep(Duration::from_millis(1));
         }
-        for req in returned {
+        did |= self.settle_returned(&mut returned);
+        did |= self.pump();
+        Ok(did)
+    }
+
+    /// Finishes the sends among `returned` (requests whose last lent body the transport gave
+    /// back) that the engine completed already; empties `returned`. Returns whether any
+    /// finished.
+    fn settle_returned(&mut self, returned: &mut Vec<ReqId>) -> bool {
+        let mut did = false;
+        for req in returned.drain(..) {
             if self.sent_waiting.remove(&req).is_some() {
                 self.sends.remove(&req);
                 self.finished.insert(req, Ok(sent_status()));
                 did = true;
             }
         }
-        did |= self.pump();
-        Ok(did)
+        did
     }
 
     /// Sends what the engine emitted, performs its single-copy pulls and records
@@ -747,13 +833,14 @@ impl Core {
     /// As [`Transport::send`]: `body` is readable for its length, until `on_sent` when it
     /// has an owner.
     unsafe fn hand_over(&mut self, to: ERank, header: &Header, body: Body) {
-        // Shared memory takes the compact header form (fewer cache lines per small message).
-        let (transport, bytes): (&mut dyn Transport, _) =
-            match (self.shm.as_mut(), self.tcp.as_mut()) {
-                (Some(shm), _) if shm.reaches(to) => (shm, header.encode_short().0),
-                (_, Some(tcp)) => (tcp, header.encode()),
-                _ => return,
-            };
+        // Small eager messages take the compact header form (fewer bytes to copy, fewer cache
+        // lines of a shared ring).
+        let bytes = header.encode_short().0;
+        let transport: &mut dyn Transport = match (self.shm.as_mut(), self.tcp.as_mut()) {
+            (Some(shm), _) if shm.reaches(to) => shm,
+            (_, Some(tcp)) => tcp,
+            _ => return,
+        };
         if let Some(req) = body.owner {
             *self.lent.get_or_insert_with(req, || 0) += 1;
         }
@@ -898,6 +985,10 @@ fn usage(e: braid_engine::UsageError) -> Error {
         other => Error::LocalOs(other.to_string()),
     }
 }
+
+/// Spins of the TCP receive fast path ([`Core::recv_direct`]) between two full progress
+/// passes: with a `read` per spin, a few microseconds.
+const TCP_POLL_EVERY: u32 = 16;
 
 /// Rounds of [`Core::spin_for_input`] between two full progress passes (a few hundred
 /// nanoseconds: idle TCP listeners and timers are still polled often).

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use braid_engine::wire::{COMPACT, COMPACT_LEN, Header, header_len};
 use braid_engine::{Rank, RecvStatus, ReqId};
+pub use braid_transports::Take;
 use braid_transports::stream::{ByteStream, FramedConn, ReadMode};
 use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
@@ -72,18 +73,6 @@ impl ByteStream for ShmPipe {
             }
         }
     }
-}
-
-/// What [`ShmTransport::take_eager`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// The frame was taken; the receive is complete.
-    Taken(RecvStatus),
-    /// No frame from the peer yet.
-    Empty,
-    /// A frame the fast path does not take (another kind, not accepted, partly written,
-    /// too long): the general path must read it.
-    Other,
 }
 
 /// Why the shared-memory transport could not be set up.

@@ -205,6 +205,25 @@ fn point_to_point_over_tcp() {
     }
 }
 
+/// The receive fast path (a blocking receive naming one peer reads that peer's connection or
+/// ring itself) hands everything it does not take to the general path intact: bursts, other
+/// tags first, truncation, bursts longer than a read, rendezvous, empty and any-tag messages,
+/// other ranks' messages during a ping-pong; over TCP with 2, 3 and 8 ranks (oversubscribed:
+/// the 8-rank job must still progress), and over shared memory.
+#[test]
+fn direct_receives_hand_the_rest_to_the_general_path() {
+    let _g = one_job_at_a_time();
+    for (n, env) in [
+        (2u32, &[("BRAID_SHM", "off")][..]),
+        (3, &[("BRAID_SHM", "off")][..]),
+        (8, &[("BRAID_SHM", "off")][..]),
+        (3, &[][..]),
+    ] {
+        let f = job_env(n, "p2p_direct", &[], env);
+        assert_all_ok(&f, "p2p_direct", n);
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // 6. synchronous send, self, probe, receive_vec, wait_any / test_all
 // ----------------------------------------------------------------------------------------
@@ -231,9 +250,14 @@ fn unix_nanos() -> u128 {
 /// Runs `p2p_fault MODE` with a marker; returns the result and the time from rank 1's death
 /// to mpirun's exit. Asserts that no process of the job is left.
 fn fault_job(n: u32, mode: &str) -> (Finished, Duration) {
+    fault_job_env(n, mode, &[])
+}
+
+/// [`fault_job`] with extra environment.
+fn fault_job_env(n: u32, mode: &str, env: &[(&str, &str)]) -> (Finished, Duration) {
     let marker = unique_marker("p2pfault");
     let start = unix_nanos();
-    let f = job(n, "p2p_fault", &[mode, &marker]);
+    let f = job_env(n, "p2p_fault", &[mode, &marker], env);
     let end = start + f.elapsed.as_nanos();
     let died: u128 = f
         .stdout
@@ -285,6 +309,31 @@ fn killed_rank_ends_job_promptly() {
 /// mpirun itself (not only the surviving rank's error) must name the rank that was killed,
 /// even when the survivor notices first and exits with an error of its own. Demonstrates
 /// that `launcher/src/monitor.rs` judges exits in rank order, not in order of death.
+/// As `killed_rank_ends_job_promptly`, over TCP: rank 0 waits in the TCP receive fast path
+/// when rank 1 dies.
+#[test]
+fn killed_rank_ends_job_promptly_over_tcp() {
+    let _g = one_job_at_a_time();
+    for n in [2u32, 4] {
+        let (f, after) = fault_job_env(n, "kill", &[("BRAID_SHM", "off")]);
+        assert!(
+            f.code().is_some_and(|c| c != 0),
+            "kill -n {n} over TCP: want a non-zero exit: {}",
+            show(&f)
+        );
+        assert!(
+            after < PROMPT,
+            "kill -n {n} over TCP: mpirun took {after:?} after the kill: {}",
+            show(&f)
+        );
+        assert!(
+            f.stderr.contains("rank 1"),
+            "kill -n {n} over TCP: stderr does not name rank 1: {}",
+            show(&f)
+        );
+    }
+}
+
 #[test]
 fn killed_rank_is_named_by_mpirun() {
     let _g = one_job_at_a_time();

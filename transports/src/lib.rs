@@ -36,7 +36,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use braid_engine::wire::HEADER_LEN;
-use braid_engine::{FrameToken, Rank, ReqId};
+use braid_engine::{FrameToken, Rank, RecvStatus, ReqId};
 
 /// The per-job secret that authenticates connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,18 @@ pub unsafe trait FrameSink {
     fn on_sent(&mut self, req: ReqId);
     /// The connection to `peer` failed.
     fn on_peer_lost(&mut self, peer: Rank, error: TransportError);
+}
+
+/// What a transport's receive fast path (`take_eager`) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// The frame was taken; the receive is complete.
+    Taken(RecvStatus),
+    /// No frame from the peer yet.
+    Empty,
+    /// A frame the fast path does not take (another kind, not accepted, partly written,
+    /// too long): the general path must read it.
+    Other,
 }
 
 /// A transport failure.

@@ -366,6 +366,15 @@ impl<S: ByteStream> FramedConn<S> {
         }
     }
 
+    /// Parses bytes the caller read from the stream itself (a receive fast path that took
+    /// the first frame of a read and hands the rest back), as [`Self::read_all`] would have.
+    ///
+    /// # Errors
+    /// The sink rejected a frame; the connection is then unusable and must be dropped.
+    pub fn feed(&mut self, bytes: &[u8], sink: &mut dyn FrameSink) -> Result<(), TransportError> {
+        self.consume(bytes, sink)
+    }
+
     /// Parses staged bytes.
     fn consume(
         &mut self,

@@ -79,16 +79,19 @@ mod sys;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use braid_engine::{Rank, ReqId};
+use braid_engine::wire::{Header, header_len};
+use braid_engine::{Rank, RecvStatus, ReqId};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use self::conn::{Conn, Entry, Event, Ident, KIND_LOST, Saved, control_header};
 use crate::rail::{Rail, RailError, RailMode, published_addrs};
-use crate::{Body, FrameSink, HEADER_LEN, JobKey, Transport, TransportError};
+use crate::stream::ReadMode;
+use crate::{Body, FrameSink, HEADER_LEN, JobKey, Take, Transport, TransportError};
 
 const MAGIC: &[u8; 8] = b"BRAIDv01";
 const HELLO_LEN: usize = 32;
@@ -396,6 +399,16 @@ pub struct TcpTransport {
     last_rate_check: Instant,
     /// `send_acks` marked a connection broken.
     any_broken: bool,
+    /// The next progress call runs the poller ([`Self::poll_next`]).
+    poll_due: bool,
+    /// Connections of one-connection peers stay out of the poller (set at wire-up when every
+    /// pair has one connection and there are at most [`DIRECT_POLL_MAX`]): busy polling reads
+    /// them, and a blocking progress call waits in `poll(2)` on them and the poller.
+    bare: bool,
+    /// `poll(2)` set of a blocking call with bare connections (reused).
+    pollfds: Vec<libc::pollfd>,
+    /// Bare connections of that set, in its order after the poller's own descriptor.
+    polled: Vec<(u32, usize)>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -468,6 +481,10 @@ impl TcpTransport {
             last_stall_check: now,
             last_rate_check: now,
             any_broken: false,
+            poll_due: false,
+            bare: false,
+            pollfds: Vec::new(),
+            polled: Vec::new(),
         })
     }
 
@@ -497,6 +514,106 @@ impl TcpTransport {
         self.cfg.mode
     }
 
+    /// The receive fast path (a blocking receive naming one peer, see `braid::core`): reads
+    /// the connection to `peer` once and, when the read starts with a whole eager frame whose
+    /// payload fits `dst` and which `accept` accepts (returning its status, which commits to
+    /// the frame), copies the payload straight into `dst`. Every other byte read goes through
+    /// the framing into `sink` as a progress call would put it. No request, no poller.
+    ///
+    /// Returns [`Take::Empty`] when nothing was there, [`Take::Other`] when the general path
+    /// must take over: the peer's connection keeps frames for failover (several rails), a
+    /// frame is half read, output is queued, the read brought another frame first (it went
+    /// to `sink`), or the connection failed (reported to `sink`).
+    pub fn take_eager<S: FrameSink>(
+        &mut self,
+        peer: Rank,
+        dst: &mut [u8],
+        sink: &mut S,
+        accept: impl FnOnce(&mut S, &Header) -> Option<RecvStatus>,
+    ) -> Take {
+        if self.recheck_all || !self.dirty.is_empty() || !self.failed.is_empty() {
+            return Take::Other;
+        }
+        let Some(link) = self.links.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
+            return Take::Other;
+        };
+        if link.reliable || link.lost {
+            return Take::Other;
+        }
+        // An unreliable pair has exactly one connection.
+        let Some((rail, c)) = link
+            .conns
+            .iter_mut()
+            .enumerate()
+            .find_map(|(r, c)| Some((r, c.as_mut()?)))
+        else {
+            return Take::Other;
+        };
+        if c.broken || !c.framed.at_frame_boundary() {
+            return Take::Other;
+        }
+        let staging = &mut self.staging[..];
+        let n = match Read::read(c.framed.stream_mut(), staging) {
+            Ok(0) => {
+                let err = c.framed.closed();
+                self.kill_conn(peer.0, rail, err, None, sink);
+                return Take::Other;
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Take::Empty;
+            }
+            Err(e) => {
+                let err = TransportError::LocalIo {
+                    peer,
+                    addr: c.framed_addr(),
+                    op: "read",
+                    source: e,
+                };
+                self.kill_conn(peer.0, rail, err, None, sink);
+                return Take::Other;
+            }
+        };
+        let got = &staging[..n];
+        let hlen = header_len(got[0]);
+        let mut taken = None;
+        if let Some(head) = got.get(..hlen) {
+            let mut full = [0u8; HEADER_LEN];
+            full[..hlen].copy_from_slice(head);
+            let len = usize::try_from(Header::peek_payload_len(&full)).unwrap_or(usize::MAX);
+            if len <= dst.len()
+                && len <= n - hlen
+                && let Ok(h) = Header::decode(head)
+                && let Some(status) = accept(sink, &h)
+            {
+                dst[..len].copy_from_slice(&got[hlen..hlen + len]);
+                taken = Some((status, hlen + len));
+            }
+        }
+        let from = taken.map_or(0, |t| t.1);
+        let mut res = c.framed.feed(&staging[from..n], sink).map(|()| true);
+        if res.is_ok() && n == staging.len() {
+            // A full read: more may wait, and the edge-triggered poller will not say so.
+            res = c.framed.read_all(staging, sink, ReadMode::Batched);
+        }
+        if let Err(err) = res {
+            self.kill_conn(peer.0, rail, err, None, sink);
+        }
+        taken.map_or(Take::Other, |t| Take::Taken(t.0))
+    }
+
+    /// Makes the next [`Transport::progress`] call wait in the poller (with its timeout)
+    /// instead of reading the connections directly, so new connections, writability and
+    /// timers are looked at: for a caller that busy-polls through [`Self::take_eager`].
+    pub fn poll_next(&mut self) {
+        self.poll_due = true;
+    }
+
     /// Connects to every lower rank of `peers` and accepts connections from every higher
     /// one, on the rails `cfg.mode` gives each pair, within `timeout`. From now on every
     /// connection must present `key`.
@@ -515,6 +632,7 @@ impl TcpTransport {
         let deadline = Instant::now() + timeout;
         let me = self.rank;
         let nrails = self.rails.len();
+        let mut conns = 0;
         for p in peers {
             let wired = cfg
                 .mode
@@ -528,6 +646,7 @@ impl TcpTransport {
             );
             let reliable = rails.len() > 1;
             self.any_reliable |= reliable;
+            conns += wired.len();
             self.links[p.rank.0 as usize] = Some(Link {
                 host: p.host.clone(),
                 card: p.card.clone(),
@@ -547,6 +666,7 @@ impl TcpTransport {
                 lost: false,
             });
         }
+        self.bare = !self.any_reliable && conns <= DIRECT_POLL_MAX;
         for p in peers.iter().filter(|p| p.rank < me) {
             let wired = self.links[p.rank.0 as usize]
                 .as_ref()
@@ -700,26 +820,23 @@ impl TcpTransport {
                 .with_retries(KEEPALIVE_PROBES);
             socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
         }
-        self.poll.registry().register(
-            &mut stream,
-            Token(i * RAIL_SLOTS + rail),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let bare = self.bare && !link.reliable;
+        if !bare {
+            self.poll.registry().register(
+                &mut stream,
+                Token(i * RAIL_SLOTS + rail),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+        }
         let rail_name = self
             .rails
             .get(rail)
             .map_or_else(|| format!("#{rail}"), |r| r.name.clone());
         let path = format!("{local} -> {}", remote.ip());
         let desc = format!("host {}, rail {rail_name}, {local} -> {remote}", link.host);
-        link.conns[rail] = Some(Conn::new(
-            lane,
-            rail_name,
-            path,
-            desc,
-            stream,
-            peer,
-            link.reliable,
-        ));
+        let mut conn = Conn::new(lane, rail_name, path, desc, stream, peer, link.reliable);
+        conn.registered = !bare;
+        link.conns[rail] = Some(conn);
         link.next_gen[rail] = generation.saturating_add(1);
         link.readopt_at[rail] = None;
         self.direct_stale = true;
@@ -834,10 +951,6 @@ impl TcpTransport {
                 );
             }
         }
-    }
-
-    fn link_mut(&mut self, peer: u32) -> Option<&mut Link> {
-        self.links.get_mut(peer as usize).and_then(Option::as_mut)
     }
 
     /// The live connection a frame to `peer` goes on.
@@ -1145,7 +1258,9 @@ impl TcpTransport {
             return;
         };
         self.direct_stale = true;
-        let _ = self.poll.registry().deregister(c.framed.stream_mut());
+        if c.registered {
+            let _ = self.poll.registry().deregister(c.framed.stream_mut());
+        }
         if let Some((ident, saved)) = c.partial() {
             link.partials.insert(ident, saved);
         }
@@ -1258,7 +1373,9 @@ impl TcpTransport {
         self.direct_stale = true;
         for slot in &mut link.conns {
             if let Some(mut c) = slot.take() {
-                let _ = self.poll.registry().deregister(c.framed.stream_mut());
+                if c.registered {
+                    let _ = self.poll.registry().deregister(c.framed.stream_mut());
+                }
                 for e in c.into_history() {
                     e.release(&mut self.sent);
                 }
@@ -1315,6 +1432,61 @@ impl TcpTransport {
                 self.kill_conn(peer, rail, err, None, sink);
                 true
             }
+        }
+    }
+
+    /// Waits up to `timeout` for events: in the poller alone, or, with bare connections and a
+    /// non-zero timeout, in `poll(2)` on the poller's descriptor and the bare connections (for
+    /// reading, and for writing those with queued bytes). Leaves the poller's events in
+    /// `self.events` and the bare connections to look at in `self.polled`: after a wait,
+    /// with their `revents` in `self.pollfds[1..]`; without one, all of them, `pollfds` empty.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.polled.clear();
+        self.pollfds.clear();
+        if self.bare {
+            if self.direct_stale {
+                self.rebuild_direct();
+            }
+            for &(peer, rail, _) in &self.direct {
+                let c = self.links[peer as usize]
+                    .as_ref()
+                    .and_then(|l| l.conns[rail].as_ref());
+                if let Some(c) = c.filter(|c| !c.registered && !c.broken) {
+                    self.polled.push((peer, rail));
+                    if !timeout.is_zero() {
+                        let out = if c.queued > 0 { libc::POLLOUT } else { 0 };
+                        self.pollfds.push(libc::pollfd {
+                            fd: c.framed.stream().as_raw_fd(),
+                            events: libc::POLLIN | libc::POLLRDHUP | out,
+                            revents: 0,
+                        });
+                    }
+                }
+            }
+        }
+        let mut poller_timeout = timeout;
+        if !self.pollfds.is_empty() {
+            let me = libc::pollfd {
+                fd: self.poll.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            self.pollfds.insert(0, me);
+            match sys::poll(&mut self.pollfds, timeout) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.pollfds[0].revents == 0 {
+                self.events.clear();
+                return Ok(());
+            }
+            poller_timeout = Duration::ZERO;
+        }
+        match self.poll.poll(&mut self.events, Some(poller_timeout)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -1522,8 +1694,43 @@ impl Transport for TcpTransport {
         header: &[u8; HEADER_LEN],
         body: Body,
     ) -> Result<(), TransportError> {
-        if self.link_mut(to.0).is_none_or(|l| l.lost) {
+        let Some(link) = self
+            .links
+            .get_mut(to.0 as usize)
+            .and_then(Option::as_mut)
+            .filter(|l| !l.lost)
+        else {
             return Err(TransportError::NotConnected(to));
+        };
+        // A small frame to a one-connection peer with nothing queued: one `send`.
+        if !link.reliable
+            && let Some((rail, c)) = link
+                .conns
+                .iter_mut()
+                .enumerate()
+                .find_map(|(r, c)| Some((r, c.as_mut()?)))
+        {
+            match c.send_small(header, body, &mut self.sent) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if c.queued > 0 {
+                        self.dirty.push(to.0 as usize * RAIL_SLOTS + rail);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    c.broken = true;
+                    let err = TransportError::LocalIo {
+                        peer: to,
+                        addr: c.framed_addr(),
+                        op: "write",
+                        source: e,
+                    };
+                    self.failed.push((to.0, rail, err));
+                    self.sent.extend(body.owner);
+                    return Ok(());
+                }
+            }
         }
         // The entry borrows `body` for this call (see # Safety); `Conn::push` copies what it
         // must keep without an owner.
@@ -1564,10 +1771,12 @@ impl Transport for TcpTransport {
             }
         }
         self.polls = self.polls.wrapping_add(1);
+        let poll_due = std::mem::take(&mut self.poll_due);
         if timeout == Some(Duration::ZERO)
             && !did
             && self.sent.is_empty()
             && !self.polls.is_multiple_of(16)
+            && !poll_due
             && self.dirty.is_empty()
         {
             if self.direct_stale {
@@ -1597,7 +1806,7 @@ impl Transport for TcpTransport {
         }
         let now = Instant::now();
         self.check_rails(now, sink);
-        let mut timeout = if did || !self.sent.is_empty() {
+        let timeout = if did || !self.sent.is_empty() {
             Some(Duration::ZERO)
         } else {
             timeout
@@ -1608,12 +1817,8 @@ impl Transport for TcpTransport {
         } else {
             conn::ACK_DELAY
         };
-        timeout = Some(timeout.map_or(cap, |t| t.min(cap)));
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+        let timeout = timeout.map_or(cap, |t| t.min(cap));
+        self.wait(timeout)?;
         let mut tokens = std::mem::take(&mut self.ready);
         tokens.clear();
         tokens.extend(self.events.iter().map(|e| {
@@ -1640,6 +1845,18 @@ impl Transport for TcpTransport {
                 }
             }
         }
+        let bare = std::mem::take(&mut self.polled);
+        for (i, &(peer, rail)) in bare.iter().enumerate() {
+            // Without a wait every bare connection is read; after one, those that woke it.
+            let revents = self.pollfds.get(i + 1).map_or(libc::POLLIN, |p| p.revents);
+            if revents & libc::POLLOUT != 0 {
+                did |= self.flush_token(peer as usize * RAIL_SLOTS + rail, sink);
+            }
+            if revents & !libc::POLLOUT != 0 {
+                did |= self.read_conn(peer, rail, sink);
+            }
+        }
+        self.polled = bare;
         self.ready = tokens;
         for a in std::mem::take(&mut self.accepted) {
             self.accept_conn(a, sink);

@@ -66,6 +66,9 @@ pub(crate) const DEFAULT_RATE: f64 = 110e6;
 /// Bodies at most this long are kept inside their queue entry when they must be copied (no
 /// allocation on the small-message path).
 const INLINE_MAX: usize = 64;
+/// Bodies at most this long go out through [`Conn::send_small`]: header and body copied into
+/// one buffer on the stack, one `send` instead of a `writev` of two.
+pub(crate) const SMALL_SEND: usize = 256;
 /// Unacknowledged received frames from which an outgoing frame to the peer carries the
 /// acknowledgements along (in the same `writev`), before [`ACK_EVERY`] would send one alone.
 pub(crate) const PIGGYBACK_AT: u64 = ACK_EVERY / 2;
@@ -203,6 +206,27 @@ impl Entry {
                 len: body.len,
                 req: body.owner,
             },
+        }
+    }
+
+    /// Bytes already encoded (the unwritten rest of a frame), owned.
+    fn raw(bytes: &[u8]) -> Self {
+        let body = match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_MAX => {
+                let mut buf = [0; INLINE_MAX];
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Payload::Inline { buf, len }
+            }
+            _ => Payload::Owned(bytes.to_vec()),
+        };
+        Self {
+            tag: None,
+            resend_of: None,
+            pos: None,
+            tracked: true,
+            header: [0; HEADER_LEN],
+            hlen: 0,
+            body,
         }
     }
 
@@ -532,6 +556,9 @@ pub(crate) struct Conn {
     blocked: bool,
     /// Consecutive busy-polling reads that found nothing (see `TcpTransport::progress`).
     pub(crate) idle_reads: u32,
+    /// Registered with the transport's poller; otherwise read by busy polling and watched
+    /// with `poll(2)` when the transport blocks (see `TcpTransport::progress`).
+    pub(crate) registered: bool,
 }
 
 impl Conn {
@@ -568,6 +595,7 @@ impl Conn {
             broken: false,
             blocked: false,
             idle_reads: 0,
+            registered: true,
         }
     }
 
@@ -597,6 +625,53 @@ impl Conn {
             e.settle(sent);
         }
         res
+    }
+
+    /// The small-message path of an unreliable connection with nothing queued: writes the
+    /// frame (header, and a body of at most [`SMALL_SEND`] bytes) with one `send` of one
+    /// buffer and queues a copy of what the socket did not take. Returns `Ok(false)`, having
+    /// done nothing, when the frame must go through [`Self::push`] instead. A request owning
+    /// the body is appended to `sent` once the body is written or copied.
+    ///
+    /// # Errors
+    /// A write error; the connection is unusable.
+    pub(crate) fn send_small(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        body: Body,
+        sent: &mut Vec<ReqId>,
+    ) -> io::Result<bool> {
+        if self.reliable || self.blocked || self.broken || !self.q.is_empty() {
+            return Ok(false);
+        }
+        if body.len > SMALL_SEND {
+            return Ok(false);
+        }
+        let hlen = braid_engine::wire::header_len(header[0]);
+        let total = hlen + body.len;
+        let mut buf = [0u8; HEADER_LEN + SMALL_SEND];
+        buf[..hlen].copy_from_slice(&header[..hlen]);
+        if body.len > 0 {
+            // SAFETY: the caller lends `body.ptr` valid for `body.len` bytes for this call
+            // (`Transport::send`).
+            let b = unsafe { std::slice::from_raw_parts(body.ptr, body.len) };
+            buf[hlen..total].copy_from_slice(b);
+        }
+        let n = loop {
+            match self.framed.stream_mut().write(&buf[..total]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        self.written += n as u64;
+        if n < total {
+            self.queue(Entry::raw(&buf[n..total]));
+            self.blocked = true;
+        }
+        sent.extend(body.owner);
+        Ok(true)
     }
 
     /// Queues a frame that owns its body (an acknowledgement) without writing: the next

@@ -1,8 +1,28 @@
 //! Linux socket introspection for the TCP transport: how many bytes a socket still holds and
-//! whether its peer is acknowledging them. All `unsafe` of the TCP transport is here.
+//! whether its peer is acknowledging them; `poll(2)` over sockets kept out of the poller. All
+//! `unsafe` of the TCP transport is here, save the borrowed send bodies of `conn`.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Waits up to `timeout` (rounded up to whole milliseconds) until one of `fds` is ready, as
+/// `poll(2)` does; returns the number of ready entries (their `revents` are set).
+///
+/// # Errors
+/// `poll` failed; `Interrupted` is returned as such.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = timeout.as_nanos().div_ceil(1_000_000);
+    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: the pointer and count describe `fds`, a live slice of pollfd the kernel may
+    // write (`revents`) during the call, and `n` is at most its length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(rc).unwrap_or(0))
+}
 
 /// What the kernel knows about a connection's send side.
 #[derive(Clone, Copy, Debug, Default)]
