@@ -3212,22 +3212,8 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gatherv")?;
-        contiguous_send("MPI_Gatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let elem = recv.buf.item_datatype().size().max(1);
-        let len = recv.buf.as_bytes_mut().len() / elem;
-        let (c, d) = check_partition("MPI_Gatherv", p, &recv.counts, &recv.displs, len)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some((c, d, elem)),
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gatherv_root("MPI_Gatherv", Some(send), recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
@@ -3259,27 +3245,8 @@ impl Root for Process<'_> {
         send: &Partition<'_, S>,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatterv")?;
-        contiguous_recv("MPI_Scatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let elem = send.buf.item_datatype().size().max(1);
-        let (c, d) = check_partition(
-            "MPI_Scatterv",
-            p,
-            &send.counts,
-            &send.displs,
-            send.buf.as_bytes().len() / elem,
-        )?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.buf.as_bytes(),
-            recv.as_bytes_mut(),
-            Some((c, d, elem)),
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatterv_root("MPI_Scatterv", send, Some(recv), Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {

@@ -1333,6 +1333,65 @@ fn misuse_immediate(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Ch
     comm.barrier().or_fail(w("barrier after immediate misuse"))
 }
 
+/// At the root of `comm` (rank 0): a non-contiguous partition buffer is refused with
+/// `MPI_ERR_TYPE` by every gatherv and scatterv form, blocking, in place and immediate alike,
+/// before any communication (so the other ranks take no part).
+fn varcount_views(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    use braid::request::scope;
+    let p = comm.size() as usize;
+    let root = comm.process_at_rank(0);
+    let class = |what: &str, r: Result<(), Error>| -> Check {
+        match r {
+            Err(e) if e.mpi_class() == "MPI_ERR_TYPE" => Ok(()),
+            Err(e) => Err(w(&format!("{what}: {e:?} is not MPI_ERR_TYPE"))),
+            Ok(()) => Err(w(&format!("{what}: succeeded, want MPI_ERR_TYPE"))),
+        }
+    };
+    // Column 0 of a 2 x 5 row-major matrix of f64.
+    let mut col = Datatype::vector(2, 1, 5, &Datatype::primitive(Primitive::F64));
+    col.commit();
+    let (counts, displs) = (vec![0; p], vec![0; p]);
+    let mine = [0.0f64; 0];
+    let mut m = [0.0f64; 10];
+    let mut got = [0.0f64; 0];
+    {
+        let mut view = MutView::with_count_and_datatype(&mut m[..], 1, &col).or_fail("mutview")?;
+        let mut part = PartitionMut::new(&mut view, counts.clone(), displs.clone());
+        class(
+            "gatherv into a view",
+            root.gather_varcount_into_root(&mine[..], &mut part),
+        )?;
+        class(
+            "gatherv in place into a view",
+            root.gather_varcount_in_place_root(&mut part),
+        )?;
+        class(
+            "igatherv into a view",
+            scope(|sc| {
+                root.immediate_gather_varcount_into_root(sc, &mine[..], &mut part)
+                    .map(drop)
+            }),
+        )?;
+    }
+    let view = View::with_count_and_datatype(&m[..], 1, &col).or_fail("view")?;
+    let part = Partition::new(&view, counts, displs);
+    class(
+        "scatterv from a view",
+        root.scatter_varcount_into_root(&part, &mut got[..]),
+    )?;
+    class(
+        "scatterv in place from a view",
+        root.scatter_varcount_in_place_root(&part),
+    )?;
+    class(
+        "iscatterv from a view",
+        scope(|sc| {
+            root.immediate_scatter_varcount_into_root(sc, &part, &mut got[..])
+                .map(drop)
+        }),
+    )
+}
+
 fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     let p = comm.size();
     let me = comm.rank();
@@ -1377,6 +1436,7 @@ fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
             root.gather_into_root(&a[..], &mut r[..]),
             |e| matches!(e, Error::UsageCountMismatch { .. }),
         )?;
+        varcount_views(comm, w)?;
     }
     // Counts that differ between ranks: every rank gets an error, none hangs.
     if p > 1 {
