@@ -9,7 +9,11 @@
 //!
 //! Two-level (host-aware) versions of barrier, broadcast, reduce and allreduce run when a
 //! communicator spans several hosts and some host holds several of its ranks: first among the
-//! ranks of each host, then among one leader per host (the lowest rank on it).
+//! ranks of each host, then among one leader per host (the lowest rank on it), then (barrier,
+//! broadcast, allreduce) among the ranks of each host again. The blocking forms run the phases
+//! inside a host as blocking collectives on a communicator of the host's ranks, made at the
+//! first such call and kept with the communicator, so that they go through the shared-memory
+//! component (`shm`) where it applies; the nonblocking forms run every phase point-to-point.
 //!
 //! Every collective of MPI-4.1 §6 on intracommunicators has a blocking and an `immediate_`
 //! form here (rsmpi's names; `MPI_Reduce_scatter` is `reduce_scatter_varcount_into`), and an
@@ -198,7 +202,8 @@ pub fn info() -> String {
     let s = settings();
     format!(
         "braid collectives\n\
-         barrier: dissemination (two-level across hosts)\n\
+         barrier: dissemination (two-level across hosts; blocking forms run the phases inside a host \
+         on the host's ranks, through shared memory where it applies)\n\
          bcast: binomial; scatter-allgather (van de Geijn) from BRAID_COLL_BCAST_LONG={} bytes and 8 ranks\n\
          reduce: binomial (rank-ordered for non-commutative ops; two-level across hosts)\n\
          allreduce: recursive doubling below BRAID_COLL_ALLREDUCE_SHORT={} bytes or non-commutative; \
@@ -519,6 +524,8 @@ pub(crate) struct Over<'a> {
     /// Fixed tag (subgroup creation); `None`: the next call number, drawn when the schedule
     /// starts.
     tag: Option<i32>,
+    /// The communicator's collective state; `None` for a subgroup (always flat).
+    state: Option<&'a CommState>,
 }
 
 impl<'a> Over<'a> {
@@ -529,6 +536,7 @@ impl<'a> Over<'a> {
             me: comm.rank_index(),
             ctx: comm.coll_context(),
             tag: None,
+            state: Some(comm.coll()),
         }
     }
 
@@ -539,6 +547,7 @@ impl<'a> Over<'a> {
             me,
             ctx,
             tag: Some(tag),
+            state: None,
         }
     }
 
@@ -558,31 +567,51 @@ impl<'a> Over<'a> {
     }
 }
 
+/// What a communicator keeps for its collectives (`CommData::coll`), each part made at the
+/// first call that needs it.
+#[derive(Debug, Default)]
+pub(crate) struct CommState {
+    /// The communicator's host levels ([`levels`]); `None` inside: flat.
+    levels: OnceLock<Option<Levels>>,
+    /// The members of this rank's host (`Levels::node`) as a communicator, on which the
+    /// blocking two-level collectives run their intra-host phases ([`two_level`]); `None`
+    /// inside: no context slot was free when it was first asked for.
+    node: OnceLock<Option<Box<CommData>>>,
+}
+
 /// The two levels of a team spread over hosts: this rank's host team and, on leaders, the
 /// team of leaders; plus the leader index (in the full team) of every member.
+#[derive(Debug)]
 struct Levels {
     node: Team,
     leaders: Option<Team>,
     leader_of: Vec<usize>,
 }
 
-/// Splits the whole-communicator team by host, if that is worth it.
-fn levels(over: &Over<'_>) -> Option<Levels> {
-    if !settings().hierarchy || over.p() < 3 {
-        return None;
-    }
-    let fake = settings().fake_hosts;
-    let hosts = with_core(|c| {
-        let host = |w: usize| match fake {
-            0 => c.hosts[w].clone(),
-            k => format!("fake{}", w * k / c.hosts.len().max(1)),
-        };
-        over.world
-            .iter()
-            .map(|w| host(*w as usize))
-            .collect::<Vec<_>>()
-    });
-    levels_of(&hosts, over.me)
+/// Splits the whole-communicator team by host, if that is worth it: computed once per
+/// communicator (hosts and settings never change). Subgroups (`Over::subgroup`) stay flat.
+fn levels<'a>(over: &Over<'a>) -> Option<&'a Levels> {
+    let state = over.state?;
+    state
+        .levels
+        .get_or_init(|| {
+            if !settings().hierarchy || over.p() < 3 {
+                return None;
+            }
+            let fake = settings().fake_hosts;
+            let hosts = with_core(|c| {
+                let host = |w: usize| match fake {
+                    0 => c.hosts[w].clone(),
+                    k => format!("fake{}", w * k / c.hosts.len().max(1)),
+                };
+                over.world
+                    .iter()
+                    .map(|w| host(*w as usize))
+                    .collect::<Vec<_>>()
+            });
+            levels_of(&hosts, over.me)
+        })
+        .as_ref()
 }
 
 /// [`levels`] over explicit host names (unit-testable).
@@ -624,14 +653,64 @@ fn bcast_flat(s: &mut Schedule, t: &Team, root: usize, buf: Slice) {
     }
 }
 
+// Two-level collectives run three phases: (1) among the ranks of each host, (2) among the host
+// leaders, (3) among the ranks of each host again (a broadcast has no phase 1, a reduce no
+// phase 3). A nonblocking form runs them as rounds of one schedule (`build_*`, `*_into_acc`);
+// a blocking form runs phases 1 and 3 as blocking collectives on the host-local
+// sub-communicator ([`two_level`]), which take the shared-memory component where it applies and
+// point-to-point otherwise, and phase 2 as a schedule over the whole communicator in which only
+// the leaders (and a reduce's root) have steps ([`run_leaders`]). Both share the phase-2
+// builders below.
+
+/// Phase 2 of a barrier.
+fn barrier_leaders(s: &mut Schedule, l: &Levels) {
+    if let Some(lt) = &l.leaders {
+        alg::barrier_dissemination(s, lt);
+    }
+}
+
+/// Phase 2 of a broadcast from `root`: the root's data to its host's leader, then among the
+/// leaders.
+fn bcast_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, buf: Slice) {
+    let lr = l.leader_of[root];
+    s.round();
+    if root != lr {
+        if me == root {
+            s.send(lr, buf);
+        } else if me == lr {
+            s.recv(root, buf);
+        }
+        s.round();
+    }
+    if let Some(lt) = &l.leaders {
+        bcast_flat(s, lt, index_in(lt, lr), buf);
+    }
+}
+
+/// Phase 2 of a reduce to `root`: the leaders' partial results (in `acc`) reduced to the
+/// root's leader, then sent on to the root (into its `acc`).
+fn reduce_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, acc: Slice, tmp: Slice) {
+    let lr = l.leader_of[root];
+    if let Some(lt) = &l.leaders {
+        alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
+    }
+    s.round();
+    if root != lr {
+        if me == lr {
+            s.send(root, acc);
+        } else if me == root {
+            s.recv(lr, acc);
+        }
+        s.round();
+    }
+}
+
 fn build_barrier(over: &Over<'_>) -> Schedule {
     let mut s = over.schedule("MPI_Barrier");
     match levels(over) {
         Some(l) => {
             alg::barrier_dissemination(&mut s, &l.node);
-            if let Some(lt) = &l.leaders {
-                alg::barrier_dissemination(&mut s, lt);
-            }
+            barrier_leaders(&mut s, l);
             alg::barrier_dissemination(&mut s, &l.node);
         }
         None => alg::barrier_dissemination(&mut s, &over.team()),
@@ -644,19 +723,7 @@ fn build_bcast(over: &Over<'_>, root: usize, len: usize) -> Schedule {
     let buf = Slice::new(Loc::Recv, 0, len);
     match levels(over) {
         Some(l) => {
-            let lr = l.leader_of[root];
-            s.round();
-            if root != lr {
-                if over.me == root {
-                    s.send(lr, buf);
-                } else if over.me == lr {
-                    s.recv(root, buf);
-                }
-                s.round();
-            }
-            if let Some(lt) = &l.leaders {
-                bcast_flat(&mut s, lt, index_in(lt, lr), buf);
-            }
+            bcast_leaders(&mut s, over.me, l, root, buf);
             alg::bcast_binomial(&mut s, &l.node, 0, buf);
         }
         None => bcast_flat(&mut s, &over.team(), root, buf),
@@ -693,23 +760,76 @@ fn reduce_into_acc(over: &Over<'_>, s: &mut Schedule, op: &ResolvedOp, root: usi
     let tmp = s.tmp(acc.len);
     match levels(over).filter(|_| op.commutative) {
         Some(l) => {
-            let lr = l.leader_of[root];
             alg::reduce_binomial(s, &l.node, 0, true, acc, tmp);
-            if let Some(lt) = &l.leaders {
-                alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
-            }
-            s.round();
-            if root != lr {
-                if over.me == lr {
-                    s.send(root, acc);
-                } else if over.me == root {
-                    s.recv(lr, acc);
-                }
-                s.round();
-            }
+            reduce_leaders(s, over.me, l, root, acc, tmp);
         }
         None => alg::reduce_binomial(s, &over.team(), root, op.commutative, acc, tmp),
     }
+}
+
+/// The host levels and host-local sub-communicator of a blocking two-level collective on
+/// `comm` (one with a commutative operation, if any): `None` when `comm` is flat, or when no
+/// context slot was free for the sub-communicator (the call then runs the one-schedule form).
+/// The sub-communicator is made at the first call that asks, collectively over `comm` (every
+/// member asks at the same call: the levels are the same everywhere), and kept with `comm`.
+fn two_level(comm: &CommData, commutative: bool) -> Result<Option<(&Levels, &CommData)>, Error> {
+    let Some(l) = levels(&Over::comm(comm)).filter(|_| commutative) else {
+        return Ok(None);
+    };
+    let cell = &comm.coll().node;
+    if let Some(node) = cell.get() {
+        return Ok(node.as_deref().map(|n| (l, n)));
+    }
+    let made = match comm.part(&l.node.members) {
+        Ok(c) => Some(Box::new(c)),
+        Err(Error::LocalContextsExhausted { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(cell.get_or_init(|| made).as_deref().map(|n| (l, n)))
+}
+
+/// Phase 2 of a blocking two-level collective on `comm`: a schedule built by `build` on `acc`
+/// (this rank's receive buffer, as a slice). Every member runs it, so all draw its call number;
+/// members with no step in it finish at once.
+fn run_leaders(
+    comm: &CommData,
+    name: &'static str,
+    op: Option<&ResolvedOp>,
+    acc: &mut [u8],
+    build: impl FnOnce(&mut Schedule, Slice),
+) -> Result<(), Error> {
+    let mut s = Over::comm(comm).schedule(name);
+    if let Some(op) = op {
+        s.set_op(op.clone());
+    }
+    build(&mut s, Slice::new(Loc::Recv, 0, acc.len()));
+    bind(&mut s, &[], acc);
+    run_blocking(s)
+}
+
+/// Phase 1 of a blocking two-level reduction: the operands of the host's ranks reduced into
+/// `acc` at the host leader (rank 0 of `node`). `mine` is this rank's operand (`None`: it is
+/// in `acc`); `acc` is unused elsewhere.
+fn reduce_to_leader(
+    node: &CommData,
+    mine: Option<&[u8]>,
+    acc: &mut [u8],
+    op: &ResolvedOp,
+) -> Result<(), Error> {
+    let (in_place, op, b) = (mine.is_none(), op.clone(), Mode::Blocking);
+    if node.rank_index() == 0 {
+        do_reduce(node, 0, mine.unwrap_or(&[]), Some(acc), in_place, op, b)
+    } else {
+        do_reduce(node, 0, mine.unwrap_or(acc), None, false, op, b)
+    }
+    .map(drop)
+}
+
+/// The first error of a two-level collective's phases. Every phase runs whatever happened in
+/// the earlier ones (as a schedule's rounds do), so that members which saw no error there are
+/// not left waiting.
+fn first_error<const N: usize>(phases: [Result<(), Error>; N]) -> Result<(), Error> {
+    phases.into_iter().collect()
 }
 
 /// Whether this rank only sends in the reduce [`reduce_into_acc`] builds: the flat binomial
@@ -979,10 +1099,21 @@ fn do_allreduce(
             format!("{} bytes are not whole elements", recv.len()),
         ));
     }
-    if matches!(mode, Mode::Blocking)
-        && let Some(r) = shm::allreduce(comm, send, recv, &op)
-    {
-        return r.map(|()| None);
+    if matches!(mode, Mode::Blocking) {
+        if let Some(r) = shm::allreduce(comm, send, recv, &op) {
+            return r.map(|()| None);
+        }
+        if let Some((l, node)) = two_level(comm, op.commutative)? {
+            let host = reduce_to_leader(node, send, recv, &op);
+            let leaders = run_leaders(comm, name, Some(&op), recv, |s, acc| {
+                if let Some(lt) = &l.leaders {
+                    let tmp = s.tmp(acc.len);
+                    allreduce_flat(s, lt, &op, acc, tmp);
+                }
+            });
+            let back = do_bcast(node, 0, recv);
+            return first_error([host, leaders, back]).map(|()| None);
+        }
     }
     let over = Over::comm(comm);
     if pair_fast(&over, &mode) && recv.len() < settings().allreduce_short {
@@ -1031,6 +1162,23 @@ fn do_allreduce(
     finish(s, mode)
 }
 
+/// Blocking broadcast of `buf` from `root`.
+fn do_bcast(comm: &CommData, root: usize, buf: &mut [u8]) -> Result<(), Error> {
+    if let Some(r) = shm::bcast(comm, root, buf) {
+        return r;
+    }
+    if let Some((l, node)) = two_level(comm, true)? {
+        let me = comm.rank_index();
+        let leaders = run_leaders(comm, "MPI_Bcast", None, buf, |s, b| {
+            bcast_leaders(s, me, l, root, b);
+        });
+        return first_error([leaders, do_bcast(node, 0, buf)]);
+    }
+    let mut s = build_bcast(&Over::comm(comm), root, buf.len());
+    bind(&mut s, &[], buf);
+    run_blocking(s)
+}
+
 fn do_reduce(
     comm: &CommData,
     root: usize,
@@ -1061,10 +1209,34 @@ fn do_reduce(
         None => &mut empty[..],
     };
     if matches!(mode, Mode::Blocking) {
-        let send = (!in_place).then_some(send);
-        let recv = (over.me == root).then_some(&mut *recv);
-        if let Some(r) = shm::reduce(comm, root, send, recv, &op) {
+        let mine = (!in_place).then_some(send);
+        if let Some(r) = shm::reduce(
+            comm,
+            root,
+            mine,
+            (over.me == root).then_some(&mut *recv),
+            &op,
+        ) {
             return r.map(|()| None);
+        }
+        if let Some((l, node)) = two_level(comm, op.commutative)? {
+            // The accumulator: the result buffer at the root, a temporary at the other
+            // leaders, nothing elsewhere.
+            let leader = l.leader_of[over.me] == over.me;
+            let mut tmp = (leader && over.me != root).then(|| schedule::take_tmp(n));
+            let acc = match &mut tmp {
+                Some(t) => &mut t[..n],
+                None => recv,
+            };
+            let host = reduce_to_leader(node, mine, acc, &op);
+            let leaders = run_leaders(comm, name, Some(&op), acc, |s, acc| {
+                let tmp = s.tmp(if l.leaders.is_some() { n } else { 0 });
+                reduce_leaders(s, over.me, l, root, acc, tmp);
+            });
+            if let Some(t) = tmp {
+                schedule::give_tmp(t);
+            }
+            return first_error([host, leaders]).map(|()| None);
         }
     }
     let mut s = over.schedule(name);
@@ -1677,6 +1849,13 @@ pub(crate) fn allreduce_band_u64(over: Over<'_>, words: &mut [u64]) -> Result<()
 pub(crate) fn comm_barrier(comm: &CommData) -> Result<(), Error> {
     if let Some(r) = shm::barrier(comm) {
         return r;
+    }
+    if let Some((l, node)) = two_level(comm, true)? {
+        let arrive = comm_barrier(node);
+        let leaders = run_leaders(comm, "MPI_Barrier", None, &mut [], |s, _| {
+            barrier_leaders(s, l);
+        });
+        return first_error([arrive, leaders, comm_barrier(node)]);
     }
     let over = Over::comm(comm);
     if pair_fast(&over, &Mode::Blocking) {
@@ -3153,21 +3332,11 @@ impl Root for Process<'_> {
                 let mut pos = 0;
                 dt.pack_into(buf.as_bytes_mut(), count, &mut packed, &mut pos)?;
             }
-            run_blocking({
-                let mut s = build_bcast(&Over::comm(self.comm_data()), root, packed.len());
-                bind(&mut s, &[], &mut packed);
-                s
-            })?;
+            do_bcast(self.comm_data(), root, &mut packed)?;
             let mut pos = 0;
             return dt.unpack_from(&packed, &mut pos, buf.as_bytes_mut(), count);
         }
-        let bytes = buf.as_bytes_mut();
-        if let Some(r) = shm::bcast(self.comm_data(), root, bytes) {
-            return r;
-        }
-        let mut s = build_bcast(&Over::comm(self.comm_data()), root, bytes.len());
-        bind(&mut s, &[], bytes);
-        run_blocking(s)
+        do_bcast(self.comm_data(), root, buf.as_bytes_mut())
     }
 
     fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(

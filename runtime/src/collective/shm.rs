@@ -13,6 +13,10 @@
 //! so all members choose alike. Everything else, and every nonblocking collective, stays on
 //! the point-to-point schedules of the parent module.
 //!
+//! A blocking barrier, bcast, reduce or allreduce on a communicator spread over hosts (two-level)
+//! runs its phases inside each host as collectives on a communicator of that host's ranks, so
+//! they take this path there under the same rules.
+//!
 //! # Lifetime
 //! The region is made at the first collective call on a communicator that selects this path:
 //! the leader (rank 0 of the communicator) creates `/dev/shm/braid-<job>-coll-<leader world
@@ -103,7 +107,7 @@
 //! `osu_reduce`: 1 MiB in 67 µs with the pair split against 150 µs folded by the root alone.
 //!
 //! # Not yet implemented
-//! The intra-host phase of the two-level algorithms, futex sleeping in long waits, a probe of
+//! Futex sleeping in long waits, a probe of
 //! `process_vm_writev` apart from the read probe (the kernel applies the same ptrace check to
 //! both, so a host that allows reads allows writes).
 
