@@ -853,6 +853,36 @@ fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slic
         .collect()
 }
 
+/// The per-rank byte blocks of a v-form's buffer, read from counts and displacements in
+/// elements (checked by [`check_partition`]) without collecting them. Empty off the root of a
+/// gatherv or scatterv, where nothing indexes it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VBlocks<'a> {
+    counts: &'a [usize],
+    displs: &'a [usize],
+    elem: usize,
+}
+
+impl<'a> VBlocks<'a> {
+    fn new(counts: &'a [usize], displs: &'a [usize], elem: usize) -> Self {
+        Self {
+            counts,
+            displs,
+            elem,
+        }
+    }
+
+    /// Byte offset and length of rank `r`'s block.
+    pub(crate) fn at(&self, r: usize) -> (usize, usize) {
+        (self.displs[r] * self.elem, self.counts[r] * self.elem)
+    }
+
+    /// Every block, as slices of `loc` (for a schedule).
+    fn slices(&self, loc: Loc) -> Vec<Slice> {
+        blocks(loc, self.counts, self.displs, self.elem)
+    }
+}
+
 fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
     (0..p).map(|i| Slice::new(loc, i * n, n)).collect()
 }
@@ -1262,7 +1292,8 @@ fn do_reduce(
     finish(s, mode)
 }
 
-/// Gather of uniform (`counts == None`) or variable blocks; `mine` is `None` in place.
+/// Gather of uniform (`vblocks == None`) or variable blocks (known at the root only: empty
+/// elsewhere); `send` is unused in place.
 #[allow(clippy::too_many_arguments)]
 fn do_gather(
     comm: &CommData,
@@ -1277,8 +1308,9 @@ fn do_gather(
     let over = Over::comm(comm);
     let p = over.p();
     let is_root = over.me == root;
-    let mut s = over.schedule(name);
-    match vblocks {
+    let blocking = matches!(mode, Mode::Blocking);
+    // The schedule is built only once the shared-memory path has declined the call.
+    let mut s = match vblocks {
         None => {
             let n = if in_place {
                 recv.len() / p.max(1)
@@ -1291,11 +1323,12 @@ fn do_gather(
                     format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
-            if matches!(mode, Mode::Blocking)
+            if blocking
                 && let Some(r) = shm::gather(comm, root, (!in_place).then_some(send), recv, n)
             {
                 return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
             let mine = if in_place {
                 Slice::new(Loc::Recv, root * n, n)
             } else {
@@ -1313,38 +1346,36 @@ fn do_gather(
                 let b = uniform(Loc::Recv, p, n);
                 alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
             }
+            s
         }
         Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Recv, &counts, &displs, elem);
-            let mine = if in_place {
-                b[root]
-            } else {
-                Slice::new(Loc::Send, 0, send.len())
-            };
-            if is_root && !in_place && send.len() != b[root].len {
+            let v = VBlocks::new(&counts, &displs, elem);
+            if is_root && !in_place && send.len() != v.at(root).1 {
                 return Err(mismatch(
                     name,
                     format!(
                         "root sends {} bytes into a {}-byte block",
                         send.len(),
-                        b[root].len
+                        v.at(root).1
                     ),
                 ));
             }
-            if matches!(mode, Mode::Blocking) {
-                let at = if is_root {
-                    b.iter().map(|x| (x.off, x.len)).collect()
-                } else {
-                    Vec::new()
-                };
-                let mine = (!in_place).then_some(send);
-                if let Some(r) = shm::gatherv(comm, root, mine, recv, &at) {
-                    return r.map(|()| None);
-                }
+            if blocking
+                && let Some(r) = shm::gatherv(comm, root, (!in_place).then_some(send), recv, v)
+            {
+                return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
+            let b = v.slices(Loc::Recv);
+            let mine = if in_place {
+                b[root]
+            } else {
+                Slice::new(Loc::Send, 0, send.len())
+            };
             alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
+            s
         }
-    }
+    };
     bind(&mut s, send, recv);
     finish(s, mode)
 }
@@ -1361,6 +1392,8 @@ fn alg_subtree_bytes(me: usize, root: usize, p: usize, n: usize) -> usize {
     k.max(1) * n
 }
 
+/// Scatter of uniform (`vblocks == None`) or variable blocks (known at the root only: empty
+/// elsewhere); `recv` is unused in place.
 #[allow(clippy::too_many_arguments)]
 fn do_scatter(
     comm: &CommData,
@@ -1375,8 +1408,9 @@ fn do_scatter(
     let over = Over::comm(comm);
     let p = over.p();
     let is_root = over.me == root;
-    let mut s = over.schedule(name);
-    match vblocks {
+    let blocking = matches!(mode, Mode::Blocking);
+    // The schedule is built only once the shared-memory path has declined the call.
+    let mut s = match vblocks {
         None => {
             let n = if is_root {
                 send.len() / p.max(1)
@@ -1395,12 +1429,13 @@ fn do_scatter(
                     format!("blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
-            if matches!(mode, Mode::Blocking)
+            if blocking
                 && let Some(r) =
                     shm::scatter(comm, root, send, (!in_place).then_some(&mut *recv), n)
             {
                 return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
             let mine = if in_place {
                 s.tmp(n)
             } else {
@@ -1418,38 +1453,37 @@ fn do_scatter(
                 let b = uniform(Loc::Send, p, n);
                 alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
             }
+            s
         }
         Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Send, &counts, &displs, elem);
+            let v = VBlocks::new(&counts, &displs, elem);
+            if is_root && !in_place && recv.len() != v.at(root).1 {
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "root block of {} bytes into {} bytes",
+                        v.at(root).1,
+                        recv.len()
+                    ),
+                ));
+            }
+            if blocking
+                && let Some(r) =
+                    shm::scatterv(comm, root, send, v, (!in_place).then_some(&mut *recv))
+            {
+                return r.map(|()| None);
+            }
+            let mut s = over.schedule(name);
+            let b = v.slices(Loc::Send);
             let mine = if in_place {
                 s.tmp(b[root].len)
             } else {
                 Slice::new(Loc::Recv, 0, recv.len())
             };
-            if is_root && !in_place && recv.len() != b[root].len {
-                return Err(mismatch(
-                    name,
-                    format!(
-                        "root block of {} bytes into {} bytes",
-                        b[root].len,
-                        recv.len()
-                    ),
-                ));
-            }
-            if matches!(mode, Mode::Blocking) {
-                let at = if is_root {
-                    b.iter().map(|x| (x.off, x.len)).collect()
-                } else {
-                    Vec::new()
-                };
-                let mine = (!in_place).then_some(&mut *recv);
-                if let Some(r) = shm::scatterv(comm, root, send, &at, mine) {
-                    return r.map(|()| None);
-                }
-            }
             alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
+            s
         }
-    }
+    };
     bind(&mut s, send, recv);
     finish(s, mode)
 }
@@ -3159,10 +3193,10 @@ impl Process<'_> {
         Ok(r)
     }
 
-    /// The blocks a non-root passes to a v-form (it has no partition: all empty).
+    /// The blocks a non-root passes to a v-form: none (it has no partition; nothing reads
+    /// the blocks off the root), so nothing is allocated.
     fn no_partition(&self) -> (Vec<usize>, Vec<usize>, usize) {
-        let p = self.comm_data().group().size() as usize;
-        (vec![0; p], vec![0; p], 1)
+        (Vec::new(), Vec::new(), 1)
     }
 
     /// Gather(v) at a non-root, run in `mode`.

@@ -119,7 +119,7 @@ use braid_engine::ContextId;
 use braid_shm::Segment;
 
 use super::op::ResolvedOp;
-use super::{Over, bind, build_bcast, mismatch, run_blocking};
+use super::{Over, VBlocks, bind, build_bcast, mismatch, run_blocking};
 use crate::communicator::CommData;
 use crate::core::{SpinPolicy, with_core};
 use crate::error::Error;
@@ -372,7 +372,7 @@ pub(crate) fn scatter(
 }
 
 /// `MPI_Gatherv` to `root`: `send` is this member's block (`None` in place at the root);
-/// `blocks` gives, at the root, each member's `(offset, length)` in bytes in `recv`. Only with
+/// `blocks` gives, at the root, each member's offset and length in bytes in `recv`. Only with
 /// single-copy transfers: a member knows no length but its own, so the path may not depend on
 /// them, and without single-copy reads a long block would need a pipeline whose length only
 /// its owner knows.
@@ -381,7 +381,7 @@ pub(crate) fn gatherv(
     root: usize,
     send: Option<&[u8]>,
     recv: &mut [u8],
-    blocks: &[(usize, usize)],
+    blocks: VBlocks<'_>,
 ) -> Option<Result<(), Error>> {
     let region = match region_for(comm, 0)? {
         Ok(r) => r,
@@ -391,14 +391,14 @@ pub(crate) fn gatherv(
     g.cma.then(|| g.gatherv(root, send, recv, blocks))
 }
 
-/// `MPI_Scatterv` from `root`: `blocks` gives, at the root, each member's `(offset, length)`
+/// `MPI_Scatterv` from `root`: `blocks` gives, at the root, each member's offset and length
 /// in bytes in `send`; `recv` is this member's block (`None` in place at the root). Only with
 /// single-copy transfers, as [`gatherv`].
 pub(crate) fn scatterv(
     comm: &CommData,
     root: usize,
     send: &[u8],
-    blocks: &[(usize, usize)],
+    blocks: VBlocks<'_>,
     recv: Option<&mut [u8]>,
 ) -> Option<Result<(), Error>> {
     let region = match region_for(comm, 0)? {
@@ -1815,7 +1815,7 @@ impl Region {
         root: usize,
         send: Option<&[u8]>,
         recv: &mut [u8],
-        blocks: &[(usize, usize)],
+        blocks: VBlocks<'_>,
     ) -> Result<(), Error> {
         self.step += 1;
         let s = self.step;
@@ -1826,7 +1826,8 @@ impl Region {
             let d = desc(Kind::Gatherv, root, table);
             self.write(s, d, None)?;
             let to = self.data(me, s, table);
-            for (r, &(off, len)) in blocks.iter().enumerate().take(p) {
+            for r in 0..p {
+                let (off, len) = blocks.at(r);
                 let mut e = [0u8; 16];
                 e[..8].copy_from_slice(&(recv[off..].as_ptr() as u64).to_ne_bytes());
                 e[8..].copy_from_slice(&(len as u64).to_ne_bytes());
@@ -1844,7 +1845,7 @@ impl Region {
         if me == root
             && let Some(sb) = send
         {
-            let (off, _) = blocks[me];
+            let (off, _) = blocks.at(me);
             recv[off..off + sb.len()].copy_from_slice(sb);
         }
         self.check_first_v(s, d, Kind::Gatherv)?;
@@ -1855,7 +1856,7 @@ impl Region {
         if me == root {
             for r in (0..p).filter(|r| *r != me) {
                 let got = (self.desc_word(r, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
-                let (off, want) = blocks[r];
+                let (off, want) = blocks.at(r);
                 written |= !self.v_short(got);
                 if got != want {
                     res = res.and(Err(mismatch(
@@ -1935,7 +1936,7 @@ impl Region {
         &mut self,
         root: usize,
         send: &[u8],
-        blocks: &[(usize, usize)],
+        blocks: VBlocks<'_>,
         recv: Option<&mut [u8]>,
     ) -> Result<(), Error> {
         self.step += 1;
@@ -1945,42 +1946,55 @@ impl Region {
         let table = 16 * p;
         let mut exposed = false;
         let d = if me == root {
-            // Lay out the slot: the table, then short blocks while they fit.
-            let mut entries = vec![(0u64, 0u64); p];
+            // Lay out the slot: the table, then short blocks while they fit. Two passes over
+            // the same layout: the first sizes it (the descriptor says where the data lives),
+            // the second writes it.
+            let slot = self.slot;
+            let packed = |r: usize, used: usize| {
+                let len = blocks.at(r).1;
+                r != me && len < CMA_MIN && used + len <= slot
+            };
             let mut used = table;
-            for r in (0..p).filter(|r| *r != me) {
-                let (off, len) = blocks[r];
-                if self.v_short(len) && used + len <= self.slot {
-                    entries[r] = (PACKED | used as u64, len as u64);
-                    used += len;
-                } else {
-                    entries[r] = (send[off..].as_ptr() as u64, len as u64);
-                    exposed = true;
+            for r in 0..p {
+                if packed(r, used) {
+                    used += blocks.at(r).1;
                 }
             }
             let d = desc(Kind::Scatterv, root, used);
             self.write(s, d, None)?;
             let to = self.data(me, s, used);
-            for (r, &(w, len)) in entries.iter().enumerate() {
+            let mut at = table;
+            for r in 0..p {
+                let (off, len) = blocks.at(r);
+                let w = if r == me {
+                    0
+                } else if packed(r, at) {
+                    let w = PACKED | at as u64;
+                    // SAFETY: the packed block lies inside our `used`-byte chunk of step s
+                    // (a slot), after the table and apart from every other block; nobody reads
+                    // it before our post.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            send[off..off + len].as_ptr(),
+                            to.add(at),
+                            len,
+                        );
+                    }
+                    at += len;
+                    w
+                } else {
+                    exposed = true;
+                    send[off..].as_ptr() as u64
+                };
+                let len = if r == me { 0 } else { len as u64 };
                 let mut e = [0u8; 16];
                 e[..8].copy_from_slice(&w.to_ne_bytes());
                 e[8..].copy_from_slice(&len.to_ne_bytes());
                 // SAFETY: the table's 16 p bytes lie at the start of our `used`-byte chunk of
                 // step s (a slot: used >= 32 > INLINE); nobody reads it before our post.
                 unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
-                if w & PACKED != 0 {
-                    let (off, len) = (blocks[r].0, len as usize);
-                    // SAFETY: as above; the packed block lies inside the `used` bytes, apart
-                    // from the table and from every other block.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            send[off..off + len].as_ptr(),
-                            to.add((w & !PACKED) as usize),
-                            len,
-                        );
-                    }
-                }
             }
+            debug_assert_eq!(at, used, "both passes lay the slot out alike");
             d
         } else {
             let len = recv.as_deref().map_or(0, <[u8]>::len);
@@ -1992,7 +2006,7 @@ impl Region {
         if me == root
             && let Some(rb) = recv.as_deref_mut()
         {
-            let (off, len) = blocks[me];
+            let (off, len) = blocks.at(me);
             rb.copy_from_slice(&send[off..off + len]);
         }
         self.check_first_v(s, d, Kind::Scatterv)?;
