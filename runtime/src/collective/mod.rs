@@ -844,42 +844,41 @@ fn reduce_leaf(over: &Over<'_>, op: &ResolvedOp, root: usize) -> bool {
     leaf && vr != 0 && (p < 3 || levels(over).filter(|_| op.commutative).is_none())
 }
 
-/// Byte blocks from counts and displacements in elements.
-fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slice> {
-    counts
-        .iter()
-        .zip(displs)
-        .map(|(c, d)| Slice::new(loc, d * elem, c * elem))
-        .collect()
-}
-
-/// The per-rank byte blocks of a v-form's buffer, read from counts and displacements in
-/// elements (checked by [`check_partition`]) without collecting them. Empty off the root of a
-/// gatherv or scatterv, where nothing indexes it.
+/// The per-rank blocks of a v-form's buffer: the caller's counts and displacements (in
+/// elements) and the element size, read in place rather than collected. Invariant (made by
+/// [`check_partition`]): one count and one displacement per rank, or none at all off the root
+/// of a gatherv or scatterv (where nothing reads them); none negative; every block inside the
+/// buffer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct VBlocks<'a> {
-    counts: &'a [usize],
-    displs: &'a [usize],
+    counts: &'a [i32],
+    displs: &'a [i32],
     elem: usize,
 }
 
-impl<'a> VBlocks<'a> {
-    fn new(counts: &'a [usize], displs: &'a [usize], elem: usize) -> Self {
-        Self {
-            counts,
-            displs,
-            elem,
-        }
-    }
+impl VBlocks<'_> {
+    /// The blocks a non-root passes to a gatherv or scatterv: none (it has no partition).
+    const NONE: VBlocks<'static> = VBlocks {
+        counts: &[],
+        displs: &[],
+        elem: 1,
+    };
 
     /// Byte offset and length of rank `r`'s block.
     pub(crate) fn at(&self, r: usize) -> (usize, usize) {
-        (self.displs[r] * self.elem, self.counts[r] * self.elem)
+        // Non-negative by the invariant.
+        let (d, c) = (self.displs[r] as usize, self.counts[r] as usize);
+        (d * self.elem, c * self.elem)
     }
 
     /// Every block, as slices of `loc` (for a schedule).
     fn slices(&self, loc: Loc) -> Vec<Slice> {
-        blocks(loc, self.counts, self.displs, self.elem)
+        (0..self.counts.len())
+            .map(|r| {
+                let (off, len) = self.at(r);
+                Slice::new(loc, off, len)
+            })
+            .collect()
     }
 }
 
@@ -924,14 +923,16 @@ fn contiguous_recv<B: BufferMut + ?Sized>(op: &'static str, b: &B) -> Result<(),
     Ok(())
 }
 
-/// Validates `counts`/`displs` (elements) for `p` ranks against a buffer of `len` elements.
-fn check_partition(
+/// Validates `counts`/`displs` (elements of `elem` bytes) for `p` ranks against a buffer of
+/// `len` elements.
+fn check_partition<'a>(
     op: &'static str,
     p: usize,
-    counts: &[i32],
-    displs: &[i32],
+    counts: &'a [i32],
+    displs: &'a [i32],
+    elem: usize,
     len: usize,
-) -> Result<(Vec<usize>, Vec<usize>), Error> {
+) -> Result<VBlocks<'a>, Error> {
     if counts.len() != p || displs.len() != p {
         return Err(mismatch(
             op,
@@ -942,8 +943,6 @@ fn check_partition(
             ),
         ));
     }
-    let mut c = Vec::with_capacity(p);
-    let mut d = Vec::with_capacity(p);
     for (cnt, dis) in counts.iter().zip(displs) {
         let (Ok(cu), Ok(du)) = (usize::try_from(*cnt), usize::try_from(*dis)) else {
             return Err(mismatch(
@@ -957,37 +956,38 @@ fn check_partition(
                 format!("block {du}+{cu} outside a buffer of {len} elements"),
             ));
         }
-        c.push(cu);
-        d.push(du);
     }
-    Ok((c, d))
+    Ok(VBlocks {
+        counts,
+        displs,
+        elem,
+    })
 }
 
-/// Checks the receive partition of a v-form; returns counts and displacements (elements) and
-/// the element size in bytes.
-fn recv_partition<R: BufferMut + ?Sized>(
+/// Checks the receive partition of a v-form; returns its blocks and its buffer's bytes.
+fn recv_partition<'p, R: BufferMut + ?Sized>(
     op: &'static str,
     p: usize,
-    part: &mut PartitionMut<'_, R>,
-) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    part: &'p mut PartitionMut<'_, R>,
+) -> Result<(VBlocks<'p>, &'p mut [u8]), Error> {
     contiguous_recv(op, &*part.buf)?;
     let elem = part.buf.item_datatype().size().max(1);
-    let len = part.buf.as_bytes_mut().len() / elem;
-    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
-    Ok((c, d, elem))
+    let bytes = part.buf.as_bytes_mut();
+    let v = check_partition(op, p, &part.counts, &part.displs, elem, bytes.len() / elem)?;
+    Ok((v, bytes))
 }
 
 /// As [`recv_partition`], for a send partition.
-fn send_partition<S: Buffer + ?Sized>(
+fn send_partition<'p, S: Buffer + ?Sized>(
     op: &'static str,
     p: usize,
-    part: &Partition<'_, S>,
-) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    part: &'p Partition<'_, S>,
+) -> Result<(VBlocks<'p>, &'p [u8]), Error> {
     contiguous_send(op, part.buf)?;
     let elem = part.buf.item_datatype().size().max(1);
-    let len = part.buf.as_bytes().len() / elem;
-    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
-    Ok((c, d, elem))
+    let bytes = part.buf.as_bytes();
+    let v = check_partition(op, p, &part.counts, &part.displs, elem, bytes.len() / elem)?;
+    Ok((v, bytes))
 }
 
 /// Validates the per-rank counts (elements) of `MPI_Reduce_scatter`.
@@ -1300,7 +1300,7 @@ fn do_gather(
     root: usize,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1348,8 +1348,7 @@ fn do_gather(
             }
             s
         }
-        Some((counts, displs, elem)) => {
-            let v = VBlocks::new(&counts, &displs, elem);
+        Some(v) => {
             if is_root && !in_place && send.len() != v.at(root).1 {
                 return Err(mismatch(
                     name,
@@ -1400,7 +1399,7 @@ fn do_scatter(
     root: usize,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1455,8 +1454,7 @@ fn do_scatter(
             }
             s
         }
-        Some((counts, displs, elem)) => {
-            let v = VBlocks::new(&counts, &displs, elem);
+        Some(v) => {
             if is_root && !in_place && recv.len() != v.at(root).1 {
                 return Err(mismatch(
                     name,
@@ -1492,7 +1490,7 @@ fn do_allgather(
     comm: &CommData,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1500,7 +1498,6 @@ fn do_allgather(
     let over = Over::comm(comm);
     let p = over.p();
     let me = over.me;
-    let mut s = over.schedule(name);
     let blks = match vblocks {
         None => {
             let n = if in_place {
@@ -1520,6 +1517,7 @@ fn do_allgather(
                 return r.map(|()| None);
             }
             if choose_allgather(&settings(), n * p) == "bruck" && p > 1 {
+                let mut s = over.schedule(name);
                 let mine = if in_place {
                     Slice::new(Loc::Recv, me * n, n)
                 } else {
@@ -1538,17 +1536,18 @@ fn do_allgather(
             }
             uniform(Loc::Recv, p, n)
         }
-        Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Recv, &counts, &displs, elem);
-            if !in_place && send.len() != b[me].len {
+        Some(v) => {
+            let mine = v.at(me).1;
+            if !in_place && send.len() != mine {
                 return Err(mismatch(
                     name,
-                    format!("sends {} bytes into a {}-byte block", send.len(), b[me].len),
+                    format!("sends {} bytes into a {mine}-byte block", send.len()),
                 ));
             }
-            b
+            v.slices(Loc::Recv)
         }
     };
+    let mut s = over.schedule(name);
     if !in_place {
         s.copy(Slice::new(Loc::Send, 0, blks[me].len), blks[me]);
     }
@@ -1971,20 +1970,12 @@ pub trait CommunicatorCollectives: Communicator {
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
         contiguous_send("MPI_Allgatherv", send)?;
-        let elem = recv.buf.item_datatype().size().max(1);
-        let len = recv.buf.as_bytes_mut().len() / elem;
-        let (c, d) = check_partition(
-            "MPI_Allgatherv",
-            self.size() as usize,
-            &recv.counts,
-            &recv.displs,
-            len,
-        )?;
+        let (v, rb) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
         do_allgather(
             self.data(),
             send.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some((c, d, elem)),
+            rb,
+            Some(v),
             false,
             Mode::Blocking,
         )
@@ -2042,25 +2033,14 @@ pub trait CommunicatorCollectives: Communicator {
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
         let p = self.size() as usize;
-        let se = send.buf.item_datatype().size().max(1);
-        let re = recv.buf.item_datatype().size().max(1);
-        let (sc, sd) = check_partition(
-            "MPI_Alltoallv",
-            p,
-            &send.counts,
-            &send.displs,
-            send.buf.as_bytes().len() / se,
-        )?;
-        let rlen = recv.buf.as_bytes_mut().len() / re;
-        let (rc, rd) = check_partition("MPI_Alltoallv", p, &recv.counts, &recv.displs, rlen)?;
-        let sb = blocks(Loc::Send, &sc, &sd, se);
-        let rb = blocks(Loc::Recv, &rc, &rd, re);
+        let (sv, sbytes) = send_partition("MPI_Alltoallv", p, send)?;
+        let (rv, rbytes) = recv_partition("MPI_Alltoallv", p, recv)?;
         do_alltoall(
             self.data(),
-            send.buf.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some(sb),
-            Some(rb),
+            sbytes,
+            rbytes,
+            Some(sv.slices(Loc::Send)),
+            Some(rv.slices(Loc::Recv)),
             false,
             Mode::Blocking,
         )
@@ -2195,17 +2175,8 @@ pub trait CommunicatorCollectives: Communicator {
         &self,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let (c, d, elem) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
-        let rb = recv.buf.as_bytes_mut();
-        do_allgather(
-            self.data(),
-            &[],
-            rb,
-            Some((c, d, elem)),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        let (v, rb) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
+        do_allgather(self.data(), &[], rb, Some(v), true, Mode::Blocking).map(drop)
     }
 
     /// `MPI_Alltoallv` with `MPI_IN_PLACE`: block i of `buf` goes to rank i and is replaced by
@@ -2217,15 +2188,13 @@ pub trait CommunicatorCollectives: Communicator {
         &self,
         buf: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let (c, d, elem) = recv_partition("MPI_Alltoallv", self.size() as usize, buf)?;
-        let rb = blocks(Loc::Recv, &c, &d, elem);
-        let bytes = buf.buf.as_bytes_mut();
+        let (v, bytes) = recv_partition("MPI_Alltoallv", self.size() as usize, buf)?;
         do_alltoall(
             self.data(),
             &[],
             bytes,
             None,
-            Some(rb),
+            Some(v.slices(Loc::Recv)),
             true,
             Mode::Blocking,
         )
@@ -2548,10 +2517,16 @@ pub trait CommunicatorCollectives: Communicator {
     ) -> Result<Request<'a, Sc>, Error> {
         let name = "MPI_Iallgatherv";
         contiguous_send(name, send)?;
-        let v = recv_partition(name, self.size() as usize, recv)?;
-        let (sb, rb) = (send.as_bytes(), recv.buf.as_bytes_mut());
+        let (v, rb) = recv_partition(name, self.size() as usize, recv)?;
         immediate(
-            do_allgather(self.data(), sb, rb, Some(v), false, Mode::Immediate),
+            do_allgather(
+                self.data(),
+                send.as_bytes(),
+                rb,
+                Some(v),
+                false,
+                Mode::Immediate,
+            ),
             scope,
         )
     }
@@ -2565,8 +2540,7 @@ pub trait CommunicatorCollectives: Communicator {
         scope: Sc,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let v = recv_partition("MPI_Iallgatherv", self.size() as usize, recv)?;
-        let rb = recv.buf.as_bytes_mut();
+        let (v, rb) = recv_partition("MPI_Iallgatherv", self.size() as usize, recv)?;
         immediate(
             do_allgather(self.data(), &[], rb, Some(v), true, Mode::Immediate),
             scope,
@@ -2607,19 +2581,14 @@ pub trait CommunicatorCollectives: Communicator {
     ) -> Result<Request<'a, Sc>, Error> {
         let name = "MPI_Ialltoallv";
         let p = self.size() as usize;
-        let (sc, sd, se) = send_partition(name, p, send)?;
-        let (rc, rd, re) = recv_partition(name, p, recv)?;
-        let (sb, rb) = (
-            blocks(Loc::Send, &sc, &sd, se),
-            blocks(Loc::Recv, &rc, &rd, re),
-        );
-        let (sbytes, rbytes) = (send.buf.as_bytes(), recv.buf.as_bytes_mut());
+        let (sv, sbytes) = send_partition(name, p, send)?;
+        let (rv, rbytes) = recv_partition(name, p, recv)?;
         let e = do_alltoall(
             self.data(),
             sbytes,
             rbytes,
-            Some(sb),
-            Some(rb),
+            Some(sv.slices(Loc::Send)),
+            Some(rv.slices(Loc::Recv)),
             false,
             Mode::Immediate,
         );
@@ -2635,16 +2604,14 @@ pub trait CommunicatorCollectives: Communicator {
         scope: Sc,
         buf: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let (c, d, elem) = recv_partition("MPI_Ialltoallv", self.size() as usize, buf)?;
-        let rb = blocks(Loc::Recv, &c, &d, elem);
-        let bytes = buf.buf.as_bytes_mut();
+        let (v, bytes) = recv_partition("MPI_Ialltoallv", self.size() as usize, buf)?;
         immediate(
             do_alltoall(
                 self.data(),
                 &[],
                 bytes,
                 None,
-                Some(rb),
+                Some(v.slices(Loc::Recv)),
                 true,
                 Mode::Immediate,
             ),
@@ -3193,12 +3160,6 @@ impl Process<'_> {
         Ok(r)
     }
 
-    /// The blocks a non-root passes to a v-form: none (it has no partition; nothing reads
-    /// the blocks off the root), so nothing is allocated.
-    fn no_partition(&self) -> (Vec<usize>, Vec<usize>, usize) {
-        (Vec::new(), Vec::new(), 1)
-    }
-
     /// Gather(v) at a non-root, run in `mode`.
     fn gather_nonroot<S: Buffer + ?Sized>(
         &self,
@@ -3209,7 +3170,7 @@ impl Process<'_> {
     ) -> Result<Option<Shared>, Error> {
         let root = self.not_root(what)?;
         contiguous_send(what, send)?;
-        let v = varcount.then(|| self.no_partition());
+        let v = varcount.then_some(VBlocks::NONE);
         do_gather(
             self.comm_data(),
             root,
@@ -3231,7 +3192,7 @@ impl Process<'_> {
     ) -> Result<Option<Shared>, Error> {
         let root = self.not_root(what)?;
         contiguous_recv(what, recv)?;
-        let v = varcount.then(|| self.no_partition());
+        let v = varcount.then_some(VBlocks::NONE);
         do_scatter(
             self.comm_data(),
             root,
@@ -3330,10 +3291,9 @@ impl Process<'_> {
             contiguous_send(what, sb)?;
         }
         let p = self.comm_data().group().size() as usize;
-        let v = recv_partition(what, p, recv)?;
+        let (v, rb) = recv_partition(what, p, recv)?;
         let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
-        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
-        do_gather(c, root, sb, rb, Some(v), in_place, mode)
+        do_gather(self.comm_data(), root, sb, rb, Some(v), in_place, mode)
     }
 
     /// Scatterv at the root, run in `mode`; `recv` is `None` in place.
@@ -3349,10 +3309,9 @@ impl Process<'_> {
             contiguous_recv(what, &**rb)?;
         }
         let p = self.comm_data().group().size() as usize;
-        let v = send_partition(what, p, send)?;
+        let (v, sb) = send_partition(what, p, send)?;
         let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
-        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
-        do_scatter(c, root, sb, rb, Some(v), in_place, mode)
+        do_scatter(self.comm_data(), root, sb, rb, Some(v), in_place, mode)
     }
 }
 

@@ -1333,9 +1333,9 @@ fn misuse_immediate(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Ch
     comm.barrier().or_fail(w("barrier after immediate misuse"))
 }
 
-/// At the root of `comm` (rank 0): a non-contiguous partition buffer is refused with
-/// `MPI_ERR_TYPE` by every gatherv and scatterv form, blocking, in place and immediate alike,
-/// before any communication (so the other ranks take no part).
+/// A non-contiguous partition buffer is refused with `MPI_ERR_TYPE` by every v-form, blocking,
+/// in place and immediate alike, before any communication: gatherv and scatterv at the root
+/// (rank 0; the other ranks take no part), allgatherv and alltoallv everywhere.
 fn varcount_views(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     use braid::request::scope;
     let p = comm.size() as usize;
@@ -1354,39 +1354,80 @@ fn varcount_views(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Chec
     let mine = [0.0f64; 0];
     let mut m = [0.0f64; 10];
     let mut got = [0.0f64; 0];
+    let mut plain = [0.0f64; 1];
     {
         let mut view = MutView::with_count_and_datatype(&mut m[..], 1, &col).or_fail("mutview")?;
         let mut part = PartitionMut::new(&mut view, counts.clone(), displs.clone());
+        if comm.rank() == 0 {
+            class(
+                "gatherv into a view",
+                root.gather_varcount_into_root(&mine[..], &mut part),
+            )?;
+            class(
+                "gatherv in place into a view",
+                root.gather_varcount_in_place_root(&mut part),
+            )?;
+            class(
+                "igatherv into a view",
+                scope(|sc| {
+                    root.immediate_gather_varcount_into_root(sc, &mine[..], &mut part)
+                        .map(drop)
+                }),
+            )?;
+        }
         class(
-            "gatherv into a view",
-            root.gather_varcount_into_root(&mine[..], &mut part),
+            "allgatherv into a view",
+            comm.all_gather_varcount_into(&mine[..], &mut part),
         )?;
         class(
-            "gatherv in place into a view",
-            root.gather_varcount_in_place_root(&mut part),
+            "allgatherv in place into a view",
+            comm.all_gather_varcount_in_place(&mut part),
         )?;
         class(
-            "igatherv into a view",
+            "iallgatherv into a view",
             scope(|sc| {
-                root.immediate_gather_varcount_into_root(sc, &mine[..], &mut part)
+                comm.immediate_all_gather_varcount_into(sc, &mine[..], &mut part)
+                    .map(drop)
+            }),
+        )?;
+        let plain_part = Partition::new(&plain[..], counts.clone(), displs.clone());
+        class(
+            "alltoallv into a view",
+            comm.all_to_all_varcount_into(&plain_part, &mut part),
+        )?;
+        class(
+            "alltoallv in place in a view",
+            comm.all_to_all_varcount_in_place(&mut part),
+        )?;
+    }
+    let view = View::with_count_and_datatype(&m[..], 1, &col).or_fail("view")?;
+    let part = Partition::new(&view, counts.clone(), displs.clone());
+    if comm.rank() == 0 {
+        class(
+            "scatterv from a view",
+            root.scatter_varcount_into_root(&part, &mut got[..]),
+        )?;
+        class(
+            "scatterv in place from a view",
+            root.scatter_varcount_in_place_root(&part),
+        )?;
+        class(
+            "iscatterv from a view",
+            scope(|sc| {
+                root.immediate_scatter_varcount_into_root(sc, &part, &mut got[..])
                     .map(drop)
             }),
         )?;
     }
-    let view = View::with_count_and_datatype(&m[..], 1, &col).or_fail("view")?;
-    let part = Partition::new(&view, counts, displs);
+    let mut plain_part = PartitionMut::new(&mut plain[..], counts, displs);
     class(
-        "scatterv from a view",
-        root.scatter_varcount_into_root(&part, &mut got[..]),
+        "alltoallv from a view",
+        comm.all_to_all_varcount_into(&part, &mut plain_part),
     )?;
     class(
-        "scatterv in place from a view",
-        root.scatter_varcount_in_place_root(&part),
-    )?;
-    class(
-        "iscatterv from a view",
+        "ialltoallv from a view",
         scope(|sc| {
-            root.immediate_scatter_varcount_into_root(sc, &part, &mut got[..])
+            comm.immediate_all_to_all_varcount_into(sc, &part, &mut plain_part)
                 .map(drop)
         }),
     )
@@ -1436,8 +1477,8 @@ fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
             root.gather_into_root(&a[..], &mut r[..]),
             |e| matches!(e, Error::UsageCountMismatch { .. }),
         )?;
-        varcount_views(comm, w)?;
     }
+    varcount_views(comm, w)?;
     // Counts that differ between ranks: every rank gets an error, none hangs.
     if p > 1 {
         let n = if me == 0 { 3 } else { 4 };
