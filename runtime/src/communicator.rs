@@ -200,12 +200,20 @@ pub(crate) struct CommData {
     rank: Rank,
     /// Context slot (see [`SLOTS`]); released when the last handle is dropped (`MPI_Comm_free`).
     slot: u32,
+    /// What the collectives keep for this communicator (its host levels, its host-local
+    /// sub-communicator), made at the first call that needs it and dropped with it.
+    coll: crate::collective::CommState,
 }
 
 impl CommData {
     fn new(group: Group, rank: Rank, slot: u32) -> Self {
         claim(slot);
-        Self { group, rank, slot }
+        Self {
+            group,
+            rank,
+            slot,
+            coll: crate::collective::CommState::default(),
+        }
     }
 
     pub(crate) fn group(&self) -> &Group {
@@ -226,6 +234,29 @@ impl CommData {
 
     fn size(&self) -> Rank {
         self.group.size()
+    }
+
+    pub(crate) fn coll(&self) -> &crate::collective::CommState {
+        &self.coll
+    }
+
+    /// A communicator of `members` (ranks of this one, in order, this process among them) for
+    /// the runtime's own use, as one part of a partition of this communicator. Collective over
+    /// this whole communicator, every member naming its own part: all parts share the context
+    /// slot agreed here (disjoint groups, so their contexts never meet), as in
+    /// `MPI_Comm_split`.
+    ///
+    /// # Errors
+    /// [`Error::LocalContextsExhausted`] (at every member alike); a lost peer.
+    pub(crate) fn part(&self, members: &[usize]) -> Result<Self, Error> {
+        let slot = agree_slot(Over::comm(self), self.size() as usize)?;
+        let world = members.iter().map(|i| self.group.world_of(*i)).collect();
+        let group = Group::from_world_ranks(world)?;
+        let me = self.group.world_of(self.rank_index());
+        let rank = group
+            .rank_of_world(me)
+            .ok_or_else(|| Error::UsageArgument("this process is not in its part".into()))?;
+        Ok(Self::new(group, rank, slot))
     }
 
     /// A new communicator over `group` (this process a member) on a fresh slot.
@@ -523,6 +554,7 @@ impl SimpleCommunicator {
                 group,
                 rank: rank as Rank,
                 slot: 0,
+                coll: crate::collective::CommState::default(),
             }),
         }
     }

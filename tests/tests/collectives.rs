@@ -179,6 +179,31 @@ fn shared_memory_component_matches_point_to_point() {
     }
 }
 
+/// The blocking two-level barrier, bcast, reduce and allreduce over pretend hosts run their
+/// intra-host phases through the shared-memory component (each rank maps its host's region,
+/// which `coll_shm` checks), with results identical to the component forced off (every phase
+/// point-to-point), and nothing left in /dev/shm.
+#[test]
+fn hierarchical_intra_host_phases_use_shared_memory() {
+    for (n, hosts) in [(4, "2"), (7, "3")] {
+        let mut digests = Vec::new();
+        for shm in ["1", "0"] {
+            let env = [("BRAID_COLL_FAKE_HOSTS", hosts), ("BRAID_COLL_SHM", shm)];
+            let f = job_of("coll_shm", n, &env, &["quick"]);
+            let what = format!("coll_shm, {hosts} pretend hosts, BRAID_COLL_SHM={shm}");
+            assert_ok_as("coll_shm", n, &f, &what);
+            let left = segments_of(&f);
+            assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
+            digests.push(printed(&f, "digest").map(str::to_owned));
+        }
+        assert!(digests[0].is_some(), "{n} ranks: no digest");
+        assert_eq!(
+            digests[0], digests[1],
+            "{n} ranks over {hosts} pretend hosts: results differ on and off"
+        );
+    }
+}
+
 /// 8 ranks on fewer cores: waits yield, and the job still finishes promptly.
 #[test]
 fn shared_memory_component_oversubscribed() {

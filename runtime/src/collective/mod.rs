@@ -9,7 +9,11 @@
 //!
 //! Two-level (host-aware) versions of barrier, broadcast, reduce and allreduce run when a
 //! communicator spans several hosts and some host holds several of its ranks: first among the
-//! ranks of each host, then among one leader per host (the lowest rank on it).
+//! ranks of each host, then among one leader per host (the lowest rank on it), then (barrier,
+//! broadcast, allreduce) among the ranks of each host again. The blocking forms run the phases
+//! inside a host as blocking collectives on a communicator of the host's ranks, made at the
+//! first such call and kept with the communicator, so that they go through the shared-memory
+//! component (`shm`) where it applies; the nonblocking forms run every phase point-to-point.
 //!
 //! Every collective of MPI-4.1 §6 on intracommunicators has a blocking and an `immediate_`
 //! form here (rsmpi's names; `MPI_Reduce_scatter` is `reduce_scatter_varcount_into`), and an
@@ -198,7 +202,8 @@ pub fn info() -> String {
     let s = settings();
     format!(
         "braid collectives\n\
-         barrier: dissemination (two-level across hosts)\n\
+         barrier: dissemination (two-level across hosts; blocking forms run the phases inside a host \
+         on the host's ranks, through shared memory where it applies)\n\
          bcast: binomial; scatter-allgather (van de Geijn) from BRAID_COLL_BCAST_LONG={} bytes and 8 ranks\n\
          reduce: binomial (rank-ordered for non-commutative ops; two-level across hosts)\n\
          allreduce: recursive doubling below BRAID_COLL_ALLREDUCE_SHORT={} bytes or non-commutative; \
@@ -519,6 +524,8 @@ pub(crate) struct Over<'a> {
     /// Fixed tag (subgroup creation); `None`: the next call number, drawn when the schedule
     /// starts.
     tag: Option<i32>,
+    /// The communicator's collective state; `None` for a subgroup (always flat).
+    state: Option<&'a CommState>,
 }
 
 impl<'a> Over<'a> {
@@ -529,6 +536,7 @@ impl<'a> Over<'a> {
             me: comm.rank_index(),
             ctx: comm.coll_context(),
             tag: None,
+            state: Some(comm.coll()),
         }
     }
 
@@ -539,6 +547,7 @@ impl<'a> Over<'a> {
             me,
             ctx,
             tag: Some(tag),
+            state: None,
         }
     }
 
@@ -558,31 +567,51 @@ impl<'a> Over<'a> {
     }
 }
 
+/// What a communicator keeps for its collectives (`CommData::coll`), each part made at the
+/// first call that needs it.
+#[derive(Debug, Default)]
+pub(crate) struct CommState {
+    /// The communicator's host levels ([`levels`]); `None` inside: flat.
+    levels: OnceLock<Option<Levels>>,
+    /// The members of this rank's host (`Levels::node`) as a communicator, on which the
+    /// blocking two-level collectives run their intra-host phases ([`two_level`]); `None`
+    /// inside: no context slot was free when it was first asked for.
+    node: OnceLock<Option<Box<CommData>>>,
+}
+
 /// The two levels of a team spread over hosts: this rank's host team and, on leaders, the
 /// team of leaders; plus the leader index (in the full team) of every member.
+#[derive(Debug)]
 struct Levels {
     node: Team,
     leaders: Option<Team>,
     leader_of: Vec<usize>,
 }
 
-/// Splits the whole-communicator team by host, if that is worth it.
-fn levels(over: &Over<'_>) -> Option<Levels> {
-    if !settings().hierarchy || over.p() < 3 {
-        return None;
-    }
-    let fake = settings().fake_hosts;
-    let hosts = with_core(|c| {
-        let host = |w: usize| match fake {
-            0 => c.hosts[w].clone(),
-            k => format!("fake{}", w * k / c.hosts.len().max(1)),
-        };
-        over.world
-            .iter()
-            .map(|w| host(*w as usize))
-            .collect::<Vec<_>>()
-    });
-    levels_of(&hosts, over.me)
+/// Splits the whole-communicator team by host, if that is worth it: computed once per
+/// communicator (hosts and settings never change). Subgroups (`Over::subgroup`) stay flat.
+fn levels<'a>(over: &Over<'a>) -> Option<&'a Levels> {
+    let state = over.state?;
+    state
+        .levels
+        .get_or_init(|| {
+            if !settings().hierarchy || over.p() < 3 {
+                return None;
+            }
+            let fake = settings().fake_hosts;
+            let hosts = with_core(|c| {
+                let host = |w: usize| match fake {
+                    0 => c.hosts[w].clone(),
+                    k => format!("fake{}", w * k / c.hosts.len().max(1)),
+                };
+                over.world
+                    .iter()
+                    .map(|w| host(*w as usize))
+                    .collect::<Vec<_>>()
+            });
+            levels_of(&hosts, over.me)
+        })
+        .as_ref()
 }
 
 /// [`levels`] over explicit host names (unit-testable).
@@ -624,14 +653,64 @@ fn bcast_flat(s: &mut Schedule, t: &Team, root: usize, buf: Slice) {
     }
 }
 
+// Two-level collectives run three phases: (1) among the ranks of each host, (2) among the host
+// leaders, (3) among the ranks of each host again (a broadcast has no phase 1, a reduce no
+// phase 3). A nonblocking form runs them as rounds of one schedule (`build_*`, `*_into_acc`);
+// a blocking form runs phases 1 and 3 as blocking collectives on the host-local
+// sub-communicator ([`two_level`]), which take the shared-memory component where it applies and
+// point-to-point otherwise, and phase 2 as a schedule over the whole communicator in which only
+// the leaders (and a reduce's root) have steps ([`run_leaders`]). Both share the phase-2
+// builders below.
+
+/// Phase 2 of a barrier.
+fn barrier_leaders(s: &mut Schedule, l: &Levels) {
+    if let Some(lt) = &l.leaders {
+        alg::barrier_dissemination(s, lt);
+    }
+}
+
+/// Phase 2 of a broadcast from `root`: the root's data to its host's leader, then among the
+/// leaders.
+fn bcast_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, buf: Slice) {
+    let lr = l.leader_of[root];
+    s.round();
+    if root != lr {
+        if me == root {
+            s.send(lr, buf);
+        } else if me == lr {
+            s.recv(root, buf);
+        }
+        s.round();
+    }
+    if let Some(lt) = &l.leaders {
+        bcast_flat(s, lt, index_in(lt, lr), buf);
+    }
+}
+
+/// Phase 2 of a reduce to `root`: the leaders' partial results (in `acc`) reduced to the
+/// root's leader, then sent on to the root (into its `acc`).
+fn reduce_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, acc: Slice, tmp: Slice) {
+    let lr = l.leader_of[root];
+    if let Some(lt) = &l.leaders {
+        alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
+    }
+    s.round();
+    if root != lr {
+        if me == lr {
+            s.send(root, acc);
+        } else if me == root {
+            s.recv(lr, acc);
+        }
+        s.round();
+    }
+}
+
 fn build_barrier(over: &Over<'_>) -> Schedule {
     let mut s = over.schedule("MPI_Barrier");
     match levels(over) {
         Some(l) => {
             alg::barrier_dissemination(&mut s, &l.node);
-            if let Some(lt) = &l.leaders {
-                alg::barrier_dissemination(&mut s, lt);
-            }
+            barrier_leaders(&mut s, l);
             alg::barrier_dissemination(&mut s, &l.node);
         }
         None => alg::barrier_dissemination(&mut s, &over.team()),
@@ -644,19 +723,7 @@ fn build_bcast(over: &Over<'_>, root: usize, len: usize) -> Schedule {
     let buf = Slice::new(Loc::Recv, 0, len);
     match levels(over) {
         Some(l) => {
-            let lr = l.leader_of[root];
-            s.round();
-            if root != lr {
-                if over.me == root {
-                    s.send(lr, buf);
-                } else if over.me == lr {
-                    s.recv(root, buf);
-                }
-                s.round();
-            }
-            if let Some(lt) = &l.leaders {
-                bcast_flat(&mut s, lt, index_in(lt, lr), buf);
-            }
+            bcast_leaders(&mut s, over.me, l, root, buf);
             alg::bcast_binomial(&mut s, &l.node, 0, buf);
         }
         None => bcast_flat(&mut s, &over.team(), root, buf),
@@ -693,23 +760,76 @@ fn reduce_into_acc(over: &Over<'_>, s: &mut Schedule, op: &ResolvedOp, root: usi
     let tmp = s.tmp(acc.len);
     match levels(over).filter(|_| op.commutative) {
         Some(l) => {
-            let lr = l.leader_of[root];
             alg::reduce_binomial(s, &l.node, 0, true, acc, tmp);
-            if let Some(lt) = &l.leaders {
-                alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
-            }
-            s.round();
-            if root != lr {
-                if over.me == lr {
-                    s.send(root, acc);
-                } else if over.me == root {
-                    s.recv(lr, acc);
-                }
-                s.round();
-            }
+            reduce_leaders(s, over.me, l, root, acc, tmp);
         }
         None => alg::reduce_binomial(s, &over.team(), root, op.commutative, acc, tmp),
     }
+}
+
+/// The host levels and host-local sub-communicator of a blocking two-level collective on
+/// `comm` (one with a commutative operation, if any): `None` when `comm` is flat, or when no
+/// context slot was free for the sub-communicator (the call then runs the one-schedule form).
+/// The sub-communicator is made at the first call that asks, collectively over `comm` (every
+/// member asks at the same call: the levels are the same everywhere), and kept with `comm`.
+fn two_level(comm: &CommData, commutative: bool) -> Result<Option<(&Levels, &CommData)>, Error> {
+    let Some(l) = levels(&Over::comm(comm)).filter(|_| commutative) else {
+        return Ok(None);
+    };
+    let cell = &comm.coll().node;
+    if let Some(node) = cell.get() {
+        return Ok(node.as_deref().map(|n| (l, n)));
+    }
+    let made = match comm.part(&l.node.members) {
+        Ok(c) => Some(Box::new(c)),
+        Err(Error::LocalContextsExhausted { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(cell.get_or_init(|| made).as_deref().map(|n| (l, n)))
+}
+
+/// Phase 2 of a blocking two-level collective on `comm`: a schedule built by `build` on `acc`
+/// (this rank's receive buffer, as a slice). Every member runs it, so all draw its call number;
+/// members with no step in it finish at once.
+fn run_leaders(
+    comm: &CommData,
+    name: &'static str,
+    op: Option<&ResolvedOp>,
+    acc: &mut [u8],
+    build: impl FnOnce(&mut Schedule, Slice),
+) -> Result<(), Error> {
+    let mut s = Over::comm(comm).schedule(name);
+    if let Some(op) = op {
+        s.set_op(op.clone());
+    }
+    build(&mut s, Slice::new(Loc::Recv, 0, acc.len()));
+    bind(&mut s, &[], acc);
+    run_blocking(s)
+}
+
+/// Phase 1 of a blocking two-level reduction: the operands of the host's ranks reduced into
+/// `acc` at the host leader (rank 0 of `node`). `mine` is this rank's operand (`None`: it is
+/// in `acc`); `acc` is unused elsewhere.
+fn reduce_to_leader(
+    node: &CommData,
+    mine: Option<&[u8]>,
+    acc: &mut [u8],
+    op: &ResolvedOp,
+) -> Result<(), Error> {
+    let (in_place, op, b) = (mine.is_none(), op.clone(), Mode::Blocking);
+    if node.rank_index() == 0 {
+        do_reduce(node, 0, mine.unwrap_or(&[]), Some(acc), in_place, op, b)
+    } else {
+        do_reduce(node, 0, mine.unwrap_or(acc), None, false, op, b)
+    }
+    .map(drop)
+}
+
+/// The first error of a two-level collective's phases. Every phase runs whatever happened in
+/// the earlier ones (as a schedule's rounds do), so that members which saw no error there are
+/// not left waiting.
+fn first_error<const N: usize>(phases: [Result<(), Error>; N]) -> Result<(), Error> {
+    phases.into_iter().collect()
 }
 
 /// Whether this rank only sends in the reduce [`reduce_into_acc`] builds: the flat binomial
@@ -724,13 +844,42 @@ fn reduce_leaf(over: &Over<'_>, op: &ResolvedOp, root: usize) -> bool {
     leaf && vr != 0 && (p < 3 || levels(over).filter(|_| op.commutative).is_none())
 }
 
-/// Byte blocks from counts and displacements in elements.
-fn blocks(loc: Loc, counts: &[usize], displs: &[usize], elem: usize) -> Vec<Slice> {
-    counts
-        .iter()
-        .zip(displs)
-        .map(|(c, d)| Slice::new(loc, d * elem, c * elem))
-        .collect()
+/// The per-rank blocks of a v-form's buffer: the caller's counts and displacements (in
+/// elements) and the element size, read in place rather than collected. Invariant (made by
+/// [`check_partition`]): one count and one displacement per rank, or none at all off the root
+/// of a gatherv or scatterv (where nothing reads them); none negative; every block inside the
+/// buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VBlocks<'a> {
+    counts: &'a [i32],
+    displs: &'a [i32],
+    elem: usize,
+}
+
+impl VBlocks<'_> {
+    /// The blocks a non-root passes to a gatherv or scatterv: none (it has no partition).
+    const NONE: VBlocks<'static> = VBlocks {
+        counts: &[],
+        displs: &[],
+        elem: 1,
+    };
+
+    /// Byte offset and length of rank `r`'s block.
+    pub(crate) fn at(&self, r: usize) -> (usize, usize) {
+        // Non-negative by the invariant.
+        let (d, c) = (self.displs[r] as usize, self.counts[r] as usize);
+        (d * self.elem, c * self.elem)
+    }
+
+    /// Every block, as slices of `loc` (for a schedule).
+    fn slices(&self, loc: Loc) -> Vec<Slice> {
+        (0..self.counts.len())
+            .map(|r| {
+                let (off, len) = self.at(r);
+                Slice::new(loc, off, len)
+            })
+            .collect()
+    }
 }
 
 fn uniform(loc: Loc, p: usize, n: usize) -> Vec<Slice> {
@@ -774,14 +923,16 @@ fn contiguous_recv<B: BufferMut + ?Sized>(op: &'static str, b: &B) -> Result<(),
     Ok(())
 }
 
-/// Validates `counts`/`displs` (elements) for `p` ranks against a buffer of `len` elements.
-fn check_partition(
+/// Validates `counts`/`displs` (elements of `elem` bytes) for `p` ranks against a buffer of
+/// `len` elements.
+fn check_partition<'a>(
     op: &'static str,
     p: usize,
-    counts: &[i32],
-    displs: &[i32],
+    counts: &'a [i32],
+    displs: &'a [i32],
+    elem: usize,
     len: usize,
-) -> Result<(Vec<usize>, Vec<usize>), Error> {
+) -> Result<VBlocks<'a>, Error> {
     if counts.len() != p || displs.len() != p {
         return Err(mismatch(
             op,
@@ -792,8 +943,6 @@ fn check_partition(
             ),
         ));
     }
-    let mut c = Vec::with_capacity(p);
-    let mut d = Vec::with_capacity(p);
     for (cnt, dis) in counts.iter().zip(displs) {
         let (Ok(cu), Ok(du)) = (usize::try_from(*cnt), usize::try_from(*dis)) else {
             return Err(mismatch(
@@ -807,37 +956,38 @@ fn check_partition(
                 format!("block {du}+{cu} outside a buffer of {len} elements"),
             ));
         }
-        c.push(cu);
-        d.push(du);
     }
-    Ok((c, d))
+    Ok(VBlocks {
+        counts,
+        displs,
+        elem,
+    })
 }
 
-/// Checks the receive partition of a v-form; returns counts and displacements (elements) and
-/// the element size in bytes.
-fn recv_partition<R: BufferMut + ?Sized>(
+/// Checks the receive partition of a v-form; returns its blocks and its buffer's bytes.
+fn recv_partition<'p, R: BufferMut + ?Sized>(
     op: &'static str,
     p: usize,
-    part: &mut PartitionMut<'_, R>,
-) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    part: &'p mut PartitionMut<'_, R>,
+) -> Result<(VBlocks<'p>, &'p mut [u8]), Error> {
     contiguous_recv(op, &*part.buf)?;
     let elem = part.buf.item_datatype().size().max(1);
-    let len = part.buf.as_bytes_mut().len() / elem;
-    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
-    Ok((c, d, elem))
+    let bytes = part.buf.as_bytes_mut();
+    let v = check_partition(op, p, &part.counts, &part.displs, elem, bytes.len() / elem)?;
+    Ok((v, bytes))
 }
 
 /// As [`recv_partition`], for a send partition.
-fn send_partition<S: Buffer + ?Sized>(
+fn send_partition<'p, S: Buffer + ?Sized>(
     op: &'static str,
     p: usize,
-    part: &Partition<'_, S>,
-) -> Result<(Vec<usize>, Vec<usize>, usize), Error> {
+    part: &'p Partition<'_, S>,
+) -> Result<(VBlocks<'p>, &'p [u8]), Error> {
     contiguous_send(op, part.buf)?;
     let elem = part.buf.item_datatype().size().max(1);
-    let len = part.buf.as_bytes().len() / elem;
-    let (c, d) = check_partition(op, p, &part.counts, &part.displs, len)?;
-    Ok((c, d, elem))
+    let bytes = part.buf.as_bytes();
+    let v = check_partition(op, p, &part.counts, &part.displs, elem, bytes.len() / elem)?;
+    Ok((v, bytes))
 }
 
 /// Validates the per-rank counts (elements) of `MPI_Reduce_scatter`.
@@ -979,10 +1129,21 @@ fn do_allreduce(
             format!("{} bytes are not whole elements", recv.len()),
         ));
     }
-    if matches!(mode, Mode::Blocking)
-        && let Some(r) = shm::allreduce(comm, send, recv, &op)
-    {
-        return r.map(|()| None);
+    if matches!(mode, Mode::Blocking) {
+        if let Some(r) = shm::allreduce(comm, send, recv, &op) {
+            return r.map(|()| None);
+        }
+        if let Some((l, node)) = two_level(comm, op.commutative)? {
+            let host = reduce_to_leader(node, send, recv, &op);
+            let leaders = run_leaders(comm, name, Some(&op), recv, |s, acc| {
+                if let Some(lt) = &l.leaders {
+                    let tmp = s.tmp(acc.len);
+                    allreduce_flat(s, lt, &op, acc, tmp);
+                }
+            });
+            let back = do_bcast(node, 0, recv);
+            return first_error([host, leaders, back]).map(|()| None);
+        }
     }
     let over = Over::comm(comm);
     if pair_fast(&over, &mode) && recv.len() < settings().allreduce_short {
@@ -1031,6 +1192,23 @@ fn do_allreduce(
     finish(s, mode)
 }
 
+/// Blocking broadcast of `buf` from `root`.
+fn do_bcast(comm: &CommData, root: usize, buf: &mut [u8]) -> Result<(), Error> {
+    if let Some(r) = shm::bcast(comm, root, buf) {
+        return r;
+    }
+    if let Some((l, node)) = two_level(comm, true)? {
+        let me = comm.rank_index();
+        let leaders = run_leaders(comm, "MPI_Bcast", None, buf, |s, b| {
+            bcast_leaders(s, me, l, root, b);
+        });
+        return first_error([leaders, do_bcast(node, 0, buf)]);
+    }
+    let mut s = build_bcast(&Over::comm(comm), root, buf.len());
+    bind(&mut s, &[], buf);
+    run_blocking(s)
+}
+
 fn do_reduce(
     comm: &CommData,
     root: usize,
@@ -1061,10 +1239,34 @@ fn do_reduce(
         None => &mut empty[..],
     };
     if matches!(mode, Mode::Blocking) {
-        let send = (!in_place).then_some(send);
-        let recv = (over.me == root).then_some(&mut *recv);
-        if let Some(r) = shm::reduce(comm, root, send, recv, &op) {
+        let mine = (!in_place).then_some(send);
+        if let Some(r) = shm::reduce(
+            comm,
+            root,
+            mine,
+            (over.me == root).then_some(&mut *recv),
+            &op,
+        ) {
             return r.map(|()| None);
+        }
+        if let Some((l, node)) = two_level(comm, op.commutative)? {
+            // The accumulator: the result buffer at the root, a temporary at the other
+            // leaders, nothing elsewhere.
+            let leader = l.leader_of[over.me] == over.me;
+            let mut tmp = (leader && over.me != root).then(|| schedule::take_tmp(n));
+            let acc = match &mut tmp {
+                Some(t) => &mut t[..n],
+                None => recv,
+            };
+            let host = reduce_to_leader(node, mine, acc, &op);
+            let leaders = run_leaders(comm, name, Some(&op), acc, |s, acc| {
+                let tmp = s.tmp(if l.leaders.is_some() { n } else { 0 });
+                reduce_leaders(s, over.me, l, root, acc, tmp);
+            });
+            if let Some(t) = tmp {
+                schedule::give_tmp(t);
+            }
+            return first_error([host, leaders]).map(|()| None);
         }
     }
     let mut s = over.schedule(name);
@@ -1090,14 +1292,15 @@ fn do_reduce(
     finish(s, mode)
 }
 
-/// Gather of uniform (`counts == None`) or variable blocks; `mine` is `None` in place.
+/// Gather of uniform (`vblocks == None`) or variable blocks (known at the root only: empty
+/// elsewhere); `send` is unused in place.
 #[allow(clippy::too_many_arguments)]
 fn do_gather(
     comm: &CommData,
     root: usize,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1105,8 +1308,9 @@ fn do_gather(
     let over = Over::comm(comm);
     let p = over.p();
     let is_root = over.me == root;
-    let mut s = over.schedule(name);
-    match vblocks {
+    let blocking = matches!(mode, Mode::Blocking);
+    // The schedule is built only once the shared-memory path has declined the call.
+    let mut s = match vblocks {
         None => {
             let n = if in_place {
                 recv.len() / p.max(1)
@@ -1119,11 +1323,12 @@ fn do_gather(
                     format!("{p} blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
-            if matches!(mode, Mode::Blocking)
+            if blocking
                 && let Some(r) = shm::gather(comm, root, (!in_place).then_some(send), recv, n)
             {
                 return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
             let mine = if in_place {
                 Slice::new(Loc::Recv, root * n, n)
             } else {
@@ -1141,38 +1346,35 @@ fn do_gather(
                 let b = uniform(Loc::Recv, p, n);
                 alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
             }
+            s
         }
-        Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Recv, &counts, &displs, elem);
-            let mine = if in_place {
-                b[root]
-            } else {
-                Slice::new(Loc::Send, 0, send.len())
-            };
-            if is_root && !in_place && send.len() != b[root].len {
+        Some(v) => {
+            if is_root && !in_place && send.len() != v.at(root).1 {
                 return Err(mismatch(
                     name,
                     format!(
                         "root sends {} bytes into a {}-byte block",
                         send.len(),
-                        b[root].len
+                        v.at(root).1
                     ),
                 ));
             }
-            if matches!(mode, Mode::Blocking) {
-                let at = if is_root {
-                    b.iter().map(|x| (x.off, x.len)).collect()
-                } else {
-                    Vec::new()
-                };
-                let mine = (!in_place).then_some(send);
-                if let Some(r) = shm::gatherv(comm, root, mine, recv, &at) {
-                    return r.map(|()| None);
-                }
+            if blocking
+                && let Some(r) = shm::gatherv(comm, root, (!in_place).then_some(send), recv, v)
+            {
+                return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
+            let b = v.slices(Loc::Recv);
+            let mine = if in_place {
+                b[root]
+            } else {
+                Slice::new(Loc::Send, 0, send.len())
+            };
             alg::gather_linear(&mut s, &over.team(), root, mine, is_root.then_some(&b[..]));
+            s
         }
-    }
+    };
     bind(&mut s, send, recv);
     finish(s, mode)
 }
@@ -1189,13 +1391,15 @@ fn alg_subtree_bytes(me: usize, root: usize, p: usize, n: usize) -> usize {
     k.max(1) * n
 }
 
+/// Scatter of uniform (`vblocks == None`) or variable blocks (known at the root only: empty
+/// elsewhere); `recv` is unused in place.
 #[allow(clippy::too_many_arguments)]
 fn do_scatter(
     comm: &CommData,
     root: usize,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1203,8 +1407,9 @@ fn do_scatter(
     let over = Over::comm(comm);
     let p = over.p();
     let is_root = over.me == root;
-    let mut s = over.schedule(name);
-    match vblocks {
+    let blocking = matches!(mode, Mode::Blocking);
+    // The schedule is built only once the shared-memory path has declined the call.
+    let mut s = match vblocks {
         None => {
             let n = if is_root {
                 send.len() / p.max(1)
@@ -1223,12 +1428,13 @@ fn do_scatter(
                     format!("blocks of {n} bytes into {} bytes", recv.len()),
                 ));
             }
-            if matches!(mode, Mode::Blocking)
+            if blocking
                 && let Some(r) =
                     shm::scatter(comm, root, send, (!in_place).then_some(&mut *recv), n)
             {
                 return r.map(|()| None);
             }
+            let mut s = over.schedule(name);
             let mine = if in_place {
                 s.tmp(n)
             } else {
@@ -1246,38 +1452,36 @@ fn do_scatter(
                 let b = uniform(Loc::Send, p, n);
                 alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
             }
+            s
         }
-        Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Send, &counts, &displs, elem);
+        Some(v) => {
+            if is_root && !in_place && recv.len() != v.at(root).1 {
+                return Err(mismatch(
+                    name,
+                    format!(
+                        "root block of {} bytes into {} bytes",
+                        v.at(root).1,
+                        recv.len()
+                    ),
+                ));
+            }
+            if blocking
+                && let Some(r) =
+                    shm::scatterv(comm, root, send, v, (!in_place).then_some(&mut *recv))
+            {
+                return r.map(|()| None);
+            }
+            let mut s = over.schedule(name);
+            let b = v.slices(Loc::Send);
             let mine = if in_place {
                 s.tmp(b[root].len)
             } else {
                 Slice::new(Loc::Recv, 0, recv.len())
             };
-            if is_root && !in_place && recv.len() != b[root].len {
-                return Err(mismatch(
-                    name,
-                    format!(
-                        "root block of {} bytes into {} bytes",
-                        b[root].len,
-                        recv.len()
-                    ),
-                ));
-            }
-            if matches!(mode, Mode::Blocking) {
-                let at = if is_root {
-                    b.iter().map(|x| (x.off, x.len)).collect()
-                } else {
-                    Vec::new()
-                };
-                let mine = (!in_place).then_some(&mut *recv);
-                if let Some(r) = shm::scatterv(comm, root, send, &at, mine) {
-                    return r.map(|()| None);
-                }
-            }
             alg::scatter_linear(&mut s, &over.team(), root, is_root.then_some(&b[..]), mine);
+            s
         }
-    }
+    };
     bind(&mut s, send, recv);
     finish(s, mode)
 }
@@ -1286,7 +1490,7 @@ fn do_allgather(
     comm: &CommData,
     send: &[u8],
     recv: &mut [u8],
-    vblocks: Option<(Vec<usize>, Vec<usize>, usize)>,
+    vblocks: Option<VBlocks<'_>>,
     in_place: bool,
     mode: Mode,
 ) -> Result<Option<Shared>, Error> {
@@ -1294,7 +1498,6 @@ fn do_allgather(
     let over = Over::comm(comm);
     let p = over.p();
     let me = over.me;
-    let mut s = over.schedule(name);
     let blks = match vblocks {
         None => {
             let n = if in_place {
@@ -1314,6 +1517,7 @@ fn do_allgather(
                 return r.map(|()| None);
             }
             if choose_allgather(&settings(), n * p) == "bruck" && p > 1 {
+                let mut s = over.schedule(name);
                 let mine = if in_place {
                     Slice::new(Loc::Recv, me * n, n)
                 } else {
@@ -1332,17 +1536,18 @@ fn do_allgather(
             }
             uniform(Loc::Recv, p, n)
         }
-        Some((counts, displs, elem)) => {
-            let b = blocks(Loc::Recv, &counts, &displs, elem);
-            if !in_place && send.len() != b[me].len {
+        Some(v) => {
+            let mine = v.at(me).1;
+            if !in_place && send.len() != mine {
                 return Err(mismatch(
                     name,
-                    format!("sends {} bytes into a {}-byte block", send.len(), b[me].len),
+                    format!("sends {} bytes into a {mine}-byte block", send.len()),
                 ));
             }
-            b
+            v.slices(Loc::Recv)
         }
     };
+    let mut s = over.schedule(name);
     if !in_place {
         s.copy(Slice::new(Loc::Send, 0, blks[me].len), blks[me]);
     }
@@ -1678,6 +1883,13 @@ pub(crate) fn comm_barrier(comm: &CommData) -> Result<(), Error> {
     if let Some(r) = shm::barrier(comm) {
         return r;
     }
+    if let Some((l, node)) = two_level(comm, true)? {
+        let arrive = comm_barrier(node);
+        let leaders = run_leaders(comm, "MPI_Barrier", None, &mut [], |s, _| {
+            barrier_leaders(s, l);
+        });
+        return first_error([arrive, leaders, comm_barrier(node)]);
+    }
     let over = Over::comm(comm);
     if pair_fast(&over, &Mode::Blocking) {
         let z = std::ptr::NonNull::<u8>::dangling().as_ptr();
@@ -1758,20 +1970,12 @@ pub trait CommunicatorCollectives: Communicator {
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
         contiguous_send("MPI_Allgatherv", send)?;
-        let elem = recv.buf.item_datatype().size().max(1);
-        let len = recv.buf.as_bytes_mut().len() / elem;
-        let (c, d) = check_partition(
-            "MPI_Allgatherv",
-            self.size() as usize,
-            &recv.counts,
-            &recv.displs,
-            len,
-        )?;
+        let (v, rb) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
         do_allgather(
             self.data(),
             send.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some((c, d, elem)),
+            rb,
+            Some(v),
             false,
             Mode::Blocking,
         )
@@ -1829,25 +2033,14 @@ pub trait CommunicatorCollectives: Communicator {
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
         let p = self.size() as usize;
-        let se = send.buf.item_datatype().size().max(1);
-        let re = recv.buf.item_datatype().size().max(1);
-        let (sc, sd) = check_partition(
-            "MPI_Alltoallv",
-            p,
-            &send.counts,
-            &send.displs,
-            send.buf.as_bytes().len() / se,
-        )?;
-        let rlen = recv.buf.as_bytes_mut().len() / re;
-        let (rc, rd) = check_partition("MPI_Alltoallv", p, &recv.counts, &recv.displs, rlen)?;
-        let sb = blocks(Loc::Send, &sc, &sd, se);
-        let rb = blocks(Loc::Recv, &rc, &rd, re);
+        let (sv, sbytes) = send_partition("MPI_Alltoallv", p, send)?;
+        let (rv, rbytes) = recv_partition("MPI_Alltoallv", p, recv)?;
         do_alltoall(
             self.data(),
-            send.buf.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some(sb),
-            Some(rb),
+            sbytes,
+            rbytes,
+            Some(sv.slices(Loc::Send)),
+            Some(rv.slices(Loc::Recv)),
             false,
             Mode::Blocking,
         )
@@ -1982,17 +2175,8 @@ pub trait CommunicatorCollectives: Communicator {
         &self,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let (c, d, elem) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
-        let rb = recv.buf.as_bytes_mut();
-        do_allgather(
-            self.data(),
-            &[],
-            rb,
-            Some((c, d, elem)),
-            true,
-            Mode::Blocking,
-        )
-        .map(drop)
+        let (v, rb) = recv_partition("MPI_Allgatherv", self.size() as usize, recv)?;
+        do_allgather(self.data(), &[], rb, Some(v), true, Mode::Blocking).map(drop)
     }
 
     /// `MPI_Alltoallv` with `MPI_IN_PLACE`: block i of `buf` goes to rank i and is replaced by
@@ -2004,15 +2188,13 @@ pub trait CommunicatorCollectives: Communicator {
         &self,
         buf: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let (c, d, elem) = recv_partition("MPI_Alltoallv", self.size() as usize, buf)?;
-        let rb = blocks(Loc::Recv, &c, &d, elem);
-        let bytes = buf.buf.as_bytes_mut();
+        let (v, bytes) = recv_partition("MPI_Alltoallv", self.size() as usize, buf)?;
         do_alltoall(
             self.data(),
             &[],
             bytes,
             None,
-            Some(rb),
+            Some(v.slices(Loc::Recv)),
             true,
             Mode::Blocking,
         )
@@ -2335,10 +2517,16 @@ pub trait CommunicatorCollectives: Communicator {
     ) -> Result<Request<'a, Sc>, Error> {
         let name = "MPI_Iallgatherv";
         contiguous_send(name, send)?;
-        let v = recv_partition(name, self.size() as usize, recv)?;
-        let (sb, rb) = (send.as_bytes(), recv.buf.as_bytes_mut());
+        let (v, rb) = recv_partition(name, self.size() as usize, recv)?;
         immediate(
-            do_allgather(self.data(), sb, rb, Some(v), false, Mode::Immediate),
+            do_allgather(
+                self.data(),
+                send.as_bytes(),
+                rb,
+                Some(v),
+                false,
+                Mode::Immediate,
+            ),
             scope,
         )
     }
@@ -2352,8 +2540,7 @@ pub trait CommunicatorCollectives: Communicator {
         scope: Sc,
         recv: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let v = recv_partition("MPI_Iallgatherv", self.size() as usize, recv)?;
-        let rb = recv.buf.as_bytes_mut();
+        let (v, rb) = recv_partition("MPI_Iallgatherv", self.size() as usize, recv)?;
         immediate(
             do_allgather(self.data(), &[], rb, Some(v), true, Mode::Immediate),
             scope,
@@ -2394,19 +2581,14 @@ pub trait CommunicatorCollectives: Communicator {
     ) -> Result<Request<'a, Sc>, Error> {
         let name = "MPI_Ialltoallv";
         let p = self.size() as usize;
-        let (sc, sd, se) = send_partition(name, p, send)?;
-        let (rc, rd, re) = recv_partition(name, p, recv)?;
-        let (sb, rb) = (
-            blocks(Loc::Send, &sc, &sd, se),
-            blocks(Loc::Recv, &rc, &rd, re),
-        );
-        let (sbytes, rbytes) = (send.buf.as_bytes(), recv.buf.as_bytes_mut());
+        let (sv, sbytes) = send_partition(name, p, send)?;
+        let (rv, rbytes) = recv_partition(name, p, recv)?;
         let e = do_alltoall(
             self.data(),
             sbytes,
             rbytes,
-            Some(sb),
-            Some(rb),
+            Some(sv.slices(Loc::Send)),
+            Some(rv.slices(Loc::Recv)),
             false,
             Mode::Immediate,
         );
@@ -2422,16 +2604,14 @@ pub trait CommunicatorCollectives: Communicator {
         scope: Sc,
         buf: &'a mut PartitionMut<'_, R>,
     ) -> Result<Request<'a, Sc>, Error> {
-        let (c, d, elem) = recv_partition("MPI_Ialltoallv", self.size() as usize, buf)?;
-        let rb = blocks(Loc::Recv, &c, &d, elem);
-        let bytes = buf.buf.as_bytes_mut();
+        let (v, bytes) = recv_partition("MPI_Ialltoallv", self.size() as usize, buf)?;
         immediate(
             do_alltoall(
                 self.data(),
                 &[],
                 bytes,
                 None,
-                Some(rb),
+                Some(v.slices(Loc::Recv)),
                 true,
                 Mode::Immediate,
             ),
@@ -2980,12 +3160,6 @@ impl Process<'_> {
         Ok(r)
     }
 
-    /// The blocks a non-root passes to a v-form (it has no partition: all empty).
-    fn no_partition(&self) -> (Vec<usize>, Vec<usize>, usize) {
-        let p = self.comm_data().group().size() as usize;
-        (vec![0; p], vec![0; p], 1)
-    }
-
     /// Gather(v) at a non-root, run in `mode`.
     fn gather_nonroot<S: Buffer + ?Sized>(
         &self,
@@ -2996,7 +3170,7 @@ impl Process<'_> {
     ) -> Result<Option<Shared>, Error> {
         let root = self.not_root(what)?;
         contiguous_send(what, send)?;
-        let v = varcount.then(|| self.no_partition());
+        let v = varcount.then_some(VBlocks::NONE);
         do_gather(
             self.comm_data(),
             root,
@@ -3018,7 +3192,7 @@ impl Process<'_> {
     ) -> Result<Option<Shared>, Error> {
         let root = self.not_root(what)?;
         contiguous_recv(what, recv)?;
-        let v = varcount.then(|| self.no_partition());
+        let v = varcount.then_some(VBlocks::NONE);
         do_scatter(
             self.comm_data(),
             root,
@@ -3117,10 +3291,9 @@ impl Process<'_> {
             contiguous_send(what, sb)?;
         }
         let p = self.comm_data().group().size() as usize;
-        let v = recv_partition(what, p, recv)?;
+        let (v, rb) = recv_partition(what, p, recv)?;
         let (sb, in_place) = send.map_or((&[][..], true), |sb| (sb.as_bytes(), false));
-        let (c, rb) = (self.comm_data(), recv.buf.as_bytes_mut());
-        do_gather(c, root, sb, rb, Some(v), in_place, mode)
+        do_gather(self.comm_data(), root, sb, rb, Some(v), in_place, mode)
     }
 
     /// Scatterv at the root, run in `mode`; `recv` is `None` in place.
@@ -3136,10 +3309,9 @@ impl Process<'_> {
             contiguous_recv(what, &**rb)?;
         }
         let p = self.comm_data().group().size() as usize;
-        let v = send_partition(what, p, send)?;
+        let (v, sb) = send_partition(what, p, send)?;
         let (rb, in_place) = recv.map_or((&mut [][..], true), |rb| (rb.as_bytes_mut(), false));
-        let (c, sb) = (self.comm_data(), send.buf.as_bytes());
-        do_scatter(c, root, sb, rb, Some(v), in_place, mode)
+        do_scatter(self.comm_data(), root, sb, rb, Some(v), in_place, mode)
     }
 }
 
@@ -3153,21 +3325,11 @@ impl Root for Process<'_> {
                 let mut pos = 0;
                 dt.pack_into(buf.as_bytes_mut(), count, &mut packed, &mut pos)?;
             }
-            run_blocking({
-                let mut s = build_bcast(&Over::comm(self.comm_data()), root, packed.len());
-                bind(&mut s, &[], &mut packed);
-                s
-            })?;
+            do_bcast(self.comm_data(), root, &mut packed)?;
             let mut pos = 0;
             return dt.unpack_from(&packed, &mut pos, buf.as_bytes_mut(), count);
         }
-        let bytes = buf.as_bytes_mut();
-        if let Some(r) = shm::bcast(self.comm_data(), root, bytes) {
-            return r;
-        }
-        let mut s = build_bcast(&Over::comm(self.comm_data()), root, bytes.len());
-        bind(&mut s, &[], bytes);
-        run_blocking(s)
+        do_bcast(self.comm_data(), root, buf.as_bytes_mut())
     }
 
     fn immediate_broadcast_into<'a, Sc: Scope<'a>, B: BufferMut + ?Sized>(
@@ -3212,22 +3374,8 @@ impl Root for Process<'_> {
         send: &S,
         recv: &mut PartitionMut<'_, R>,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Gatherv")?;
-        contiguous_send("MPI_Gatherv", send)?;
-        let p = self.comm_data().group().size() as usize;
-        let elem = recv.buf.item_datatype().size().max(1);
-        let len = recv.buf.as_bytes_mut().len() / elem;
-        let (c, d) = check_partition("MPI_Gatherv", p, &recv.counts, &recv.displs, len)?;
-        do_gather(
-            self.comm_data(),
-            root,
-            send.as_bytes(),
-            recv.buf.as_bytes_mut(),
-            Some((c, d, elem)),
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.gatherv_root("MPI_Gatherv", Some(send), recv, Mode::Blocking)
+            .map(drop)
     }
 
     fn scatter_into<R: BufferMut + ?Sized>(&self, recv: &mut R) -> Result<(), Error> {
@@ -3259,27 +3407,8 @@ impl Root for Process<'_> {
         send: &Partition<'_, S>,
         recv: &mut R,
     ) -> Result<(), Error> {
-        let root = self.is_root("MPI_Scatterv")?;
-        contiguous_recv("MPI_Scatterv", recv)?;
-        let p = self.comm_data().group().size() as usize;
-        let elem = send.buf.item_datatype().size().max(1);
-        let (c, d) = check_partition(
-            "MPI_Scatterv",
-            p,
-            &send.counts,
-            &send.displs,
-            send.buf.as_bytes().len() / elem,
-        )?;
-        do_scatter(
-            self.comm_data(),
-            root,
-            send.buf.as_bytes(),
-            recv.as_bytes_mut(),
-            Some((c, d, elem)),
-            false,
-            Mode::Blocking,
-        )
-        .map(drop)
+        self.scatterv_root("MPI_Scatterv", send, Some(recv), Mode::Blocking)
+            .map(drop)
     }
 
     fn reduce_into<S: Buffer + ?Sized, O: Operation>(&self, send: &S, op: O) -> Result<(), Error> {

@@ -13,6 +13,10 @@
 //! so all members choose alike. Everything else, and every nonblocking collective, stays on
 //! the point-to-point schedules of the parent module.
 //!
+//! A blocking barrier, bcast, reduce or allreduce on a communicator spread over hosts (two-level)
+//! runs its phases inside each host as collectives on a communicator of that host's ranks, so
+//! they take this path there under the same rules.
+//!
 //! # Lifetime
 //! The region is made at the first collective call on a communicator that selects this path:
 //! the leader (rank 0 of the communicator) creates `/dev/shm/braid-<job>-coll-<leader world
@@ -32,6 +36,9 @@
 //!                     +16  cell 0: descriptor u64, 16 inline data bytes   (even steps)
 //!                     +40  cell 1: descriptor u64, 16 inline data bytes   (odd steps)
 //!                     +64  pid: i32 (liveness checks)
+//!                     +72  bell: u32, futex word rank r bumps when it posts while a member
+//!                          sleeps on it
+//!                     +76  sleepers: u32, members sleeping on `bell`
 //! slots (4 KiB aligned) + (2 r + k) slot   data slot k of rank r (slot bytes each)
 //! ```
 //!
@@ -81,12 +88,19 @@
 //! # Waiting
 //! A wait polls the peer's `posted` word with one pause instruction between polls until the
 //! core's spin budget (`BRAID_SPIN_US`: 1 ms, 50 µs when ranks outnumber cores) is spent,
-//! yielding the core between polls when ranks outnumber cores, then sleeps 20 µs between
-//! polls, so that a peer sharing the core gets it; it reads the clock only every 64 polls.
-//! Every 256 polls it makes point-to-point progress (so pending nonblocking operations and
-//! collectives of other ranks advance) and fails with [`Error::PeerLost`] if the core has
-//! lost that peer or its process is gone. A peer that is alive but never arrives (an
-//! erroneous program) is a hang, as with point-to-point.
+//! yielding the core between polls when ranks outnumber cores; it reads the clock only every 64
+//! polls. Then it sleeps on the peer's `bell` futex, so that a peer sharing the core gets it,
+//! and the peer wakes it when it posts: a Dekker-style handshake, as the rings' doorbells do
+//! (the sleeper counts itself in `sleepers`, `fence(SeqCst)`, reads `bell`, re-checks `posted`
+//! and sleeps while `bell` is unchanged; the poster stores `posted`, `fence(SeqCst)`, and when
+//! `sleepers` is not 0 bumps `bell` and wakes its sleepers: one fence orders before the other,
+//! so either the sleeper sees the post or the poster sees the sleeper). Every 256 polls while
+//! spinning and after every sleep (at most [`SLEEP_MAX`]) it makes point-to-point progress (so
+//! pending nonblocking operations and collectives of other ranks advance) and fails with
+//! [`Error::PeerLost`] if the core has lost that peer or its process is gone. A peer that is
+//! alive but never arrives (an erroneous program) is a hang, as with point-to-point. The
+//! two-level collectives depend on this: their other ranks of a host wait in this component
+//! while the host's leader talks to the other hosts.
 //!
 //! # Cost model
 //! Per step and rank: one cache line written (the own control block) and one read per peer it
@@ -103,11 +117,10 @@
 //! `osu_reduce`: 1 MiB in 67 µs with the pair split against 150 µs folded by the root alone.
 //!
 //! # Not yet implemented
-//! The intra-host phase of the two-level algorithms, futex sleeping in long waits, a probe of
-//! `process_vm_writev` apart from the read probe (the kernel applies the same ptrace check to
-//! both, so a host that allows reads allows writes).
+//! A probe of `process_vm_writev` apart from the read probe (the kernel applies the same ptrace
+//! check to both, so a host that allows reads allows writes).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -115,7 +128,7 @@ use braid_engine::ContextId;
 use braid_shm::Segment;
 
 use super::op::ResolvedOp;
-use super::{Over, bind, build_bcast, mismatch, run_blocking};
+use super::{Over, VBlocks, bind, build_bcast, mismatch, run_blocking};
 use crate::communicator::CommData;
 use crate::core::{SpinPolicy, with_core};
 use crate::error::Error;
@@ -132,9 +145,15 @@ const CELL_STRIDE: usize = 24;
 /// Inline data bytes of a cell (after its descriptor).
 const INLINE: usize = 16;
 const PID: usize = 64;
+/// Offsets of `bell` and `sleepers` in a control block (see the layout).
+const BELL: usize = 72;
+const SLEEPERS: usize = 76;
+/// Longest sleep of a long wait between liveness checks and point-to-point progress (a post
+/// wakes the sleeper at once).
+const SLEEP_MAX: Duration = Duration::from_millis(1);
 // Both cells share the `posted` word's cache line; the pid fits in the block.
 const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE);
-const _: () = assert!(PID + 4 <= CTRL);
+const _: () = assert!(PID + 4 <= BELL && SLEEPERS + 4 <= CTRL && BELL.is_multiple_of(4));
 /// Messages longer than 2^40 bytes never take this path (descriptor field width).
 const LEN_BITS: u32 = 40;
 /// Broadcasts, allgathers, gathers and scatters of at least this many bytes (per rank) copy
@@ -368,7 +387,7 @@ pub(crate) fn scatter(
 }
 
 /// `MPI_Gatherv` to `root`: `send` is this member's block (`None` in place at the root);
-/// `blocks` gives, at the root, each member's `(offset, length)` in bytes in `recv`. Only with
+/// `blocks` gives, at the root, each member's offset and length in bytes in `recv`. Only with
 /// single-copy transfers: a member knows no length but its own, so the path may not depend on
 /// them, and without single-copy reads a long block would need a pipeline whose length only
 /// its owner knows.
@@ -377,7 +396,7 @@ pub(crate) fn gatherv(
     root: usize,
     send: Option<&[u8]>,
     recv: &mut [u8],
-    blocks: &[(usize, usize)],
+    blocks: VBlocks<'_>,
 ) -> Option<Result<(), Error>> {
     let region = match region_for(comm, 0)? {
         Ok(r) => r,
@@ -387,14 +406,14 @@ pub(crate) fn gatherv(
     g.cma.then(|| g.gatherv(root, send, recv, blocks))
 }
 
-/// `MPI_Scatterv` from `root`: `blocks` gives, at the root, each member's `(offset, length)`
+/// `MPI_Scatterv` from `root`: `blocks` gives, at the root, each member's offset and length
 /// in bytes in `send`; `recv` is this member's block (`None` in place at the root). Only with
 /// single-copy transfers, as [`gatherv`].
 pub(crate) fn scatterv(
     comm: &CommData,
     root: usize,
     send: &[u8],
-    blocks: &[(usize, usize)],
+    blocks: VBlocks<'_>,
     recv: Option<&mut [u8]>,
 ) -> Option<Result<(), Error>> {
     let region = match region_for(comm, 0)? {
@@ -677,6 +696,19 @@ impl Region {
         unsafe { AtomicU64::from_ptr(self.ctrl(r).cast::<u64>()) }
     }
 
+    /// Member `r`'s `bell` (futex) word.
+    fn bell(&self, r: usize) -> &AtomicU32 {
+        // SAFETY: 4-aligned (BELL in a 128-aligned block), in bounds, only ever accessed
+        // atomically (and by the futex syscall), by every process; lives as long as `self.seg`.
+        unsafe { AtomicU32::from_ptr(self.ctrl(r).add(BELL).cast::<u32>()) }
+    }
+
+    /// Member `r`'s `sleepers` word.
+    fn sleepers(&self, r: usize) -> &AtomicU32 {
+        // SAFETY: as for `bell`.
+        unsafe { AtomicU32::from_ptr(self.ctrl(r).add(SLEEPERS).cast::<u32>()) }
+    }
+
     /// Member `r`'s descriptor word of step `s`.
     fn desc_word(&self, r: usize, s: u64) -> &AtomicU64 {
         let off = CELL + (s % 2) as usize * CELL_STRIDE;
@@ -722,6 +754,13 @@ impl Region {
     fn post(&mut self, s: u64) {
         self.posted(self.me).store(s, Ordering::Release);
         self.seen[self.me] = s;
+        // The poster's half of the handshake with a sleeper in `wait` (module docs, Waiting).
+        fence(Ordering::SeqCst);
+        if self.sleepers(self.me).load(Ordering::Relaxed) != 0 {
+            let bell = self.bell(self.me);
+            bell.fetch_add(1, Ordering::Release);
+            braid_shm::futex_wake(bell, i32::MAX);
+        }
     }
 
     /// Checks member `r`'s descriptor of step `s` (after its post was seen).
@@ -765,27 +804,43 @@ impl Region {
             polls = polls.wrapping_add(1);
             if sleeping {
                 // The spin budget is spent: give the core away for real (the peer may be
-                // waiting for it), at the price of up to a timer slack of extra latency.
-                std::thread::sleep(Duration::from_micros(20));
+                // waiting for it) until the peer posts.
+                self.sleep_on(r, s);
+                if self.posted(r).load(Ordering::Acquire) < s {
+                    self.stalled(r)?;
+                }
+                continue;
+            }
+            // One pause per poll (about 40 cycles before Skylake, 140 since: Intel
+            // optimization manual, "Pause latency in Skylake microarchitecture"): a longer
+            // backoff would only delay us, since polling a line nobody writes stays in L1.
+            if polls >= 16 && self.spin.yield_between {
+                std::thread::yield_now();
             } else {
-                // One pause per poll (about 40 cycles before Skylake, 140 since: Intel
-                // optimization manual, "Pause latency in Skylake microarchitecture"): a longer
-                // backoff would only delay us, since polling a line nobody writes stays in L1.
-                if polls >= 16 && self.spin.yield_between {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
-                // The clock only every 64 polls: a read costs several polls' time (more in a
-                // virtual machine) and would delay seeing the post.
-                if polls.is_multiple_of(64) {
-                    sleeping = start.get_or_insert_with(Instant::now).elapsed() >= self.spin.spin;
-                }
+                std::hint::spin_loop();
+            }
+            // The clock only every 64 polls: a read costs several polls' time (more in a
+            // virtual machine) and would delay seeing the post.
+            if polls.is_multiple_of(64) {
+                sleeping = start.get_or_insert_with(Instant::now).elapsed() >= self.spin.spin;
             }
             if polls.is_multiple_of(256) {
                 self.stalled(r)?;
             }
         }
+    }
+
+    /// The sleeper's half of the handshake with `post` (module docs, Waiting): sleeps on
+    /// member `r`'s bell unless it has posted step `s`, for at most [`SLEEP_MAX`].
+    fn sleep_on(&self, r: usize, s: u64) {
+        let (bell, sleepers) = (self.bell(r), self.sleepers(r));
+        sleepers.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let rung = bell.load(Ordering::Acquire);
+        if self.posted(r).load(Ordering::Acquire) < s {
+            braid_shm::futex_wait(bell, rung, SLEEP_MAX);
+        }
+        sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Waits until every member has posted step `s`.
@@ -1811,7 +1866,7 @@ impl Region {
         root: usize,
         send: Option<&[u8]>,
         recv: &mut [u8],
-        blocks: &[(usize, usize)],
+        blocks: VBlocks<'_>,
     ) -> Result<(), Error> {
         self.step += 1;
         let s = self.step;
@@ -1822,7 +1877,8 @@ impl Region {
             let d = desc(Kind::Gatherv, root, table);
             self.write(s, d, None)?;
             let to = self.data(me, s, table);
-            for (r, &(off, len)) in blocks.iter().enumerate().take(p) {
+            for r in 0..p {
+                let (off, len) = blocks.at(r);
                 let mut e = [0u8; 16];
                 e[..8].copy_from_slice(&(recv[off..].as_ptr() as u64).to_ne_bytes());
                 e[8..].copy_from_slice(&(len as u64).to_ne_bytes());
@@ -1840,7 +1896,7 @@ impl Region {
         if me == root
             && let Some(sb) = send
         {
-            let (off, _) = blocks[me];
+            let (off, _) = blocks.at(me);
             recv[off..off + sb.len()].copy_from_slice(sb);
         }
         self.check_first_v(s, d, Kind::Gatherv)?;
@@ -1851,7 +1907,7 @@ impl Region {
         if me == root {
             for r in (0..p).filter(|r| *r != me) {
                 let got = (self.desc_word(r, s).load(Ordering::Relaxed) & LEN_MASK) as usize;
-                let (off, want) = blocks[r];
+                let (off, want) = blocks.at(r);
                 written |= !self.v_short(got);
                 if got != want {
                     res = res.and(Err(mismatch(
@@ -1931,7 +1987,7 @@ impl Region {
         &mut self,
         root: usize,
         send: &[u8],
-        blocks: &[(usize, usize)],
+        blocks: VBlocks<'_>,
         recv: Option<&mut [u8]>,
     ) -> Result<(), Error> {
         self.step += 1;
@@ -1941,42 +1997,55 @@ impl Region {
         let table = 16 * p;
         let mut exposed = false;
         let d = if me == root {
-            // Lay out the slot: the table, then short blocks while they fit.
-            let mut entries = vec![(0u64, 0u64); p];
+            // Lay out the slot: the table, then short blocks while they fit. Two passes over
+            // the same layout: the first sizes it (the descriptor says where the data lives),
+            // the second writes it.
+            let slot = self.slot;
+            let packed = |r: usize, used: usize| {
+                let len = blocks.at(r).1;
+                r != me && len < CMA_MIN && used + len <= slot
+            };
             let mut used = table;
-            for r in (0..p).filter(|r| *r != me) {
-                let (off, len) = blocks[r];
-                if self.v_short(len) && used + len <= self.slot {
-                    entries[r] = (PACKED | used as u64, len as u64);
-                    used += len;
-                } else {
-                    entries[r] = (send[off..].as_ptr() as u64, len as u64);
-                    exposed = true;
+            for r in 0..p {
+                if packed(r, used) {
+                    used += blocks.at(r).1;
                 }
             }
             let d = desc(Kind::Scatterv, root, used);
             self.write(s, d, None)?;
             let to = self.data(me, s, used);
-            for (r, &(w, len)) in entries.iter().enumerate() {
+            let mut at = table;
+            for r in 0..p {
+                let (off, len) = blocks.at(r);
+                let w = if r == me {
+                    0
+                } else if packed(r, at) {
+                    let w = PACKED | at as u64;
+                    // SAFETY: the packed block lies inside our `used`-byte chunk of step s
+                    // (a slot), after the table and apart from every other block; nobody reads
+                    // it before our post.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            send[off..off + len].as_ptr(),
+                            to.add(at),
+                            len,
+                        );
+                    }
+                    at += len;
+                    w
+                } else {
+                    exposed = true;
+                    send[off..].as_ptr() as u64
+                };
+                let len = if r == me { 0 } else { len as u64 };
                 let mut e = [0u8; 16];
                 e[..8].copy_from_slice(&w.to_ne_bytes());
                 e[8..].copy_from_slice(&len.to_ne_bytes());
                 // SAFETY: the table's 16 p bytes lie at the start of our `used`-byte chunk of
                 // step s (a slot: used >= 32 > INLINE); nobody reads it before our post.
                 unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
-                if w & PACKED != 0 {
-                    let (off, len) = (blocks[r].0, len as usize);
-                    // SAFETY: as above; the packed block lies inside the `used` bytes, apart
-                    // from the table and from every other block.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            send[off..off + len].as_ptr(),
-                            to.add((w & !PACKED) as usize),
-                            len,
-                        );
-                    }
-                }
             }
+            debug_assert_eq!(at, used, "both passes lay the slot out alike");
             d
         } else {
             let len = recv.as_deref().map_or(0, <[u8]>::len);
@@ -1988,7 +2057,7 @@ impl Region {
         if me == root
             && let Some(rb) = recv.as_deref_mut()
         {
-            let (off, len) = blocks[me];
+            let (off, len) = blocks.at(me);
             rb.copy_from_slice(&send[off..off + len]);
         }
         self.check_first_v(s, d, Kind::Scatterv)?;

@@ -1333,6 +1333,106 @@ fn misuse_immediate(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Ch
     comm.barrier().or_fail(w("barrier after immediate misuse"))
 }
 
+/// A non-contiguous partition buffer is refused with `MPI_ERR_TYPE` by every v-form, blocking,
+/// in place and immediate alike, before any communication: gatherv and scatterv at the root
+/// (rank 0; the other ranks take no part), allgatherv and alltoallv everywhere.
+fn varcount_views(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
+    use braid::request::scope;
+    let p = comm.size() as usize;
+    let root = comm.process_at_rank(0);
+    let class = |what: &str, r: Result<(), Error>| -> Check {
+        match r {
+            Err(e) if e.mpi_class() == "MPI_ERR_TYPE" => Ok(()),
+            Err(e) => Err(w(&format!("{what}: {e:?} is not MPI_ERR_TYPE"))),
+            Ok(()) => Err(w(&format!("{what}: succeeded, want MPI_ERR_TYPE"))),
+        }
+    };
+    // Column 0 of a 2 x 5 row-major matrix of f64.
+    let mut col = Datatype::vector(2, 1, 5, &Datatype::primitive(Primitive::F64));
+    col.commit();
+    let (counts, displs) = (vec![0; p], vec![0; p]);
+    let mine = [0.0f64; 0];
+    let mut m = [0.0f64; 10];
+    let mut got = [0.0f64; 0];
+    let mut plain = [0.0f64; 1];
+    {
+        let mut view = MutView::with_count_and_datatype(&mut m[..], 1, &col).or_fail("mutview")?;
+        let mut part = PartitionMut::new(&mut view, counts.clone(), displs.clone());
+        if comm.rank() == 0 {
+            class(
+                "gatherv into a view",
+                root.gather_varcount_into_root(&mine[..], &mut part),
+            )?;
+            class(
+                "gatherv in place into a view",
+                root.gather_varcount_in_place_root(&mut part),
+            )?;
+            class(
+                "igatherv into a view",
+                scope(|sc| {
+                    root.immediate_gather_varcount_into_root(sc, &mine[..], &mut part)
+                        .map(drop)
+                }),
+            )?;
+        }
+        class(
+            "allgatherv into a view",
+            comm.all_gather_varcount_into(&mine[..], &mut part),
+        )?;
+        class(
+            "allgatherv in place into a view",
+            comm.all_gather_varcount_in_place(&mut part),
+        )?;
+        class(
+            "iallgatherv into a view",
+            scope(|sc| {
+                comm.immediate_all_gather_varcount_into(sc, &mine[..], &mut part)
+                    .map(drop)
+            }),
+        )?;
+        let plain_part = Partition::new(&plain[..], counts.clone(), displs.clone());
+        class(
+            "alltoallv into a view",
+            comm.all_to_all_varcount_into(&plain_part, &mut part),
+        )?;
+        class(
+            "alltoallv in place in a view",
+            comm.all_to_all_varcount_in_place(&mut part),
+        )?;
+    }
+    let view = View::with_count_and_datatype(&m[..], 1, &col).or_fail("view")?;
+    let part = Partition::new(&view, counts.clone(), displs.clone());
+    if comm.rank() == 0 {
+        class(
+            "scatterv from a view",
+            root.scatter_varcount_into_root(&part, &mut got[..]),
+        )?;
+        class(
+            "scatterv in place from a view",
+            root.scatter_varcount_in_place_root(&part),
+        )?;
+        class(
+            "iscatterv from a view",
+            scope(|sc| {
+                root.immediate_scatter_varcount_into_root(sc, &part, &mut got[..])
+                    .map(drop)
+            }),
+        )?;
+    }
+    let mut plain_part = PartitionMut::new(&mut plain[..], counts, displs);
+    class(
+        "alltoallv from a view",
+        comm.all_to_all_varcount_into(&part, &mut plain_part),
+    )?;
+    class(
+        "ialltoallv from a view",
+        scope(|sc| {
+            comm.immediate_all_to_all_varcount_into(sc, &part, &mut plain_part)
+                .map(drop)
+        }),
+    )
+}
+
 fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
     let p = comm.size();
     let me = comm.rank();
@@ -1378,6 +1478,7 @@ fn misuse(comm: &SimpleCommunicator, w: &dyn Fn(&str) -> String) -> Check {
             |e| matches!(e, Error::UsageCountMismatch { .. }),
         )?;
     }
+    varcount_views(comm, w)?;
     // Counts that differ between ranks: every rank gets an error, none hangs.
     if p > 1 {
         let n = if me == 0 { 3 } else { 4 };
