@@ -489,7 +489,7 @@ impl Core {
         }
     }
 
-    /// [`Core::recv_direct`] from a peer over TCP: one `read` of the peer's connection per
+    /// [`Core::recv_direct`] from a peer over TCP: one `recv` of the peer's connection per
     /// spin ([`TcpTransport::take_eager`]), no request, no poller. Every [`TCP_POLL_EVERY`]
     /// spins a full progress pass (with the poller) looks at everything else: other peers,
     /// new connections, queued output, timers; the fast path ends when that pass leaves the
@@ -987,8 +987,8 @@ fn usage(e: braid_engine::UsageError) -> Error {
 }
 
 /// Spins of the TCP receive fast path ([`Core::recv_direct`]) between two full progress
-/// passes: with a `read` per spin, a few microseconds.
-const TCP_POLL_EVERY: u32 = 16;
+/// passes: with a `read` per spin, some 20 microseconds.
+const TCP_POLL_EVERY: u32 = 64;
 
 /// Rounds of [`Core::spin_for_input`] between two full progress passes (a few hundred
 /// nanoseconds: idle TCP listeners and timers are still polled often).

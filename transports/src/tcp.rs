@@ -553,22 +553,15 @@ impl TcpTransport {
             return Take::Other;
         }
         let staging = &mut self.staging[..];
-        let n = match Read::read(c.framed.stream_mut(), staging) {
-            Ok(0) => {
+        let n = match sys::recv(c.framed.stream().as_raw_fd(), staging) {
+            sys::Recv::Data(n) => n,
+            sys::Recv::Empty => return Take::Empty,
+            sys::Recv::Closed => {
                 let err = c.framed.closed();
                 self.kill_conn(peer.0, rail, err, None, sink);
                 return Take::Other;
             }
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return Take::Empty;
-            }
-            Err(e) => {
+            sys::Recv::Failed(e) => {
                 let err = TransportError::LocalIo {
                     peer,
                     addr: c.framed_addr(),

@@ -225,13 +225,18 @@ impl Header {
     /// Encodes the header in its shortest form: compact ([`COMPACT_LEN`] bytes) for an eager,
     /// non-synchronous message, full otherwise. Returns the buffer and the encoded length.
     pub fn encode_short(&self) -> ([u8; HEADER_LEN], usize) {
-        let mut b = self.encode();
         if self.kind == FrameKind::Eager && self.flags == 0 && self.send_req.0 == 0 {
-            b[0] |= COMPACT;
-            b[COMPACT_LEN..].fill(0);
+            // Bytes 0..32 of the full form, the compact bit on top of the kind.
+            let mut b = [0u8; HEADER_LEN];
+            b[0] = self.kind as u8 | COMPACT;
+            b[4..8].copy_from_slice(&self.context.0.to_le_bytes());
+            b[8..12].copy_from_slice(&self.source.0.to_le_bytes());
+            b[12..16].copy_from_slice(&self.tag.0.to_le_bytes());
+            b[16..24].copy_from_slice(&self.seq.0.to_le_bytes());
+            b[24..32].copy_from_slice(&self.msg_len.to_le_bytes());
             (b, COMPACT_LEN)
         } else {
-            (b, HEADER_LEN)
+            (self.encode(), HEADER_LEN)
         }
     }
 
@@ -242,19 +247,7 @@ impl Header {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let first = *bytes.first().ok_or(DecodeError::Truncated(0))?;
         if first & COMPACT != 0 {
-            let head = bytes
-                .get(..COMPACT_LEN)
-                .ok_or(DecodeError::Truncated(bytes.len()))?;
-            let mut full = [0u8; HEADER_LEN];
-            full[..COMPACT_LEN].copy_from_slice(head);
-            full[0] &= !COMPACT;
-            if FrameKind::from_u8(full[0]) != Some(FrameKind::Eager) {
-                return Err(DecodeError::UnknownKind(first));
-            }
-            // The payload length of a compact eager frame is its message length.
-            let len: [u8; 8] = full[24..32].try_into().unwrap_or_default();
-            full[56..64].copy_from_slice(&len);
-            return Self::decode(&full);
+            return Self::decode_compact(bytes);
         }
         let b: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
@@ -307,6 +300,51 @@ impl Header {
             });
         }
         Ok(h)
+    }
+
+    /// [`Header::decode`] of the compact form: an eager envelope whose payload length is its
+    /// message length and whose request fields and offset are zero, checked as the full form
+    /// with those fields would be.
+    fn decode_compact(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut b = [0u8; HEADER_LEN];
+        b[..COMPACT_LEN].copy_from_slice(
+            bytes
+                .get(..COMPACT_LEN)
+                .ok_or(DecodeError::Truncated(bytes.len()))?,
+        );
+        if FrameKind::from_u8(b[0] & !COMPACT) != Some(FrameKind::Eager) {
+            return Err(DecodeError::UnknownKind(b[0]));
+        }
+        let flags = b[1];
+        let reserved = u16::from_le_bytes([b[2], b[3]]);
+        if flags & !(FLAG_SYNC | FLAG_PULL) != 0 || reserved != 0 {
+            return Err(DecodeError::Reserved { flags, reserved });
+        }
+        let tag = u32_at(&b, 12).cast_signed();
+        if tag < 0 {
+            return Err(DecodeError::NegativeTag(tag));
+        }
+        let msg_len = u64_at(&b, 24);
+        if msg_len > MAX_PAYLOAD {
+            return Err(DecodeError::PayloadLength {
+                kind: FrameKind::Eager,
+                payload_len: msg_len,
+                msg_len,
+            });
+        }
+        Ok(Self {
+            kind: FrameKind::Eager,
+            flags,
+            context: ContextId(u32_at(&b, 4)),
+            source: Rank(u32_at(&b, 8)),
+            tag: Tag(tag),
+            seq: Seq(u64_at(&b, 16)),
+            msg_len,
+            send_req: ReqId(0),
+            recv_req: ReqId(0),
+            offset: 0,
+            payload_len: msg_len,
+        })
     }
 
     /// Whether the synchronous flag is set.
@@ -385,6 +423,39 @@ mod tests {
             Header::decode(&h.encode()),
             Err(DecodeError::Overflow { .. })
         ));
+    }
+
+    /// The compact form decodes as its full form would: bytes 0..32 without the compact
+    /// bit, the payload length equal to the message length, the rest zero.
+    #[test]
+    fn compact_decodes_as_its_full_form() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..50_000 {
+            let mut b = [0u8; COMPACT_LEN];
+            rng.fill(&mut b[..]);
+            // Mostly plausible headers, so that the checks after the kind are reached too.
+            if i % 4 != 0 {
+                b[0] = FrameKind::Eager as u8;
+                b[2..4].fill(0);
+                b[15] &= 0x7f;
+                b[29..32].fill(0);
+                if i % 3 != 0 {
+                    b[1] &= FLAG_SYNC | FLAG_PULL;
+                }
+            }
+            b[0] |= COMPACT;
+            let mut full = [0u8; HEADER_LEN];
+            full[..COMPACT_LEN].copy_from_slice(&b);
+            full[0] &= !COMPACT;
+            let reference = if FrameKind::from_u8(full[0]) == Some(FrameKind::Eager) {
+                full.copy_within(24..32, 56);
+                Header::decode(&full)
+            } else {
+                Err(DecodeError::UnknownKind(b[0]))
+            };
+            assert_eq!(Header::decode(&b), reference, "compact header {b:?}");
+        }
     }
 
     #[test]

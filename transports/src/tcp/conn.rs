@@ -559,6 +559,8 @@ pub(crate) struct Conn {
     /// Registered with the transport's poller; otherwise read by busy polling and watched
     /// with `poll(2)` when the transport blocks (see `TcpTransport::progress`).
     pub(crate) registered: bool,
+    /// Where [`Self::send_small`] puts a frame together (no state between calls).
+    scratch: Box<[u8; HEADER_LEN + SMALL_SEND]>,
 }
 
 impl Conn {
@@ -596,6 +598,7 @@ impl Conn {
             blocked: false,
             idle_reads: 0,
             registered: true,
+            scratch: Box::new([0; HEADER_LEN + SMALL_SEND]),
         }
     }
 
@@ -649,25 +652,19 @@ impl Conn {
         }
         let hlen = braid_engine::wire::header_len(header[0]);
         let total = hlen + body.len;
-        let mut buf = [0u8; HEADER_LEN + SMALL_SEND];
+        let buf = &mut self.scratch[..total];
         buf[..hlen].copy_from_slice(&header[..hlen]);
         if body.len > 0 {
             // SAFETY: the caller lends `body.ptr` valid for `body.len` bytes for this call
             // (`Transport::send`).
             let b = unsafe { std::slice::from_raw_parts(body.ptr, body.len) };
-            buf[hlen..total].copy_from_slice(b);
+            buf[hlen..].copy_from_slice(b);
         }
-        let n = loop {
-            match self.framed.stream_mut().write(&buf[..total]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
+        let n = sys::send(self.framed.stream().as_raw_fd(), buf)?;
         self.written += n as u64;
         if n < total {
-            self.queue(Entry::raw(&buf[n..total]));
+            let rest = Entry::raw(&self.scratch[n..total]);
+            self.queue(rest);
             self.blocked = true;
         }
         sent.extend(body.owner);

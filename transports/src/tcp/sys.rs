@@ -6,6 +6,59 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+/// What a non-blocking [`recv`] found.
+#[derive(Debug)]
+pub(crate) enum Recv {
+    /// This many bytes, at the start of the buffer.
+    Data(usize),
+    /// Nothing yet (`EAGAIN`, or interrupted).
+    Empty,
+    /// The peer closed the connection.
+    Closed,
+    /// The connection failed.
+    Failed(io::Error),
+}
+
+/// One non-blocking `recv(2)` into `buf` (not empty): the busy-polling read, without building
+/// an `io::Error` when nothing is there.
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> Recv {
+    debug_assert!(!buf.is_empty());
+    // SAFETY: the pointer and length describe `buf`, writable for the whole call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    match usize::try_from(n) {
+        Ok(0) => Recv::Closed,
+        Ok(n) => Recv::Data(n),
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Recv::Empty,
+                _ => Recv::Failed(e),
+            }
+        }
+    }
+}
+
+/// One non-blocking `send(2)` of `buf` (no `SIGPIPE`); `Ok(0)` when the socket takes nothing
+/// now (`EAGAIN`, or interrupted).
+///
+/// # Errors
+/// The connection failed.
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: the pointer and length describe `buf`, readable for the whole call.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
+    match usize::try_from(n) {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Ok(0),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
 /// Waits up to `timeout` (rounded up to whole milliseconds) until one of `fds` is ready, as
 /// `poll(2)` does; returns the number of ready entries (their `revents` are set).
 ///
