@@ -84,7 +84,10 @@ impl RawBuf {
             return None;
         }
         // `off <= self.len`: the pointer stays inside (or one past) the buffer.
-        Some(std::ptr::slice_from_raw_parts_mut(self.ptr.wrapping_add(off), len))
+        Some(std::ptr::slice_from_raw_parts_mut(
+            self.ptr.wrapping_add(off),
+            len,
+        ))
     }
 }
 
