@@ -465,8 +465,9 @@ impl Core {
     /// [`Core::recv_direct`] from a peer over TCP: one `recv` of the peer's connection per
     /// spin ([`TcpTransport::take_eager`]), no request, no poller. Every [`TCP_POLL_EVERY`]
     /// spins a full progress pass (with the poller) looks at everything else: other peers,
-    /// new connections, queued output, timers; the fast path ends when that pass leaves the
-    /// engine with output or with a candidate for this receive.
+    /// new connections, queued output, timers (it leaves `src`'s connection to the fast path
+    /// where it can); the fast path ends when that pass leaves the engine with output or with
+    /// a candidate for this receive.
     fn recv_direct_tcp(
         &mut self,
         ctx: ContextId,
@@ -514,7 +515,7 @@ impl Core {
                     return None;
                 }
                 if let Some(tcp) = self.tcp.as_mut() {
-                    tcp.poll_next();
+                    tcp.poll_next(Some(src));
                 }
                 if self.progress(Some(Duration::ZERO)).is_err()
                     || self.engine.has_output()

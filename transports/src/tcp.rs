@@ -405,6 +405,9 @@ pub struct TcpTransport {
     /// pair has one connection and there are at most [`DIRECT_POLL_MAX`]): busy polling reads
     /// them, and a blocking progress call waits in `poll(2)` on them and the poller.
     bare: bool,
+    /// A bare connection's peer that the next progress call does not read unless it waits
+    /// ([`Self::poll_next`]).
+    poll_except: Option<u32>,
     /// `poll(2)` set of a blocking call with bare connections (reused).
     pollfds: Vec<libc::pollfd>,
     /// Bare connections of that set, in its order after the poller's own descriptor.
@@ -483,6 +486,7 @@ impl TcpTransport {
             any_broken: false,
             poll_due: false,
             bare: false,
+            poll_except: None,
             pollfds: Vec::new(),
             polled: Vec::new(),
         })
@@ -602,9 +606,12 @@ impl TcpTransport {
 
     /// Makes the next [`Transport::progress`] call wait in the poller (with its timeout)
     /// instead of reading the connections directly, so new connections, writability and
-    /// timers are looked at: for a caller that busy-polls through [`Self::take_eager`].
-    pub fn poll_next(&mut self) {
+    /// timers are looked at: for a caller that busy-polls `except` through
+    /// [`Self::take_eager`], whose connection that call then leaves alone when it does not
+    /// wait (its frames stay for the caller's fast path).
+    pub fn poll_next(&mut self, except: Option<Rank>) {
         self.poll_due = true;
+        self.poll_except = except.map(|r| r.0);
     }
 
     /// Connects to every lower rank of `peers` and accepts connections from every higher
@@ -1436,11 +1443,15 @@ impl TcpTransport {
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.polled.clear();
         self.pollfds.clear();
+        let except = self.poll_except.take().filter(|_| timeout.is_zero());
         if self.bare {
             if self.direct_stale {
                 self.rebuild_direct();
             }
             for &(peer, rail, _) in &self.direct {
+                if except == Some(peer) {
+                    continue;
+                }
                 let c = self.links[peer as usize]
                     .as_ref()
                     .and_then(|l| l.conns[rail].as_ref());
