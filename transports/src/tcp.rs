@@ -64,8 +64,24 @@
 //! queued: small bodies are copied (bodies up to 64 bytes into the queue entry itself, no
 //! allocation), large ones stay borrowed from the send request.
 //!
-//! The small-message path of `stripe` and `weighted` costs what `single`'s does, up to the
-//! bookkeeping of the kept frames: a busy-polling wait reads each peer's latency rail (its
+//! The small-message path of a one-connection peer (`single`, or one rail) skips most of
+//! that: a frame with a body of up to 256 bytes and nothing queued ahead of it is put
+//! together in a scratch buffer and written with one `send`; a blocking receive that names
+//! the peer reads its connection itself ([`TcpTransport::take_eager`]): the first frame of
+//! the read goes straight into the receive buffer when the engine accepts it, the rest
+//! through the framing as usual. With at most four connections (`DIRECT_POLL_MAX`), all of
+//! one-connection peers, the connections are not registered with epoll at all ("bare"): an
+//! edge-triggered registration makes the kernel run epoll's callback for every segment the
+//! socket receives (on loopback inside the sender's `send`; ~0.16 us a message one way
+//! here), although busy polling reads the socket anyway. Busy-polling calls read bare
+//! connections directly, the poller's turn every 16th call reads them too, and a progress
+//! call that may block waits in `poll(2)` on them and the epoll descriptor (which still
+//! holds the listeners and connections being set up).
+//!
+//! Pairs that keep frames for failover (`indep`, `stripe`, `weighted` over several rails) take
+//! neither shortcut, and their connections stay registered; their small-message path costs
+//! what `single`'s general path does, up to the bookkeeping of the kept frames: a
+//! busy-polling wait reads each peer's latency rail (its
 //! first live rail, where small frames go) on every call and its other rails only while they
 //! carry data (after 1024 empty reads in a row a rail is left to the poller, which runs
 //! every 16th call), so a ping-pong makes one `read` per poll as in `single`; no clock is read
