@@ -65,7 +65,7 @@
 //! allocation), large ones stay borrowed from the send request.
 //!
 //! The small-message path of a one-connection peer (`single`, or one rail) skips most of
-//! that: a frame with a body of up to 256 bytes and nothing queued ahead of it is put
+//! that: a frame with a body of up to 1 KiB and nothing queued ahead of it is put
 //! together in a scratch buffer and written with one `send`; a blocking receive that names
 //! the peer reads its connection itself ([`TcpTransport::take_eager`]): the first frame of
 //! the read goes straight into the receive buffer when the engine accepts it, the rest
