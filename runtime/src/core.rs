@@ -120,6 +120,9 @@ pub(crate) struct Core {
     tcp_active: bool,
     /// Progress calls so far (paces the polling of an idle TCP transport).
     polls: u64,
+    /// Empty spins of the TCP receive fast path so far (paces its progress passes, see
+    /// [`Core::recv_direct`]).
+    direct_spins: u32,
     pub(crate) pmi: Option<braid_pmi::PmiClient>,
     /// Send buffers of requests whose frames may still be emitted. Invariant: an entry lives
     /// until the engine completes the request and the transport returned every lent body.
@@ -279,6 +282,7 @@ impl Core {
             shm,
             tcp_active,
             polls: 0,
+            direct_spins: 0,
             rank: engine.rank().0,
             size: engine.size(),
             host,
@@ -495,8 +499,10 @@ impl Core {
     /// [`Core::recv_direct`] from a peer over TCP: one `recv` of the peer's connection per
     /// spin ([`TcpTransport::take_eager`]), no request, no poller. Every [`TCP_POLL_EVERY`]
     /// spins a full progress pass (with the poller) looks at everything else: other peers,
-    /// new connections, queued output, timers; the fast path ends when that pass leaves the
-    /// engine with output or with a candidate for this receive.
+    /// new connections, queued output, timers (it leaves `src`'s connection to the fast path
+    /// where it can); the fast path ends when that pass leaves the engine with output or with
+    /// a candidate for this receive. The spins are counted across calls, so a ping-pong
+    /// whose every receive finds its message within a few spins still makes those passes.
     fn recv_direct_tcp(
         &mut self,
         ctx: ContextId,
@@ -506,7 +512,6 @@ impl Core {
     ) -> Option<RecvStatus> {
         let cap = dst.len() as u64;
         let mut waiter = Waiter::new(self.spin);
-        let mut spins = 0u32;
         let mut returned = Vec::new();
         loop {
             let Self {
@@ -535,16 +540,16 @@ impl Core {
                 Take::Other => return None,
                 Take::Empty => {}
             }
-            spins = spins.wrapping_add(1);
+            self.direct_spins = self.direct_spins.wrapping_add(1);
             if self.spin.yield_between {
                 return None;
             }
-            if spins.is_multiple_of(TCP_POLL_EVERY) {
+            if self.direct_spins.is_multiple_of(TCP_POLL_EVERY) {
                 if waiter.next_timeout() != Some(Duration::ZERO) {
                     return None;
                 }
                 if let Some(tcp) = self.tcp.as_mut() {
-                    tcp.poll_next();
+                    tcp.poll_next(Some(src));
                 }
                 if self.progress(Some(Duration::ZERO)).is_err()
                     || self.engine.has_output()

@@ -208,20 +208,109 @@ fn point_to_point_over_tcp() {
 /// The receive fast path (a blocking receive naming one peer reads that peer's connection or
 /// ring itself) hands everything it does not take to the general path intact: bursts, other
 /// tags first, truncation, bursts longer than a read, rendezvous, empty and any-tag messages,
-/// other ranks' messages during a ping-pong; over TCP with 2, 3 and 8 ranks (oversubscribed:
-/// the 8-rank job must still progress), and over shared memory.
+/// other ranks' messages during a ping-pong, and it keeps the rest of the job progressing
+/// (a synchronous send from a third rank completes during a ping-pong); over TCP with 2, 3
+/// and 8 ranks (oversubscribed: the 8-rank job must still progress; 3 ranks as 3 hosts too,
+/// where no rank counts as oversubscribed and the fast path spins), and over shared memory.
 #[test]
 fn direct_receives_hand_the_rest_to_the_general_path() {
     let _g = one_job_at_a_time();
     for (n, env) in [
         (2u32, &[("BRAID_SHM", "off")][..]),
         (3, &[("BRAID_SHM", "off")][..]),
+        (3, &[("BRAID_FAKE_HOSTS", "3")][..]),
         (8, &[("BRAID_SHM", "off")][..]),
         (3, &[][..]),
     ] {
         let f = job_env(n, "p2p_direct", &[], env);
         assert_all_ok(&f, "p2p_direct", n);
     }
+}
+
+/// Calls (and failed calls) of each system call in an `strace -c` summary.
+fn strace_counts(summary: &str) -> std::collections::HashMap<String, (u64, u64)> {
+    let mut m = std::collections::HashMap::new();
+    for line in summary.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), true) = (t.last(), matches!(t.len(), 5 | 6)) else {
+            continue;
+        };
+        let (Ok(calls), errors) = (t[3].parse::<u64>(), t.get(4).filter(|_| t.len() == 6)) else {
+            continue;
+        };
+        let errors = errors.and_then(|e| e.parse().ok()).unwrap_or(0);
+        m.insert((*name).to_string(), (calls, errors));
+    }
+    m
+}
+
+/// The TCP small-message path in system calls (`strace -c` of each rank of a ping-pong of
+/// 8-byte and 1 KiB messages): one `sendto` per message and no `writev`; one successful
+/// `recvfrom` per message (header and payload in one read); `epoll_wait` far fewer than
+/// messages (the busy-polling receive does not go through the poller). Skipped where strace
+/// cannot trace.
+#[test]
+fn tcp_small_messages_cost_one_send_and_one_read() {
+    let _g = one_job_at_a_time();
+    let traces = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !traces {
+        braid_tests::skipped(
+            "tcp_small_messages_cost_one_send_and_one_read",
+            "strace is not installed or may not trace here",
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_marker("braid-strace"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let iters = 1000u64;
+    // pingpong: 2 sizes x 2 passes x iters round trips; each rank sends one message per trip.
+    let messages = 4 * iters;
+    let mut cmd = Command::new(mpirun());
+    cmd.args(["-n", "2", "sh", "-c"])
+        .arg(r#"exec strace -f -qq -c -o "$0/rank$PMI_RANK" "$@""#)
+        .arg(&dir)
+        .arg(binary("pingpong"))
+        .arg(iters.to_string())
+        .env("BRAID_SHM", "off");
+    let f = run_with_deadline(&mut cmd, DEADLINE);
+    assert_eq!(f.code(), Some(0), "pingpong under strace: {}", show(&f));
+    for rank in 0..2 {
+        let path = dir.join(format!("rank{rank}"));
+        let summary = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}
+{}",
+                path.display(),
+                show(&f)
+            )
+        });
+        let c = strace_counts(&summary);
+        let calls = |s: &str| c.get(s).copied().unwrap_or((0, 0));
+        let (sends, _) = calls("sendto");
+        let (reads, empty) = calls("recvfrom");
+        let gathered = calls("writev").0 + calls("sendmsg").0;
+        let polls = calls("epoll_wait").0;
+        let why = format!(
+            "rank {rank}, {messages} messages each way:
+{summary}"
+        );
+        // Start-up, wire-up and the barriers add a few hundred calls at most.
+        assert!(
+            (messages..messages + 300).contains(&sends),
+            "{sends} sendto: {why}"
+        );
+        assert!(gathered < 50, "{gathered} writev/sendmsg: {why}");
+        assert!(
+            reads - empty < messages + 300,
+            "{} successful recvfrom: {why}",
+            reads - empty
+        );
+        assert!(polls < messages / 8, "{polls} epoll_wait: {why}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ----------------------------------------------------------------------------------------

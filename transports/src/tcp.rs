@@ -64,8 +64,24 @@
 //! queued: small bodies are copied (bodies up to 64 bytes into the queue entry itself, no
 //! allocation), large ones stay borrowed from the send request.
 //!
-//! The small-message path of `stripe` and `weighted` costs what `single`'s does, up to the
-//! bookkeeping of the kept frames: a busy-polling wait reads each peer's latency rail (its
+//! The small-message path of a one-connection peer (`single`, or one rail) skips most of
+//! that: a frame with a body of up to 1 KiB and nothing queued ahead of it is put
+//! together in a scratch buffer and written with one `send`; a blocking receive that names
+//! the peer reads its connection itself ([`TcpTransport::take_eager`]): the first frame of
+//! the read goes straight into the receive buffer when the engine accepts it, the rest
+//! through the framing as usual. With at most four connections (`DIRECT_POLL_MAX`), all of
+//! one-connection peers, the connections are not registered with epoll at all ("bare"): an
+//! edge-triggered registration makes the kernel run epoll's callback for every segment the
+//! socket receives (on loopback inside the sender's `send`; ~0.16 us a message one way
+//! here), although busy polling reads the socket anyway. Busy-polling calls read bare
+//! connections directly, the poller's turn every 16th call reads them too, and a progress
+//! call that may block waits in `poll(2)` on them and the epoll descriptor (which still
+//! holds the listeners and connections being set up).
+//!
+//! Pairs that keep frames for failover (`indep`, `stripe`, `weighted` over several rails) take
+//! neither shortcut, and their connections stay registered; their small-message path costs
+//! what `single`'s general path does, up to the bookkeeping of the kept frames: a
+//! busy-polling wait reads each peer's latency rail (its
 //! first live rail, where small frames go) on every call and its other rails only while they
 //! carry data (after 1024 empty reads in a row a rail is left to the poller, which runs
 //! every 16th call), so a ping-pong makes one `read` per poll as in `single`; no clock is read
@@ -405,6 +421,9 @@ pub struct TcpTransport {
     /// pair has one connection and there are at most [`DIRECT_POLL_MAX`]): busy polling reads
     /// them, and a blocking progress call waits in `poll(2)` on them and the poller.
     bare: bool,
+    /// A bare connection's peer that the next progress call does not read unless it waits
+    /// ([`Self::poll_next`]).
+    poll_except: Option<u32>,
     /// `poll(2)` set of a blocking call with bare connections (reused).
     pollfds: Vec<libc::pollfd>,
     /// Bare connections of that set, in its order after the poller's own descriptor.
@@ -483,6 +502,7 @@ impl TcpTransport {
             any_broken: false,
             poll_due: false,
             bare: false,
+            poll_except: None,
             pollfds: Vec::new(),
             polled: Vec::new(),
         })
@@ -602,9 +622,12 @@ impl TcpTransport {
 
     /// Makes the next [`Transport::progress`] call wait in the poller (with its timeout)
     /// instead of reading the connections directly, so new connections, writability and
-    /// timers are looked at: for a caller that busy-polls through [`Self::take_eager`].
-    pub fn poll_next(&mut self) {
+    /// timers are looked at: for a caller that busy-polls `except` through
+    /// [`Self::take_eager`], whose connection that call then leaves alone when it does not
+    /// wait (its frames stay for the caller's fast path).
+    pub fn poll_next(&mut self, except: Option<Rank>) {
         self.poll_due = true;
+        self.poll_except = except.map(|r| r.0);
     }
 
     /// Connects to every lower rank of `peers` and accepts connections from every higher
@@ -1436,11 +1459,15 @@ impl TcpTransport {
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.polled.clear();
         self.pollfds.clear();
+        let except = self.poll_except.take().filter(|_| timeout.is_zero());
         if self.bare {
             if self.direct_stale {
                 self.rebuild_direct();
             }
             for &(peer, rail, _) in &self.direct {
+                if except == Some(peer) {
+                    continue;
+                }
                 let c = self.links[peer as usize]
                     .as_ref()
                     .and_then(|l| l.conns[rail].as_ref());

@@ -7,7 +7,11 @@
 //! - a burst of near-eager-limit messages longer than one read's staging buffer;
 //! - a rendezvous message, a zero-length message, an any-tag receive;
 //! - a ping-pong between ranks 0 and 1 while ranks 2.. send to rank 0 on another tag (the
-//!   fast path's periodic progress pass must take those in).
+//!   fast path's periodic progress pass must take those in);
+//! - with 3 ranks or more, a ping-pong between ranks 0 and 1 that goes on until a
+//!   synchronous send from rank 2 to a receive rank 0 posted on another communicator has
+//!   completed: rank 0 only ever sends and receives from rank 1 meanwhile, so only the fast
+//!   path's progress passes can match rank 2's message.
 //!
 //! Usage: `mpirun -n N p2p_direct [ROUND_TRIPS]` (N >= 2; default 2000 round trips).
 
@@ -37,6 +41,8 @@ fn main() {
         }
         world.barrier().or_fail("barrier after the bursts")?;
         pingpong(world, trips)?;
+        world.barrier().or_fail("barrier after the ping-pong")?;
+        side_progress(world)?;
         world.barrier().or_fail("final barrier")
     });
 }
@@ -186,4 +192,78 @@ fn pingpong(world: &braid::SimpleCommunicator, trips: usize) -> Check {
         }
     }
     Ok(())
+}
+
+/// Round trips after which [`side_progress`] gives up (some seconds).
+const SIDE_MAX_TRIPS: u64 = 400_000;
+
+/// Ranks 0 and 1 ping-pong until rank 1 hears (tag 77) that rank 2's synchronous send to
+/// rank 0, on a duplicate of the world, completed.
+fn side_progress(world: &braid::SimpleCommunicator) -> Check {
+    let (rank, size) = (world.rank(), world.size());
+    let dup = world.duplicate().or_fail("duplicate")?;
+    if size < 3 {
+        return Ok(());
+    }
+    const STOP: u64 = u64::MAX;
+    match rank {
+        0 => {
+            let peer = world.process_at_rank(1);
+            let mut got = [0u8; 8];
+            braid::request::scope(|scope| -> Check {
+                let side = dup
+                    .process_at_rank(2)
+                    .immediate_receive_into_with_tag(scope, &mut got[..], 60)
+                    .or_fail("post the side receive")?;
+                let mut v = [0u64; 1];
+                loop {
+                    peer.receive_into(&mut v[..]).or_fail("side ping")?;
+                    if v[0] == STOP {
+                        break;
+                    }
+                    peer.send(&[v[0] + 1][..]).or_fail("side pong")?;
+                }
+                side.wait().or_fail("side receive").map(drop)
+            })?;
+            ensure(got == *b"synchron", || format!("side message {got:?}"))
+        }
+        1 => {
+            let peer = world.process_at_rank(0);
+            let mut v = [0u64; 1];
+            for i in 0..SIDE_MAX_TRIPS {
+                if i % 64 == 0
+                    && world
+                        .process_at_rank(2)
+                        .immediate_probe_with_tag(77)
+                        .or_fail("probe")?
+                        .is_some()
+                {
+                    let mut b = [0u8; 1];
+                    world
+                        .process_at_rank(2)
+                        .receive_into_with_tag(&mut b[..], 77)
+                        .or_fail("note from rank 2")?;
+                    return peer.send(&[STOP][..]).or_fail("stop");
+                }
+                peer.send(&[2 * i][..]).or_fail("side ping")?;
+                peer.receive_into(&mut v[..]).or_fail("side pong")?;
+                ensure(v[0] == 2 * i + 1, || format!("side trip {i}: got {}", v[0]))?;
+            }
+            peer.send(&[STOP][..]).or_fail("stop")?;
+            Err(format!(
+                "rank 2's synchronous send to rank 0 did not complete in {SIDE_MAX_TRIPS} round \
+                 trips of a ping-pong between ranks 0 and 1"
+            ))
+        }
+        2 => {
+            dup.process_at_rank(0)
+                .synchronous_send_with_tag(&b"synchron"[..], 60)
+                .or_fail("synchronous side send")?;
+            world
+                .process_at_rank(1)
+                .send_with_tag(&[1u8][..], 77)
+                .or_fail("note to rank 1")
+        }
+        _ => Ok(()),
+    }
 }

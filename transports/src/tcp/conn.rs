@@ -67,8 +67,9 @@ pub(crate) const DEFAULT_RATE: f64 = 110e6;
 /// allocation on the small-message path).
 const INLINE_MAX: usize = 64;
 /// Bodies at most this long go out through [`Conn::send_small`]: header and body copied into
-/// one buffer on the stack, one `send` instead of a `writev` of two.
-pub(crate) const SMALL_SEND: usize = 256;
+/// one buffer, one `send` instead of a `writev` of two (up to 1 KiB the copy is cheap next to
+/// the system call).
+pub(crate) const SMALL_SEND: usize = 1024;
 /// Unacknowledged received frames from which an outgoing frame to the peer carries the
 /// acknowledgements along (in the same `writev`), before [`ACK_EVERY`] would send one alone.
 pub(crate) const PIGGYBACK_AT: u64 = ACK_EVERY / 2;
