@@ -26,7 +26,9 @@ pub struct Config {
     /// A pulled message of at least this many bytes, received whole into a buffer whose
     /// address the receive gave ([`Engine::post_recv_at`]), is split: the receiver pulls the
     /// first half while the sender writes the second half into the receive buffer
-    /// ([`FrameKind::Push`], [`Push`]), so both processes copy. 0: never split.
+    /// ([`FrameKind::Push`], [`Push`]), so both processes copy. Not done while the receiver
+    /// has rendezvous sends of its own waiting on that peer (traffic both ways keeps both
+    /// busy already). 0: never split.
     pub split_min: u64,
 }
 
@@ -1466,10 +1468,15 @@ impl Engine {
                     } else {
                         // The pulled head of a large message is page-aligned so both
                         // copies start on pages.
+                        // Not when this rank waits on the peer for rendezvous sends of its
+                        // own: the peer then copies those, and both are busy already.
                         let split = self.cfg.split_min > 0
                             && p.addr != 0
                             && stored == status.len
-                            && stored >= self.cfg.split_min;
+                            && stored >= self.cfg.split_min
+                            && !self.sends.iter().any(
+                                |(_, s)| matches!(s, SendState::AwaitCts { to: t, .. } if *t == to),
+                            );
                         let head = match stored / 2 {
                             _ if !split => stored,
                             h if h >= 4096 => h.next_multiple_of(4096).min(stored),
