@@ -29,6 +29,10 @@ target/release/braid-testbed up "$S" || exit 1
 trap 'target/release/braid-testbed down "$S"' EXIT
 M="-m 8:1048576 -i 200 -x 20"
 LAST=1048576
+# Every job is bounded: T seconds (the system MPIs busy-poll with 4 ranks on 2 cores and take
+# minutes); a job that ran out says so (exit 124).
+T=900
+said() { local rc=$?; [ $rc = 0 ] || echo "# $1: exit $rc (124: ended after $T s)"; }
 
 # MPICH under hydra. Hydra's proxies reach mpiexec over the management bridge (-iface
 # paper-mg); UCX carries the traffic between hosts over the rails only (UCX_TLS=tcp,self: no
@@ -41,11 +45,11 @@ LAST=1048576
 mpich() {
   local out pid i
   out=$(mktemp)
-  timeout 300 mpiexec.mpich -launcher ssh -launcher-exec "$A" -iface paper-mg \
+  timeout $T mpiexec.mpich -launcher ssh -launcher-exec "$A" -iface paper-mg \
     -hosts n0:2,n1:2 -n 4 -genv UCX_TLS tcp,self -genv UCX_NET_DEVICES eth1,eth2,eth3,eth4 \
     target-rsmpi-mpich/release/osu_allreduce --backend rsmpi $M >"$out" 2>&1 &
   pid=$!
-  for i in $(seq 3000); do
+  for i in $(seq $((T * 10))); do
     kill -0 $pid 2>/dev/null || break
     grep -q "^$LAST " "$out" && break
     sleep 0.1
@@ -67,14 +71,16 @@ mpich() {
 for round in 1 2 3; do
   for h in 1 0; do
     echo "### braid stripe hierarchy=$h round $round"
-    target/release/mpirun --testbed "$S" -n 4 --timeout 300 -x BRAID_RAILS=eth1,eth2,eth3,eth4 \
+    target/release/mpirun --testbed "$S" -n 4 --timeout $T -x BRAID_RAILS=eth1,eth2,eth3,eth4 \
       -x BRAID_RAIL_MODE=stripe -x BRAID_COLL_HIERARCHY=$h osu_allreduce $M
+    said braid
   done
   echo "### openmpi round $round"
-  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun.openmpi -n 4 \
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout $T mpirun.openmpi -n 4 \
     --bind-to none --host n0:2,n1:2 --mca plm_rsh_agent "$A" --mca pml ob1 \
     --mca btl self,vader,tcp --mca btl_tcp_if_include eth1,eth2,eth3,eth4 \
     --mca oob_tcp_if_include 10.77.12.0/24 target-rsmpi/release/osu_allreduce --backend rsmpi $M
+  said openmpi
   echo "### mpich round $round"
   mpich
 done 2>&1 | tee "$R/allreduce.txt"

@@ -308,6 +308,61 @@ fn write_spec(text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, path)
 }
 
+/// Two-level collectives between two namespace hosts of two ranks each, over two rails:
+/// every collective of `coll_all` checked against its sequential reference, and `coll_shm`
+/// (which checks that each rank maps its host's shared region: the intra-host phases went
+/// through the shared-memory component) with results identical to the component forced off.
+#[test]
+fn two_level_collectives_across_namespace_hosts() {
+    if !can_run("two_level_collectives_across_namespace_hosts") {
+        return;
+    }
+    let rails = [("eth1", "1gbit"), ("eth2", "1gbit")];
+    let text = spec_text("tbcoll", 192, "none", &rails, 2).replace("slots = 1", "slots = 2");
+    let tb = fresh(&text);
+    let (dir, path) = write_spec(&text);
+    let job = |bin: &str, env: &[&str], args: &[&str]| {
+        let mut c = Command::new(mpirun());
+        c.arg("--testbed")
+            .arg(&path)
+            .args(["-n", "4", "--timeout", "120"]);
+        c.args([
+            "-x",
+            "BRAID_RAILS=eth1,eth2",
+            "-x",
+            "BRAID_RAIL_MODE=stripe",
+        ]);
+        for e in env {
+            c.args(["-x", e]);
+        }
+        let f = run_with_deadline(c.arg(binary(bin)).args(args), Duration::from_secs(130));
+        assert_eq!(
+            f.code(),
+            Some(0),
+            "{bin} {env:?}: stdout:\n{}\nstderr:\n{}",
+            f.stdout,
+            f.stderr
+        );
+        f
+    };
+    job("coll_all", &[], &[]);
+    let digest = |f: &braid_tests::Finished| {
+        f.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("digest "))
+            .map(str::to_owned)
+    };
+    let on = digest(&job("coll_shm", &[], &["quick"]));
+    let off = digest(&job("coll_shm", &["BRAID_COLL_SHM=0"], &["quick"]));
+    assert!(on.is_some(), "coll_shm printed no digest");
+    assert_eq!(
+        on, off,
+        "results differ with the shared-memory component on and off"
+    );
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn mpirun_testbed_places_ranks_in_two_namespaces() {
     if !can_run("mpirun_testbed_places_ranks_in_two_namespaces") {

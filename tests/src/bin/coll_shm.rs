@@ -9,10 +9,10 @@
 //!
 //! While it runs it also checks `/proc/self/maps`: with the component on, every communicator
 //! that ran a collective maps one region `/dev/shm/braid-<job>-coll-...`, already deleted;
-//! the mapping goes when the communicator is freed. Under `BRAID_COLL_FAKE_HOSTS` the world
-//! spans pretend hosts: its blocking barrier, bcast, reduce and allreduce are two-level, and
-//! the one region each rank maps is that of its host's communicator (no region on a host of
-//! one rank); the interleaved communicators are left out. `coll_shm quick` runs a shorter
+//! the mapping goes when the communicator is freed. When the world spans several hosts (or
+//! pretend ones, `BRAID_COLL_FAKE_HOSTS`) its blocking barrier, bcast, reduce and allreduce
+//! are two-level, and the one region each rank maps is that of its host's communicator (no
+//! region on a host of one rank); the interleaved communicators are left out. `coll_shm quick` runs a shorter
 //! sequence (oversubscribed jobs); `coll_shm die` kills a rank while the others wait for it.
 
 use braid::collective::{Partition, PartitionMut, SystemOperation, UserOperation};
@@ -102,13 +102,13 @@ fn fake_hosts() -> usize {
 }
 
 /// Number of world ranks on this rank's host as the collectives see it (pretend hosts
-/// included).
-fn host_mates(world: &SimpleCommunicator) -> usize {
+/// included). Collective: on real hosts, a split of the world by host.
+fn host_mates(world: &SimpleCommunicator) -> Result<usize, String> {
     let (p, me) = (world.size() as usize, world.rank() as usize);
-    match fake_hosts() {
-        0 => p,
+    Ok(match fake_hosts() {
+        0 => world.split_shared().or_fail("split by host")?.size() as usize,
         k => (0..p).filter(|w| w * k / p == me * k / p).count(),
-    }
+    })
 }
 
 /// One round of every collective at `n` i64 elements on `comm`.
@@ -419,7 +419,7 @@ fn alternating(world: &SimpleCommunicator, quick: bool, d: &mut Digest) -> Check
 }
 
 /// Floating-point sums with rounding: every rank must hold the same bits.
-fn bitwise_identical(world: &SimpleCommunicator, d: &mut Digest) -> Check {
+fn bitwise_identical(world: &SimpleCommunicator, mates: usize, d: &mut Digest) -> Check {
     let p = world.size() as usize;
     let me = world.rank() as usize;
     for n in [1usize, 3, 1000, slot() / 8 * 3 + 5] {
@@ -441,7 +441,7 @@ fn bitwise_identical(world: &SimpleCommunicator, d: &mut Digest) -> Check {
         ensure(hs.iter().all(|v| *v == hs[0]), || {
             format!("f64 allreduce of {n} differs between ranks: {hs:x?}")
         })?;
-        if shm_on() && host_mates(world) == p {
+        if shm_on() && mates == p {
             // The component folds x0 + (x1 + (... + x(p-1))) on every rank (with pretend
             // hosts the two-level allreduce brackets by host).
             let want: Vec<f64> = (0..n)
@@ -552,19 +552,20 @@ fn main() {
         let me = world.rank();
         let start = std::time::Instant::now();
         let mut d = Digest(0xcbf2_9ce4_8422_2325);
+        let mates = host_mates(world)?;
         world.barrier().or_fail("first barrier")?;
         world.barrier().or_fail("second barrier")?;
         let (n, deleted) = regions();
-        // With pretend hosts the world runs two-level collectives, whose intra-host phases
-        // run on a communicator of this rank's host: its region is the one mapped.
-        let mates = host_mates(world);
+        // Over several (or pretend) hosts the world runs two-level collectives, whose
+        // intra-host phases run on a communicator of this rank's host: its region is the one
+        // mapped.
         if shm_on() && mates > 1 {
             ensure(n == 1 && deleted, || {
                 format!("after the first barriers: {n} regions, all unlinked: {deleted}")
             })?;
         }
         alternating(world, quick, &mut d)?;
-        bitwise_identical(world, &mut d)?;
+        bitwise_identical(world, mates, &mut d)?;
         if mates == world.size() as usize {
             interleaved(world, quick, &mut d)?;
         }
