@@ -26,7 +26,7 @@
 //! | `BRAID_COLL_ALLGATHER_SHORT` | 81920 | allgathers whose result is below this many bytes use Bruck; longer ones the ring |
 //! | `BRAID_COLL_GATHER_SHORT` | 65536 | gathers/scatters whose whole buffer is below this many bytes use the binomial tree; longer ones are linear |
 //! | `BRAID_COLL_HIERARCHY` | 1 | 0 turns off host-aware (two-level) collectives |
-//! | `BRAID_COLL_SHM` | on | `off`: collectives on one-host communicators use point-to-point schedules instead of the shared-memory component (module `collective::shm`) |
+//! | `BRAID_COLL_SHM` | on | `off`: collectives on one-host communicators (and the phases inside a host of two-level ones) use point-to-point schedules instead of the shared-memory component (module `collective::shm`) |
 //! | `BRAID_COLL_SHM_MAX` | 4194304 | longest message (bytes per rank) a blocking collective sends through the shared-memory component; longer ones use point-to-point |
 //! | `BRAID_COLL_SHM_SLOT` | 32768 | bytes of each of the two data slots per rank in a communicator's shared region (the pipeline chunk); rounded up to a multiple of 128, at least 1k |
 //! | `BRAID_COLL_SHM_PAIR_MIN` | 65536 | two-rank single-copy reduces of at least this many bytes split the work: the root folds the head of the vector, the other rank the tail, which it writes into the root's buffer (`process_vm_writev`) |
