@@ -795,6 +795,11 @@ impl Core {
             }
             if pulls && let Some(p) = self.engine.poll_pull() {
                 did = true;
+                // A split pull asked the sender for its part: that goes out first, so both
+                // copy at once.
+                while let Some(t) = self.engine.poll_transmit() {
+                    self.transmit(t);
+                }
                 let ok = self.pull(&p);
                 self.engine.handle_pull_done(p.req, ok);
                 continue;

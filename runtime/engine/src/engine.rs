@@ -27,8 +27,9 @@ pub struct Config {
     /// address the receive gave ([`Engine::post_recv_at`]), is split: the receiver pulls the
     /// first half while the sender writes the second half into the receive buffer
     /// ([`FrameKind::Push`], [`Push`]), so both processes copy. Not done while the receiver
-    /// has rendezvous sends of its own waiting on that peer (traffic both ways keeps both
-    /// busy already). 0: never split.
+    /// has rendezvous sends of its own waiting on that peer, and the sender declines its
+    /// part while it has copying of its own queued (traffic both ways keeps both busy
+    /// already). 0: never split.
     pub split_min: u64,
 }
 
@@ -413,6 +414,9 @@ enum RecvState {
         failed: bool,
         /// Offset and length of the part the sender writes; length 0 once it answered.
         push: (u64, u64),
+        /// Where the receive buffer is (this rank's memory) when the transfer may still be
+        /// split; 0 once decided (see [`Engine::poll_pull`]).
+        split_at: u64,
     },
     /// Matched an RTS; `received` of `accepted` bytes of data are placed.
     Data {
@@ -875,14 +879,22 @@ impl Engine {
                         limit: *len,
                     });
                 }
-                self.pushes.push_back(Push {
+                let p = Push {
                     req: h.send_req,
                     to: from,
                     recv_req: h.recv_req,
                     offset: *len - h.msg_len,
                     addr: h.offset,
                     len: h.msg_len,
-                });
+                };
+                if self.pulls.is_empty() {
+                    self.pushes.push_back(p);
+                } else {
+                    // This rank has copying of its own queued (traffic both ways): it declines,
+                    // and the receiver copies the part itself, so neither end idles while
+                    // the other does all the work.
+                    self.handle_push_done(&p, false);
+                }
                 Ok(self.empty(token))
             }
             FrameKind::Pushed => {
@@ -906,9 +918,10 @@ impl Engine {
                         self.finish_pull(h.recv_req);
                     }
                 } else {
-                    // The sender could not write its part: pull it too.
+                    // The sender could not (or would not) write its part: pull it too, next,
+                    // so this receive completes before the heads of later ones.
                     let addr = addr.wrapping_add(offset);
-                    self.pulls.push_back(Pull {
+                    self.pulls.push_front(Pull {
                         req: h.recv_req,
                         from,
                         addr,
@@ -1115,8 +1128,57 @@ impl Engine {
 
     /// The next single-copy transfer the driver must perform.
     #[inline]
+    ///
+    /// A whole message that may be split is split here, unless this rank has rendezvous
+    /// sends of its own waiting on that peer (the peer then copies those, and both are
+    /// busy already): the returned pull is the page-aligned first half, and a PUSH asking
+    /// the sender to write the rest is queued. The driver sends it
+    /// ([`Engine::poll_transmit`]) before it copies.
     pub fn poll_pull(&mut self) -> Option<Pull> {
-        self.pulls.pop_front()
+        let mut p = self.pulls.pop_front()?;
+        let Some(RecvState::Pull {
+            status,
+            send_req,
+            parts,
+            push,
+            split_at,
+            ..
+        }) = self.recvs.get_mut(&p.req)
+        else {
+            return Some(p);
+        };
+        let dest = std::mem::take(split_at);
+        if dest == 0
+            || self
+                .sends
+                .iter()
+                .any(|(_, s)| matches!(s, SendState::AwaitCts { to, .. } if *to == p.from))
+        {
+            return Some(p);
+        }
+        // The head is page-aligned so both copies start on pages.
+        let stored = status.stored;
+        let head = match stored / 2 {
+            h if h >= 4096 => h.next_multiple_of(4096).min(stored),
+            h => h,
+        };
+        if head == stored {
+            return Some(p);
+        }
+        *parts = 2;
+        *push = (head, stored - head);
+        let mut h = Header::new(FrameKind::Push, self.cfg.rank);
+        h.send_req = *send_req;
+        h.recv_req = p.req;
+        h.offset = dest.wrapping_add(head);
+        h.msg_len = stored - head;
+        self.transmits.push_back(Transmit {
+            to: p.from,
+            header: h,
+            body: Body::None,
+        });
+        p.len = head;
+        Some(p)
     }
 
     /// Says how a pull for receive `req` went. Once every part of the transfer is done the
@@ -1466,42 +1528,20 @@ impl Engine {
                             },
                         );
                     } else {
-                        // The pulled head of a large message is page-aligned so both
-                        // copies start on pages.
-                        // Not when this rank waits on the peer for rendezvous sends of its
-                        // own: the peer then copies those, and both are busy already.
-                        let split = self.cfg.split_min > 0
+                        // Whether to split is decided when the driver takes the pull
+                        // (`poll_pull`): by then this rank has posted what it was about to
+                        // send, which a receive matched at post time has not seen yet.
+                        let splittable = self.cfg.split_min > 0
                             && p.addr != 0
                             && stored == status.len
-                            && stored >= self.cfg.split_min
-                            && !self.sends.iter().any(
-                                |(_, s)| matches!(s, SendState::AwaitCts { to: t, .. } if *t == to),
-                            );
-                        let head = match stored / 2 {
-                            _ if !split => stored,
-                            h if h >= 4096 => h.next_multiple_of(4096).min(stored),
-                            h => h,
-                        };
+                            && stored >= self.cfg.split_min;
                         self.pulls.push_back(Pull {
                             req: p.req,
                             from: to,
                             addr,
                             offset: 0,
-                            len: head,
+                            len: stored,
                         });
-                        let push = (head, stored - head);
-                        if push.1 > 0 {
-                            let mut h = Header::new(FrameKind::Push, self.cfg.rank);
-                            h.send_req = send_req;
-                            h.recv_req = p.req;
-                            h.offset = p.addr.wrapping_add(head);
-                            h.msg_len = push.1;
-                            self.transmits.push_back(Transmit {
-                                to,
-                                header: h,
-                                body: Body::None,
-                            });
-                        }
                         self.recvs.insert(
                             p.req,
                             RecvState::Pull {
@@ -1509,9 +1549,10 @@ impl Engine {
                                 status,
                                 send_req,
                                 addr,
-                                parts: 1 + u8::from(push.1 > 0),
+                                parts: 1,
                                 failed: false,
-                                push,
+                                push: (0, 0),
+                                split_at: if splittable { p.addr } else { 0 },
                             },
                         );
                     }

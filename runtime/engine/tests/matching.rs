@@ -82,6 +82,105 @@ fn split_transfer_pulls_the_head_and_the_sender_pushes_the_tail() {
     );
 }
 
+/// `n` engines on one host that split pulled messages from one byte.
+fn split_engines(n: u32) -> Vec<braid_engine::Engine> {
+    (0..n)
+        .map(|r| {
+            braid_engine::Engine::new(braid_engine::Config {
+                offer_pull: vec![true; n as usize],
+                can_pull: vec![true; n as usize],
+                split_min: 1,
+                ..braid_engine::Config::uniform(Rank(r), n, EAGER, CHUNK)
+            })
+        })
+        .collect()
+}
+
+/// Hands every frame engine `from` emitted to its destination; returns their kinds.
+fn deliver_all(e: &mut [braid_engine::Engine], from: usize) -> Vec<FrameKind> {
+    let mut kinds = Vec::new();
+    while let Some(t) = e[from].poll_transmit() {
+        kinds.push(t.header.kind);
+        // Control frames only: no payload to place.
+        let _ = e[t.to.0 as usize]
+            .handle_header(Rank(from as u32), &t.header)
+            .expect("valid frame");
+    }
+    kinds
+}
+
+#[test]
+fn split_is_decided_when_the_pull_is_taken() {
+    let len = 4 * 4096;
+    let ctx = ContextId(0);
+    for own_send in [false, true] {
+        let mut e = split_engines(2);
+        e[0].post_send(ctx, Rank(1), Tag(0), len, SendMode::Standard, 0x1000)
+            .unwrap();
+        assert_eq!(deliver_all(&mut e, 0), [FrameKind::Rts]);
+        // The receive matches the waiting RTS at once; this rank's own large send to the
+        // same peer comes after, before the driver takes the pull.
+        let r = e[1]
+            .post_recv_at(ctx, SourceSel::Rank(Rank(0)), TagSel::Any, len, 1 << 40)
+            .unwrap();
+        if own_send {
+            e[1].post_send(ctx, Rank(0), Tag(1), len, SendMode::Standard, 0x8000)
+                .unwrap();
+        }
+        let p = e[1].poll_pull().expect("a pull");
+        assert_eq!((p.req, p.offset), (r, 0));
+        let kinds = deliver_all(&mut e, 1);
+        if own_send {
+            // Traffic both ways: the receiver copies the whole message, no PUSH.
+            assert_eq!(p.len, len);
+            assert_eq!(kinds, [FrameKind::Rts]);
+            assert!(e[0].poll_push().is_none());
+        } else {
+            assert_eq!(p.len, len / 2);
+            assert_eq!(kinds, [FrameKind::Push]);
+            let push = e[0].poll_push().expect("the sender's part");
+            assert_eq!(
+                (push.offset, push.len, push.addr),
+                (len / 2, len / 2, (1 << 40) + len / 2)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sender_with_copying_queued_declines_its_part() {
+    let len = 4 * 4096;
+    let ctx = ContextId(0);
+    let mut e = split_engines(3);
+    // Rank 0 has a pull of its own queued (rank 2's message) ...
+    e[2].post_send(ctx, Rank(0), Tag(2), len, SendMode::Standard, 0x9000)
+        .unwrap();
+    deliver_all(&mut e, 2);
+    let _ = e[0]
+        .post_recv_at(ctx, SourceSel::Rank(Rank(2)), TagSel::Any, len, 1 << 42)
+        .unwrap();
+    // ... when rank 1 asks it to write half of the message rank 0 sends it.
+    e[0].post_send(ctx, Rank(1), Tag(0), len, SendMode::Standard, 0x1000)
+        .unwrap();
+    assert_eq!(deliver_all(&mut e, 0), [FrameKind::Rts]);
+    let r = e[1]
+        .post_recv_at(ctx, SourceSel::Rank(Rank(0)), TagSel::Any, len, 1 << 40)
+        .unwrap();
+    let head = e[1].poll_pull().expect("rank 1's pull");
+    assert_eq!((head.req, head.len), (r, len / 2));
+    assert_eq!(deliver_all(&mut e, 1), [FrameKind::Push]);
+    assert!(e[0].poll_push().is_none(), "rank 0 declined");
+    assert_eq!(deliver_all(&mut e, 0), [FrameKind::Pushed]);
+    // Rank 1 copies the tail itself, next; the receive completes after both parts.
+    e[1].handle_pull_done(head.req, true);
+    assert!(e[1].poll_completion().is_none());
+    let tail = e[1].poll_pull().expect("the declined part");
+    assert_eq!((tail.req, tail.offset, tail.len), (r, len / 2, len / 2));
+    e[1].handle_pull_done(tail.req, true);
+    assert_eq!(e[1].poll_completion().map(|c| c.req), Some(r));
+    assert_eq!(deliver_all(&mut e, 1), [FrameKind::Fin]);
+}
+
 #[test]
 fn pull_replaces_cts_and_data() {
     let mut net = Net::with_pull(2, 1, EAGER, CHUNK, 8, true);

@@ -1417,6 +1417,11 @@ impl Region {
     /// needs the result) straight from `out`.
     fn fold(&self, s: u64, op: &ResolvedOp, own: *const u8, published: bool, out: &mut [u8]) {
         let len = out.len();
+        if len == 0 {
+            // Nothing to fold (and empty slices may share one dangling address, which
+            // would look in place).
+            return;
+        }
         let in_place = std::ptr::eq(own, out.as_ptr());
         let last = self.p - 1;
         if in_place && !published {
