@@ -55,6 +55,14 @@ fn online_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
+/// Asks the kernel to kill this process when its parent (the launcher, or the process
+/// manager's proxy that started it) dies: a launcher killed outright cannot end the job, and
+/// ranks waiting on each other would otherwise run on forever.
+fn die_with_parent() {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+    let _ = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
 fn random_key() -> JobKey {
     use rand::RngCore;
     let mut k = [0u8; 16];
@@ -96,6 +104,7 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
         return Ok((0, 1));
     };
     let (rank, size) = (pmi.rank(), pmi.size());
+    die_with_parent();
     if let Some(k) = settings.fake_hosts {
         host = format!("{host}#{}", rank % k);
     }
@@ -283,10 +292,15 @@ pub(crate) fn finalize() {
 
 /// Ends the job with `code` (`MPI_Abort`).
 pub(crate) fn abort(code: i32) -> ! {
+    abort_with(code, "MPI_Abort called")
+}
+
+/// Ends the job with `code`, telling the process manager `why`.
+pub(crate) fn abort_with(code: i32, why: &str) -> ! {
     if let Some(mut c) = core::take()
         && let Some(pmi) = c.pmi.as_mut()
     {
-        let _ = pmi.abort(code, "MPI_Abort called");
+        let _ = pmi.abort(code, why);
     }
     std::process::exit(code)
 }

@@ -793,15 +793,35 @@ impl Core {
                 self.engine.handle_push_done(&p, ok);
                 continue;
             }
-            if pulls && let Some(p) = self.engine.poll_pull() {
+            if pulls && let Some(first) = self.engine.poll_pull() {
                 did = true;
+                // Smaller pulls from the same peer that are queued behind it are copied in
+                // the same call.
+                let mut batch = [first; PULL_BATCH];
+                let (mut n, mut bytes) = (1, first.len);
+                while n < PULL_BATCH
+                    && let Some(p) = self
+                        .engine
+                        .poll_pull_from(first.from, PULL_BATCH_BYTES.saturating_sub(bytes))
+                {
+                    batch[n] = p;
+                    n += 1;
+                    bytes += p.len;
+                }
                 // A split pull asked the sender for its part: that goes out first, so both
                 // copy at once.
                 while let Some(t) = self.engine.poll_transmit() {
                     self.transmit(t);
                 }
-                let ok = self.pull(&p);
-                self.engine.handle_pull_done(p.req, ok);
+                let whole = if n > 1 {
+                    self.pull_many(&batch[..n])
+                } else {
+                    0
+                };
+                for (i, p) in batch[..n].iter().enumerate() {
+                    let ok = i < whole || self.pull(p);
+                    self.engine.handle_pull_done(p.req, ok);
+                }
                 continue;
             }
             while let Some(c) = self.engine.poll_completion() {
@@ -881,6 +901,32 @@ impl Core {
         };
         // SAFETY: the receive buffer is valid for writes and borrowed by its request.
         shm.pull(p.from, p.addr, unsafe { &mut *part })
+    }
+
+    /// Copies the pulls of `batch` (all from one peer) with one call; returns how many
+    /// leading ones were copied whole (the caller copies the rest with [`Core::pull`]).
+    fn pull_many(&mut self, batch: &[braid_engine::Pull]) -> usize {
+        let Some(shm) = self.shm.as_ref() else {
+            return 0;
+        };
+        let mut parts = [braid_shm::ReadPart {
+            remote: 0,
+            local: std::ptr::null_mut(),
+            len: 0,
+        }; PULL_BATCH];
+        for (part, p) in parts.iter_mut().zip(batch) {
+            let Some(dst) = self.recvs.get(&p.req).and_then(|b| b.part(p.offset, p.len)) else {
+                return 0;
+            };
+            *part = braid_shm::ReadPart {
+                remote: p.addr,
+                local: dst.cast(),
+                len: dst.len(),
+            };
+        }
+        // SAFETY: each part lies inside a receive buffer that is valid for writes and
+        // borrowed by its request until the request completes, after this call.
+        unsafe { shm.pull_many(batch[0].from, &parts[..batch.len()]) }
     }
 
     /// Copies the sender's part of a split transfer straight into the receiver's buffer.
@@ -1002,6 +1048,15 @@ fn usage(e: braid_engine::UsageError) -> Error {
 /// Spins of the TCP receive fast path ([`Core::recv_direct`]) between two full progress
 /// passes: with a `read` per spin, some 20 microseconds.
 const TCP_POLL_EVERY: u32 = 64;
+
+/// Most single-copy pulls from one peer copied in one call (`process_vm_readv` with several
+/// ranges): the syscall's fixed cost is about a tenth of a 64 KiB copy.
+const PULL_BATCH: usize = 8;
+const _: () = assert!(PULL_BATCH <= braid_shm::MAX_PARTS);
+
+/// Most bytes one batch of pulls copies; larger pulls go alone. Bounds how long the first
+/// pull's FIN waits for the others (about 10 us).
+const PULL_BATCH_BYTES: u64 = 256 << 10;
 
 /// Rounds of [`Core::spin_for_input`] between two full progress passes (a few hundred
 /// nanoseconds: idle TCP listeners and timers are still polled often).

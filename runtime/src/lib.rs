@@ -94,7 +94,12 @@ impl Universe {
 }
 
 impl Drop for Universe {
+    /// Finalizes (`MPI_Finalize`). While the thread unwinds from a panic it aborts the job
+    /// instead: finalizing waits for every rank, and the others may be waiting for this one.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            bootstrap::abort_with(101, "a rank panicked");
+        }
         bootstrap::finalize();
     }
 }

@@ -53,7 +53,9 @@ mod segment;
 mod sys;
 pub mod transport;
 
-pub use cma::{allow_ptrace_from_any, cma_probe, cma_read, cma_write};
+pub use cma::{
+    MAX_PARTS, ReadPart, allow_ptrace_from_any, cma_probe, cma_read, cma_read_many, cma_write,
+};
 pub use doorbell::{DOORBELL_FOOTPRINT, DOORBELL_MAGIC, Doorbell, format_doorbell};
 pub use error::OsError;
 pub use fastbox::{

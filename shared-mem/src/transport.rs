@@ -30,9 +30,10 @@ use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
 use crate::{
     DOORBELL_FOOTPRINT, Doorbell, FASTBOX_FOOTPRINT, FASTBOX_RECORD, FastboxConsumer,
-    FastboxProducer, RingConsumer, RingProducer, Segment, allow_ptrace_from_any, attach_consumer,
-    attach_fastbox_consumer, attach_fastbox_producer, attach_producer, cma_probe, cma_read,
-    cma_write, format_doorbell, format_fastbox, format_ring, ring_footprint,
+    FastboxProducer, ReadPart, RingConsumer, RingProducer, Segment, allow_ptrace_from_any,
+    attach_consumer, attach_fastbox_consumer, attach_fastbox_producer, attach_producer, cma_probe,
+    cma_read, cma_read_many, cma_write, format_doorbell, format_fastbox, format_ring,
+    ring_footprint,
 };
 
 /// Magic value other ranks read from this process to check that single-copy reads work.
@@ -291,6 +292,20 @@ impl ShmTransport {
     /// the copy failed.
     pub fn pull(&self, peer: Rank, addr: u64, dst: &mut [u8]) -> bool {
         self.can_pull(peer) && cma_read(self.pids[peer.0 as usize], addr, dst).is_ok()
+    }
+
+    /// Copies several ranges of `peer`'s memory with one call ([`cma_read_many`]); returns
+    /// how many leading parts were copied whole (the caller copies the rest with
+    /// [`ShmTransport::pull`]).
+    ///
+    /// # Safety
+    /// As [`cma_read_many`]: every part's `local` is writable for its length.
+    pub unsafe fn pull_many(&self, peer: Rank, parts: &[ReadPart]) -> usize {
+        if !self.can_pull(peer) {
+            return 0;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { cma_read_many(self.pids[peer.0 as usize], parts) }
     }
 
     /// Copies `src` to `addr` in `peer`'s memory. Returns false when the copy failed.

@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use braid_tests::{
-    Finished, binary, leftovers_after, mpich_mpiexec, mpirun, run_with_deadline, unique_marker,
+    Finished, binary, leftovers_after, mpich_mpiexec, mpirun, processes_with_marker,
+    run_with_deadline, unique_marker,
 };
 
 /// Deadline of a job that should take a few seconds at most.
@@ -395,9 +396,6 @@ fn killed_rank_ends_job_promptly() {
     }
 }
 
-/// mpirun itself (not only the surviving rank's error) must name the rank that was killed,
-/// even when the survivor notices first and exits with an error of its own. Demonstrates
-/// that `launcher/src/monitor.rs` judges exits in rank order, not in order of death.
 /// As `killed_rank_ends_job_promptly`, over TCP: rank 0 waits in the TCP receive fast path
 /// when rank 1 dies.
 #[test]
@@ -423,6 +421,9 @@ fn killed_rank_ends_job_promptly_over_tcp() {
     }
 }
 
+/// mpirun itself (not only the surviving rank's error) must name the rank that was killed,
+/// even when the survivor notices first and exits with an error of its own
+/// (`launcher/src/monitor.rs` blames a death by signal before the errors it caused).
 #[test]
 fn killed_rank_is_named_by_mpirun() {
     let _g = one_job_at_a_time();
@@ -460,6 +461,83 @@ fn abort_ends_job_with_its_code() {
             show(&f)
         );
     }
+}
+
+#[test]
+fn panicking_rank_ends_job_promptly() {
+    let _g = one_job_at_a_time();
+    for n in [2u32, 4] {
+        let (f, after) = fault_job(n, "panic");
+        assert!(
+            f.code().is_some_and(|c| c != 0),
+            "panic -n {n}: want a non-zero exit: {}",
+            show(&f)
+        );
+        assert!(
+            after < PROMPT,
+            "panic -n {n}: mpirun took {after:?} after the panic: {}",
+            show(&f)
+        );
+        assert!(
+            f.stderr.contains("panics on purpose") && f.stderr.contains("rank 1"),
+            "panic -n {n}: {}",
+            show(&f)
+        );
+    }
+}
+
+/// mpirun killed outright (it cannot end the job then): the kernel kills its ranks.
+#[test]
+fn ranks_die_with_a_killed_mpirun() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let _g = one_job_at_a_time();
+    let n = 4;
+    let marker = unique_marker("p2phang");
+    let mut child = Command::new(mpirun())
+        .arg("-n")
+        .arg(n.to_string())
+        .arg(binary("p2p_fault"))
+        .args(["hang", &marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mpirun");
+    // Wait (bounded: the reader ends when mpirun is killed) until every rank is blocked.
+    let out = child.stdout.take().expect("piped");
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !watch.load(std::sync::atomic::Ordering::Acquire) {
+            if start.elapsed() > DEADLINE {
+                // mpirun is still our unreaped child here, so the pid is still its own.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let waiting = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.contains(" waits"))
+        .take(n)
+        .count();
+    let alive = processes_with_marker(&marker).len();
+    child.kill().expect("kill mpirun");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watchdog.join();
+    let _ = child.wait();
+    assert_eq!(waiting, n, "not every rank reported that it waits");
+    assert_eq!(alive, n + 1, "mpirun and {n} ranks");
+    let left = leftovers_after(&marker, Duration::from_secs(3));
+    assert!(left.is_empty(), "ranks outlived mpirun: {left:?}");
 }
 
 // ----------------------------------------------------------------------------------------

@@ -113,6 +113,23 @@ fn eight_ranks_all_to_all_random_sizes() {
 }
 
 #[test]
+fn windows_both_ways_batch_and_split_single_copy_transfers() {
+    let _g = one_job_at_a_time();
+    // Many pulls from one peer queued at once (copied in batches), traffic both ways (no
+    // split), and with the split forced on from one byte; 8 ranks oversubscribed too.
+    for (n, env) in [
+        (2, &[][..]),
+        (2, &[("BRAID_SHM_SPLIT_MIN", "1")][..]),
+        (4, &[("BRAID_SHM_SPLIT_MIN", "1")][..]),
+        (8, &[][..]),
+        (2, &[("BRAID_SHM_CMA", "off")][..]),
+    ] {
+        let f = job(n, "p2p_window", &["5", "4", "24"], env);
+        assert_ok(&f, &format!("p2p_window, {n} ranks, {env:?}"));
+    }
+}
+
+#[test]
 fn split_transfers_all_to_all_random_sizes() {
     let _g = one_job_at_a_time();
     // Every rendezvous message is copied by both ends (the receiver reads the head, the

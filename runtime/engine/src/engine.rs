@@ -1135,7 +1135,23 @@ impl Engine {
     /// the sender to write the rest is queued. The driver sends it
     /// ([`Engine::poll_transmit`]) before it copies.
     pub fn poll_pull(&mut self) -> Option<Pull> {
-        let mut p = self.pulls.pop_front()?;
+        let p = self.pulls.pop_front()?;
+        Some(self.take_pull(p))
+    }
+
+    /// As [`Engine::poll_pull`], but only a pull from `peer` of at most `max_len` bytes (whole
+    /// message, before any split): lets the driver copy several in one call.
+    pub fn poll_pull_from(&mut self, peer: Rank, max_len: u64) -> Option<Pull> {
+        let next = self.pulls.front()?;
+        if next.from != peer || next.len > max_len {
+            return None;
+        }
+        let p = self.pulls.pop_front()?;
+        Some(self.take_pull(p))
+    }
+
+    /// Splits pull `p` as [`Engine::poll_pull`] says, if it may be split.
+    fn take_pull(&mut self, mut p: Pull) -> Pull {
         let Some(RecvState::Pull {
             status,
             send_req,
@@ -1145,7 +1161,7 @@ impl Engine {
             ..
         }) = self.recvs.get_mut(&p.req)
         else {
-            return Some(p);
+            return p;
         };
         let dest = std::mem::take(split_at);
         if dest == 0
@@ -1154,7 +1170,7 @@ impl Engine {
                 .iter()
                 .any(|(_, s)| matches!(s, SendState::AwaitCts { to, .. } if *to == p.from))
         {
-            return Some(p);
+            return p;
         }
         // The head is page-aligned so both copies start on pages.
         let stored = status.stored;
@@ -1163,7 +1179,7 @@ impl Engine {
             h => h,
         };
         if head == stored {
-            return Some(p);
+            return p;
         }
         *parts = 2;
         *push = (head, stored - head);
@@ -1178,7 +1194,7 @@ impl Engine {
             body: Body::None,
         });
         p.len = head;
-        Some(p)
+        p
     }
 
     /// Says how a pull for receive `req` went. Once every part of the transfer is done the

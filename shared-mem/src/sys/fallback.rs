@@ -48,6 +48,15 @@ pub(crate) fn process_vm_read(_pid: i32, _addr: u64, _dst: &mut [u8]) -> io::Res
     Err(unsupported())
 }
 
+/// # Safety
+/// As the Linux version: every part's `local` is writable for `len` bytes.
+pub(crate) unsafe fn process_vm_read_parts(
+    _pid: i32,
+    _parts: &[crate::cma::ReadPart],
+) -> io::Result<usize> {
+    Err(unsupported())
+}
+
 pub(crate) fn process_vm_write(_pid: i32, _addr: u64, _src: &[u8]) -> io::Result<usize> {
     Err(unsupported())
 }

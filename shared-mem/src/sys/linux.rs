@@ -199,6 +199,54 @@ pub(crate) fn process_vm_read(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result
     Ok(n.unsigned_abs())
 }
 
+/// One `process_vm_readv` of several parts (`crate::cma::ReadPart`): part `i` reads `len`
+/// bytes at `remote` in process `pid` into `local`. Returns the bytes read in total (may be
+/// short). At most [`crate::cma::MAX_PARTS`] parts.
+///
+/// # Safety
+/// Every part's `local` is valid for writes of `len` bytes for the duration of the call.
+pub(crate) unsafe fn process_vm_read_parts(
+    pid: i32,
+    parts: &[crate::cma::ReadPart],
+) -> io::Result<usize> {
+    const EMPTY: libc::iovec = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let n = parts.len().min(crate::cma::MAX_PARTS);
+    let (mut local, mut remote) = (
+        [EMPTY; crate::cma::MAX_PARTS],
+        [EMPTY; crate::cma::MAX_PARTS],
+    );
+    for (i, p) in parts[..n].iter().enumerate() {
+        local[i] = libc::iovec {
+            iov_base: p.local.cast(),
+            iov_len: p.len,
+        };
+        remote[i] = libc::iovec {
+            // The remote address is only an integer to the kernel; it is never dereferenced
+            // here.
+            iov_base: usize::try_from(p.remote)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "address too large"))?
+                as *mut libc::c_void,
+            iov_len: p.len,
+        };
+    }
+    // SAFETY: the first `n` local iovecs describe memory the caller guarantees writable; the
+    // remote ones are checked by the kernel against the other process's address space. `n`
+    // is at most MAX_PARTS (16), far below IOV_MAX.
+    let r = syscall!(process_vm_readv(
+        pid,
+        local.as_ptr(),
+        n as libc::c_ulong,
+        remote.as_ptr(),
+        n as libc::c_ulong,
+        0
+    ))?;
+    // `r` is non-negative here (errors were -1).
+    Ok(r.unsigned_abs())
+}
+
 /// `process_vm_writev` of `src` to `addr` in process `pid`; returns the bytes written.
 pub(crate) fn process_vm_write(pid: i32, addr: u64, src: &[u8]) -> io::Result<usize> {
     let local = libc::iovec {

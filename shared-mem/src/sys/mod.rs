@@ -16,6 +16,8 @@
 //! | `anonymous_shared(len)` | a `MAP_SHARED` anonymous mapping (tests, benches, fork) |
 //! | `futex_wait(word, expected, timeout)` / `futex_wake(word, n)` | shared (non-private) futex |
 //! | `process_vm_read(pid, addr, dst)` | one `process_vm_readv` call |
+//! | `process_vm_read_parts(pid, parts)` | one `process_vm_readv` call for several ranges |
+//! | `process_vm_write(pid, addr, src)` | one `process_vm_writev` call |
 //! | `set_ptracer_any()` | `prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY)` |
 
 // Both modules always exist for the doc table above; only one is compiled in.

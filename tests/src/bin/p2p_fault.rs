@@ -3,7 +3,11 @@
 //! Usage: `mpirun -n N p2p_fault MODE [MARKER]` with MODE
 //! - `kill`: rank 1 sends itself SIGKILL while rank 0 waits in a receive from rank 1;
 //! - `kill-any`: the same, rank 0 waits in an `ANY_SOURCE` receive;
-//! - `abort`: rank 1 calls `world.abort(5)` while rank 0 waits in a receive from rank 1.
+//! - `abort`: rank 1 calls `world.abort(5)` while rank 0 waits in a receive from rank 1;
+//! - `panic`: rank 1 panics while rank 0 waits in a receive from rank 1 (unwinding drops the
+//!   universe, which must end the job rather than wait in finalize for rank 0);
+//! - `hang`: every rank prints `rank R waits` and blocks in a receive that never matches (the
+//!   test then kills mpirun itself).
 //!
 //! MARKER is ignored; the test puts it on the command line to find leftover processes.
 //! Before dying rank 1 prints `rank 1 dies at UNIX_NANOS` so the test can time the job's end.
@@ -17,14 +21,18 @@ use braid_tests::{OrFail, check_pattern, ensure, pattern, run_rank};
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
-    if !["kill", "kill-any", "abort"].contains(&mode.as_str()) {
-        eprintln!("p2p_fault: MODE must be kill, kill-any or abort, not '{mode}'");
+    if !["kill", "kill-any", "abort", "panic", "hang"].contains(&mode.as_str()) {
+        eprintln!("p2p_fault: MODE must be kill, kill-any, abort, panic or hang, not '{mode}'");
         std::process::exit(2);
     }
     run_rank("p2p_fault", |world| {
         let (rank, n) = (world.rank(), world.size());
         ensure(n >= 2, || "needs at least 2 ranks".into())?;
-        if rank >= 2 {
+        if rank >= 2 || mode == "hang" {
+            if mode == "hang" {
+                println!("rank {rank} waits");
+                let _ = std::io::stdout().flush();
+            }
             let mut b = [0u8; 1];
             let r = world
                 .process_at_rank(0)
@@ -67,6 +75,9 @@ fn main() {
         let _ = std::io::stdout().flush();
         if mode == "abort" {
             world.abort(5);
+        }
+        if mode == "panic" {
+            panic!("p2p_fault: rank 1 panics on purpose");
         }
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).or_fail("raise SIGKILL")?;
         Err("still alive after SIGKILL".into())
