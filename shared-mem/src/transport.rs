@@ -5,12 +5,14 @@
 //! Each rank owns one segment `braid-<job>-<rank>`: a doorbell, then one inbound ring per rank
 //! of its host, then one inbound fast box per rank of its host, both indexed by the sender's
 //! position among the host's ranks (sorted by world rank). A sender writes frames into its
-//! ring (or, for a small eager frame, its fast box) in the receiver's segment and rings the
+//! ring (or, for a small frame, its fast box) in the receiver's segment and rings the
 //! receiver's doorbell; the receiver polls its boxes and rings and sleeps on its doorbell.
 //!
-//! A frame goes to the fast box only when the ring to that peer is drained, so fast-box frames
-//! do not overtake ring frames (only compact eager envelopes go there, and the engine would
-//! put envelopes back in order by their sequence numbers anyway).
+//! A frame goes to the fast box only when the ring to that peer is drained, so a box frame
+//! never overtakes an earlier ring frame. A later ring frame can overtake it (the receiver
+//! looked at the box just before the frame landed and then read the ring): such a frame is
+//! an envelope, which the engine puts back in order by its sequence number, a data frame,
+//! placed by its offset, or a control frame, which names its request and needs no order.
 //!
 //! # Lifetime
 //! [`ShmTransport::create`] makes and formats the segment; [`ShmTransport::connect`] maps
@@ -376,13 +378,13 @@ impl ShmTransport {
             let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..)) else {
                 return Take::Other;
             };
+            if head[0] & COMPACT == 0 {
+                return Take::Other;
+            }
             let Ok(h) = Header::decode(head) else {
                 return Take::Other;
             };
-            if head[0] & COMPACT == 0
-                || h.payload_len != body.len() as u64
-                || body.len() > dst.len()
-            {
+            if h.payload_len != body.len() as u64 || body.len() > dst.len() {
                 return Take::Other;
             }
             let Some(status) = accept(&h) else {
@@ -461,12 +463,12 @@ impl Transport for ShmTransport {
         let Some(c) = self.conns.get_mut(to.0 as usize).and_then(Option::as_mut) else {
             return Err(TransportError::NotConnected(to));
         };
-        // A small eager frame takes the fast box, unless ring frames are still unread: then
-        // it follows them through the ring, so frames arrive in order (the engine would
-        // reorder envelopes anyway, but at the cost of holding early ones).
+        // A small frame (a small eager message, or a control frame: RTS, FIN, PUSH...)
+        // takes the fast box, unless ring frames are still unread: then it follows them
+        // through the ring, so frames arrive in order (the engine would reorder envelopes
+        // anyway, but at the cost of holding early ones).
         let hlen = header_len(header[0]);
-        if hlen == COMPACT_LEN
-            && body.len <= FASTBOX_RECORD - hlen
+        if body.len <= FASTBOX_RECORD - hlen
             && !c.has_pending_writes()
             && c.stream_mut().tx.is_drained()
         {
