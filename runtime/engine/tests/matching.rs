@@ -109,20 +109,35 @@ fn deliver_all(e: &mut [braid_engine::Engine], from: usize) -> Vec<FrameKind> {
     kinds
 }
 
+/// A large send of `len` bytes from `from` to `to` whose RTS has reached `to`, and the
+/// receive `to` then posts for it (into a buffer at `dest`), matched at once.
+fn matched_rts(e: &mut [braid_engine::Engine], from: u32, to: u32, len: u64, dest: u64) -> ReqId {
+    let ctx = ContextId(0);
+    e[from as usize]
+        .post_send(
+            ctx,
+            Rank(to),
+            Tag(0),
+            len,
+            SendMode::Standard,
+            0x1000 * (1 + u64::from(from)),
+        )
+        .unwrap();
+    assert_eq!(deliver_all(e, from as usize), [FrameKind::Rts]);
+    e[to as usize]
+        .post_recv_at(ctx, SourceSel::Rank(Rank(from)), TagSel::Any, len, dest)
+        .unwrap()
+}
+
 #[test]
 fn split_is_decided_when_the_pull_is_taken() {
     let len = 4 * 4096;
     let ctx = ContextId(0);
     for own_send in [false, true] {
         let mut e = split_engines(2);
-        e[0].post_send(ctx, Rank(1), Tag(0), len, SendMode::Standard, 0x1000)
-            .unwrap();
-        assert_eq!(deliver_all(&mut e, 0), [FrameKind::Rts]);
         // The receive matches the waiting RTS at once; this rank's own large send to the
         // same peer comes after, before the driver takes the pull.
-        let r = e[1]
-            .post_recv_at(ctx, SourceSel::Rank(Rank(0)), TagSel::Any, len, 1 << 40)
-            .unwrap();
+        let r = matched_rts(&mut e, 0, 1, len, 1 << 40);
         if own_send {
             e[1].post_send(ctx, Rank(0), Tag(1), len, SendMode::Standard, 0x8000)
                 .unwrap();
@@ -150,22 +165,11 @@ fn split_is_decided_when_the_pull_is_taken() {
 #[test]
 fn a_sender_with_copying_queued_declines_its_part() {
     let len = 4 * 4096;
-    let ctx = ContextId(0);
     let mut e = split_engines(3);
     // Rank 0 has a pull of its own queued (rank 2's message) ...
-    e[2].post_send(ctx, Rank(0), Tag(2), len, SendMode::Standard, 0x9000)
-        .unwrap();
-    deliver_all(&mut e, 2);
-    let _ = e[0]
-        .post_recv_at(ctx, SourceSel::Rank(Rank(2)), TagSel::Any, len, 1 << 42)
-        .unwrap();
+    let _ = matched_rts(&mut e, 2, 0, len, 1 << 42);
     // ... when rank 1 asks it to write half of the message rank 0 sends it.
-    e[0].post_send(ctx, Rank(1), Tag(0), len, SendMode::Standard, 0x1000)
-        .unwrap();
-    assert_eq!(deliver_all(&mut e, 0), [FrameKind::Rts]);
-    let r = e[1]
-        .post_recv_at(ctx, SourceSel::Rank(Rank(0)), TagSel::Any, len, 1 << 40)
-        .unwrap();
+    let r = matched_rts(&mut e, 0, 1, len, 1 << 40);
     let head = e[1].poll_pull().expect("rank 1's pull");
     assert_eq!((head.req, head.len), (r, len / 2));
     assert_eq!(deliver_all(&mut e, 1), [FrameKind::Push]);
