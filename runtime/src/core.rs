@@ -782,11 +782,7 @@ impl Core {
     fn pump_output(&mut self, pulls: bool) -> bool {
         let mut did = false;
         loop {
-            let mut any = false;
-            while let Some(t) = self.engine.poll_transmit() {
-                any = true;
-                self.transmit(t);
-            }
+            let mut any = self.transmit_all();
             if pulls && let Some(p) = self.engine.poll_push() {
                 did = true;
                 let ok = self.push(&p);
@@ -810,14 +806,8 @@ impl Core {
                 }
                 // A split pull asked the sender for its part: that goes out first, so both
                 // copy at once.
-                while let Some(t) = self.engine.poll_transmit() {
-                    self.transmit(t);
-                }
-                let whole = if n > 1 {
-                    self.pull_many(&batch[..n])
-                } else {
-                    0
-                };
+                self.transmit_all();
+                let whole = self.pull_many(&batch[..n]);
                 for (i, p) in batch[..n].iter().enumerate() {
                     let ok = i < whole || self.pull(p);
                     self.engine.handle_pull_done(p.req, ok);
@@ -833,6 +823,16 @@ impl Core {
                 return did;
             }
         }
+    }
+
+    /// Sends every frame the engine emitted; returns whether there was any.
+    fn transmit_all(&mut self) -> bool {
+        let mut any = false;
+        while let Some(t) = self.engine.poll_transmit() {
+            any = true;
+            self.transmit(t);
+        }
+        any
     }
 
     fn transmit(&mut self, t: Transmit) {
@@ -903,8 +903,9 @@ impl Core {
         shm.pull(p.from, p.addr, unsafe { &mut *part })
     }
 
-    /// Copies the pulls of `batch` (all from one peer) with one call; returns how many
-    /// leading ones were copied whole (the caller copies the rest with [`Core::pull`]).
+    /// Copies the pulls of `batch` (all from one peer, at least one) with one call; returns
+    /// how many leading ones were copied whole (the caller copies the rest with
+    /// [`Core::pull`], which also handles a failure on its own).
     fn pull_many(&mut self, batch: &[braid_engine::Pull]) -> usize {
         let Some(shm) = self.shm.as_ref() else {
             return 0;

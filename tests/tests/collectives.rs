@@ -132,6 +132,16 @@ fn segments_of(f: &Finished) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Runs `coll_shm` (which prints a digest of its results) as `what`, checks that it passed
+/// and left nothing in /dev/shm, and returns the digest.
+fn coll_shm_digest(n: u32, env: &[(&str, &str)], args: &[&str], what: &str) -> Option<String> {
+    let f = job_of("coll_shm", n, env, args);
+    assert_ok_as("coll_shm", n, &f, what);
+    let left = segments_of(&f);
+    assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
+    printed(&f, "digest").map(str::to_owned)
+}
+
 /// The shared-memory component against the point-to-point path: long runs of alternating
 /// sizes across slot boundaries (small slots: many pipelined chunks), interleaved
 /// communicators, regions unlinked while mapped and unmapped when freed, identical results
@@ -162,14 +172,10 @@ fn shared_memory_component_matches_point_to_point() {
                 ("BRAID_COLL_SHM_SPLIT", split),
                 ("BRAID_COLL_SHM_PAIR_MIN", pair),
             ];
-            let f = job_of("coll_shm", n, &env, &[]);
             let what = format!(
                 "coll_shm, BRAID_COLL_SHM={shm}, slot {slot}, CMA {cma}, split {split}, pair {pair}"
             );
-            assert_ok_as("coll_shm", n, &f, &what);
-            let left = segments_of(&f);
-            assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
-            digests.push(printed(&f, "digest").map(str::to_owned));
+            digests.push(coll_shm_digest(n, &env, &[], &what));
         }
         assert!(digests[0].is_some(), "{n} ranks: no digest");
         assert_eq!(
@@ -189,12 +195,8 @@ fn hierarchical_intra_host_phases_use_shared_memory() {
         let mut digests = Vec::new();
         for shm in ["1", "0"] {
             let env = [("BRAID_COLL_FAKE_HOSTS", hosts), ("BRAID_COLL_SHM", shm)];
-            let f = job_of("coll_shm", n, &env, &["quick"]);
             let what = format!("coll_shm, {hosts} pretend hosts, BRAID_COLL_SHM={shm}");
-            assert_ok_as("coll_shm", n, &f, &what);
-            let left = segments_of(&f);
-            assert!(left.is_empty(), "{what}: left in /dev/shm: {left:?}");
-            digests.push(printed(&f, "digest").map(str::to_owned));
+            digests.push(coll_shm_digest(n, &env, &["quick"], &what));
         }
         assert!(digests[0].is_some(), "{n} ranks: no digest");
         assert_eq!(

@@ -368,6 +368,28 @@ fn fault_job_env(n: u32, mode: &str, env: &[(&str, &str)]) -> (Finished, Duratio
 /// Generous bound on the time from a rank's death to mpirun's exit (the target is 2 s).
 const PROMPT: Duration = Duration::from_secs(4);
 
+/// The job `what` failed (non-zero exit) within [`PROMPT`] of rank 1's death, and its
+/// stderr says every one of `says`.
+fn assert_failed_promptly(f: &Finished, after: Duration, what: &str, says: &[&str]) {
+    assert!(
+        f.code().is_some_and(|c| c != 0),
+        "{what}: want a non-zero exit: {}",
+        show(f)
+    );
+    assert!(
+        after < PROMPT,
+        "{what}: mpirun took {after:?} after rank 1 died: {}",
+        show(f)
+    );
+    for s in says {
+        assert!(
+            f.stderr.contains(s),
+            "{what}: stderr does not say {s:?}: {}",
+            show(f)
+        );
+    }
+}
+
 #[test]
 fn killed_rank_ends_job_promptly() {
     let _g = one_job_at_a_time();
@@ -378,21 +400,7 @@ fn killed_rank_ends_job_promptly() {
         (4, "kill-any"),
     ] {
         let (f, after) = fault_job(n, mode);
-        assert!(
-            f.code().is_some_and(|c| c != 0),
-            "{mode} -n {n}: want a non-zero exit: {}",
-            show(&f)
-        );
-        assert!(
-            after < PROMPT,
-            "{mode} -n {n}: mpirun took {after:?} after the kill: {}",
-            show(&f)
-        );
-        assert!(
-            f.stderr.contains("rank 1"),
-            "{mode} -n {n}: stderr does not name rank 1: {}",
-            show(&f)
-        );
+        assert_failed_promptly(&f, after, &format!("{mode} -n {n}"), &["rank 1"]);
     }
 }
 
@@ -403,21 +411,7 @@ fn killed_rank_ends_job_promptly_over_tcp() {
     let _g = one_job_at_a_time();
     for n in [2u32, 4] {
         let (f, after) = fault_job_env(n, "kill", &[("BRAID_SHM", "off")]);
-        assert!(
-            f.code().is_some_and(|c| c != 0),
-            "kill -n {n} over TCP: want a non-zero exit: {}",
-            show(&f)
-        );
-        assert!(
-            after < PROMPT,
-            "kill -n {n} over TCP: mpirun took {after:?} after the kill: {}",
-            show(&f)
-        );
-        assert!(
-            f.stderr.contains("rank 1"),
-            "kill -n {n} over TCP: stderr does not name rank 1: {}",
-            show(&f)
-        );
+        assert_failed_promptly(&f, after, &format!("kill -n {n} over TCP"), &["rank 1"]);
     }
 }
 
@@ -468,21 +462,8 @@ fn panicking_rank_ends_job_promptly() {
     let _g = one_job_at_a_time();
     for n in [2u32, 4] {
         let (f, after) = fault_job(n, "panic");
-        assert!(
-            f.code().is_some_and(|c| c != 0),
-            "panic -n {n}: want a non-zero exit: {}",
-            show(&f)
-        );
-        assert!(
-            after < PROMPT,
-            "panic -n {n}: mpirun took {after:?} after the panic: {}",
-            show(&f)
-        );
-        assert!(
-            f.stderr.contains("panics on purpose") && f.stderr.contains("rank 1"),
-            "panic -n {n}: {}",
-            show(&f)
-        );
+        let says = ["panics on purpose", "rank 1"];
+        assert_failed_promptly(&f, after, &format!("panic -n {n}"), &says);
     }
 }
 

@@ -355,6 +355,18 @@ impl Link {
     fn live_count(&self) -> usize {
         self.live().count()
     }
+
+    /// The rail and connection of a pair that keeps no frames for failover (it has exactly
+    /// one connection); `None` for a reliable pair or while the connection is missing.
+    fn single_conn(&mut self) -> Option<(usize, &mut Conn)> {
+        if self.reliable {
+            return None;
+        }
+        self.conns
+            .iter_mut()
+            .enumerate()
+            .find_map(|(r, c)| Some((r, c.as_mut()?)))
+    }
 }
 
 /// The TCP transport of one rank.
@@ -557,16 +569,10 @@ impl TcpTransport {
         let Some(link) = self.links.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
             return Take::Other;
         };
-        if link.reliable || link.lost {
+        if link.lost {
             return Take::Other;
         }
-        // An unreliable pair has exactly one connection.
-        let Some((rail, c)) = link
-            .conns
-            .iter_mut()
-            .enumerate()
-            .find_map(|(r, c)| Some((r, c.as_mut()?)))
-        else {
+        let Some((rail, c)) = link.single_conn() else {
             return Take::Other;
         };
         if c.broken || !c.framed.at_frame_boundary() {
@@ -1723,13 +1729,7 @@ impl Transport for TcpTransport {
             return Err(TransportError::NotConnected(to));
         };
         // A small frame to a one-connection peer with nothing queued: one `send`.
-        if !link.reliable
-            && let Some((rail, c)) = link
-                .conns
-                .iter_mut()
-                .enumerate()
-                .find_map(|(r, c)| Some((r, c.as_mut()?)))
-        {
+        if let Some((rail, c)) = link.single_conn() {
             match c.send_small(header, body, &mut self.sent) {
                 Ok(false) => {}
                 Ok(true) => {

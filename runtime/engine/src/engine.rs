@@ -1127,13 +1127,13 @@ impl Engine {
     }
 
     /// The next single-copy transfer the driver must perform.
-    #[inline]
     ///
     /// A whole message that may be split is split here, unless this rank has rendezvous
     /// sends of its own waiting on that peer (the peer then copies those, and both are
     /// busy already): the returned pull is the page-aligned first half, and a PUSH asking
     /// the sender to write the rest is queued. The driver sends it
     /// ([`Engine::poll_transmit`]) before it copies.
+    #[inline]
     pub fn poll_pull(&mut self) -> Option<Pull> {
         let p = self.pulls.pop_front()?;
         Some(self.take_pull(p))

@@ -196,14 +196,8 @@ impl Header {
 
     /// Encodes the header. Cannot fail.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
-        b[0] = self.kind as u8;
+        let mut b = self.envelope_bytes();
         b[1] = self.flags;
-        b[4..8].copy_from_slice(&self.context.0.to_le_bytes());
-        b[8..12].copy_from_slice(&self.source.0.to_le_bytes());
-        b[12..16].copy_from_slice(&self.tag.0.to_le_bytes());
-        b[16..24].copy_from_slice(&self.seq.0.to_le_bytes());
-        b[24..32].copy_from_slice(&self.msg_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.send_req.0.to_le_bytes());
         b[40..48].copy_from_slice(&self.recv_req.0.to_le_bytes());
         b[48..56].copy_from_slice(&self.offset.to_le_bytes());
@@ -227,17 +221,26 @@ impl Header {
     pub fn encode_short(&self) -> ([u8; HEADER_LEN], usize) {
         if self.kind == FrameKind::Eager && self.flags == 0 && self.send_req.0 == 0 {
             // Bytes 0..32 of the full form, the compact bit on top of the kind.
-            let mut b = [0u8; HEADER_LEN];
-            b[0] = self.kind as u8 | COMPACT;
-            b[4..8].copy_from_slice(&self.context.0.to_le_bytes());
-            b[8..12].copy_from_slice(&self.source.0.to_le_bytes());
-            b[12..16].copy_from_slice(&self.tag.0.to_le_bytes());
-            b[16..24].copy_from_slice(&self.seq.0.to_le_bytes());
-            b[24..32].copy_from_slice(&self.msg_len.to_le_bytes());
+            let mut b = self.envelope_bytes();
+            b[0] |= COMPACT;
             (b, COMPACT_LEN)
         } else {
             (self.encode(), HEADER_LEN)
         }
+    }
+
+    /// The kind and the envelope (bytes 0..32 of either form, without the flags); the rest
+    /// zero.
+    #[inline]
+    fn envelope_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = self.kind as u8;
+        b[4..8].copy_from_slice(&self.context.0.to_le_bytes());
+        b[8..12].copy_from_slice(&self.source.0.to_le_bytes());
+        b[12..16].copy_from_slice(&self.tag.0.to_le_bytes());
+        b[16..24].copy_from_slice(&self.seq.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.msg_len.to_le_bytes());
+        b
     }
 
     /// Decodes and validates a header, in either form (see [`header_len`]).

@@ -669,19 +669,25 @@ fn barrier_leaders(s: &mut Schedule, l: &Levels) {
     }
 }
 
+/// A round boundary, then, unless `from` and `to` are the same rank, `buf` sent from `from`
+/// to `to` in a round of its own (the hop between a root and its host's leader).
+fn hop(s: &mut Schedule, me: usize, from: usize, to: usize, buf: Slice) {
+    s.round();
+    if from != to {
+        if me == from {
+            s.send(to, buf);
+        } else if me == to {
+            s.recv(from, buf);
+        }
+        s.round();
+    }
+}
+
 /// Phase 2 of a broadcast from `root`: the root's data to its host's leader, then among the
 /// leaders.
 fn bcast_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, buf: Slice) {
     let lr = l.leader_of[root];
-    s.round();
-    if root != lr {
-        if me == root {
-            s.send(lr, buf);
-        } else if me == lr {
-            s.recv(root, buf);
-        }
-        s.round();
-    }
+    hop(s, me, root, lr, buf);
     if let Some(lt) = &l.leaders {
         bcast_flat(s, lt, index_in(lt, lr), buf);
     }
@@ -694,15 +700,7 @@ fn reduce_leaders(s: &mut Schedule, me: usize, l: &Levels, root: usize, acc: Sli
     if let Some(lt) = &l.leaders {
         alg::reduce_binomial(s, lt, index_in(lt, lr), true, acc, tmp);
     }
-    s.round();
-    if root != lr {
-        if me == lr {
-            s.send(root, acc);
-        } else if me == root {
-            s.recv(lr, acc);
-        }
-        s.round();
-    }
+    hop(s, me, lr, root, acc);
 }
 
 fn build_barrier(over: &Over<'_>) -> Schedule {

@@ -645,10 +645,12 @@ impl Conn {
         body: Body,
         sent: &mut Vec<ReqId>,
     ) -> io::Result<bool> {
-        if self.reliable || self.blocked || self.broken || !self.q.is_empty() {
-            return Ok(false);
-        }
-        if body.len > SMALL_SEND {
+        if self.reliable
+            || self.blocked
+            || self.broken
+            || !self.q.is_empty()
+            || body.len > SMALL_SEND
+        {
             return Ok(false);
         }
         let hlen = braid_engine::wire::header_len(header[0]);
