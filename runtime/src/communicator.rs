@@ -1074,26 +1074,27 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
     buf: &'a B,
     mode: SendMode,
 ) -> Result<Request<'a, S>, Error> {
-    let (id, keep) = match buf.packed() {
-        Cow::Borrowed(bytes) => {
-            // SAFETY: `buf` is borrowed for 'a, and the request (or its scope) waits for
-            // completion before 'a ends.
-            let id =
-                with_core(|c| unsafe { c.isend(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })?;
-            (id, None)
+    let packed = buf.packed();
+    let (ptr, len) = (packed.as_ptr(), packed.len());
+    let id = with_core(|c| -> Result<_, Error> {
+        // Small standard sends are complete at once: their request has nothing to wait for.
+        // SAFETY: `packed` is borrowed for the whole call.
+        if unsafe { c.send_now(ctx, to, tag, ptr, len, mode) }?.is_some() {
+            return Ok(None);
         }
-        Cow::Owned(v) => {
-            // SAFETY: the packed copy moves into the request, which keeps it (its heap memory
-            // does not move) until the send completes.
-            let id = with_core(|c| unsafe { c.isend(ctx, to, tag, v.as_ptr(), v.len(), mode) })?;
-            (id, Some(v))
-        }
-    };
+        // SAFETY: `buf` is borrowed for 'a, and a packed copy moves into the request below
+        // (its heap memory does not move); the request (or its scope) waits for completion
+        // before 'a ends.
+        unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }.map(Some)
+    })?;
     crate::collective::poke();
+    let Some(id) = id else {
+        return Ok(Request::sent(scope));
+    };
     let r: Request<'a, S> = Request::new(id, scope, Kind::Send);
-    Ok(match keep {
-        Some(v) => r.with_group(Group::empty(), Some(v)),
-        None => r,
+    Ok(match packed {
+        Cow::Owned(v) => r.with_group(Group::empty(), Some(v)),
+        Cow::Borrowed(_) => r,
     })
 }
 
@@ -1133,7 +1134,13 @@ unsafe fn irecv_raw<'a, S: Scope<'a>>(
     // SAFETY: forwarded from the caller.
     let id = with_core(|c| unsafe { c.irecv(ctx, from, tag, ptr, len) })?;
     crate::collective::poke();
-    Ok(Request::new(id, scope, Kind::Recv { capacity: len }).with_group(comm.group.clone(), None))
+    let r = Request::new(id, scope, Kind::Recv { capacity: len });
+    // Sources need translating only when group ranks differ from world ranks.
+    Ok(if comm.group.is_identity() {
+        r
+    } else {
+        r.with_group(comm.group.clone(), None)
+    })
 }
 
 #[cfg(test)]

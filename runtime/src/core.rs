@@ -2,9 +2,11 @@
 //! owns the raw user buffers of in-flight requests.
 //!
 //! Both front-ends (the Rust API here, the C ABI later) call into [`Core`] with raw buffers.
-//! One `Core` exists per process, behind a mutex ([`with_core`]).
+//! One `Core` exists per process, in a mutex biased to the thread that initialized Braid
+//! ([`with_core`], [`cell`]).
 
-use std::sync::Mutex;
+mod cell;
+
 use std::time::{Duration, Instant};
 
 use braid_engine::wire::{HEADER_LEN, Header};
@@ -18,6 +20,7 @@ use braid_transports::tcp::TcpTransport;
 use braid_transports::{Body, Dest, FrameSink, Take, Transport, TransportError};
 
 use crate::error::Error;
+use cell::BiasedCell;
 
 /// Context of the world communicator's point-to-point traffic.
 pub(crate) const WORLD_CONTEXT: ContextId = ContextId(0);
@@ -25,47 +28,47 @@ pub(crate) const WORLD_CONTEXT: ContextId = ContextId(0);
 pub(crate) const WORLD_COLL_CONTEXT: ContextId = ContextId(1);
 
 /// The process-wide runtime state; `None` before init and after finalize.
-static CORE: Mutex<Option<Core>> = Mutex::new(None);
+static CORE: BiasedCell<Option<Core>> = BiasedCell::new(None);
 
 /// Runs `f` on the initialized core.
 ///
 /// # Panics
 /// When called before `initialize` or after finalize: the Rust API hands out communicators
 /// only between the two, so this is a bug in Braid.
+#[inline]
 pub(crate) fn with_core<R>(f: impl FnOnce(&mut Core) -> R) -> R {
-    let mut guard = CORE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let core = guard
-        .as_mut()
-        .expect("braid communicators exist only between initialize and finalize");
-    f(core)
+    CORE.take(|slot| {
+        let core = slot
+            .as_mut()
+            .expect("braid communicators exist only between initialize and finalize");
+        f(core)
+    })
 }
 
-/// Installs the core; false when one is installed already.
+/// Installs the core, biased to the calling thread (see [`cell`]); false when one is
+/// installed already.
 pub(crate) fn install(core: Core) -> bool {
-    let mut guard = CORE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if guard.is_some() {
-        return false;
+    let installed = CORE.take(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(core);
+        true
+    });
+    if installed {
+        CORE.bias_to_caller();
     }
-    *guard = Some(core);
-    true
+    installed
 }
 
 /// Removes the core (at finalize).
 pub(crate) fn take() -> Option<Core> {
-    CORE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
+    CORE.take(Option::take)
 }
 
 /// Whether a core is installed.
 pub(crate) fn is_installed() -> bool {
-    CORE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .is_some()
+    CORE.take(|slot| slot.is_some())
 }
 
 /// A user buffer lent to an in-flight request.
@@ -691,6 +694,9 @@ impl Core {
         let mut did = self.pump();
         self.polls = self.polls.wrapping_add(1);
         let mut returned = Vec::new();
+        if self.shm.is_some() {
+            did |= self.take_boxed();
+        }
         let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
         if let Some(shm) = self.shm.as_mut() {
             let mut sink = Sink {
@@ -739,6 +745,36 @@ impl Core {
         did |= self.settle_returned(&mut returned);
         did |= self.pump();
         Ok(did)
+    }
+
+    /// The fast path of [`Core::progress`] for small messages that posted receives are
+    /// waiting for: each one waiting in a peer's fast box goes from the slot straight into
+    /// its receive's buffer, and the receive is finished, without a frame token, placement
+    /// or completion ([`Engine::take_posted`], [`ShmTransport::take_boxed`]). Returns
+    /// whether it took any.
+    fn take_boxed(&mut self) -> bool {
+        let Self {
+            engine,
+            shm,
+            recvs,
+            finished,
+            ..
+        } = self;
+        let Some(shm) = shm.as_mut() else {
+            return false;
+        };
+        let place = |from: ERank, h: &Header| {
+            let (req, status) = engine.take_posted(from, h)?;
+            finished.insert(req, Ok(status));
+            // Every posted receive has its buffer registered (`Core::irecv`).
+            let buf = recvs.remove(&req);
+            debug_assert!(buf.is_some(), "posted receive {req} has no buffer");
+            Some(buf.map_or((std::ptr::null_mut(), 0), |b| (b.ptr, b.len)))
+        };
+        // SAFETY: each place is a receive buffer registered in `recvs`, valid for its length
+        // and left alone by the front-end until its request is collected; the request is
+        // reported only after this call, which holds the core.
+        unsafe { shm.take_boxed(place) > 0 }
     }
 
     /// Finishes the sends among `returned` (requests whose last lent body the transport gave
@@ -1026,7 +1062,8 @@ impl Core {
     }
 }
 
-fn sent_status() -> RecvStatus {
+/// The status of a completed send.
+pub(crate) fn sent_status() -> RecvStatus {
     RecvStatus {
         source: ERank(0),
         tag: braid_engine::Tag(0),

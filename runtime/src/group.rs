@@ -42,6 +42,9 @@ struct GroupInner {
     world: Vec<u32>,
     /// Group rank of each member's world rank; the inverse of `world`.
     inverse: IdMap<u32, Rank>,
+    /// Every member's group rank is its world rank (`MPI_COMM_WORLD` and its duplicates):
+    /// translating ranks is then the identity.
+    identity: bool,
 }
 
 impl Group {
@@ -58,8 +61,13 @@ impl Group {
                 )));
             }
         }
+        let identity = world.iter().enumerate().all(|(i, w)| *w as usize == i);
         Ok(Self {
-            inner: Arc::new(GroupInner { world, inverse }),
+            inner: Arc::new(GroupInner {
+                world,
+                inverse,
+                identity,
+            }),
         })
     }
 
@@ -69,6 +77,7 @@ impl Group {
             inner: Arc::new(GroupInner {
                 world: Vec::new(),
                 inverse: IdMap::default(),
+                identity: true,
             }),
         }
     }
@@ -95,7 +104,15 @@ impl Group {
 
     /// Group rank of the process with world rank `w`.
     pub(crate) fn rank_of_world(&self, w: u32) -> Option<Rank> {
+        if self.inner.identity {
+            return ((w as usize) < self.inner.world.len()).then_some(w as Rank);
+        }
         self.inner.inverse.get(&w).copied()
+    }
+
+    /// Whether every member's group rank is its world rank.
+    pub(crate) fn is_identity(&self) -> bool {
+        self.inner.identity
     }
 
     fn check(&self, r: Rank) -> Result<u32, Error> {

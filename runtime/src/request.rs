@@ -36,6 +36,9 @@ pub(crate) enum Handle {
     P2p(ReqId),
     /// A nonblocking collective's schedule.
     Coll(Arc<Mutex<Exec>>),
+    /// A send that was complete when it was started (a small message the transport wrote or
+    /// copied at once): nothing to wait for.
+    Sent,
 }
 
 impl Handle {
@@ -52,6 +55,7 @@ impl Handle {
         let _ = match self {
             Self::P2p(id) => crate::collective::wait_p2p(*id).map(drop),
             Self::Coll(e) => crate::collective::wait_exec(e),
+            Self::Sent => Ok(()),
         };
     }
 }
@@ -94,7 +98,8 @@ impl<'a> Scope<'a> for &LocalScope<'a> {
         // Requests mostly finish in the order they were issued: the search ends at once.
         let mut v = self.outstanding.borrow_mut();
         if let Some(i) = v.iter().position(|x| x.same(h)) {
-            v.remove(i);
+            // Order does not matter; the next request to finish usually stays in front.
+            v.swap_remove(i);
         }
     }
 }
@@ -166,8 +171,15 @@ impl<'a, S: Scope<'a>> Request<'a, S> {
         Self::from_handle(Handle::P2p(id), scope, kind)
     }
 
+    /// The request of a send that completed as it started.
+    pub(crate) fn sent(scope: S) -> Self {
+        Self::from_handle(Handle::Sent, scope, Kind::Send)
+    }
+
     fn from_handle(handle: Handle, scope: S, kind: Kind) -> Self {
-        scope.register(&handle);
+        if !matches!(handle, Handle::Sent) {
+            scope.register(&handle);
+        }
         Self {
             handle,
             scope,
@@ -202,7 +214,7 @@ impl<'a, S: Scope<'a>> Request<'a, S> {
 
     fn finish(&mut self, f: Finished) -> Result<Status, Error> {
         self.done = true;
-        self.scope.unregister(&self.handle);
+        self.unregister();
         let s = Status::from_finished(f, self.kind)?;
         Ok(match &self.group {
             Some(g) => s.translated(g),
@@ -212,7 +224,7 @@ impl<'a, S: Scope<'a>> Request<'a, S> {
 
     fn finish_coll(&mut self, r: Result<(), Error>) -> Result<Status, Error> {
         self.done = true;
-        self.scope.unregister(&self.handle);
+        self.unregister();
         r.map(|()| Status::collective())
     }
 
@@ -230,6 +242,7 @@ impl<'a, S: Scope<'a>> Request<'a, S> {
                 let r = crate::collective::wait_exec(&e);
                 self.finish_coll(r)
             }
+            Handle::Sent => self.finish(Ok(crate::core::sent_status())),
         }
     }
 
@@ -254,13 +267,22 @@ impl<'a, S: Scope<'a>> Request<'a, S> {
                 Ok(true) => self.finish_coll(Ok(())).map(Some),
                 Err(err) => self.finish_coll(Err(err)).map(Some),
             },
+            Handle::Sent => self.finish(Ok(crate::core::sent_status())).map(Some),
+        }
+    }
+
+    /// Removes the request from its scope's outstanding set (a [`Handle::Sent`] never
+    /// entered it).
+    fn unregister(&self) {
+        if !matches!(self.handle, Handle::Sent) {
+            self.scope.unregister(&self.handle);
         }
     }
 
     fn p2p_id(&self) -> Option<ReqId> {
         match self.handle {
             Handle::P2p(id) => Some(id),
-            Handle::Coll(_) => None,
+            Handle::Coll(_) | Handle::Sent => None,
         }
     }
 }
@@ -269,7 +291,7 @@ impl<'a, S: Scope<'a>> Drop for Request<'a, S> {
     fn drop(&mut self) {
         if !self.done {
             self.handle.wait_quietly();
-            self.scope.unregister(&self.handle);
+            self.unregister();
         }
     }
 }

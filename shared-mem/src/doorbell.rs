@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache_padded::CachePadded;
-use crate::primitive::sync::{AtomicU32, Ordering, fence};
-use crate::primitive::{futex_wait, futex_wake};
+use crate::primitive::sync::{AtomicU32, Ordering, compiler_fence, fence};
+use crate::primitive::{asymmetric_fences, futex_wait, futex_wake, heavy_barrier};
 use crate::segment::Segment;
 
 /// Format and version word of a doorbell: ASCII `BELL`, little-endian.
@@ -30,6 +30,11 @@ struct DoorbellWords {
     /// [`Doorbell::wait`] (or [`Doorbell::cancel_wait`]), else 0. Written only by the
     /// consumer.
     sleeping: AtomicU32,
+    /// 1 while the consumer issues a process barrier ([`heavy_barrier`]) each time it
+    /// announces sleep, so producers registered for asymmetric fences may skip theirs (see
+    /// [`Doorbell::ring`]). Set at format by the consumer if its process could register;
+    /// cleared for good if a barrier ever fails. Written only by the consumer.
+    asymmetric: AtomicU32,
 }
 
 /// Writes a fresh doorbell at `offset` in `seg`.
@@ -58,6 +63,7 @@ pub unsafe fn format_doorbell(seg: &Segment, offset: usize) {
         magic: AtomicU32::new(0),
         seq: AtomicU32::new(0),
         sleeping: AtomicU32::new(0),
+        asymmetric: AtomicU32::new(u32::from(asymmetric_fences())),
     };
     // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the caller
     // guarantees exclusive use during formatting.
@@ -112,6 +118,8 @@ pub struct Doorbell {
     seg: Arc<Segment>,
     /// The shared words; valid, formatted (checked at attach) while `seg` lives.
     words: NonNull<CachePadded<DoorbellWords>>,
+    /// This process is a target of consumers' barriers ([`asymmetric_fences`]).
+    light: bool,
 }
 
 // SAFETY: all access to `words` is through atomics, and `seg` (an Arc of a Send + Sync
@@ -149,7 +157,11 @@ impl Doorbell {
         let words = unsafe {
             NonNull::new_unchecked(seg.as_ptr().add(offset)).cast::<CachePadded<DoorbellWords>>()
         };
-        let bell = Self { seg, words };
+        let bell = Self {
+            seg,
+            words,
+            light: asymmetric_fences(),
+        };
         let magic = bell.words().magic.load(Ordering::Acquire);
         if magic != DOORBELL_MAGIC {
             return Err(io::Error::new(
@@ -173,9 +185,23 @@ impl Doorbell {
     /// The handshake is the one documented on [`crate::RingProducer::wake`], with "tail"
     /// standing for "any of the consumer's rings": publish, `fence(SeqCst)`, load
     /// `sleeping`, versus store `sleeping`, `fence(SeqCst)`, load `seq`, check the rings.
+    ///
+    /// The producer's fence costs more than the rest of a small send (it waits until the
+    /// data's cache line has reached this core), and it matters only when the consumer
+    /// goes to sleep, which is rare. So it is made *asymmetric* where the kernel allows
+    /// (`membarrier`, as in liburcu and folly's `asymmetricHeavyBarrier`): the producer
+    /// keeps only a compiler fence, and the consumer, after storing `sleeping`, makes every
+    /// running thread of the registered processes execute a full fence. Either the
+    /// producer's data store precedes that barrier (and the consumer's ring check sees
+    /// it), or the producer's `sleeping` load follows it (and sees 1). A producer not
+    /// registered, or a consumer that cannot issue the barrier, keeps the fence.
     pub fn ring(&self) {
         let w = self.words();
-        fence(Ordering::SeqCst);
+        if self.light && w.asymmetric.load(Ordering::Relaxed) != 0 {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if w.sleeping.load(Ordering::Relaxed) != 0 {
             w.seq.fetch_add(1, Ordering::Release);
             futex_wake(&w.seq, i32::MAX);
@@ -189,6 +215,12 @@ impl Doorbell {
         let w = self.words();
         w.sleeping.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
+        if w.asymmetric.load(Ordering::Relaxed) != 0 && !heavy_barrier() {
+            // Producers see this before their next ring; a wake-up they skip meanwhile is
+            // bounded by the caller's timeout.
+            w.asymmetric.store(0, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
         w.seq.load(Ordering::Acquire)
     }
 

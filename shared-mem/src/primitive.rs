@@ -11,12 +11,14 @@
 
 #[cfg(not(braid_loom))]
 pub(crate) mod sync {
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence, fence};
 }
 
 #[cfg(braid_loom)]
 pub(crate) mod sync {
     pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+    // Loom has no compiler fence; a full one is stronger and never used on that path anyway.
+    pub(crate) use loom::sync::atomic::fence as compiler_fence;
 }
 
 use std::time::Duration;
@@ -73,6 +75,35 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
 /// Under loom: nothing to wake (see [`futex_wait`]).
 #[cfg(braid_loom)]
 pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) {}
+
+/// Whether this process takes part in asymmetric fences: it is registered as a target of
+/// the barrier that a sleeping consumer issues ([`heavy_barrier`]), so as a producer it may
+/// replace its `fence(SeqCst)` before checking for sleepers by a compiler fence. Registers on
+/// the first call. Loom cannot model the barrier: there, never.
+#[cfg(not(braid_loom))]
+pub(crate) fn asymmetric_fences() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(crate::sys::register_global_barrier)
+}
+
+/// Under loom: never (see above).
+#[cfg(braid_loom)]
+pub(crate) fn asymmetric_fences() -> bool {
+    false
+}
+
+/// The consumer's half of an asymmetric fence: every running thread of the registered
+/// processes executes a full fence before this returns. False when the kernel refused.
+#[cfg(not(braid_loom))]
+pub(crate) fn heavy_barrier() -> bool {
+    crate::sys::global_barrier().is_ok()
+}
+
+/// Under loom: never called ([`asymmetric_fences`] is false).
+#[cfg(braid_loom)]
+pub(crate) fn heavy_barrier() -> bool {
+    false
+}
 
 /// Exponential backoff for spin loops: spin `2^step` pause instructions, then yield, then
 /// report completion so the caller parks (on a futex) instead.

@@ -423,6 +423,60 @@ impl ShmTransport {
         Take::Taken(status)
     }
 
+    /// The receive fast path for posted receives: takes from each peer's fast box, in
+    /// order, the leading records that are whole compact eager frames which `place` accepts,
+    /// copies each payload straight from its slot to the place returned, and frees the slot.
+    /// A peer's first other record (or one `place` declines) stops the taking from that
+    /// peer; [`Transport::progress`] delivers it. Returns the number of frames taken.
+    ///
+    /// `place` returns a destination and its length, which commits to the frame; at most
+    /// that many payload bytes are written there.
+    ///
+    /// # Safety
+    /// Each destination `place` returns must be valid for writes of its length, and not
+    /// otherwise accessed during the call.
+    pub unsafe fn take_boxed(
+        &mut self,
+        mut place: impl FnMut(Rank, &Header) -> Option<(*mut u8, usize)>,
+    ) -> usize {
+        let mut taken = 0;
+        for k in 0..self.connected.len() {
+            let i = self.connected[k];
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            let peer = c.peer();
+            let pipe = c.stream_mut();
+            while let Some(rec) = pipe.box_rx.front() {
+                let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..))
+                else {
+                    break;
+                };
+                if head[0] & COMPACT == 0 {
+                    break;
+                }
+                let Ok(h) = Header::decode(head) else {
+                    break;
+                };
+                if h.payload_len != body.len() as u64 {
+                    break;
+                }
+                let Some((dst, cap)) = place(peer, &h) else {
+                    break;
+                };
+                let n = body.len().min(cap);
+                if n > 0 {
+                    // SAFETY: `dst` is valid for `cap >= n` bytes (the caller's promise) and
+                    // does not overlap the slot, which is shared memory of this transport.
+                    unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), dst, n) };
+                }
+                pipe.box_rx.pop();
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// Whether some local peer has written frames not yet read (two loads per peer).
     pub fn has_input(&self) -> bool {
         self.connected.iter().any(|&i| {

@@ -481,8 +481,8 @@ pub struct Engine {
     sends: SeqMap<ReqId, SendState>,
     /// Receives matched but not yet complete.
     recvs: SeqMap<ReqId, RecvState>,
-    /// Posted receives not yet matched: request to context (for cancellation).
-    posted_ctx: SeqMap<ReqId, ContextId>,
+    /// Number of posted receives not yet matched, over all contexts' queues.
+    posted_len: usize,
     /// Frames whose payload is being placed.
     in_flight: SeqMap<FrameToken, InFlight>,
     /// Frames to send, in order.
@@ -513,7 +513,7 @@ impl Engine {
             arrivals: SeqMap::default(),
             sends: SeqMap::default(),
             recvs: SeqMap::default(),
-            posted_ctx: SeqMap::default(),
+            posted_len: 0,
             in_flight: SeqMap::default(),
             transmits: VecDeque::new(),
             pulls: VecDeque::new(),
@@ -544,7 +544,7 @@ impl Engine {
     /// Number of requests still in progress (sends waiting for a peer, receives posted or
     /// matched but incomplete).
     pub fn pending(&self) -> usize {
-        self.sends.len() + self.recvs.len() + self.posted_ctx.len()
+        self.sends.len() + self.recvs.len() + self.posted_len
     }
 
     /// Starts a send of `len` bytes to `to`. The driver keeps the buffer until completion.
@@ -719,6 +719,38 @@ impl Engine {
         })
     }
 
+    /// Accepts eager frame `h` from `from` for the posted receive it matches: when it is the
+    /// next envelope from `from` in order, standard-mode, whole (the payload in this frame)
+    /// and fits that receive's buffer, the receive is complete and the engine returns its id
+    /// and status; the driver copies the payload into the receive's buffer before it reports
+    /// the request finished (no [`Completion`] follows). `None` (engine unchanged) for any
+    /// other frame, which the general path ([`Engine::handle_header`]) must then take.
+    pub fn take_posted(&mut self, from: Rank, h: &Header) -> Option<(ReqId, RecvStatus)> {
+        let limit = self.eager_limit(from);
+        let peer = self.peers.get(from.0 as usize)?;
+        if h.kind != FrameKind::Eager
+            || h.flags != 0
+            || h.source != from
+            || h.seq.0 != peer.next_recv
+            || h.payload_len != h.msg_len
+            || h.msg_len > limit
+        {
+            return None;
+        }
+        let p = self.pop_posted(from, h, true)?;
+        self.peers[from.0 as usize].next_recv += 1;
+        self.release_early(from);
+        Some((
+            p.req,
+            RecvStatus {
+                source: from,
+                tag: h.tag,
+                len: h.msg_len,
+                stored: h.msg_len,
+            },
+        ))
+    }
+
     /// Posts a receive into a buffer of `capacity` bytes.
     ///
     /// # Errors
@@ -777,7 +809,7 @@ impl Engine {
             self.complete(req, Outcome::PeerLost { peer: r });
         } else {
             q.posted.push_back(posted);
-            self.posted_ctx.insert(req, context);
+            self.posted_len += 1;
         }
         Ok(req)
     }
@@ -798,13 +830,14 @@ impl Engine {
     /// Cancels a posted receive that has not matched yet. Returns whether it was cancelled;
     /// a cancelled request produces no completion.
     pub fn cancel_recv(&mut self, req: ReqId) -> bool {
-        let Some(ctx) = self.posted_ctx.remove(&req) else {
-            return false;
-        };
-        if let Some(q) = self.queues.get_mut(&ctx) {
-            q.posted.retain(|p| p.req != req);
+        for q in self.queues.values_mut() {
+            if let Some(i) = q.posted.iter().position(|p| p.req == req) {
+                q.posted.remove(i);
+                self.posted_len -= 1;
+                return true;
+            }
         }
-        true
+        false
     }
 
     /// Takes the header of a frame received from `from` (the authenticated peer).
@@ -1086,11 +1119,13 @@ impl Engine {
             }
             from != peer
         });
+        let mut unposted = 0;
         for q in self.queues.values_mut() {
             q.posted.retain(|p| {
                 let lost = p.source == SourceSel::Rank(peer);
                 if lost {
                     failed.push(p.req);
+                    unposted += 1;
                 }
                 !lost
             });
@@ -1119,9 +1154,9 @@ impl Engine {
             }
             InFlight::Data { .. } | InFlight::Empty => true,
         });
+        self.posted_len -= unposted;
         failed.sort();
         for req in failed {
-            self.posted_ctx.remove(&req);
             self.complete(req, Outcome::PeerLost { peer });
         }
     }
@@ -1396,6 +1431,27 @@ impl Engine {
         Ok(Incoming { token, placement })
     }
 
+    /// Removes and returns the first posted receive that accepts envelope `h` from `from`;
+    /// with `fits`, only if its buffer holds the whole message (else `None`, queue unchanged).
+    fn pop_posted(&mut self, from: Rank, h: &Header, fits: bool) -> Option<Posted> {
+        let q = self.queues.get_mut(&h.context)?;
+        let i = q
+            .posted
+            .iter()
+            .position(|p| p.source.accepts(from) && p.tag.accepts(h.tag))?;
+        if fits && q.posted[i].capacity < h.msg_len {
+            return None;
+        }
+        // Usually the oldest posted receive matches: popping it is cheaper than a removal.
+        let p = if i == 0 {
+            q.posted.pop_front()?
+        } else {
+            q.posted.remove(i)?
+        };
+        self.posted_len -= 1;
+        Some(p)
+    }
+
     /// The fast path of the common case: an in-order eager message with payload that a
     /// posted receive accepts goes straight into that receive, with no arrival record.
     fn match_direct(&mut self, from: Rank, h: &Header, token: FrameToken) -> Option<Incoming> {
@@ -1405,18 +1461,7 @@ impl Engine {
         {
             return None;
         }
-        let q = self.queues.get_mut(&h.context)?;
-        let i = q
-            .posted
-            .iter()
-            .position(|p| p.source.accepts(from) && p.tag.accepts(h.tag))?;
-        // Usually the oldest posted receive matches: popping it is cheaper than a removal.
-        let p = if i == 0 {
-            q.posted.pop_front()?
-        } else {
-            q.posted.remove(i)?
-        };
-        self.posted_ctx.remove(&p.req);
+        let p = self.pop_posted(from, h, false)?;
         self.peers[from.0 as usize].next_recv += 1;
         if h.is_sync() {
             let mut ack = Header::new(FrameKind::SyncAck, self.cfg.rank);
@@ -1483,7 +1528,7 @@ impl Engine {
             .position(|p| p.source.accepts(src) && p.tag.accepts(tag));
         match found.and_then(|i| q.posted.remove(i)) {
             Some(p) => {
-                self.posted_ctx.remove(&p.req);
+                self.posted_len -= 1;
                 self.bind(id, p);
             }
             None => q.unexpected.push_back(id),

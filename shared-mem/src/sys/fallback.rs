@@ -44,6 +44,14 @@ pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) -> usize {
     0
 }
 
+pub(crate) fn register_global_barrier() -> bool {
+    false
+}
+
+pub(crate) fn global_barrier() -> io::Result<()> {
+    Err(unsupported())
+}
+
 pub(crate) fn process_vm_read(_pid: i32, _addr: u64, _dst: &mut [u8]) -> io::Result<usize> {
     Err(unsupported())
 }

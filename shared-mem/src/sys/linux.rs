@@ -171,6 +171,35 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) -> usize {
     r.map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+
+/// Registers this process as a target of [`global_barrier`]; false when the kernel refuses
+/// (before Linux 4.16, or a seccomp filter).
+#[cfg_attr(braid_loom, allow(dead_code))] // loom models no asymmetric fences
+pub(crate) fn register_global_barrier() -> bool {
+    // SAFETY: membarrier takes no pointers.
+    syscall!(syscall(
+        libc::SYS_membarrier,
+        MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+        0
+    ))
+    .is_ok()
+}
+
+/// Makes every running thread of every process registered with
+/// [`register_global_barrier`] execute a full memory barrier before this returns.
+#[cfg_attr(braid_loom, allow(dead_code))]
+pub(crate) fn global_barrier() -> io::Result<()> {
+    // SAFETY: membarrier takes no pointers.
+    syscall!(syscall(
+        libc::SYS_membarrier,
+        MEMBARRIER_CMD_GLOBAL_EXPEDITED,
+        0
+    ))
+    .map(drop)
+}
+
 /// One `process_vm_readv` of `dst.len()` bytes at `addr` in process `pid`; returns the
 /// number of bytes read (may be short).
 pub(crate) fn process_vm_read(pid: i32, addr: u64, dst: &mut [u8]) -> io::Result<usize> {

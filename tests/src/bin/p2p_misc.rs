@@ -11,7 +11,10 @@
 //!    "not yet" while nobody has sent);
 //! 6. raw receives (`immediate_receive_raw_with_tag`): a window of receives into one buffer
 //!    (eager and rendezvous sizes) gets every message with its length, and a message longer
-//!    than the raw buffer is a truncation error.
+//!    than the raw buffer is a truncation error;
+//! 7. threads: after the main thread, a second thread sends around a ring (eager and
+//!    rendezvous sizes) while the main thread polls, then the main thread again (the core,
+//!    biased to the main thread, passes to the mutex).
 //!
 //! Usage: `mpirun -n N p2p_misc` (N >= 1; sections 2-5 need N >= 2).
 
@@ -28,6 +31,7 @@ fn main() {
             wait_any_test_all(world).map_err(|e| format!("section 5 (wait_any/test_all): {e}"))?;
             raw_window(world).map_err(|e| format!("section 6 (raw receives): {e}"))?;
         }
+        threads(world).map_err(|e| format!("section 7 (threads): {e}"))?;
         world.barrier().or_fail("final barrier")
     });
 }
@@ -422,23 +426,83 @@ fn raw_window(world: &braid::SimpleCommunicator) -> Check {
         }
         check_pattern(&buf, salt)?;
     }
-    // A message longer than the raw buffer.
-    if rank == 0 {
-        peer.send_with_tag(&[7u8; 100][..], 62)
-            .or_fail("send long")?;
-    } else {
-        let mut small = [0u8; 10];
-        // SAFETY: `small` outlives the request, which is waited for at once.
-        let r = unsafe { peer.immediate_receive_raw_with_tag(small.as_mut_ptr(), small.len(), 62) }
-            .or_fail("raw irecv")?;
-        match r.wait() {
-            Err(braid::Error::UsageTruncated { .. }) => {}
-            other => {
-                return Err(format!(
-                    "100 bytes into a 10-byte raw receive gave {other:?}"
-                ));
+    // A message longer than the raw buffer: one that takes a fast-box slot, one that does
+    // not. The receive is posted before the message comes.
+    for long in [40usize, 100] {
+        if rank == 0 {
+            peer.receive_vec_with_tag::<u8>(63).or_fail("go")?;
+            peer.send_with_tag(&vec![7u8; long][..], 62)
+                .or_fail("send long")?;
+        } else {
+            let mut small = [0u8; 10];
+            // SAFETY: `small` outlives the request, which is waited for at once.
+            let r =
+                unsafe { peer.immediate_receive_raw_with_tag(small.as_mut_ptr(), small.len(), 62) }
+                    .or_fail("raw irecv")?;
+            peer.send_with_tag(&[0u8][..], 63).or_fail("go")?;
+            match r.wait() {
+                Err(braid::Error::UsageTruncated { .. }) => {}
+                other => {
+                    return Err(format!(
+                        "{long} bytes into a 10-byte raw receive gave {other:?}"
+                    ));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Section 7: a second thread takes over. The main thread (which initialized Braid) has
+/// communicated; now another thread sends around a ring while the main thread keeps polling
+/// (`iprobe` on an unused tag), then the main thread sends around the ring again.
+fn threads(world: &braid::SimpleCommunicator) -> Check {
+    let (rank, size) = (world.rank(), world.size());
+    let ring = |tag: i32, round: u64| -> Check {
+        let next = world.process_at_rank((rank + 1) % size);
+        let prev = world.process_at_rank((rank + size - 1) % size);
+        for len in [8usize, 100, 70_000] {
+            let salt = salt_of(&[rank as u64, len as u64, round]);
+            let from = salt_of(&[((rank + size - 1) % size) as u64, len as u64, round]);
+            let msg = pattern(len, salt);
+            let mut got = vec![0u8; len];
+            braid::request::scope(|scope| {
+                let s = next
+                    .immediate_send_with_tag(scope, &msg[..], tag)
+                    .or_fail("ring send")?;
+                prev.receive_into_with_tag(&mut got[..], tag)
+                    .or_fail("ring receive")?;
+                s.wait().or_fail("ring send wait").map(drop)
+            })
+            .map_err(|e| format!("{len} B: {e}"))?;
+            check_pattern(&got, from).map_err(|e| format!("{len} B: {e}"))?;
+        }
+        Ok(())
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let r = ring(71, 1).map_err(|e| format!("second thread: {e}"));
+            done.store(true, std::sync::atomic::Ordering::Release);
+            r
+        });
+        let mut polls = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Acquire) {
+            let unused = world
+                .any_process()
+                .immediate_probe_with_tag(72)
+                .or_fail("iprobe")?;
+            ensure(unused.is_none(), || {
+                "a message on an unused tag".to_string()
+            })?;
+            polls += 1;
+            ensure(polls < 50_000_000, || {
+                "the second thread never finished".to_string()
+            })?;
+        }
+        other
+            .join()
+            .map_err(|_| "the second thread panicked".to_string())?
+    })?;
+    ring(73, 2).map_err(|e| format!("main thread afterwards: {e}"))
 }
