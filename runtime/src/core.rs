@@ -695,7 +695,7 @@ impl Core {
         self.polls = self.polls.wrapping_add(1);
         let mut returned = Vec::new();
         if self.shm.is_some() {
-            did |= self.take_boxed();
+            did |= self.take_eager_frames();
         }
         let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
         if let Some(shm) = self.shm.as_mut() {
@@ -747,12 +747,12 @@ impl Core {
         Ok(did)
     }
 
-    /// The fast path of [`Core::progress`] for small messages that posted receives are
-    /// waiting for: each one waiting in a peer's fast box goes from the slot straight into
-    /// its receive's buffer, and the receive is finished, without a frame token, placement
-    /// or completion ([`Engine::take_posted`], [`ShmTransport::take_boxed`]). Returns
-    /// whether it took any.
-    fn take_boxed(&mut self) -> bool {
+    /// The fast path of [`Core::progress`] for eager messages that posted receives are
+    /// waiting for: each one waiting in a peer's fast box or ring goes from shared memory
+    /// straight into its receive's buffer, and the receive is finished, without a frame
+    /// token, placement or completion ([`Engine::take_posted`],
+    /// [`ShmTransport::take_eager_frames`]). Returns whether it took any.
+    fn take_eager_frames(&mut self) -> bool {
         let Self {
             engine,
             shm,
@@ -774,7 +774,7 @@ impl Core {
         // SAFETY: each place is a receive buffer registered in `recvs`, valid for its length
         // and left alone by the front-end until its request is collected; the request is
         // reported only after this call, which holds the core.
-        unsafe { shm.take_boxed(place) > 0 }
+        unsafe { shm.take_eager_frames(place) > 0 }
     }
 
     /// Finishes the sends among `returned` (requests whose last lent body the transport gave

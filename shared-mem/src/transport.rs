@@ -423,11 +423,12 @@ impl ShmTransport {
         Take::Taken(status)
     }
 
-    /// The receive fast path for posted receives: takes from each peer's fast box, in
-    /// order, the leading records that are whole compact eager frames which `place` accepts,
-    /// copies each payload straight from its slot to the place returned, and frees the slot.
-    /// A peer's first other record (or one `place` declines) stops the taking from that
-    /// peer; [`Transport::progress`] delivers it. Returns the number of frames taken.
+    /// The receive fast path for posted receives: takes from each peer's fast box, then
+    /// from its ring, the leading frames that are whole compact eager frames which `place`
+    /// accepts, copies each payload straight from shared memory to the place returned, and
+    /// frees the space. A channel's first other frame (or one `place` declines) stops the
+    /// taking from that channel; [`Transport::progress`] delivers it. Returns the number of
+    /// frames taken.
     ///
     /// `place` returns a destination and its length, which commits to the frame; at most
     /// that many payload bytes are written there.
@@ -435,7 +436,7 @@ impl ShmTransport {
     /// # Safety
     /// Each destination `place` returns must be valid for writes of its length, and not
     /// otherwise accessed during the call.
-    pub unsafe fn take_boxed(
+    pub unsafe fn take_eager_frames(
         &mut self,
         mut place: impl FnMut(Rank, &Header) -> Option<(*mut u8, usize)>,
     ) -> usize {
@@ -471,6 +472,38 @@ impl ShmTransport {
                     unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), dst, n) };
                 }
                 pipe.box_rx.pop();
+                taken += 1;
+            }
+            if !c.at_frame_boundary() {
+                continue;
+            }
+            let rx = &mut c.stream_mut().rx;
+            let mut head = [0u8; COMPACT_LEN];
+            loop {
+                let avail = rx.available();
+                if avail < COMPACT_LEN || rx.peek(&mut head) < COMPACT_LEN || head[0] & COMPACT == 0
+                {
+                    break;
+                }
+                let Ok(h) = Header::decode(&head) else {
+                    break;
+                };
+                let Ok(len) = usize::try_from(h.payload_len) else {
+                    break;
+                };
+                if avail - COMPACT_LEN < len {
+                    break;
+                }
+                let Some((dst, cap)) = place(peer, &h) else {
+                    break;
+                };
+                rx.consume(COMPACT_LEN);
+                let n = len.min(cap);
+                if n > 0 {
+                    // SAFETY: as above; `dst` holds `cap >= n` writable bytes.
+                    rx.read(unsafe { std::slice::from_raw_parts_mut(dst, n) });
+                }
+                rx.consume(len - n);
                 taken += 1;
             }
         }
