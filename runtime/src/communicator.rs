@@ -984,26 +984,35 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<(), Error> {
     let bytes = buf.packed();
-    let (ptr, len) = (bytes.as_ptr(), bytes.len());
-    let id = with_core(|c| -> Result<_, Error> {
-        // Small standard sends are complete at once, with no request to collect.
-        // SAFETY: `bytes` is borrowed for the whole call.
+    // SAFETY: `bytes` stays borrowed until `wait_p2p` has collected the request.
+    let Some(id) = (unsafe { start_send(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })? else {
+        return Ok(());
+    };
+    let finished = crate::collective::wait_p2p(id)?;
+    Status::from_finished(finished, Kind::Send).map(drop)
+}
+
+/// Starts a send in the core: `None` when it left at once (a small standard message, see
+/// [`crate::core::Core::send_now`]: nothing to wait for), else the posted request.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` bytes until the request, if any, is collected.
+unsafe fn start_send(
+    ctx: ContextId,
+    to: u32,
+    tag: i32,
+    ptr: *const u8,
+    len: usize,
+    mode: SendMode,
+) -> Result<Option<braid_engine::ReqId>, Error> {
+    with_core(|c| {
+        // SAFETY: forwarded from the caller (`send_now` reads only during the call).
         if unsafe { c.send_now(ctx, to, tag, ptr, len, mode) }?.is_some() {
             return Ok(None);
         }
-        // SAFETY: `bytes` stays borrowed until the request is collected, here or by
-        // `wait_p2p`.
-        let id = unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }?;
-        Ok(Some((id, c.collect(id))))
-    })?;
-    let Some((id, done)) = id else {
-        return Ok(());
-    };
-    let finished = match done {
-        Some(f) => f,
-        None => crate::collective::wait_p2p(id)?,
-    };
-    Status::from_finished(finished, Kind::Send).map(drop)
+        // SAFETY: forwarded from the caller.
+        unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }.map(Some)
+    })
 }
 
 pub(crate) fn recv_into<B: BufferMut + ?Sized>(
@@ -1075,18 +1084,10 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<Request<'a, S>, Error> {
     let packed = buf.packed();
-    let (ptr, len) = (packed.as_ptr(), packed.len());
-    let id = with_core(|c| -> Result<_, Error> {
-        // Small standard sends are complete at once: their request has nothing to wait for.
-        // SAFETY: `packed` is borrowed for the whole call.
-        if unsafe { c.send_now(ctx, to, tag, ptr, len, mode) }?.is_some() {
-            return Ok(None);
-        }
-        // SAFETY: `buf` is borrowed for 'a, and a packed copy moves into the request below
-        // (its heap memory does not move); the request (or its scope) waits for completion
-        // before 'a ends.
-        unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }.map(Some)
-    })?;
+    // SAFETY: `buf` is borrowed for 'a, and a packed copy moves into the request below (its
+    // heap memory does not move); the request (or its scope) waits for completion before 'a
+    // ends.
+    let id = unsafe { start_send(ctx, to, tag, packed.as_ptr(), packed.len(), mode) }?;
     crate::collective::poke();
     let Some(id) = id else {
         return Ok(Request::sent(scope));

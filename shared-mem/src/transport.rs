@@ -373,61 +373,31 @@ impl ShmTransport {
         let Some(c) = self.conns.get_mut(peer.0 as usize).and_then(Option::as_mut) else {
             return Take::Other;
         };
-        let pipe = c.stream_mut();
-        if let Some(rec) = pipe.box_rx.front() {
-            let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..)) else {
-                return Take::Other;
-            };
-            if head[0] & COMPACT == 0 {
-                return Take::Other;
-            }
-            let Ok(h) = Header::decode(head) else {
-                return Take::Other;
-            };
-            if h.payload_len != body.len() as u64 || body.len() > dst.len() {
-                return Take::Other;
-            }
-            let Some(status) = accept(&h) else {
-                return Take::Other;
-            };
-            dst[..body.len()].copy_from_slice(body);
-            pipe.box_rx.pop();
-            return Take::Taken(status);
-        }
-        if !c.at_frame_boundary() {
-            return Take::Other;
-        }
-        let rx = &mut c.stream_mut().rx;
-        let avail = rx.available();
-        if avail == 0 {
-            return Take::Empty;
-        }
-        let mut head = [0u8; COMPACT_LEN];
-        if avail < COMPACT_LEN || rx.peek(&mut head) < COMPACT_LEN || head[0] & COMPACT == 0 {
-            return Take::Other;
-        }
-        let Ok(h) = Header::decode(&head) else {
-            return Take::Other;
+        let (ptr, cap) = (dst.as_mut_ptr(), dst.len());
+        let mut accept = Some(accept);
+        let mut status = None;
+        // SAFETY: `dst` is valid for writes of `cap` bytes and mutably borrowed meanwhile.
+        let next = unsafe {
+            take_next(c, &mut |h: &Header| {
+                if h.payload_len > cap as u64 {
+                    return None;
+                }
+                status = accept.take()?(h);
+                status.map(|_| (ptr, cap))
+            })
         };
-        let Ok(len) = usize::try_from(h.payload_len) else {
-            return Take::Other;
-        };
-        if len > dst.len() || avail - COMPACT_LEN < len {
-            return Take::Other;
+        match (next, status) {
+            (Next::Taken, Some(status)) => Take::Taken(status),
+            (Next::Empty, _) => Take::Empty,
+            _ => Take::Other,
         }
-        let Some(status) = accept(&h) else {
-            return Take::Other;
-        };
-        rx.consume(COMPACT_LEN);
-        rx.read(&mut dst[..len]);
-        Take::Taken(status)
     }
 
-    /// The receive fast path for posted receives: takes from each peer's fast box, then
-    /// from its ring, the leading frames that are whole compact eager frames which `place`
+    /// The receive fast path for posted receives: takes from each peer the leading frames
+    /// (fast box first, then ring) that are whole compact eager frames which `place`
     /// accepts, copies each payload straight from shared memory to the place returned, and
-    /// frees the space. A channel's first other frame (or one `place` declines) stops the
-    /// taking from that channel; [`Transport::progress`] delivers it. Returns the number of
+    /// frees the space. A peer's first other frame (or one `place` declines) stops the
+    /// taking from that peer; [`Transport::progress`] delivers it. Returns the number of
     /// frames taken.
     ///
     /// `place` returns a destination and its length, which commits to the frame; at most
@@ -447,63 +417,8 @@ impl ShmTransport {
                 continue;
             };
             let peer = c.peer();
-            let pipe = c.stream_mut();
-            while let Some(rec) = pipe.box_rx.front() {
-                let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..))
-                else {
-                    break;
-                };
-                if head[0] & COMPACT == 0 {
-                    break;
-                }
-                let Ok(h) = Header::decode(head) else {
-                    break;
-                };
-                if h.payload_len != body.len() as u64 {
-                    break;
-                }
-                let Some((dst, cap)) = place(peer, &h) else {
-                    break;
-                };
-                let n = body.len().min(cap);
-                if n > 0 {
-                    // SAFETY: `dst` is valid for `cap >= n` bytes (the caller's promise) and
-                    // does not overlap the slot, which is shared memory of this transport.
-                    unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), dst, n) };
-                }
-                pipe.box_rx.pop();
-                taken += 1;
-            }
-            if !c.at_frame_boundary() {
-                continue;
-            }
-            let rx = &mut c.stream_mut().rx;
-            let mut head = [0u8; COMPACT_LEN];
-            loop {
-                let avail = rx.available();
-                if avail < COMPACT_LEN || rx.peek(&mut head) < COMPACT_LEN || head[0] & COMPACT == 0
-                {
-                    break;
-                }
-                let Ok(h) = Header::decode(&head) else {
-                    break;
-                };
-                let Ok(len) = usize::try_from(h.payload_len) else {
-                    break;
-                };
-                if avail - COMPACT_LEN < len {
-                    break;
-                }
-                let Some((dst, cap)) = place(peer, &h) else {
-                    break;
-                };
-                rx.consume(COMPACT_LEN);
-                let n = len.min(cap);
-                if n > 0 {
-                    // SAFETY: as above; `dst` holds `cap >= n` writable bytes.
-                    rx.read(unsafe { std::slice::from_raw_parts_mut(dst, n) });
-                }
-                rx.consume(len - n);
+            // SAFETY: forwarded from the caller.
+            while let Next::Taken = unsafe { take_next(c, &mut |h: &Header| place(peer, h)) } {
                 taken += 1;
             }
         }
@@ -519,6 +434,88 @@ impl ShmTransport {
             })
         })
     }
+}
+
+/// What [`take_next`] did with the next frame from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Took it.
+    Taken,
+    /// There is none yet.
+    Empty,
+    /// Left it to the general path: another kind, partly written, or declined.
+    Other,
+}
+
+/// The one step of both receive fast paths: when the next frame from `c`'s peer (in its
+/// fast box, else in its ring) is a whole compact eager frame and `place` accepts its header
+/// (returning a destination and its length, which commits to the frame), copies the payload
+/// (at most that length) straight from shared memory there and frees the space.
+///
+/// # Safety
+/// A destination `place` returns must be valid for writes of its length, and not otherwise
+/// accessed during the call.
+unsafe fn take_next(
+    c: &mut FramedConn<ShmPipe>,
+    place: &mut impl FnMut(&Header) -> Option<(*mut u8, usize)>,
+) -> Next {
+    let pipe = c.stream_mut();
+    if let Some(rec) = pipe.box_rx.front() {
+        let (Some(head), Some(body)) = (rec.get(..COMPACT_LEN), rec.get(COMPACT_LEN..)) else {
+            return Next::Other;
+        };
+        let Some(h) = compact_eager(head).filter(|h| h.payload_len == body.len() as u64) else {
+            return Next::Other;
+        };
+        let Some((dst, cap)) = place(&h) else {
+            return Next::Other;
+        };
+        let n = body.len().min(cap);
+        if n > 0 {
+            // SAFETY: `dst` is valid for `cap >= n` bytes (the caller's promise) and does not
+            // overlap the slot, which is shared memory of this transport.
+            unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), dst, n) };
+        }
+        pipe.box_rx.pop();
+        return Next::Taken;
+    }
+    if !c.at_frame_boundary() {
+        return Next::Other;
+    }
+    let rx = &mut c.stream_mut().rx;
+    let avail = rx.available();
+    if avail == 0 {
+        return Next::Empty;
+    }
+    let mut head = [0u8; COMPACT_LEN];
+    if avail < COMPACT_LEN || rx.peek(&mut head) < COMPACT_LEN {
+        return Next::Other;
+    }
+    let Some((h, len)) = compact_eager(&head)
+        .and_then(|h| Some((h, usize::try_from(h.payload_len).ok()?)))
+        .filter(|&(_, len)| avail - COMPACT_LEN >= len)
+    else {
+        return Next::Other;
+    };
+    let Some((dst, cap)) = place(&h) else {
+        return Next::Other;
+    };
+    rx.consume(COMPACT_LEN);
+    let n = len.min(cap);
+    if n > 0 {
+        // SAFETY: as above; `dst` holds `cap >= n` writable bytes.
+        rx.read(unsafe { std::slice::from_raw_parts_mut(dst, n) });
+    }
+    rx.consume(len - n);
+    Next::Taken
+}
+
+/// The header in `head`, if it is a valid compact (small eager) header.
+fn compact_eager(head: &[u8]) -> Option<Header> {
+    if head.first()? & COMPACT == 0 {
+        return None;
+    }
+    Header::decode(head).ok()
 }
 
 /// Hands every published fast-box record of `c`'s peer to `sink`, releasing each slot

@@ -696,26 +696,27 @@ impl Engine {
         tag: TagSel,
         capacity: u64,
     ) -> Option<RecvStatus> {
-        let limit = self.eager_limit(from);
-        let peer = self.peers.get_mut(from.0 as usize)?;
-        if h.kind != FrameKind::Eager
-            || h.flags != 0
-            || h.source != from
+        if !self.is_next_whole_eager(from, h)
             || h.context != context
             || !tag.accepts(h.tag)
-            || h.seq.0 != peer.next_recv
-            || h.payload_len != h.msg_len
             || h.msg_len > capacity
-            || h.msg_len > limit
         {
             return None;
         }
-        peer.next_recv += 1;
-        Some(RecvStatus {
-            source: from,
-            tag: h.tag,
-            len: h.msg_len,
-            stored: h.msg_len,
+        self.peers[from.0 as usize].next_recv += 1;
+        Some(whole_status(from, h))
+    }
+
+    /// Whether `h` is the next envelope from `from` and a whole standard-mode eager message
+    /// within the eager limit: what the receive fast paths may take.
+    fn is_next_whole_eager(&self, from: Rank, h: &Header) -> bool {
+        self.peers.get(from.0 as usize).is_some_and(|peer| {
+            h.kind == FrameKind::Eager
+                && h.flags == 0
+                && h.source == from
+                && h.seq.0 == peer.next_recv
+                && h.payload_len == h.msg_len
+                && h.msg_len <= self.eager_limit(from)
         })
     }
 
@@ -726,29 +727,13 @@ impl Engine {
     /// the request finished (no [`Completion`] follows). `None` (engine unchanged) for any
     /// other frame, which the general path ([`Engine::handle_header`]) must then take.
     pub fn take_posted(&mut self, from: Rank, h: &Header) -> Option<(ReqId, RecvStatus)> {
-        let limit = self.eager_limit(from);
-        let peer = self.peers.get(from.0 as usize)?;
-        if h.kind != FrameKind::Eager
-            || h.flags != 0
-            || h.source != from
-            || h.seq.0 != peer.next_recv
-            || h.payload_len != h.msg_len
-            || h.msg_len > limit
-        {
+        if !self.is_next_whole_eager(from, h) {
             return None;
         }
         let p = self.pop_posted(from, h, true)?;
         self.peers[from.0 as usize].next_recv += 1;
         self.release_early(from);
-        Some((
-            p.req,
-            RecvStatus {
-                source: from,
-                tag: h.tag,
-                len: h.msg_len,
-                stored: h.msg_len,
-            },
-        ))
+        Some((p.req, whole_status(from, h)))
     }
 
     /// Posts a receive into a buffer of `capacity` bytes.
@@ -1709,6 +1694,16 @@ impl Engine {
 
     fn complete(&mut self, req: ReqId, outcome: Outcome) {
         self.completions.push_back(Completion { req, outcome });
+    }
+}
+
+/// The status of a receive that got the whole of envelope `h` from `from`.
+fn whole_status(from: Rank, h: &Header) -> RecvStatus {
+    RecvStatus {
+        source: from,
+        tag: h.tag,
+        len: h.msg_len,
+        stored: h.msg_len,
     }
 }
 
