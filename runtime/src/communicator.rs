@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use braid_engine::{ContextId, SendMode};
 
 use crate::collective::Over;
-use crate::core::{Finished, with_core};
+use crate::core::{Finished, Started, with_core};
 use crate::datatype::{Buffer, BufferMut, Datatype, Equivalence, zeroed_vec};
 use crate::error::Error;
 use crate::group::{Group, GroupRelation};
@@ -1005,13 +1005,11 @@ unsafe fn start_send(
     len: usize,
     mode: SendMode,
 ) -> Result<Option<braid_engine::ReqId>, Error> {
-    with_core(|c| {
-        // SAFETY: forwarded from the caller (`send_now` reads only during the call).
-        if unsafe { c.send_now(ctx, to, tag, ptr, len, mode) }?.is_some() {
-            return Ok(None);
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { c.post_send(ctx, to, tag, ptr, len, mode) }.map(Some)
+    // SAFETY: forwarded from the caller.
+    let started = with_core(|c| unsafe { c.start_send(ctx, to, tag, ptr, len, mode) })?;
+    Ok(match started {
+        Started::Sent(_) => None,
+        Started::Posted(id) => Some(id),
     })
 }
 

@@ -94,6 +94,15 @@ impl RawBuf {
     }
 }
 
+/// How [`Core::start_send`] started a send.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Started {
+    /// It left at once and is complete; nothing was recorded for this request.
+    Sent(ReqId),
+    /// It is posted: wait for the request.
+    Posted(ReqId),
+}
+
 /// Result of a finished request, kept until the front-end collects it.
 pub(crate) type Finished = Result<RecvStatus, Error>;
 
@@ -317,13 +326,36 @@ impl Core {
         len: usize,
         mode: SendMode,
     ) -> Result<ReqId, Error> {
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.start_send(ctx, to, tag, ptr, len, mode) }? {
+            Started::Sent(req) => {
+                self.finished.insert(req, Ok(sent_status()));
+                Ok(req)
+            }
+            Started::Posted(req) => Ok(req),
+        }
+    }
+
+    /// Starts a send: a small standard one leaves at once ([`Core::send_now`]), any other is
+    /// posted ([`Core::post_send`]).
+    ///
+    /// # Safety
+    /// As [`Core::isend`].
+    pub(crate) unsafe fn start_send(
+        &mut self,
+        ctx: ContextId,
+        to: u32,
+        tag: i32,
+        ptr: *const u8,
+        len: usize,
+        mode: SendMode,
+    ) -> Result<Started, Error> {
         // SAFETY: `ptr` is valid for `len` bytes for longer than this call.
         if let Some(req) = unsafe { self.send_now(ctx, to, tag, ptr, len, mode) }? {
-            self.finished.insert(req, Ok(sent_status()));
-            return Ok(req);
+            return Ok(Started::Sent(req));
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.post_send(ctx, to, tag, ptr, len, mode) }
+        unsafe { self.post_send(ctx, to, tag, ptr, len, mode) }.map(Started::Posted)
     }
 
     /// Posts a send request to the engine (the general path of [`Core::isend`], for any
