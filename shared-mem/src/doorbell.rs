@@ -1,4 +1,6 @@
-//! [`Doorbell`]: one futex word that many producers ring and one consumer sleeps on.
+//! [`Doorbell`]: one futex word that producers ring and waiters sleep on: the one sleep and
+//! wake-up handshake of Braid's shared memory (rings and fast boxes of a receiver, the posts of
+//! a member in the shared-memory collectives).
 
 use std::fmt;
 use std::io;
@@ -23,17 +25,16 @@ pub const DOORBELL_FOOTPRINT: usize = size_of::<CachePadded<DoorbellWords>>();
 struct DoorbellWords {
     /// [`DOORBELL_MAGIC`] once [`format_doorbell`] finished (stored last, `Release`).
     magic: AtomicU32,
-    /// Futex word: incremented (wrapping) by a producer that saw `sleeping != 0`, before
+    /// Futex word: incremented (wrapping) by a producer that saw `sleepers != 0`, before
     /// its futex wake. Never decremented.
     seq: AtomicU32,
-    /// 1 between the consumer's [`Doorbell::prepare_wait`] and the end of its
-    /// [`Doorbell::wait`] (or [`Doorbell::cancel_wait`]), else 0. Written only by the
-    /// consumer.
-    sleeping: AtomicU32,
-    /// 1 while the consumer issues a process barrier ([`heavy_barrier`]) each time it
-    /// announces sleep, so producers registered for asymmetric fences may skip theirs (see
-    /// [`Doorbell::ring`]). Set at format by the consumer if its process could register;
-    /// cleared for good if a barrier ever fails. Written only by the consumer.
+    /// Waiters between their [`Doorbell::prepare_wait`] and the end of their
+    /// [`Doorbell::wait`] (or [`Doorbell::cancel_wait`]).
+    sleepers: AtomicU32,
+    /// 1 while waiters issue a process barrier ([`heavy_barrier`]) each time they announce
+    /// sleep, so producers registered for asymmetric fences may skip theirs (see
+    /// [`Doorbell::ring`]). Set at format if the formatting process could register; cleared
+    /// for good by a waiter whose barrier fails.
     asymmetric: AtomicU32,
 }
 
@@ -62,7 +63,7 @@ pub unsafe fn format_doorbell(seg: &Segment, offset: usize) {
     let words = DoorbellWords {
         magic: AtomicU32::new(0),
         seq: AtomicU32::new(0),
-        sleeping: AtomicU32::new(0),
+        sleepers: AtomicU32::new(0),
         asymmetric: AtomicU32::new(u32::from(asymmetric_fences())),
     };
     // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the caller
@@ -79,12 +80,13 @@ pub unsafe fn format_doorbell(seg: &Segment, offset: usize) {
     }
 }
 
-/// A doorbell in a receiver's segment: several producers (one per local peer) [`ring`] it
-/// after writing to their rings, and the receiver sleeps on it when all its rings are empty.
+/// A doorbell in shared memory: producers [`ring`] it after publishing data (a receiver's
+/// local peers after writing to its rings; a collective member after posting a step), and
+/// waiters sleep on it until the data they wait for is there (the receiver when all its rings
+/// are empty; members waiting for that post).
 ///
-/// `Send + Sync`: every operation is atomic. Producer and consumer sides are the same type;
-/// only the consumer calls [`prepare_wait`], [`wait`] and [`cancel_wait`], and only one
-/// consumer uses a given doorbell.
+/// `Send + Sync`: every operation is atomic. Producers and waiters use the same type; any
+/// number of either, in any processes.
 ///
 /// # Examples
 ///
@@ -118,7 +120,7 @@ pub struct Doorbell {
     seg: Arc<Segment>,
     /// The shared words; valid, formatted (checked at attach) while `seg` lives.
     words: NonNull<CachePadded<DoorbellWords>>,
-    /// This process is a target of consumers' barriers ([`asymmetric_fences`]).
+    /// This process is a target of waiters' barriers ([`asymmetric_fences`]).
     light: bool,
 }
 
@@ -139,7 +141,7 @@ impl Doorbell {
     /// # Safety
     ///
     /// If the bytes at `offset` hold a doorbell (right magic), it was made by
-    /// [`format_doorbell`] and at most one consumer uses it.
+    /// [`format_doorbell`].
     pub unsafe fn attach(seg: Arc<Segment>, offset: usize) -> io::Result<Self> {
         let fits = offset
             .checked_add(DOORBELL_FOOTPRINT)
@@ -177,43 +179,49 @@ impl Doorbell {
         unsafe { self.words.as_ref() }
     }
 
-    /// Producer side, after publishing data: wakes the consumer if it announced sleep.
-    /// Cheap otherwise (a fence and a load).
+    /// Producer side, after publishing data: wakes every waiter that announced sleep.
+    /// Cheap otherwise (a fence and a load). Returns whether there were waiters to wake.
     ///
     /// # Implementation notes
     ///
-    /// The handshake is the one documented on [`crate::RingProducer::wake`], with "tail"
-    /// standing for "any of the consumer's rings": publish, `fence(SeqCst)`, load
-    /// `sleeping`, versus store `sleeping`, `fence(SeqCst)`, load `seq`, check the rings.
+    /// A Dekker-style handshake. Producer: publish the data, `fence(SeqCst)`, load
+    /// `sleepers`. Waiter: count itself in `sleepers`, `fence(SeqCst)`, load `seq`, check
+    /// the data. The two fences are ordered one way or the other (C++20
+    /// \[atomics.fences\]): if the producer's comes first, the waiter's check sees the data
+    /// and it does not sleep; otherwise the producer's load sees the waiter and wakes it.
+    /// The futex compares `seq` against the value read before the check, so a wake that
+    /// lands before the waiter blocks makes `FUTEX_WAIT` return at once.
     ///
     /// The producer's fence costs more than the rest of a small send (it waits until the
-    /// data's cache line has reached this core), and it matters only when the consumer
+    /// data's cache line has reached this core), and it matters only when a waiter
     /// goes to sleep, which is rare. So it is made *asymmetric* where the kernel allows
     /// (`membarrier`, as in liburcu and folly's `asymmetricHeavyBarrier`): the producer
-    /// keeps only a compiler fence, and the consumer, after storing `sleeping`, makes every
-    /// running thread of the registered processes execute a full fence. Either the
-    /// producer's data store precedes that barrier (and the consumer's ring check sees
-    /// it), or the producer's `sleeping` load follows it (and sees 1). A producer not
-    /// registered, or a consumer that cannot issue the barrier, keeps the fence.
-    pub fn ring(&self) {
+    /// keeps only a compiler fence, and a waiter, after counting itself in `sleepers`,
+    /// makes every running thread of the registered processes execute a full fence. Either
+    /// the producer's data store precedes that barrier (and the waiter's check sees it),
+    /// or the producer's `sleepers` load follows it (and sees the waiter). A producer not
+    /// registered, or a waiter that cannot issue the barrier, keeps the fence.
+    pub fn ring(&self) -> bool {
         let w = self.words();
         if self.light && w.asymmetric.load(Ordering::Relaxed) != 0 {
             compiler_fence(Ordering::SeqCst);
         } else {
             fence(Ordering::SeqCst);
         }
-        if w.sleeping.load(Ordering::Relaxed) != 0 {
-            w.seq.fetch_add(1, Ordering::Release);
-            futex_wake(&w.seq, i32::MAX);
+        if w.sleepers.load(Ordering::Relaxed) == 0 {
+            return false;
         }
+        w.seq.fetch_add(1, Ordering::Release);
+        futex_wake(&w.seq, i32::MAX);
+        true
     }
 
-    /// Consumer side: announces that it is about to sleep and returns the doorbell value to
-    /// pass to [`wait`](Self::wait). The caller must check its rings *after* this call and
-    /// then call either `wait` or [`cancel_wait`](Self::cancel_wait).
+    /// Waiter side: announces that it is about to sleep and returns the doorbell value to
+    /// pass to [`wait`](Self::wait). The caller must check for its data *after* this call
+    /// and then call either `wait` or [`cancel_wait`](Self::cancel_wait).
     pub fn prepare_wait(&self) -> u32 {
         let w = self.words();
-        w.sleeping.store(1, Ordering::Relaxed);
+        w.sleepers.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if w.asymmetric.load(Ordering::Relaxed) != 0 && !heavy_barrier() {
             // Producers see this before their next ring; a wake-up they skip meanwhile is
@@ -224,24 +232,24 @@ impl Doorbell {
         w.seq.load(Ordering::Acquire)
     }
 
-    /// Consumer side: blocks while the doorbell still reads `seen`, for at most about
-    /// `timeout`, then clears the sleep announcement. Returns whether the doorbell rang
-    /// since `seen` was read. May return early; callers re-check their rings.
+    /// Waiter side: blocks while the doorbell still reads `seen`, for at most about
+    /// `timeout`, then withdraws the sleep announcement. Returns whether the doorbell rang
+    /// since `seen` was read. May return early; callers re-check their data.
     pub fn wait(&self, seen: u32, timeout: Duration) -> bool {
         let w = self.words();
         futex_wait(&w.seq, seen, timeout);
-        w.sleeping.store(0, Ordering::Relaxed);
+        w.sleepers.fetch_sub(1, Ordering::Relaxed);
         w.seq.load(Ordering::Acquire) != seen
     }
 
-    /// Consumer side: withdraws a [`prepare_wait`](Self::prepare_wait) without sleeping.
+    /// Waiter side: withdraws a [`prepare_wait`](Self::prepare_wait) without sleeping.
     pub fn cancel_wait(&self) {
-        self.words().sleeping.store(0, Ordering::Relaxed);
+        self.words().sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Whether the consumer currently announces sleep (for statistics and tests).
+    /// Whether some waiter currently announces sleep (for statistics and tests).
     pub fn is_sleeping(&self) -> bool {
-        self.words().sleeping.load(Ordering::Relaxed) != 0
+        self.words().sleepers.load(Ordering::Relaxed) != 0
     }
 }
 
@@ -289,6 +297,52 @@ mod tests {
         let t = Instant::now();
         assert!(!bell.wait(seen, Duration::from_millis(20)));
         assert!(t.elapsed() >= Duration::from_millis(15));
+    }
+
+    /// Several waiters sleep on one doorbell at once (a collective member's posts); one ring
+    /// wakes them all long before their timeout, and withdrawn announcements leave no
+    /// sleeper behind.
+    #[test]
+    fn one_ring_wakes_every_waiter() {
+        use std::sync::atomic::AtomicU64;
+        const WAITERS: usize = 3;
+        let seg = Arc::new(Segment::anonymous(4096).unwrap());
+        let bell = Arc::new(bell_at(&seg, 0));
+        assert!(!bell.ring(), "nobody sleeps yet");
+        let posted = Arc::new(AtomicU64::new(0));
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|_| {
+                let (bell, posted) = (bell.clone(), posted.clone());
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    while posted.load(Ordering::Acquire) == 0 {
+                        let seen = bell.prepare_wait();
+                        if posted.load(Ordering::Acquire) == 0 {
+                            bell.wait(seen, Duration::from_secs(20));
+                        } else {
+                            bell.cancel_wait();
+                        }
+                        assert!(t.elapsed() < Duration::from_secs(60), "never woken");
+                    }
+                    t.elapsed()
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bell.words().sleepers.load(Ordering::Relaxed) < WAITERS as u32 {
+            assert!(Instant::now() < deadline, "waiters never announced sleep");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        posted.store(1, Ordering::Release);
+        assert!(bell.ring(), "the waiters were asleep");
+        for w in waiters {
+            let waited = w.join().unwrap();
+            assert!(
+                waited < Duration::from_secs(10),
+                "woken only by timeout: {waited:?}"
+            );
+        }
+        assert!(!bell.is_sleeping());
     }
 
     /// Three producers, one consumer sleeping on one doorbell; every message arrives before a

@@ -67,20 +67,3 @@ pub use ring::{
     attach_consumer, attach_producer, format_ring, ring_footprint,
 };
 pub use segment::{Segment, unlink_job_segments};
-
-/// Blocks while `*word == expected`, for at most `timeout`: a futex that works across the
-/// processes mapping `word`'s page (the runtime's shared-memory collectives sleep on one in
-/// long waits). Returns on a wake-up, the timeout, a signal and a mismatch alike, so callers
-/// re-check their condition. Off Linux: a short sleep.
-pub fn futex_wait(
-    word: &std::sync::atomic::AtomicU32,
-    expected: u32,
-    timeout: std::time::Duration,
-) {
-    sys::futex_wait(word, expected, timeout);
-}
-
-/// Wakes up to `n` processes blocked in [`futex_wait`] on `word`; returns how many were woken.
-pub fn futex_wake(word: &std::sync::atomic::AtomicU32, n: i32) -> usize {
-    sys::futex_wake(word, n)
-}

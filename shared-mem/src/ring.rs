@@ -10,8 +10,6 @@
 //! | 8..16 | capacity (power of two) | `format_ring` |
 //! | 128..136 | tail: total bytes published | producer |
 //! | 256..264 | head: total bytes consumed | consumer |
-//! | 384..388 | consumer "sleeping" flag | consumer |
-//! | 388..392 | doorbell (futex word) | producer |
 //! | [`RING_HEADER_LEN`].. | `capacity` data bytes | producer |
 //!
 //! `head` and `tail` are free-running `u64` byte counts (no wrap in practice: 2^64 bytes);
@@ -43,22 +41,18 @@
 //!
 //! # Sleeping
 //!
-//! [`RingConsumer::wait`] / [`RingProducer::wake`] use the ring's own flag and doorbell
-//! word: right for a consumer with one peer. A consumer with several peers sleeps on one
-//! [`crate::Doorbell`] instead, which every producer rings after writing; the rings'
-//! own words are then unused.
+//! A ring has no sleep words of its own: a consumer sleeps on a [`crate::Doorbell`], which
+//! the producers of all its rings (and fast boxes) ring after writing.
 
 use std::fmt;
 use std::io;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::cache_padded::CachePadded;
 #[cfg(braid_loom)]
 use crate::primitive::shadow;
-use crate::primitive::sync::{AtomicU32, AtomicU64, Ordering, fence};
-use crate::primitive::{Backoff, futex_wait, futex_wake};
+use crate::primitive::sync::{AtomicU64, Ordering};
 use crate::segment::Segment;
 
 /// Format and version word of a ring header: ASCII `BRDRING1`, little-endian.
@@ -104,22 +98,9 @@ struct RingHeader {
     /// Total bytes consumed. Written only by the consumer, with `Release`, after the bytes
     /// were copied out; monotonic (wrapping); `head <= tail`.
     head: CachePadded<AtomicU64>,
-    /// The consumer's sleep announcement and the producer's doorbell.
-    wake: CachePadded<WakeWords>,
     /// Loom only: one tracked cell per data byte (see [`crate::primitive`]).
     #[cfg(braid_loom)]
     shadow: shadow::Cells,
-}
-
-/// Words for [`RingConsumer::wait`] / [`RingProducer::wake`].
-#[repr(C)]
-struct WakeWords {
-    /// 1 while the consumer is in (or about to enter) `wait`, else 0. Written only by the
-    /// consumer.
-    sleeping: AtomicU32,
-    /// Futex word the consumer sleeps on; the producer increments it (wrapping) before each
-    /// futex wake, so a sleeper that read an older value does not block.
-    doorbell: AtomicU32,
 }
 
 impl RingHeader {
@@ -129,10 +110,6 @@ impl RingHeader {
             capacity: AtomicU64::new(capacity),
             tail: CachePadded::new(AtomicU64::new(0)),
             head: CachePadded::new(AtomicU64::new(0)),
-            wake: CachePadded::new(WakeWords {
-                sleeping: AtomicU32::new(0),
-                doorbell: AtomicU32::new(0),
-            }),
             #[cfg(braid_loom)]
             shadow: shadow::new(),
         }
@@ -507,8 +484,7 @@ impl RingProducer {
     /// Copies as much of `src` as fits (possibly nothing) and publishes it with `Release`.
     /// Never blocks. Returns the number of bytes written, a prefix of `src`.
     ///
-    /// Call [`wake`](Self::wake) (or ring the consumer's [`crate::Doorbell`]) afterwards if
-    /// the consumer may be asleep.
+    /// Ring the consumer's [`crate::Doorbell`] afterwards if it may be asleep.
     pub fn write(&mut self, src: &[u8]) -> usize {
         self.write_vectored(&[src])
     }
@@ -571,29 +547,6 @@ impl RingProducer {
         }
         self.tail = self.tail.wrapping_add(n as u64);
         self.raw.hdr().tail.store(self.tail, Ordering::Release);
-    }
-
-    /// Wakes the consumer if it announced that it sleeps in [`RingConsumer::wait`]: bumps the
-    /// doorbell and futex-wakes it. Cheap otherwise (a fence and a load).
-    ///
-    /// # Implementation notes
-    ///
-    /// Dekker-style handshake with `wait`. Producer: publish `tail` (in `write`), `fence
-    /// (SeqCst)`, load `sleeping`. Consumer: store `sleeping = 1`, `fence(SeqCst)`, load the
-    /// doorbell (`Acquire`), load `tail`. The two fences are ordered one way or the other
-    /// (C++20 \[atomics.fences\]): if the producer's comes first, the consumer's `tail` load
-    /// sees the new tail and it does not sleep; otherwise this load sees `sleeping = 1` and
-    /// we wake it. The futex compares the doorbell against the value read before the
-    /// re-check, so a wake that lands before the consumer blocks makes `FUTEX_WAIT` return
-    /// at once; and if the consumer's doorbell load already saw our increment, it
-    /// synchronizes with it and sees the tail.
-    pub fn wake(&self) {
-        let w = &self.raw.hdr().wake;
-        fence(Ordering::SeqCst);
-        if w.sleeping.load(Ordering::Relaxed) != 0 {
-            w.doorbell.fetch_add(1, Ordering::Release);
-            futex_wake(&w.doorbell, 1);
-        }
     }
 }
 
@@ -685,41 +638,11 @@ impl RingConsumer {
         self.head = self.head.wrapping_add(n as u64);
         self.raw.hdr().head.store(self.head, Ordering::Release);
     }
-
-    /// Sleeps until the producer [`wake`](RingProducer::wake)s us or `timeout` passes;
-    /// returns whether data is available now.
-    ///
-    /// Spins briefly with backoff first, then announces "sleeping", re-checks, and blocks on
-    /// the ring's doorbell futex. May return early (signals, spurious wake-ups): callers
-    /// loop. Data is never missed for longer than `timeout` even if the producer does not
-    /// call `wake` (it then costs up to `timeout` of latency).
-    ///
-    /// # Implementation notes
-    ///
-    /// The lost-wake-up argument is on [`RingProducer::wake`].
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let mut backoff = Backoff::new();
-        while !backoff.is_completed() {
-            if self.available() > 0 {
-                return true;
-            }
-            backoff.snooze();
-        }
-        let w = &self.raw.hdr().wake;
-        w.sleeping.store(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let bell = w.doorbell.load(Ordering::Acquire);
-        if self.available() == 0 {
-            futex_wait(&w.doorbell, bell, timeout);
-        }
-        w.sleeping.store(0, Ordering::Relaxed);
-        self.available() > 0
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
@@ -764,7 +687,7 @@ mod tests {
     #[test]
     fn footprint_is_aligned() {
         assert_eq!(RING_HEADER_LEN % RING_ALIGN, 0);
-        assert_eq!(RING_HEADER_LEN, 512);
+        assert_eq!(RING_HEADER_LEN, 384);
         for cap in [1, 2, 4, 64, 100, 128, 129, 4096, 1 << 20] {
             let f = ring_footprint(cap);
             assert_eq!(f % RING_ALIGN, 0, "{cap}");
@@ -846,7 +769,6 @@ mod tests {
                 let mut done = 0;
                 while done < n {
                     done += p.write(&chunk[done..n]);
-                    p.wake();
                     assert!(Instant::now() < deadline, "producer stuck at {pos}");
                 }
                 pos += n as u64;
@@ -859,7 +781,7 @@ mod tests {
             let m = 1 + rng.below(buf.len() - 1);
             let r = c.read(&mut buf[..m]);
             if r == 0 {
-                c.wait(Duration::from_millis(10));
+                std::thread::yield_now();
             }
             for (i, b) in buf[..r].iter().enumerate() {
                 assert_eq!(*b, byte(pos + i as u64), "at {}", pos + i as u64);
@@ -869,32 +791,6 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(c.available(), 0);
-    }
-
-    #[test]
-    fn wait_times_out_then_wakes() {
-        let (mut p, c) = pair(64, 0);
-        let t = Instant::now();
-        assert!(!c.wait(Duration::from_millis(30)));
-        assert!(
-            t.elapsed() >= Duration::from_millis(20),
-            "{:?}",
-            t.elapsed()
-        );
-        let t = Instant::now();
-        let consumer = std::thread::spawn(move || {
-            let ok = c.wait(Duration::from_secs(20));
-            (ok, c)
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(p.write(b"hi"), 2);
-        p.wake();
-        let (ok, mut c) = consumer.join().unwrap();
-        assert!(ok);
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-        let mut b = [0u8; 2];
-        assert_eq!(c.read(&mut b), 2);
-        assert_eq!(&b, b"hi");
     }
 
     /// Writes a header word at `off` in a formatted ring's segment.

@@ -49,7 +49,6 @@ fn stream_wraps_in_order() {
                     break;
                 }
             }
-            p.wake();
             sent
         });
         let mut got = Vec::new();

@@ -36,9 +36,8 @@
 //!                     +16  cell 0: descriptor u64, 16 inline data bytes   (even steps)
 //!                     +40  cell 1: descriptor u64, 16 inline data bytes   (odd steps)
 //!                     +64  pid: i32 (liveness checks)
-//!                     +72  bell: u32, futex word rank r bumps when it posts while a member
-//!                          sleeps on it
-//!                     +76  sleepers: u32, members sleeping on `bell`
+//! 128 + 128 p + 128 r  doorbell of rank r (`braid_shm::Doorbell`): rank r rings it when it
+//!                      posts; members waiting for its posts sleep on it
 //! slots (4 KiB aligned) + (2 r + k) slot   data slot k of rank r (slot bytes each)
 //! ```
 //!
@@ -89,12 +88,11 @@
 //! A wait polls the peer's `posted` word with one pause instruction between polls until the
 //! core's spin budget (`BRAID_SPIN_US`: 1 ms, 50 µs when ranks outnumber cores) is spent,
 //! yielding the core between polls when ranks outnumber cores; it reads the clock only every 64
-//! polls. Then it sleeps on the peer's `bell` futex, so that a peer sharing the core gets it,
-//! and the peer wakes it when it posts: a Dekker-style handshake, as the rings' doorbells do
-//! (the sleeper counts itself in `sleepers`, `fence(SeqCst)`, reads `bell`, re-checks `posted`
-//! and sleeps while `bell` is unchanged; the poster stores `posted`, `fence(SeqCst)`, and when
-//! `sleepers` is not 0 bumps `bell` and wakes its sleepers: one fence orders before the other,
-//! so either the sleeper sees the post or the poster sees the sleeper). Every 256 polls while
+//! polls. Then it sleeps on the peer's doorbell, so that a peer sharing the core gets it, and
+//! the peer rings it when it posts: the handshake of the point-to-point rings, with `posted` as
+//! the data (`braid_shm::Doorbell`: the sleeper announces itself and re-checks `posted`, the
+//! poster stores `posted` and then looks for sleepers, so either the sleeper sees the post or
+//! the poster sees the sleeper). Every 256 polls while
 //! spinning and after every sleep (at most [`SLEEP_MAX`]) it makes point-to-point progress (so
 //! pending nonblocking operations and collectives of other ranks advance) and fails with
 //! [`Error::PeerLost`] if the core has lost that peer or its process is gone. A peer that is
@@ -120,12 +118,12 @@
 //! A probe of `process_vm_writev` apart from the read probe (the kernel applies the same ptrace
 //! check to both, so a host that allows reads allows writes).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use braid_engine::ContextId;
-use braid_shm::Segment;
+use braid_shm::{DOORBELL_FOOTPRINT, Doorbell, Segment, format_doorbell};
 
 use super::op::ResolvedOp;
 use super::{Over, VBlocks, bind, build_bcast, mismatch, run_blocking};
@@ -145,15 +143,12 @@ const CELL_STRIDE: usize = 24;
 /// Inline data bytes of a cell (after its descriptor).
 const INLINE: usize = 16;
 const PID: usize = 64;
-/// Offsets of `bell` and `sleepers` in a control block (see the layout).
-const BELL: usize = 72;
-const SLEEPERS: usize = 76;
 /// Longest sleep of a long wait between liveness checks and point-to-point progress (a post
 /// wakes the sleeper at once).
 const SLEEP_MAX: Duration = Duration::from_millis(1);
 // Both cells share the `posted` word's cache line; the pid fits in the block.
 const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE);
-const _: () = assert!(PID + 4 <= BELL && SLEEPERS + 4 <= CTRL && BELL.is_multiple_of(4));
+const _: () = assert!(PID + 4 <= CTRL);
 /// Messages longer than 2^40 bytes never take this path (descriptor field width).
 const LEN_BITS: u32 = 40;
 /// Broadcasts, allgathers, gathers and scatters of at least this many bytes (per rank) copy
@@ -507,7 +502,9 @@ fn one_host(comm: &CommData, fake: usize) -> bool {
 /// One communicator's mapping of its region, and this rank's protocol state.
 struct Region {
     /// The mapping. Invariant: at least `slots_off + 2 * p * slot` bytes, formatted.
-    seg: Segment,
+    seg: Arc<Segment>,
+    /// Each member's doorbell, in the mapping.
+    bells: Vec<Doorbell>,
     /// Members.
     p: usize,
     /// This rank's index among them.
@@ -540,9 +537,14 @@ impl std::fmt::Debug for Region {
     }
 }
 
+/// Where member `r`'s doorbell is, for `p` ranks.
+fn bell_offset(p: usize, r: usize) -> usize {
+    HEADER + p * CTRL + r * DOORBELL_FOOTPRINT
+}
+
 /// Where the slots start for `p` ranks.
 fn slots_offset(p: usize) -> usize {
-    (HEADER + p * CTRL).next_multiple_of(4096)
+    bell_offset(p, p).next_multiple_of(4096)
 }
 
 fn job_name() -> String {
@@ -585,6 +587,9 @@ impl Region {
                     // aligned (page-aligned mapping), and nobody else has the name's mapping
                     // yet.
                     unsafe {
+                        for r in 0..p {
+                            format_doorbell(&seg, bell_offset(p, r));
+                        }
                         let h = seg.as_ptr().cast::<u64>();
                         h.add(1).write(p as u64);
                         h.add(2).write(slot as u64);
@@ -631,6 +636,21 @@ impl Region {
                 }
             },
         };
+        let mapped = seg.and_then(|seg| {
+            let seg = Arc::new(seg);
+            let bells = (0..p)
+                // SAFETY: the leader formatted every member's doorbell before it wrote the
+                // header's magic (checked above); nothing else lives at these offsets.
+                .map(|r| unsafe { Doorbell::attach(Arc::clone(&seg), bell_offset(p, r)) })
+                .collect::<Result<Vec<_>, _>>();
+            match bells {
+                Ok(bells) => Some((seg, bells)),
+                Err(e) => {
+                    eprintln!("braid: rank {}: malformed region: {e}", world[me]);
+                    None
+                }
+            }
+        });
         let me_world = world[me];
         let cma = settings().cma
             && with_core(|c| {
@@ -640,7 +660,7 @@ impl Region {
                         .all(|w| *w == me_world || t.can_pull(braid_engine::Rank(*w)))
                 })
             });
-        let mut ok = [u64::from(seg.is_some()), u64::from(cma)];
+        let mut ok = [u64::from(mapped.is_some()), u64::from(cma)];
         let res = super::allreduce_band_u64(Over::comm(comm), &mut ok);
         if me == 0
             && let Err(e) = Segment::unlink(&name(word[0]))
@@ -648,12 +668,13 @@ impl Region {
             eprintln!("braid: rank {}: {e}", world[0]);
         }
         res?;
-        let Some(seg) = seg.filter(|_| ok[0] == 1) else {
+        let Some((seg, bells)) = mapped.filter(|_| ok[0] == 1) else {
             return Ok(None);
         };
         let spin = with_core(|c| c.spin);
         let r = Self {
             seg,
+            bells,
             p,
             me,
             world,
@@ -694,19 +715,6 @@ impl Region {
         // SAFETY: 8-aligned (128-aligned block in a page-aligned mapping), in bounds, and only
         // ever accessed atomically, by every process; lives as long as `self.seg`.
         unsafe { AtomicU64::from_ptr(self.ctrl(r).cast::<u64>()) }
-    }
-
-    /// Member `r`'s `bell` (futex) word.
-    fn bell(&self, r: usize) -> &AtomicU32 {
-        // SAFETY: 4-aligned (BELL in a 128-aligned block), in bounds, only ever accessed
-        // atomically (and by the futex syscall), by every process; lives as long as `self.seg`.
-        unsafe { AtomicU32::from_ptr(self.ctrl(r).add(BELL).cast::<u32>()) }
-    }
-
-    /// Member `r`'s `sleepers` word.
-    fn sleepers(&self, r: usize) -> &AtomicU32 {
-        // SAFETY: as for `bell`.
-        unsafe { AtomicU32::from_ptr(self.ctrl(r).add(SLEEPERS).cast::<u32>()) }
     }
 
     /// Member `r`'s descriptor word of step `s`.
@@ -755,12 +763,7 @@ impl Region {
         self.posted(self.me).store(s, Ordering::Release);
         self.seen[self.me] = s;
         // The poster's half of the handshake with a sleeper in `wait` (module docs, Waiting).
-        fence(Ordering::SeqCst);
-        if self.sleepers(self.me).load(Ordering::Relaxed) != 0 {
-            let bell = self.bell(self.me);
-            bell.fetch_add(1, Ordering::Release);
-            braid_shm::futex_wake(bell, i32::MAX);
-        }
+        self.bells[self.me].ring();
     }
 
     /// Checks member `r`'s descriptor of step `s` (after its post was seen).
@@ -833,14 +836,13 @@ impl Region {
     /// The sleeper's half of the handshake with `post` (module docs, Waiting): sleeps on
     /// member `r`'s bell unless it has posted step `s`, for at most [`SLEEP_MAX`].
     fn sleep_on(&self, r: usize, s: u64) {
-        let (bell, sleepers) = (self.bell(r), self.sleepers(r));
-        sleepers.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let rung = bell.load(Ordering::Acquire);
+        let bell = &self.bells[r];
+        let seen = bell.prepare_wait();
         if self.posted(r).load(Ordering::Acquire) < s {
-            braid_shm::futex_wait(bell, rung, SLEEP_MAX);
+            bell.wait(seen, SLEEP_MAX);
+        } else {
+            bell.cancel_wait();
         }
-        sleepers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Waits until every member has posted step `s`.
