@@ -170,7 +170,8 @@ impl std::fmt::Debug for Core {
 /// mutably at the same time.
 struct Sink<'a> {
     engine: &'a mut Engine,
-    recvs: &'a SeqMap<ReqId, RawBuf>,
+    recvs: &'a mut SeqMap<ReqId, RawBuf>,
+    finished: &'a mut SeqMap<ReqId, Finished>,
     lent: &'a mut SeqMap<ReqId, u32>,
     returned: &'a mut Vec<ReqId>,
     lost: &'a mut IdMap<u32, String>,
@@ -180,6 +181,18 @@ struct Sink<'a> {
 // requests until completion) or into engine payload buffers (boxed slices that the engine
 // keeps, unmoved, until `handle_payload` for their token).
 unsafe impl FrameSink for Sink<'_> {
+    /// Eager messages that posted receives wait for go straight into their buffers, and the
+    /// receives finish, without a frame token, placement or completion
+    /// ([`Engine::take_posted`]).
+    fn take_whole(&mut self, from: ERank, h: &Header) -> Option<(*mut u8, usize)> {
+        let (req, status) = self.engine.take_posted(from, h)?;
+        self.finished.insert(req, Ok(status));
+        // Every posted receive has its buffer registered (`Core::irecv`).
+        let buf = self.recvs.remove(&req);
+        debug_assert!(buf.is_some(), "posted receive {req} has no buffer");
+        Some(buf.map_or((std::ptr::null_mut(), 0), |b| (b.ptr, b.len)))
+    }
+
     fn on_header(&mut self, from: ERank, header: &[u8; HEADER_LEN]) -> Result<Dest, String> {
         let h = Header::decode(header).map_err(|e| e.to_string())?;
         let inc = self
@@ -553,6 +566,7 @@ impl Core {
                 engine,
                 tcp,
                 recvs,
+                finished,
                 lent,
                 lost,
                 ..
@@ -560,6 +574,7 @@ impl Core {
             let mut sink = Sink {
                 engine,
                 recvs,
+                finished,
                 lent,
                 returned: &mut returned,
                 lost,
@@ -726,14 +741,12 @@ impl Core {
         let mut did = self.pump();
         self.polls = self.polls.wrapping_add(1);
         let mut returned = Vec::new();
-        if self.shm.is_some() {
-            did |= self.take_eager_frames();
-        }
         let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
         if let Some(shm) = self.shm.as_mut() {
             let mut sink = Sink {
                 engine: &mut self.engine,
-                recvs: &self.recvs,
+                recvs: &mut self.recvs,
+                finished: &mut self.finished,
                 lent: &mut self.lent,
                 returned: &mut returned,
                 lost: &mut self.lost,
@@ -756,7 +769,8 @@ impl Core {
         {
             let mut sink = Sink {
                 engine: &mut self.engine,
-                recvs: &self.recvs,
+                recvs: &mut self.recvs,
+                finished: &mut self.finished,
                 lent: &mut self.lent,
                 returned: &mut returned,
                 lost: &mut self.lost,
@@ -777,36 +791,6 @@ impl Core {
         did |= self.settle_returned(&mut returned);
         did |= self.pump();
         Ok(did)
-    }
-
-    /// The fast path of [`Core::progress`] for eager messages that posted receives are
-    /// waiting for: each one waiting in a peer's fast box or ring goes from shared memory
-    /// straight into its receive's buffer, and the receive is finished, without a frame
-    /// token, placement or completion ([`Engine::take_posted`],
-    /// [`ShmTransport::take_eager_frames`]). Returns whether it took any.
-    fn take_eager_frames(&mut self) -> bool {
-        let Self {
-            engine,
-            shm,
-            recvs,
-            finished,
-            ..
-        } = self;
-        let Some(shm) = shm.as_mut() else {
-            return false;
-        };
-        let place = |from: ERank, h: &Header| {
-            let (req, status) = engine.take_posted(from, h)?;
-            finished.insert(req, Ok(status));
-            // Every posted receive has its buffer registered (`Core::irecv`).
-            let buf = recvs.remove(&req);
-            debug_assert!(buf.is_some(), "posted receive {req} has no buffer");
-            Some(buf.map_or((std::ptr::null_mut(), 0), |b| (b.ptr, b.len)))
-        };
-        // SAFETY: each place is a receive buffer registered in `recvs`, valid for its length
-        // and left alone by the front-end until its request is collected; the request is
-        // reported only after this call, which holds the core.
-        unsafe { shm.take_eager_frames(place) > 0 }
     }
 
     /// Finishes the sends among `returned` (requests whose last lent body the transport gave

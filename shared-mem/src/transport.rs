@@ -331,6 +331,14 @@ impl ShmTransport {
             } else {
                 Ok(false)
             };
+            // Whole small frames that the sink takes (posted receives) go straight from
+            // shared memory to their place; the general path below delivers the rest.
+            let peer = c.peer();
+            let mut take = |h: &Header| sink.take_whole(peer, h);
+            // SAFETY: the sink's contract (`FrameSink::take_whole`) covers the destinations.
+            while unsafe { take_next(c, &mut take) } == Next::Taken {
+                did = true;
+            }
             if res.is_ok() && c.stream().box_rx.ready() {
                 res = drain_box(c, sink).map(|()| true);
             }
@@ -393,38 +401,6 @@ impl ShmTransport {
         }
     }
 
-    /// The receive fast path for posted receives: takes from each peer the leading frames
-    /// (fast box first, then ring) that are whole compact eager frames which `place`
-    /// accepts, copies each payload straight from shared memory to the place returned, and
-    /// frees the space. A peer's first other frame (or one `place` declines) stops the
-    /// taking from that peer; [`Transport::progress`] delivers it. Returns the number of
-    /// frames taken.
-    ///
-    /// `place` returns a destination and its length, which commits to the frame; at most
-    /// that many payload bytes are written there.
-    ///
-    /// # Safety
-    /// Each destination `place` returns must be valid for writes of its length, and not
-    /// otherwise accessed during the call.
-    pub unsafe fn take_eager_frames(
-        &mut self,
-        mut place: impl FnMut(Rank, &Header) -> Option<(*mut u8, usize)>,
-    ) -> usize {
-        let mut taken = 0;
-        for k in 0..self.connected.len() {
-            let i = self.connected[k];
-            let Some(c) = self.conns[i].as_mut() else {
-                continue;
-            };
-            let peer = c.peer();
-            // SAFETY: forwarded from the caller.
-            while let Next::Taken = unsafe { take_next(c, &mut |h: &Header| place(peer, h)) } {
-                taken += 1;
-            }
-        }
-        taken
-    }
-
     /// Whether some local peer has written frames not yet read (two loads per peer).
     pub fn has_input(&self) -> bool {
         self.connected.iter().any(|&i| {
@@ -447,7 +423,8 @@ enum Next {
     Other,
 }
 
-/// The one step of both receive fast paths: when the next frame from `c`'s peer (in its
+/// The one step of the receive fast paths (a blocking receive's [`ShmTransport::take_eager`],
+/// and [`FrameSink::take_whole`] while polling): when the next frame from `c`'s peer (in its
 /// fast box, else in its ring) is a whole compact eager frame and `place` accepts its header
 /// (returning a destination and its length, which commits to the frame), copies the payload
 /// (at most that length) straight from shared memory there and frees the space.

@@ -36,6 +36,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use braid_engine::wire::HEADER_LEN;
+use braid_engine::wire::Header;
 use braid_engine::{FrameToken, Rank, RecvStatus, ReqId};
 
 /// The per-job secret that authenticates connections.
@@ -107,8 +108,19 @@ impl Body {
 /// # Safety
 /// Every [`Dest`] returned by `on_header` must point to memory valid for writes of `take`
 /// bytes that nothing else accesses until `on_payload` is called with its token or
-/// `on_peer_lost` is called for the peer.
+/// `on_peer_lost` is called for the peer. Every destination returned by `take_whole` must be
+/// valid for writes of the length returned with it, and not otherwise accessed during the
+/// transport call that asked.
 pub unsafe trait FrameSink {
+    /// A whole small frame from `from` can be copied at once from where it lies (shared
+    /// memory): return where its payload goes and how many bytes fit there (at most that many
+    /// are written), which takes the frame, or `None` to have it delivered through
+    /// [`FrameSink::on_header`] as usual. Offered only for compact eager frames whose payload
+    /// is complete; the default declines.
+    fn take_whole(&mut self, from: Rank, header: &Header) -> Option<(*mut u8, usize)> {
+        let _ = (from, header);
+        None
+    }
     /// A frame header arrived from `from`. Return where its payload goes (`take + skip` must
     /// equal the payload length), or an error that closes the connection.
     ///
