@@ -104,3 +104,16 @@ pub(crate) fn heavy_barrier() -> bool {
 pub(crate) fn heavy_barrier() -> bool {
     false
 }
+
+/// Asks the CPU to start loading the cache line at `p` for reading; no effect on memory or
+/// on program order, and nothing on other targets or under loom.
+#[inline]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(braid_loom)))]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(braid_loom))))]
+    let _ = p;
+}

@@ -1,10 +1,12 @@
-//! Large messages between ranks 0 and 1: sizes around the eager threshold and the rendezvous
-//! chunk size, and 64 MiB, in each direction in turn and in both directions at once; every
-//! byte is checked against a pattern of its offset. Other ranks only join the barriers.
+//! Messages between ranks 0 and 1 of every size class: around the shared-memory fast box's
+//! limits (the end of a slot's first cache line, the largest payload a slot holds), the eager
+//! thresholds and the rendezvous chunk size, and 64 MiB, in each direction in turn and in both
+//! directions at once; every byte is checked against a pattern of its offset. Other ranks only
+//! join the barriers.
 //!
 //! Usage: `mpirun -n 2 p2p_large [MIB]` (MIB: size of the largest message, default 64).
-//! Reads `BRAID_EAGER_LIMIT` and `BRAID_CHUNK_SIZE` (plain byte counts) if set, to aim at the
-//! runtime's thresholds.
+//! Reads `BRAID_EAGER_LIMIT`, `BRAID_SHM_EAGER_LIMIT` and `BRAID_CHUNK_SIZE` (plain byte
+//! counts) if set, to aim at the runtime's thresholds.
 
 use braid::traits::*;
 use braid_tests::{OrFail, check_pattern, ensure, fill_pattern, run_rank, salt_of};
@@ -22,8 +24,24 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(64);
     let eager = env_bytes("BRAID_EAGER_LIMIT", 64 << 10);
+    let shm_eager = env_bytes("BRAID_SHM_EAGER_LIMIT", 8 << 10);
     let chunk = env_bytes("BRAID_CHUNK_SIZE", 1 << 20);
+    // A fast-box record is the compact header and the payload; the slot's first line holds
+    // its stamp (8 bytes), the header and the first payload bytes.
+    let header = braid_engine::wire::COMPACT_LEN;
+    let first_line = 64 - 8 - header;
+    let boxed = braid_shm::FASTBOX_RECORD - header;
     let sizes = [
+        0,
+        1,
+        first_line,
+        first_line + 1,
+        boxed - 1,
+        boxed,
+        boxed + 1,
+        shm_eager - 1,
+        shm_eager,
+        shm_eager + 1,
         eager - 1,
         eager,
         eager + 1,

@@ -428,7 +428,7 @@ fn raw_window(world: &braid::SimpleCommunicator) -> Check {
     }
     // A message longer than the raw buffer: one that takes a fast-box slot, one that does
     // not. The receive is posted before the message comes.
-    for long in [40usize, 100] {
+    for long in [40usize, 600] {
         if rank == 0 {
             peer.receive_vec_with_tag::<u8>(63).or_fail("go")?;
             peer.send_with_tag(&vec![7u8; long][..], 62)
