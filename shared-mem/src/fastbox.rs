@@ -48,8 +48,8 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use crate::cache_padded::CachePadded;
-use crate::primitive::prefetch;
 use crate::primitive::sync::{AtomicU64, Ordering};
+use crate::primitive::{prefetch, prefetch_write};
 use crate::segment::Segment;
 
 /// Format and version word of a fast box header: ASCII `BRDFBOX1`, little-endian.
@@ -343,6 +343,12 @@ impl FastboxProducer {
             .stamp_of(self.next)
             .store(stamp(self.next, len), Ordering::Release);
         self.next = self.next.wrapping_add(1);
+        // The next slot's first line was last read by the consumer, so writing it will need
+        // the line back: ask for it now (when that slot is known free), so the transfer
+        // overlaps the rest of this send instead of stalling the next one.
+        if self.next.wrapping_sub(self.cached_freed) < FASTBOX_SLOTS as u64 {
+            prefetch_write(self.raw.slot(self.next).as_ptr().cast());
+        }
         true
     }
 }

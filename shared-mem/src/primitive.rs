@@ -117,3 +117,19 @@ pub(crate) fn prefetch(p: *const u8) {
     #[cfg(not(all(target_arch = "x86_64", not(braid_loom))))]
     let _ = p;
 }
+
+/// Asks the CPU to start fetching the cache line at `p` for writing (`prefetchw`: the line
+/// comes exclusive, other cores' copies are invalidated); a hint like [`prefetch`]. Written
+/// as assembly because the intrinsic needs the `prfchw` target feature at compile time;
+/// x86-64 CPUs without the instruction execute its encoding as a no-op.
+#[inline]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(braid_loom)))]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address, and writes no
+    // register, flag or memory.
+    unsafe {
+        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(braid_loom))))]
+    let _ = p;
+}
