@@ -343,11 +343,16 @@ impl FastboxProducer {
             .stamp_of(self.next)
             .store(stamp(self.next, len), Ordering::Release);
         self.next = self.next.wrapping_add(1);
-        // The next slot's first line was last read by the consumer, so writing it will need
-        // the line back: ask for it now (when that slot is known free), so the transfer
-        // overlaps the rest of this send instead of stalling the next one.
+        // The next slot's lines were last read by the consumer, so writing them will need
+        // them back: ask for them now (when that slot is known free), so the transfers
+        // overlap the rest of this send instead of stalling the next one. As many lines as
+        // this record took: the next one is likely as long.
         if self.next.wrapping_sub(self.cached_freed) < FASTBOX_SLOTS as u64 {
-            prefetch_write(self.raw.slot(self.next).as_ptr().cast());
+            let next = self.raw.slot(self.next).as_ptr().cast::<u8>();
+            for line in 0..(STAMP_LEN + len).div_ceil(64) {
+                // Inside the slot: STAMP_LEN + len <= SLOT_LEN.
+                prefetch_write(next.wrapping_add(line * 64));
+            }
         }
         true
     }
