@@ -50,6 +50,7 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use crate::cache_padded::CachePadded;
+use crate::primitive::prefetch_write;
 #[cfg(braid_loom)]
 use crate::primitive::shadow;
 use crate::primitive::sync::{AtomicU64, Ordering};
@@ -60,6 +61,10 @@ pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"BRDRING1");
 
 /// Alignment of a ring's `offset` in its segment, and granularity of [`ring_footprint`].
 pub const RING_ALIGN: usize = 128;
+
+/// Most bytes after its write that a producer asks for ahead of the next write (16 lines:
+/// about what a core keeps in flight).
+const PREFETCH_MAX: usize = 1024;
 
 /// Largest accepted capacity (1 TiB on 64-bit targets, 1 GiB on 32-bit ones).
 pub const MAX_RING_CAPACITY: usize = if usize::BITS >= 64 { 1 << 40 } else { 1 << 30 };
@@ -509,7 +514,22 @@ impl RingProducer {
             }
         }
         self.publish(written);
+        self.prefetch_next(written.min(free - written));
         written
+    }
+
+    /// Asks for the lines of the next `len` free bytes (capped at [`PREFETCH_MAX`]) in
+    /// exclusive state: the consumer read them a lap ago, and fetching them now overlaps
+    /// those transfers with the gap until the next write, which is likely as long as the
+    /// last one.
+    fn prefetch_next(&self, len: usize) {
+        let start = self.raw.index(self.tail);
+        // Not past the end of the data area: the rest of a wrapping write fetches itself.
+        let end = (start + len.min(PREFETCH_MAX)).min(self.raw.capacity as usize);
+        let data = self.raw.data.as_ptr();
+        for at in (start..end).step_by(64) {
+            prefetch_write(data.wrapping_add(at));
+        }
     }
 
     /// Writes all of `src`, or nothing if it does not fit, handing it back.
