@@ -179,7 +179,9 @@ struct Sink<'a> {
 
 // SAFETY: destinations point into receive buffers registered in `recvs` (kept alive by their
 // requests until completion) or into engine payload buffers (boxed slices that the engine
-// keeps, unmoved, until `handle_payload` for their token).
+// keeps, unmoved, until `handle_payload` for their token). A buffer that `take_whole` hands
+// out finishes its request, but the front-end collects that request only after the transport
+// call returns (the call holds the core), so the buffer is alive and untouched meanwhile.
 unsafe impl FrameSink for Sink<'_> {
     /// Eager messages that posted receives wait for go straight into their buffers, and the
     /// receives finish, without a frame token, placement or completion
