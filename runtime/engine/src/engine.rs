@@ -780,11 +780,15 @@ impl Engine {
             addr,
         };
         let q = self.queues.entry(context).or_default();
-        let found = q.unexpected.iter().position(|id| {
-            self.arrivals
-                .get(id)
-                .is_some_and(|a| source.accepts(a.source) && tag.accepts(a.tag))
-        });
+        let found = if q.unexpected.is_empty() {
+            None
+        } else {
+            q.unexpected.iter().position(|id| {
+                self.arrivals
+                    .get(id)
+                    .is_some_and(|a| source.accepts(a.source) && tag.accepts(a.tag))
+            })
+        };
         if let Some(i) = found {
             let id = q.unexpected.remove(i).unwrap_or_default();
             self.bind(id, posted);
@@ -1420,10 +1424,12 @@ impl Engine {
     /// with `fits`, only if its buffer holds the whole message (else `None`, queue unchanged).
     fn pop_posted(&mut self, from: Rank, h: &Header, fits: bool) -> Option<Posted> {
         let q = self.queues.get_mut(&h.context)?;
-        let i = q
-            .posted
-            .iter()
-            .position(|p| p.source.accepts(from) && p.tag.accepts(h.tag))?;
+        let accepts = |p: &Posted| p.source.accepts(from) && p.tag.accepts(h.tag);
+        // The oldest posted receive usually matches: look at it before setting up a search.
+        let i = match q.posted.front() {
+            Some(p) if accepts(p) => 0,
+            _ => q.posted.iter().position(accepts)?,
+        };
         if fits && q.posted[i].capacity < h.msg_len {
             return None;
         }
