@@ -605,8 +605,10 @@ impl RingConsumer {
         tail.wrapping_sub(self.head).min(self.raw.capacity) as usize
     }
 
-    /// Readable bytes, reloading `tail` only if the cached value says fewer than `want`.
-    fn available_for(&mut self, want: usize) -> usize {
+    /// Readable bytes, reloading `tail` (`Acquire`) only if the value seen last says fewer
+    /// than `want`: a reader that keeps up with a busy producer then leaves the `tail` line
+    /// with the producer, instead of taking it back for every frame.
+    pub fn available_for(&mut self, want: usize) -> usize {
         let avail = self.available_given(self.cached_tail);
         if avail >= want {
             return avail;

@@ -343,7 +343,7 @@ impl ShmTransport {
                 res = drain_box(c, sink).map(|()| true);
             }
             // Reading only when bytes are there keeps the idle poll to two loads per peer.
-            if c.stream().rx.available() > 0 {
+            if c.stream_mut().rx.available_for(1) > 0 {
                 res = res
                     .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
             }
@@ -460,7 +460,7 @@ unsafe fn take_next(
         return Next::Other;
     }
     let rx = &mut c.stream_mut().rx;
-    let avail = rx.available();
+    let avail = rx.available_for(COMPACT_LEN);
     if avail == 0 {
         return Next::Empty;
     }
@@ -470,7 +470,11 @@ unsafe fn take_next(
     }
     let Some((h, len)) = compact_eager(&head)
         .and_then(|h| Some((h, usize::try_from(h.payload_len).ok()?)))
-        .filter(|&(_, len)| avail - COMPACT_LEN >= len)
+        .filter(|&(_, len)| {
+            rx.available_for(COMPACT_LEN.saturating_add(len))
+                .saturating_sub(COMPACT_LEN)
+                >= len
+        })
     else {
         return Next::Other;
     };
