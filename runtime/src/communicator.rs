@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use braid_engine::{ContextId, SendMode};
 
 use crate::collective::Over;
-use crate::core::{Finished, Started, with_core};
+use crate::core::{Finished, Outgoing, with_core};
 use crate::datatype::{Buffer, BufferMut, Datatype, Equivalence, zeroed_vec};
 use crate::error::Error;
 use crate::group::{Group, GroupRelation};
@@ -984,33 +984,13 @@ pub(crate) fn send<B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<(), Error> {
     let bytes = buf.packed();
+    let m = Outgoing::of(ctx, to, tag, &bytes, mode);
     // SAFETY: `bytes` stays borrowed until `wait_p2p` has collected the request.
-    let Some(id) = (unsafe { start_send(ctx, to, tag, bytes.as_ptr(), bytes.len(), mode) })? else {
+    let Some(id) = with_core(|c| unsafe { c.start_send(m) })?.posted() else {
         return Ok(());
     };
     let finished = crate::collective::wait_p2p(id)?;
     Status::from_finished(finished, Kind::Send).map(drop)
-}
-
-/// Starts a send in the core: `None` when it left at once (a small standard message, see
-/// [`crate::core::Core::send_now`]: nothing to wait for), else the posted request.
-///
-/// # Safety
-/// `ptr` must be valid for reads of `len` bytes until the request, if any, is collected.
-unsafe fn start_send(
-    ctx: ContextId,
-    to: u32,
-    tag: i32,
-    ptr: *const u8,
-    len: usize,
-    mode: SendMode,
-) -> Result<Option<braid_engine::ReqId>, Error> {
-    // SAFETY: forwarded from the caller.
-    let started = with_core(|c| unsafe { c.start_send(ctx, to, tag, ptr, len, mode) })?;
-    Ok(match started {
-        Started::Sent(_) => None,
-        Started::Posted(id) => Some(id),
-    })
 }
 
 pub(crate) fn recv_into<B: BufferMut + ?Sized>(
@@ -1082,10 +1062,11 @@ fn isend<'a, S: Scope<'a>, B: Buffer + ?Sized>(
     mode: SendMode,
 ) -> Result<Request<'a, S>, Error> {
     let packed = buf.packed();
+    let m = Outgoing::of(ctx, to, tag, &packed, mode);
     // SAFETY: `buf` is borrowed for 'a, and a packed copy moves into the request below (its
     // heap memory does not move); the request (or its scope) waits for completion before 'a
     // ends.
-    let id = unsafe { start_send(ctx, to, tag, packed.as_ptr(), packed.len(), mode) }?;
+    let id = with_core(|c| unsafe { c.start_send(m) })?.posted();
     crate::collective::poke();
     let Some(id) = id else {
         return Ok(Request::sent(scope));

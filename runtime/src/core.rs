@@ -94,6 +94,44 @@ impl RawBuf {
     }
 }
 
+/// A send as a front-end starts it: `len` bytes at `ptr` with `tag` to world rank `to` in
+/// context `ctx`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) ctx: ContextId,
+    pub(crate) to: u32,
+    pub(crate) tag: i32,
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) mode: SendMode,
+}
+
+impl Outgoing {
+    /// A send of `bytes`, which must stay valid as [`Core::start_send`] says.
+    pub(crate) fn of(ctx: ContextId, to: u32, tag: i32, bytes: &[u8], mode: SendMode) -> Self {
+        Self {
+            ctx,
+            to,
+            tag,
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            mode,
+        }
+    }
+
+    /// A standard-mode send (what collectives send).
+    pub(crate) fn standard(ctx: ContextId, to: u32, tag: i32, ptr: *const u8, len: usize) -> Self {
+        Self {
+            ctx,
+            to,
+            tag,
+            ptr,
+            len,
+            mode: SendMode::Standard,
+        }
+    }
+}
+
 /// How [`Core::start_send`] started a send.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Started {
@@ -101,6 +139,16 @@ pub(crate) enum Started {
     Sent(ReqId),
     /// It is posted: wait for the request.
     Posted(ReqId),
+}
+
+impl Started {
+    /// The request to wait for: `None` when the send is complete already.
+    pub(crate) fn posted(self) -> Option<ReqId> {
+        match self {
+            Self::Sent(_) => None,
+            Self::Posted(id) => Some(id),
+        }
+    }
 }
 
 /// Result of a finished request, kept until the front-end collects it.
@@ -332,17 +380,9 @@ impl Core {
     /// # Safety
     /// `ptr` must be valid for reads of `len` bytes until the request is finished and
     /// collected with [`Core::wait`] or [`Core::test`].
-    pub(crate) unsafe fn isend(
-        &mut self,
-        ctx: ContextId,
-        to: u32,
-        tag: i32,
-        ptr: *const u8,
-        len: usize,
-        mode: SendMode,
-    ) -> Result<ReqId, Error> {
+    pub(crate) unsafe fn isend(&mut self, m: Outgoing) -> Result<ReqId, Error> {
         // SAFETY: forwarded from the caller.
-        match unsafe { self.start_send(ctx, to, tag, ptr, len, mode) }? {
+        match unsafe { self.start_send(m) }? {
             Started::Sent(req) => {
                 self.finished.insert(req, Ok(sent_status()));
                 Ok(req)
@@ -356,21 +396,13 @@ impl Core {
     ///
     /// # Safety
     /// As [`Core::isend`].
-    pub(crate) unsafe fn start_send(
-        &mut self,
-        ctx: ContextId,
-        to: u32,
-        tag: i32,
-        ptr: *const u8,
-        len: usize,
-        mode: SendMode,
-    ) -> Result<Started, Error> {
+    pub(crate) unsafe fn start_send(&mut self, m: Outgoing) -> Result<Started, Error> {
         // SAFETY: `ptr` is valid for `len` bytes for longer than this call.
-        if let Some(req) = unsafe { self.send_now(ctx, to, tag, ptr, len, mode) }? {
+        if let Some(req) = unsafe { self.send_now(&m) }? {
             return Ok(Started::Sent(req));
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.post_send(ctx, to, tag, ptr, len, mode) }.map(Started::Posted)
+        unsafe { self.post_send(&m) }.map(Started::Posted)
     }
 
     /// Posts a send request to the engine (the general path of [`Core::isend`], for any
@@ -378,31 +410,23 @@ impl Core {
     ///
     /// # Safety
     /// As [`Core::isend`].
-    pub(crate) unsafe fn post_send(
-        &mut self,
-        ctx: ContextId,
-        to: u32,
-        tag: i32,
-        ptr: *const u8,
-        len: usize,
-        mode: SendMode,
-    ) -> Result<ReqId, Error> {
+    unsafe fn post_send(&mut self, m: &Outgoing) -> Result<ReqId, Error> {
         let req = self
             .engine
             .post_send(
-                ctx,
-                ERank(to),
-                braid_engine::Tag(tag),
-                len as u64,
-                mode,
-                ptr as u64,
+                m.ctx,
+                ERank(m.to),
+                braid_engine::Tag(m.tag),
+                m.len as u64,
+                m.mode,
+                m.ptr as u64,
             )
             .map_err(usage)?;
         self.sends.insert(
             req,
             RawBuf {
-                ptr: ptr.cast_mut(),
-                len,
+                ptr: m.ptr.cast_mut(),
+                len: m.len,
             },
         );
         self.pump_posted();
@@ -416,33 +440,25 @@ impl Core {
     ///
     /// # Safety
     /// `ptr` must be valid for reads of `len` bytes during the call.
-    pub(crate) unsafe fn send_now(
-        &mut self,
-        ctx: ContextId,
-        to: u32,
-        tag: i32,
-        ptr: *const u8,
-        len: usize,
-        mode: SendMode,
-    ) -> Result<Option<ReqId>, Error> {
-        if mode != SendMode::Standard || len > COPY_LIMIT {
+    unsafe fn send_now(&mut self, m: &Outgoing) -> Result<Option<ReqId>, Error> {
+        if m.mode != SendMode::Standard || m.len > COPY_LIMIT {
             return Ok(None);
         }
         let Some((req, header)) = self
             .engine
-            .send_eager_now(ctx, ERank(to), braid_engine::Tag(tag), len as u64)
+            .send_eager_now(m.ctx, ERank(m.to), braid_engine::Tag(m.tag), m.len as u64)
             .map_err(usage)?
         else {
             return Ok(None);
         };
         let body = Body {
-            ptr,
-            len,
+            ptr: m.ptr,
+            len: m.len,
             owner: None,
         };
         // SAFETY: `ptr` is valid for `len` bytes (caller's promise); without an owner the
         // transport reads it only during the call.
-        unsafe { self.hand_over(ERank(to), &header, body) };
+        unsafe { self.hand_over(ERank(m.to), &header, body) };
         Ok(Some(req))
     }
 

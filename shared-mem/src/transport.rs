@@ -332,20 +332,26 @@ impl ShmTransport {
                 Ok(false)
             };
             // Whole small frames that the sink takes (posted receives) go straight from
-            // shared memory to their place; the general path below delivers the rest.
+            // shared memory to their place; the general path below delivers the rest. An
+            // idle peer costs the two loads of the first step (box stamp, ring tail).
             let peer = c.peer();
             let mut take = |h: &Header| sink.take_whole(peer, h);
-            // SAFETY: the sink's contract (`FrameSink::take_whole`) covers the destinations.
-            while unsafe { take_next(c, &mut take) } == Next::Taken {
-                did = true;
+            let mut next = Next::Taken;
+            while next == Next::Taken {
+                // SAFETY: the sink's contract (`FrameSink::take_whole`) covers the
+                // destinations.
+                next = unsafe { take_next(c, &mut take) };
+                did |= next == Next::Taken;
             }
-            if res.is_ok() && c.stream().box_rx.ready() {
-                res = drain_box(c, sink).map(|()| true);
-            }
-            // Reading only when bytes are there keeps the idle poll to two loads per peer.
-            if c.stream_mut().rx.available_for(1) > 0 {
-                res = res
-                    .and_then(|w| Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?));
+            if next == Next::Other {
+                if res.is_ok() && c.stream().box_rx.ready() {
+                    res = drain_box(c, sink).map(|()| true);
+                }
+                if c.stream_mut().rx.available_for(1) > 0 {
+                    res = res.and_then(|w| {
+                        Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?)
+                    });
+                }
             }
             match res {
                 Ok(d) => did |= d,

@@ -197,6 +197,15 @@ impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
+/// The program's positional argument `i` (1 = the first) parsed as a `T`, or `default` when
+/// it is missing or does not parse.
+pub fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `Err(msg())` unless `cond`.
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Check {
     if cond { Ok(()) } else { Err(msg()) }

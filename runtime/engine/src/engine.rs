@@ -364,6 +364,29 @@ struct Queues {
     unexpected: VecDeque<u64>,
 }
 
+impl Queues {
+    /// Removes and returns the first posted receive that accepts a message from `from` with
+    /// `tag`; with `need`, only if its buffer holds that many bytes (else `None`, queue
+    /// unchanged).
+    fn pop_posted(&mut self, from: Rank, tag: Tag, need: Option<u64>) -> Option<Posted> {
+        let accepts = |p: &Posted| p.source.accepts(from) && p.tag.accepts(tag);
+        // The oldest posted receive usually matches: look at it before setting up a search,
+        // and pop it rather than remove from the middle.
+        let i = match self.posted.front() {
+            Some(p) if accepts(p) => 0,
+            _ => self.posted.iter().position(accepts)?,
+        };
+        if need.is_some_and(|n| self.posted[i].capacity < n) {
+            return None;
+        }
+        if i == 0 {
+            self.posted.pop_front()
+        } else {
+            self.posted.remove(i)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Posted {
     req: ReqId,
@@ -1423,22 +1446,11 @@ impl Engine {
     /// Removes and returns the first posted receive that accepts envelope `h` from `from`;
     /// with `fits`, only if its buffer holds the whole message (else `None`, queue unchanged).
     fn pop_posted(&mut self, from: Rank, h: &Header, fits: bool) -> Option<Posted> {
-        let q = self.queues.get_mut(&h.context)?;
-        let accepts = |p: &Posted| p.source.accepts(from) && p.tag.accepts(h.tag);
-        // The oldest posted receive usually matches: look at it before setting up a search.
-        let i = match q.posted.front() {
-            Some(p) if accepts(p) => 0,
-            _ => q.posted.iter().position(accepts)?,
-        };
-        if fits && q.posted[i].capacity < h.msg_len {
-            return None;
-        }
-        // Usually the oldest posted receive matches: popping it is cheaper than a removal.
-        let p = if i == 0 {
-            q.posted.pop_front()?
-        } else {
-            q.posted.remove(i)?
-        };
+        let need = fits.then_some(h.msg_len);
+        let p = self
+            .queues
+            .get_mut(&h.context)?
+            .pop_posted(from, h.tag, need)?;
         self.posted_len -= 1;
         Some(p)
     }
@@ -1513,11 +1525,7 @@ impl Engine {
         };
         let (ctx, src, tag) = (a.context, a.source, a.tag);
         let q = self.queues.entry(ctx).or_default();
-        let found = q
-            .posted
-            .iter()
-            .position(|p| p.source.accepts(src) && p.tag.accepts(tag));
-        match found.and_then(|i| q.posted.remove(i)) {
+        match q.pop_posted(src, tag, None) {
             Some(p) => {
                 self.posted_len -= 1;
                 self.bind(id, p);

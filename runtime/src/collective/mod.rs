@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use braid_engine::{ContextId, RecvStatus, ReqId, SendMode};
+use braid_engine::{ContextId, RecvStatus, ReqId};
 pub use op::{Operation, SystemOperation, UserOperation, ValueIndex, reduce_local_into};
 
 use self::algorithms as alg;
@@ -57,7 +57,7 @@ use self::algorithms::Team;
 use self::op::ResolvedOp;
 use self::schedule::{Exec, Loc, Schedule, Slice};
 use crate::communicator::{CommData, Communicator, Process, Rank};
-use crate::core::{Core, Finished, with_core};
+use crate::core::{Core, Finished, Outgoing, with_core};
 use crate::datatype::{Buffer, BufferMut};
 use crate::error::Error;
 use crate::request::{Request, Scope};
@@ -91,14 +91,13 @@ pub(crate) fn barrier(c: &mut Core, ctx: ContextId) -> Result<(), Error> {
         }?;
         // SAFETY: as above.
         let s = unsafe {
-            c.isend(
+            c.isend(Outgoing::standard(
                 ctx,
                 to,
                 tag,
                 std::ptr::NonNull::dangling().as_ptr(),
                 0,
-                SendMode::Standard,
-            )
+            ))
         }?;
         c.wait(s)??;
         c.wait(r)??;
@@ -430,7 +429,7 @@ unsafe fn direct_pair(
         let sid = match send {
             Some((p, len)) if err.is_none() => {
                 // SAFETY: the caller's contract.
-                match unsafe { c.isend(ctx, pw, tag, p, len, SendMode::Standard) } {
+                match unsafe { c.isend(Outgoing::standard(ctx, pw, tag, p, len)) } {
                     Ok(id) => Some(id),
                     Err(e) => {
                         err = Some(e);

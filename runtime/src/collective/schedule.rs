@@ -7,10 +7,10 @@
 //! ranks within one schedule therefore match in program order (MPI's non-overtaking rule), and
 //! concurrent schedules never match each other because each carries its own tag.
 
-use braid_engine::{ContextId, ReqId, SendMode};
+use braid_engine::{ContextId, ReqId};
 
 use super::op::ResolvedOp;
-use crate::core::Core;
+use crate::core::{Core, Outgoing};
 use crate::datatype::Datatype;
 use crate::error::Error;
 
@@ -457,10 +457,10 @@ impl Exec {
                 Step::Send { to, src } => {
                     let p = self.sched.ptr(src);
                     let w = self.sched.world[to];
+                    let m = Outgoing::standard(self.sched.ctx, w, tag, p, src.len);
                     // SAFETY: the range is inside a buffer that lives until the schedule ends
                     // (see the invariants of `Schedule::send`/`recv`/`tmps`).
-                    let id =
-                        unsafe { c.isend(self.sched.ctx, w, tag, p, src.len, SendMode::Standard) }?;
+                    let id = unsafe { c.isend(m) }?;
                     self.pending.push((id, None, to));
                 }
                 Step::Recv { from, dst } => {

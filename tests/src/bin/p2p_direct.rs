@@ -24,10 +24,7 @@ use braid_tests::{Check, OrFail, check_pattern, ensure, pattern, run_rank, salt_
 const SIDE_MESSAGES: usize = 20;
 
 fn main() {
-    let trips: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2000);
+    let trips: usize = braid_tests::arg(1, 2000);
     run_rank("p2p_direct", |world| {
         ensure(world.size() >= 2, || "needs at least 2 ranks".into())?;
         let rank = world.rank();

@@ -19,10 +19,7 @@ fn env_bytes(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    let mib: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(64);
+    let mib: usize = braid_tests::arg(1, 64);
     let eager = env_bytes("BRAID_EAGER_LIMIT", 64 << 10);
     let shm_eager = env_bytes("BRAID_SHM_EAGER_LIMIT", 8 << 10);
     let chunk = env_bytes("BRAID_CHUNK_SIZE", 1 << 20);

@@ -10,10 +10,7 @@ use braid_tests::{Check, OrFail, check_pattern, ensure, pattern, run_rank, salt_
 const SIZES: [usize; 5] = [0, 1, 8 << 10, (64 << 10) + 1, 1 << 20];
 
 fn main() {
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1);
+    let rounds: u64 = braid_tests::arg(1, 1);
     run_rank("p2p_pairs", |world| {
         for round in 0..rounds {
             sendrecv_all(world, round)?;

@@ -26,10 +26,7 @@ use braid_tests::{Check, OrFail, check_pattern, ensure, pattern, run_rank, salt_
 use rand::RngCore;
 
 fn main() {
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
+    let rounds: u64 = braid_tests::arg(1, 20);
     run_rank("p2p_stray", |world| {
         exchange(world, rounds, 0)?;
         let strays = if world.rank() == 0 {

@@ -11,7 +11,7 @@
 //! nothing was written past a message's end.
 
 use braid::traits::*;
-use braid_tests::{Check, OrFail, check_pattern, ensure, fill_pattern, run_rank, salt_of};
+use braid_tests::{Check, OrFail, arg, check_pattern, ensure, fill_pattern, run_rank, salt_of};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const MAX: usize = 300 << 10;
@@ -35,13 +35,7 @@ fn salt(round: usize, from: i32, to: i32, seq: usize) -> u64 {
 }
 
 fn main() {
-    let arg = |i: usize, default: u64| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
-    };
-    let (seed, rounds, window) = (arg(1, 1), arg(2, 4) as usize, arg(3, 16) as usize);
+    let (seed, rounds, window): (u64, usize, usize) = (arg(1, 1), arg(2, 4), arg(3, 16));
     run_rank("p2p_window", |world| -> Check {
         let (me, n) = (world.rank(), world.size());
         for round in 0..rounds {

@@ -6,10 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = braid::initialize()?;
     let world = universe.world();
     let rank = world.rank();
-    let iters: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10000);
+    let iters: usize = braid_tests::arg(1, 10000);
     for size in [8usize, 1024] {
         let mut buf = vec![0u8; size];
         for pass in 0..2 {

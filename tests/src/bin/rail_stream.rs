@@ -21,25 +21,19 @@ use std::time::Instant;
 
 use braid::traits::*;
 use braid_tests::{
-    OrFail, check_pattern, check_pattern_from, ensure, fill_pattern, run_rank, salt_of,
+    OrFail, arg, check_pattern, check_pattern_from, ensure, fill_pattern, run_rank, salt_of,
 };
 
 fn main() {
-    let arg = |i: usize, d: usize| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(d)
-    };
     if std::env::args().nth(1).as_deref() == Some("pingpong") {
-        pingpong(arg(2, 3) as u64);
+        pingpong(arg(2, 3u64));
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("pairs") {
-        pairs(arg(2, 256));
+        pairs(arg(2, 256usize));
         return;
     }
-    let (total, msg) = (arg(1, 256), arg(2, 4).max(1));
+    let (total, msg) = (arg(1, 256usize), arg(2, 4usize).max(1));
     let count = total.div_ceil(msg);
     let size = msg << 20;
     run_rank("rail_stream", |world| {

@@ -6,10 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = braid::initialize()?;
     let world = universe.world();
     let (rank, size) = (world.rank(), world.size());
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
+    let rounds: u64 = braid_tests::arg(1, 10);
     let next = world.process_at_rank((rank + 1) % size);
     let prev = world.process_at_rank((rank + size - 1) % size);
     for round in 0..rounds {
