@@ -266,6 +266,9 @@ fn shm_wire_up(
         eprintln!("braid: rank {rank}: cannot remove its shared segment: {e}");
     }
     attached?;
+    if settings.shm_huge_pages {
+        shm.back_with_huge_pages();
+    }
     Ok(shm)
 }
 

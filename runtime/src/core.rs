@@ -429,6 +429,9 @@ impl Core {
                 len: m.len,
             },
         );
+        if let Some(shm) = self.shm.as_mut() {
+            shm.note_buffer(Some(ERank(m.to)), m.ptr, m.len);
+        }
         self.pump_posted();
         Ok(req)
     }
@@ -482,6 +485,9 @@ impl Core {
             .post_recv_at(ctx, src, tag, len as u64, ptr as u64)
             .map_err(usage)?;
         self.recvs.insert(req, RawBuf { ptr, len });
+        if let Some(shm) = self.shm.as_mut() {
+            shm.note_buffer(from.map(ERank), ptr, len);
+        }
         self.pump_posted();
         Ok(req)
     }

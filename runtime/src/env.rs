@@ -12,6 +12,7 @@
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
 //! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
 //! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
+//! | `BRAID_SHM_HUGE_PAGES` | on | `off`: never back single-copy transfer buffers with huge pages; on: the 2 MiB blocks holding at least 512 KiB of such a buffer are collapsed into transparent huge pages (`MADV_COLLAPSE`) when the buffer is used a second time |
 //! | `BRAID_SHM_SPLIT_MIN` | 65536 (0 when oversubscribed) | single-copy messages of at least this many bytes are copied by both ends: the receiver reads the first half (`process_vm_readv`) while the sender writes the second half into the receive buffer (`process_vm_writev`); 0 turns it off |
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
@@ -46,6 +47,7 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) shm: bool,
     pub(crate) shm_cma: bool,
+    pub(crate) shm_huge_pages: bool,
     pub(crate) shm_eager_limit: u64,
     /// `BRAID_SHM_SPLIT_MIN`; `None`: the default, which depends on oversubscription.
     pub(crate) shm_split_min: Option<u64>,
@@ -174,6 +176,7 @@ impl Settings {
             connect_timeout: Duration::from_secs(number("BRAID_CONNECT_TIMEOUT", 60)?),
             shm: switch("BRAID_SHM", true)?,
             shm_cma: switch("BRAID_SHM_CMA", true)?,
+            shm_huge_pages: switch("BRAID_SHM_HUGE_PAGES", true)?,
             shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 8 * 1024)?,
             shm_split_min: var("BRAID_SHM_SPLIT_MIN")
                 .map(|_| number("BRAID_SHM_SPLIT_MIN", 0))

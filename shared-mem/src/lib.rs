@@ -47,6 +47,7 @@ mod cma;
 mod doorbell;
 mod error;
 mod fastbox;
+mod huge;
 mod primitive;
 mod ring;
 mod segment;
@@ -62,6 +63,7 @@ pub use fastbox::{
     FASTBOX_FOOTPRINT, FASTBOX_MAGIC, FASTBOX_RECORD, FASTBOX_SLOTS, FastboxConsumer,
     FastboxProducer, attach_fastbox_consumer, attach_fastbox_producer, format_fastbox,
 };
+pub use huge::{HUGE_BLOCK, HugeBacking, MIN_OVERLAP};
 pub use ring::{
     MAX_RING_CAPACITY, RING_ALIGN, RING_HEADER_LEN, RING_MAGIC, RingConsumer, RingProducer,
     attach_consumer, attach_producer, format_ring, ring_footprint,

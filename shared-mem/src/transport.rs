@@ -32,10 +32,10 @@ use braid_transports::{Body, FrameSink, HEADER_LEN, Transport, TransportError};
 
 use crate::{
     DOORBELL_FOOTPRINT, Doorbell, FASTBOX_FOOTPRINT, FASTBOX_RECORD, FastboxConsumer,
-    FastboxProducer, ReadPart, RingConsumer, RingProducer, Segment, allow_ptrace_from_any,
-    attach_consumer, attach_fastbox_consumer, attach_fastbox_producer, attach_producer, cma_probe,
-    cma_read, cma_read_many, cma_write, format_doorbell, format_fastbox, format_ring,
-    ring_footprint,
+    FastboxProducer, HugeBacking, MIN_OVERLAP, ReadPart, RingConsumer, RingProducer, Segment,
+    allow_ptrace_from_any, attach_consumer, attach_fastbox_consumer, attach_fastbox_producer,
+    attach_producer, cma_probe, cma_read, cma_read_many, cma_write, format_doorbell,
+    format_fastbox, format_ring, ring_footprint,
 };
 
 /// Magic value other ranks read from this process to check that single-copy reads work.
@@ -131,6 +131,9 @@ pub struct ShmTransport {
     /// Send requests whose bodies were handed over since the last progress call.
     sent: Vec<ReqId>,
     staging: Vec<u8>,
+    /// Collapses large transfer buffers into huge pages ([`ShmTransport::note_buffer`]);
+    /// `None` until [`ShmTransport::back_with_huge_pages`], or without kernel support.
+    huge: Option<HugeBacking>,
 }
 
 impl std::fmt::Debug for ShmTransport {
@@ -204,6 +207,7 @@ impl ShmTransport {
             can_pull: vec![false; size as usize],
             sent: Vec::new(),
             staging: vec![0; STAGING],
+            huge: None,
         })
     }
 
@@ -270,6 +274,29 @@ impl ShmTransport {
             self.conns[i] = Some(FramedConn::new(*peer, format!("shm:{name}"), pipe));
         }
         Ok(())
+    }
+
+    /// Has [`ShmTransport::note_buffer`] back reused large transfer buffers with huge pages
+    /// ([`HugeBacking`]). Returns whether it will: the kernel supports it and single-copy
+    /// transfers work with at least one peer.
+    pub fn back_with_huge_pages(&mut self) -> bool {
+        if self.can_pull.contains(&true) {
+            self.huge = HugeBacking::new();
+        }
+        self.huge.is_some()
+    }
+
+    /// Notes a send or receive buffer of a transfer with `peer` (`None`: any peer). A buffer
+    /// of whole huge-page blocks that single-copy transfers reach is handed to
+    /// [`HugeBacking::note`], which collapses its blocks once they are used again.
+    pub fn note_buffer(&mut self, peer: Option<Rank>, ptr: *const u8, len: usize) {
+        if len < MIN_OVERLAP {
+            return;
+        }
+        let reached = peer.is_none_or(|p| self.can_pull(p));
+        if let Some(h) = self.huge.as_mut().filter(|_| reached) {
+            h.note(ptr, len);
+        }
     }
 
     /// Removes this rank's segment name (mappings stay valid).

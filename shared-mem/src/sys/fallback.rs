@@ -69,6 +69,10 @@ pub(crate) fn process_vm_write(_pid: i32, _addr: u64, _src: &[u8]) -> io::Result
     Err(unsupported())
 }
 
+pub(crate) fn collapse_huge(_addr: usize, _len: usize) -> io::Result<()> {
+    Err(unsupported())
+}
+
 pub(crate) fn set_ptracer_any() -> io::Result<()> {
     Ok(())
 }

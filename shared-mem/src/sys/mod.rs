@@ -18,6 +18,7 @@
 //! | `process_vm_read(pid, addr, dst)` | one `process_vm_readv` call |
 //! | `process_vm_read_parts(pid, parts)` | one `process_vm_readv` call for several ranges |
 //! | `process_vm_write(pid, addr, src)` | one `process_vm_writev` call |
+//! | `collapse_huge(addr, len)` | `madvise(MADV_COLLAPSE)`: back aligned 2 MiB blocks with huge pages |
 //! | `set_ptracer_any()` | `prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY)` |
 
 // Both modules always exist for the doc table above; only one is compiled in.
