@@ -49,7 +49,7 @@ struct Block {
 }
 
 /// Tracks the 2 MiB blocks of large transfer buffers and collapses those used twice into
-/// huge pages ([module docs](self)).
+/// huge pages. Why and when: the docs of `shared-mem/src/huge.rs`.
 #[derive(Debug)]
 pub struct HugeBacking {
     blocks: Box<[Block; TRACKED]>,
