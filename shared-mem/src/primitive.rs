@@ -23,6 +23,8 @@ pub(crate) mod sync {
 
 use std::time::Duration;
 
+use crate::sys::BarrierScope;
+
 use sync::AtomicU32;
 
 /// Shadow cells that let loom see the ring's plain data-byte accesses (raw copies are
@@ -83,7 +85,7 @@ pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) {}
 #[cfg(not(braid_loom))]
 pub(crate) fn asymmetric_fences() -> bool {
     static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REGISTERED.get_or_init(crate::sys::register_global_barrier)
+    *REGISTERED.get_or_init(|| crate::sys::register_barrier(BarrierScope::Registered))
 }
 
 /// Under loom: never (see above).
@@ -96,13 +98,29 @@ pub(crate) fn asymmetric_fences() -> bool {
 /// processes executes a full fence before this returns. False when the kernel refused.
 #[cfg(not(braid_loom))]
 pub(crate) fn heavy_barrier() -> bool {
-    crate::sys::global_barrier().is_ok()
+    crate::sys::barrier(BarrierScope::Registered).is_ok()
 }
 
 /// Under loom: never called ([`asymmetric_fences`] is false).
 #[cfg(braid_loom)]
 pub(crate) fn heavy_barrier() -> bool {
     false
+}
+
+/// Registers this process for [`process_barrier`]; false when the kernel refuses (before
+/// Linux 4.14, or a seccomp filter).
+pub fn register_process_barrier() -> bool {
+    crate::sys::register_barrier(BarrierScope::ThisProcess)
+}
+
+/// Makes every running thread of this process execute a full memory barrier before this
+/// returns (`membarrier`, private expedited): the heavy half of an asymmetric fence inside
+/// one process. Needs [`register_process_barrier`] first.
+///
+/// # Errors
+/// The kernel refused (not registered, or no `membarrier`).
+pub fn process_barrier() -> std::io::Result<()> {
+    crate::sys::barrier(BarrierScope::ThisProcess)
 }
 
 /// Asks the CPU to start loading the cache line at `p` for reading; no effect on memory or

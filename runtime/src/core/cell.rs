@@ -142,7 +142,7 @@ impl<T> BiasedCell<T> {
     /// is now biased to the caller.
     pub(super) fn bias_to_caller(&self) -> bool {
         let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.state.load(Ordering::Relaxed) == UNBIASED && register_barrier() {
+        if self.state.load(Ordering::Relaxed) == UNBIASED && braid_shm::register_process_barrier() {
             self.owner.store(thread_number(), Ordering::Relaxed);
             self.state.store(BIASED, Ordering::Relaxed);
         }
@@ -159,40 +159,15 @@ impl Drop for Leave<'_> {
     }
 }
 
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-
-/// Registers this process for expedited private barriers; false when the kernel refuses.
-fn register_barrier() -> bool {
-    // SAFETY: membarrier takes no pointers.
-    unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-            0,
-        ) == 0
-    }
-}
-
-/// Makes every running thread of this process execute a full memory barrier.
+/// Makes every running thread of this process execute a full memory barrier
+/// ([`braid_shm::process_barrier`]).
 fn process_barrier() {
-    for _ in 0..1000 {
-        // SAFETY: membarrier takes no pointers.
-        if unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0) } == 0
-        {
-            return;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
+    if let Err(e) = braid_shm::process_barrier() {
+        // The registration succeeded, so the kernel cannot refuse this; if it did anyway,
+        // going on could let two threads use the core at once.
+        eprintln!("braid: membarrier failed after registration ({e}); aborting");
+        std::process::abort();
     }
-    // The registration succeeded, so the kernel cannot refuse this; if it did anyway, going
-    // on could let two threads use the core at once.
-    eprintln!(
-        "braid: membarrier failed after registration ({}); aborting",
-        std::io::Error::last_os_error()
-    );
-    std::process::abort();
 }
 
 #[cfg(test)]

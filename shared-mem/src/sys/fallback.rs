@@ -44,11 +44,17 @@ pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) -> usize {
     0
 }
 
-pub(crate) fn register_global_barrier() -> bool {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BarrierScope {
+    Registered,
+    ThisProcess,
+}
+
+pub(crate) fn register_barrier(_scope: BarrierScope) -> bool {
     false
 }
 
-pub(crate) fn global_barrier() -> io::Result<()> {
+pub(crate) fn barrier(_scope: BarrierScope) -> io::Result<()> {
     Err(unsupported())
 }
 

@@ -171,33 +171,45 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: i32) -> usize {
     r.map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
-const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
-const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
-
-/// Registers this process as a target of [`global_barrier`]; false when the kernel refuses
-/// (before Linux 4.16, or a seccomp filter).
-#[cfg_attr(braid_loom, allow(dead_code))] // loom models no asymmetric fences
-pub(crate) fn register_global_barrier() -> bool {
-    // SAFETY: membarrier takes no pointers.
-    syscall!(syscall(
-        libc::SYS_membarrier,
-        MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
-        0
-    ))
-    .is_ok()
+/// Whom a [`barrier`] makes fence (`membarrier`'s expedited commands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BarrierScope {
+    /// Every running thread of every process registered for this scope
+    /// (`MEMBARRIER_CMD_GLOBAL_EXPEDITED`).
+    Registered,
+    /// Every running thread of this process (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`).
+    ThisProcess,
 }
 
-/// Makes every running thread of every process registered with
-/// [`register_global_barrier`] execute a full memory barrier before this returns.
-#[cfg_attr(braid_loom, allow(dead_code))]
-pub(crate) fn global_barrier() -> io::Result<()> {
+impl BarrierScope {
+    /// The `(register, issue)` commands.
+    fn commands(self) -> (libc::c_long, libc::c_long) {
+        match self {
+            Self::Registered => (1 << 2, 1 << 1),
+            Self::ThisProcess => (1 << 4, 1 << 3),
+        }
+    }
+}
+
+/// Registers this process for [`barrier`]s of `scope` (as a target of `Registered` ones; as
+/// the issuer of `ThisProcess` ones); false when the kernel refuses (before Linux 4.14/4.16,
+/// or a seccomp filter).
+pub(crate) fn register_barrier(scope: BarrierScope) -> bool {
     // SAFETY: membarrier takes no pointers.
-    syscall!(syscall(
-        libc::SYS_membarrier,
-        MEMBARRIER_CMD_GLOBAL_EXPEDITED,
-        0
-    ))
-    .map(drop)
+    syscall!(syscall(libc::SYS_membarrier, scope.commands().0, 0)).is_ok()
+}
+
+/// Makes every running thread that `scope` names execute a full memory barrier before this
+/// returns (retried when a signal interrupts it). Needs [`register_barrier`] first.
+pub(crate) fn barrier(scope: BarrierScope) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        // SAFETY: membarrier takes no pointers.
+        match syscall!(syscall(libc::SYS_membarrier, scope.commands().1, 0)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 1000 => tries += 1,
+            r => return r.map(drop),
+        }
+    }
 }
 
 /// One `process_vm_readv` of `dst.len()` bytes at `addr` in process `pid`; returns the

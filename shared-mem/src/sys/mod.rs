@@ -15,6 +15,7 @@
 //! | `unmap(ptr, len)` | undo a mapping |
 //! | `anonymous_shared(len)` | a `MAP_SHARED` anonymous mapping (tests, benches, fork) |
 //! | `futex_wait(word, expected, timeout)` / `futex_wake(word, n)` | shared (non-private) futex |
+//! | `register_barrier(scope)` / `barrier(scope)` | `membarrier`, expedited: every running thread of the registered processes, or of this one, fences |
 //! | `process_vm_read(pid, addr, dst)` | one `process_vm_readv` call |
 //! | `process_vm_read_parts(pid, parts)` | one `process_vm_readv` call for several ranges |
 //! | `process_vm_write(pid, addr, src)` | one `process_vm_writev` call |
