@@ -1024,8 +1024,9 @@ pub(crate) fn recv_into<B: BufferMut + ?Sized>(
         None => {
             // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` has collected the
             // request.
-            let id =
-                with_core(|c| unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) })?;
+            let id = with_core(|c| unsafe {
+                c.irecv_waited(ctx, from, tag, bytes.as_mut_ptr(), capacity)
+            })?;
             crate::collective::wait_p2p(id)
         }
     };

@@ -478,6 +478,45 @@ impl Core {
         ptr: *mut u8,
         len: usize,
     ) -> Result<ReqId, Error> {
+        // SAFETY: forwarded from the caller.
+        let req = unsafe { self.post_recv(ctx, from, tag, ptr, len) }?;
+        self.pump_posted();
+        Ok(req)
+    }
+
+    /// [`Core::irecv`] for a receive the caller waits on right away (a blocking receive):
+    /// a single-copy transfer it matches is copied now, not at the next progress call, since
+    /// the caller has nothing of its own to post first.
+    ///
+    /// # Safety
+    /// As [`Core::irecv`].
+    pub(crate) unsafe fn irecv_waited(
+        &mut self,
+        ctx: ContextId,
+        from: Option<u32>,
+        tag: Option<i32>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<ReqId, Error> {
+        // SAFETY: forwarded from the caller.
+        let req = unsafe { self.post_recv(ctx, from, tag, ptr, len) }?;
+        self.pump();
+        Ok(req)
+    }
+
+    /// Posts a receive to the engine and registers its buffer (the common part of
+    /// [`Core::irecv`] and [`Core::irecv_waited`]).
+    ///
+    /// # Safety
+    /// As [`Core::irecv`].
+    unsafe fn post_recv(
+        &mut self,
+        ctx: ContextId,
+        from: Option<u32>,
+        tag: Option<i32>,
+        ptr: *mut u8,
+        len: usize,
+    ) -> Result<ReqId, Error> {
         let src = from.map_or(SourceSel::Any, |r| SourceSel::Rank(ERank(r)));
         let tag = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
         let req = self
@@ -488,7 +527,6 @@ impl Core {
         if let Some(shm) = self.shm.as_mut() {
             shm.note_buffer(from.map(ERank), ptr, len);
         }
-        self.pump_posted();
         Ok(req)
     }
 
@@ -713,6 +751,11 @@ impl Core {
             if let Some(f) = self.finished.remove(&req) {
                 return Ok(f);
             }
+            // What the engine has queued (a pull, above all) may finish `req` without the
+            // poll of every peer that a progress pass adds.
+            if self.pump() {
+                continue;
+            }
             let t = waiter.next_timeout();
             self.spin_for_input(t);
             self.progress(t)?;
@@ -752,6 +795,9 @@ impl Core {
         loop {
             if let Some(i) = reqs.iter().position(|r| self.finished.contains_key(r)) {
                 return Ok(i);
+            }
+            if self.pump() {
+                continue;
             }
             let t = waiter.next_timeout();
             self.spin_for_input(t);
