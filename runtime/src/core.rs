@@ -530,6 +530,14 @@ impl Core {
         Ok(req)
     }
 
+    /// Notes a buffer that single-copy transfers of a collective may reach, for huge-page
+    /// backing ([`ShmTransport::note_buffer`]).
+    pub(crate) fn note_buffer(&mut self, ptr: *const u8, len: usize) {
+        if let Some(shm) = self.shm.as_mut() {
+            shm.note_buffer(None, ptr, len);
+        }
+    }
+
     /// The fast path of a blocking receive from `from`: when the engine says nothing already
     /// here could match it ([`Engine::can_take_direct`]), watches the peer's shared-memory ring
     /// or TCP connection and takes the next message straight into the buffer, without a

@@ -12,7 +12,7 @@
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
 //! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
 //! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
-//! | `BRAID_SHM_HUGE_PAGES` | on | `off`: never back single-copy transfer buffers with huge pages; on: the 2 MiB blocks holding at least 512 KiB of such a buffer are collapsed into transparent huge pages (`MADV_COLLAPSE`) when the buffer is used a second time |
+//! | `BRAID_SHM_HUGE_PAGES` | on | `off`: never back single-copy transfer buffers with huge pages; on: the 2 MiB blocks holding at least 512 KiB of such a buffer (point-to-point or a shared-memory collective's) are collapsed into transparent huge pages (`MADV_COLLAPSE`) when the buffer is used a second time |
 //! | `BRAID_SHM_SPLIT_MIN` | 65536 (0 when oversubscribed) | single-copy messages of at least this many bytes are copied by both ends: the receiver reads the first half (`process_vm_readv`) while the sender writes the second half into the receive buffer (`process_vm_writev`); 0 turns it off |
 //! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |

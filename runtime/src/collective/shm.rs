@@ -296,6 +296,17 @@ pub(crate) fn info() -> String {
 // Entry points (blocking collectives); `None`: not for this path, use point-to-point
 // ---------------------------------------------------------------------------------------------
 
+/// Notes the buffers of a collective that other members may copy from or into with
+/// single-copy transfers, so that reused large ones get huge pages
+/// ([`braid_shm::HugeBacking`]; a cheap length check for the rest).
+fn note_buffers(bufs: &[Option<&[u8]>]) {
+    with_core(|c| {
+        for b in bufs.iter().flatten() {
+            c.note_buffer(b.as_ptr(), b.len());
+        }
+    });
+}
+
 /// `MPI_Barrier`.
 pub(crate) fn barrier(comm: &CommData) -> Option<Result<(), Error>> {
     let region = region_for(comm, 0)?;
@@ -305,6 +316,7 @@ pub(crate) fn barrier(comm: &CommData) -> Option<Result<(), Error>> {
 /// `MPI_Bcast` of `buf` (the root's data on the root).
 pub(crate) fn bcast(comm: &CommData, root: usize, buf: &mut [u8]) -> Option<Result<(), Error>> {
     let region = region_for(comm, buf.len())?;
+    note_buffers(&[Some(buf)]);
     Some(region.and_then(|r| lock(&r).bcast(root, buf)))
 }
 
@@ -319,6 +331,7 @@ pub(crate) fn allreduce(
         return None;
     }
     let region = region_for(comm, recv.len())?;
+    note_buffers(&[send, Some(recv)]);
     Some(region.and_then(|r| lock(&r).reduce(Kind::Allreduce, None, send, Some(recv), op)))
 }
 
@@ -340,6 +353,7 @@ pub(crate) fn reduce(
         return None;
     }
     let region = region_for(comm, n)?;
+    note_buffers(&[send, recv.as_deref()]);
     Some(region.and_then(|r| lock(&r).reduce(Kind::Reduce, Some(root), send, recv, op)))
 }
 
@@ -352,6 +366,7 @@ pub(crate) fn allgather(
     n: usize,
 ) -> Option<Result<(), Error>> {
     let region = region_for(comm, n)?;
+    note_buffers(&[send, Some(recv)]);
     Some(region.and_then(|r| lock(&r).allgather(send, recv, n)))
 }
 
@@ -365,6 +380,7 @@ pub(crate) fn gather(
     n: usize,
 ) -> Option<Result<(), Error>> {
     let region = region_for(comm, n)?;
+    note_buffers(&[send, Some(recv)]);
     Some(region.and_then(|r| lock(&r).gather(root, send, recv, n)))
 }
 
@@ -378,6 +394,7 @@ pub(crate) fn scatter(
     n: usize,
 ) -> Option<Result<(), Error>> {
     let region = region_for(comm, n)?;
+    note_buffers(&[Some(send), recv.as_deref()]);
     Some(region.and_then(|r| lock(&r).scatter(root, send, recv, n)))
 }
 
@@ -397,6 +414,7 @@ pub(crate) fn gatherv(
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
+    note_buffers(&[send, Some(recv)]);
     let mut g = lock(&region);
     g.cma.then(|| g.gatherv(root, send, recv, blocks))
 }
@@ -415,6 +433,7 @@ pub(crate) fn scatterv(
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
+    note_buffers(&[Some(send), recv.as_deref()]);
     let mut g = lock(&region);
     g.cma.then(|| g.scatterv(root, send, blocks, recv))
 }

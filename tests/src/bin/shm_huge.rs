@@ -2,11 +2,16 @@
 //! benchmarks do: the runtime backs those buffers with huge pages on their second use
 //! (`BRAID_SHM_HUGE_PAGES`), while the peer may be copying them.
 //!
-//! Usage: `mpirun -n 2 shm_huge ROUNDS MIB`. Ranks 0 and 1 each keep one send and one receive
-//! buffer of MIB MiB. Every round both send at once (immediate receive, then send, then wait
-//! for both), with contents that change each round, and check what they received byte for
-//! byte. At the end each rank prints `huge KB` with the huge-page backing (`AnonHugePages`
-//! of `/proc/self/smaps`) of the mappings that hold its two buffers.
+//! Usage: `mpirun -n 2 shm_huge ROUNDS MIB [p2p|bcast]`.
+//!
+//! - `p2p` (the default): ranks 0 and 1 each keep one send and one receive buffer of MIB MiB.
+//!   Every round both send at once (immediate receive, then send, then wait for both), with
+//!   contents that change each round, and check what they received byte for byte.
+//! - `bcast`: one buffer of MIB MiB per rank; every round one rank, in turn, broadcasts new
+//!   contents from it (the collectives' single-copy path) and the other checks them.
+//!
+//! At the end each rank prints `huge KB` with the huge-page backing (`AnonHugePages` of
+//! `/proc/self/smaps`) of the mappings that hold its buffers.
 
 use braid::traits::*;
 use braid_tests::{Check, OrFail, arg, check_pattern, ensure, fill_pattern, run_rank, salt_of};
@@ -37,10 +42,30 @@ fn huge_kb(ranges: &[(usize, usize)]) -> Check<u64> {
 }
 
 fn main() {
-    let (rounds, mib): (usize, usize) = (arg(1, 6), arg(2, 6));
+    let (rounds, mib, mode): (usize, usize, String) = (arg(1, 6), arg(2, 6), arg(3, "p2p".into()));
     run_rank("shm_huge", |world| -> Check {
         let me = world.rank();
         ensure(world.size() == 2, || "run with 2 ranks".into())?;
+        let span = |v: &[u8]| (v.as_ptr() as usize, v.as_ptr() as usize + v.len());
+        if mode == "bcast" {
+            let mut buf = vec![0u8; mib << 20];
+            for round in 0..rounds {
+                let root = (round % 2) as i32;
+                let salt = salt_of(&[round as u64, root as u64, 8]);
+                if me == root {
+                    fill_pattern(&mut buf, salt);
+                } else {
+                    buf.fill(0xA5);
+                }
+                world
+                    .process_at_rank(root)
+                    .broadcast_into(&mut buf[..])
+                    .or_fail(format!("broadcast round {round}"))?;
+                check_pattern(&buf, salt).map_err(|e| format!("broadcast round {round}: {e}"))?;
+            }
+            println!("huge {}", huge_kb(&[span(&buf)])?);
+            return Ok(());
+        }
         let peer = world.process_at_rank(1 - me);
         let len = mib << 20;
         let mut send = vec![0u8; len];
@@ -65,7 +90,6 @@ fn main() {
             check_pattern(&recv, salt_of(&[round as u64, 1 - me as u64, 7]))
                 .map_err(|e| format!("round {round}: {e}"))?;
         }
-        let span = |v: &[u8]| (v.as_ptr() as usize, v.as_ptr() as usize + v.len());
         println!("huge {}", huge_kb(&[span(&send), span(&recv)])?);
         Ok(())
     });
