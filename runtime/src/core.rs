@@ -820,18 +820,31 @@ impl Core {
         self.polls = self.polls.wrapping_add(1);
         let mut returned = Vec::new();
         let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
-        if let Some(shm) = self.shm.as_mut() {
-            let mut sink = Sink {
-                engine: &mut self.engine,
-                recvs: &mut self.recvs,
-                finished: &mut self.finished,
-                lent: &mut self.lent,
-                returned: &mut returned,
-                lost: &mut self.lost,
-            };
+        let Self {
+            shm,
+            tcp,
+            engine,
+            recvs,
+            finished,
+            lent,
+            lost,
+            tcp_active,
+            polls,
+            ..
+        } = self;
+        // One sink for both transports (the transports are fields apart from its own).
+        let mut sink = Sink {
+            engine,
+            recvs,
+            finished,
+            lent,
+            returned: &mut returned,
+            lost,
+        };
+        if let Some(shm) = shm.as_mut() {
             // With TCP peers too, block in the poller instead (it can watch both with a
             // short timeout); with shared-memory peers only, sleep on the doorbell.
-            let t = if blocking && !self.tcp_active {
+            let t = if blocking && !*tcp_active {
                 timeout
             } else {
                 Some(Duration::ZERO)
@@ -840,22 +853,13 @@ impl Core {
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("shared-memory progress failed: {e}")))?;
         }
-        let poll_tcp =
-            self.tcp_active || self.polls.is_multiple_of(256) || (blocking && self.shm.is_none());
-        if let Some(tcp) = self.tcp.as_mut()
+        let poll_tcp = *tcp_active || polls.is_multiple_of(256) || (blocking && shm.is_none());
+        if let Some(tcp) = tcp.as_mut()
             && poll_tcp
         {
-            let mut sink = Sink {
-                engine: &mut self.engine,
-                recvs: &mut self.recvs,
-                finished: &mut self.finished,
-                lent: &mut self.lent,
-                returned: &mut returned,
-                lost: &mut self.lost,
-            };
             let t = if did {
                 Some(Duration::ZERO)
-            } else if self.shm.is_some() {
+            } else if shm.is_some() {
                 timeout.map(|t| t.min(Duration::from_millis(1)))
             } else {
                 timeout
@@ -863,7 +867,7 @@ impl Core {
             did |= tcp
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("poll failed: {e}")))?;
-        } else if self.tcp.is_none() && self.shm.is_none() && blocking {
+        } else if tcp.is_none() && shm.is_none() && blocking {
             std::thread::sleep(Duration::from_millis(1));
         }
         did |= self.settle_returned(&mut returned);
