@@ -32,9 +32,11 @@ pub const HUGE_BLOCK: usize = 2 << 20;
 /// touched) with the huge page, which should stay a small part.
 pub const MIN_OVERLAP: usize = HUGE_BLOCK / 4;
 
-/// Blocks remembered (first-in first-out): enough for the buffers of a window of large
-/// transfers, small enough to search linearly.
-const TRACKED: usize = 64;
+/// Blocks remembered (first-in first-out): 512 MiB of buffers, enough for the windows of
+/// large transfers applications keep, and a linear search costs far less than copying the
+/// 512 KiB that a note needs at least. Buffers used in turn that span more blocks than this
+/// push their own first blocks out before they come round again, and stay as they are.
+const TRACKED: usize = 256;
 
 /// Collapses are tried this many times per block: a block the peer is copying at that
 /// moment is pinned and cannot move (the kernel answers `EAGAIN`), and a block in a mapping
