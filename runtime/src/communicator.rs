@@ -1022,10 +1022,12 @@ pub(crate) fn recv_into<B: BufferMut + ?Sized>(
     let finished = match direct {
         Some(status) => Ok(Ok(status)),
         None => {
-            // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` has collected the
-            // request.
-            let id = with_core(|c| unsafe {
-                c.irecv_waited(ctx, from, tag, bytes.as_mut_ptr(), capacity)
+            let id = with_core(|c| -> Result<_, Error> {
+                // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` has collected the
+                // request.
+                let id = unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) }?;
+                c.pump_now();
+                Ok(id)
             })?;
             crate::collective::wait_p2p(id)
         }

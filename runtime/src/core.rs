@@ -478,45 +478,6 @@ impl Core {
         ptr: *mut u8,
         len: usize,
     ) -> Result<ReqId, Error> {
-        // SAFETY: forwarded from the caller.
-        let req = unsafe { self.post_recv(ctx, from, tag, ptr, len) }?;
-        self.pump_posted();
-        Ok(req)
-    }
-
-    /// [`Core::irecv`] for a receive the caller waits on right away (a blocking receive):
-    /// a single-copy transfer it matches is copied now, not at the next progress call, since
-    /// the caller has nothing of its own to post first.
-    ///
-    /// # Safety
-    /// As [`Core::irecv`].
-    pub(crate) unsafe fn irecv_waited(
-        &mut self,
-        ctx: ContextId,
-        from: Option<u32>,
-        tag: Option<i32>,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Result<ReqId, Error> {
-        // SAFETY: forwarded from the caller.
-        let req = unsafe { self.post_recv(ctx, from, tag, ptr, len) }?;
-        self.pump();
-        Ok(req)
-    }
-
-    /// Posts a receive to the engine and registers its buffer (the common part of
-    /// [`Core::irecv`] and [`Core::irecv_waited`]).
-    ///
-    /// # Safety
-    /// As [`Core::irecv`].
-    unsafe fn post_recv(
-        &mut self,
-        ctx: ContextId,
-        from: Option<u32>,
-        tag: Option<i32>,
-        ptr: *mut u8,
-        len: usize,
-    ) -> Result<ReqId, Error> {
         let src = from.map_or(SourceSel::Any, |r| SourceSel::Rank(ERank(r)));
         let tag = tag.map_or(TagSel::Any, |t| TagSel::Tag(braid_engine::Tag(t)));
         let req = self
@@ -527,7 +488,16 @@ impl Core {
         if let Some(shm) = self.shm.as_mut() {
             shm.note_buffer(from.map(ERank), ptr, len);
         }
+        self.pump_posted();
         Ok(req)
+    }
+
+    /// Runs what the engine has queued, single-copy transfers included ([`Core::pump`]). A
+    /// blocking receive calls it right after [`Core::irecv`]: a transfer the receive matched
+    /// is copied at once rather than at the next progress call, since the caller has nothing
+    /// of its own to post first.
+    pub(crate) fn pump_now(&mut self) {
+        self.pump();
     }
 
     /// Notes a buffer that single-copy transfers of a collective may reach, for huge-page
@@ -632,24 +602,8 @@ impl Core {
         let mut waiter = Waiter::new(self.spin);
         let mut returned = Vec::new();
         loop {
-            let Self {
-                engine,
-                tcp,
-                recvs,
-                finished,
-                lent,
-                lost,
-                ..
-            } = self;
-            let mut sink = Sink {
-                engine,
-                recvs,
-                finished,
-                lent,
-                returned: &mut returned,
-                lost,
-            };
-            let take = tcp.as_mut()?.take_eager(src, dst, &mut sink, |s, h| {
+            let (_, tcp, mut sink) = self.transports_and_sink(&mut returned);
+            let take = tcp?.take_eager(src, dst, &mut sink, |s, h| {
                 s.engine.take_direct(src, h, ctx, tsel, cap)
             });
             if !returned.is_empty() {
@@ -820,31 +774,12 @@ impl Core {
         self.polls = self.polls.wrapping_add(1);
         let mut returned = Vec::new();
         let blocking = !did && timeout.is_some_and(|t| !t.is_zero());
-        let Self {
-            shm,
-            tcp,
-            engine,
-            recvs,
-            finished,
-            lent,
-            lost,
-            tcp_active,
-            polls,
-            ..
-        } = self;
-        // One sink for both transports (the transports are fields apart from its own).
-        let mut sink = Sink {
-            engine,
-            recvs,
-            finished,
-            lent,
-            returned: &mut returned,
-            lost,
-        };
+        let (tcp_active, polls) = (self.tcp_active, self.polls);
+        let (mut shm, tcp, mut sink) = self.transports_and_sink(&mut returned);
         if let Some(shm) = shm.as_mut() {
             // With TCP peers too, block in the poller instead (it can watch both with a
             // short timeout); with shared-memory peers only, sleep on the doorbell.
-            let t = if blocking && !*tcp_active {
+            let t = if blocking && !tcp_active {
                 timeout
             } else {
                 Some(Duration::ZERO)
@@ -853,8 +788,9 @@ impl Core {
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("shared-memory progress failed: {e}")))?;
         }
-        let poll_tcp = *tcp_active || polls.is_multiple_of(256) || (blocking && shm.is_none());
-        if let Some(tcp) = tcp.as_mut()
+        let poll_tcp = tcp_active || polls.is_multiple_of(256) || (blocking && shm.is_none());
+        let no_transport = tcp.is_none() && shm.is_none();
+        if let Some(tcp) = tcp
             && poll_tcp
         {
             let t = if did {
@@ -867,12 +803,34 @@ impl Core {
             did |= tcp
                 .progress(&mut sink, t)
                 .map_err(|e| Error::LocalOs(format!("poll failed: {e}")))?;
-        } else if tcp.is_none() && shm.is_none() && blocking {
+        } else if no_transport && blocking {
             std::thread::sleep(Duration::from_millis(1));
         }
         did |= self.settle_returned(&mut returned);
         did |= self.pump();
         Ok(did)
+    }
+
+    /// The transports, and a [`Sink`] over the state they deliver into (the sink's fields
+    /// are borrowed apart from the transports', so both are usable at once). Sends whose
+    /// lent bodies the transports give back go to `returned`.
+    fn transports_and_sink<'a>(
+        &'a mut self,
+        returned: &'a mut Vec<ReqId>,
+    ) -> (
+        Option<&'a mut ShmTransport>,
+        Option<&'a mut TcpTransport>,
+        Sink<'a>,
+    ) {
+        let sink = Sink {
+            engine: &mut self.engine,
+            recvs: &mut self.recvs,
+            finished: &mut self.finished,
+            lent: &mut self.lent,
+            returned,
+            lost: &mut self.lost,
+        };
+        (self.shm.as_mut(), self.tcp.as_mut(), sink)
     }
 
     /// Finishes the sends among `returned` (requests whose last lent body the transport gave

@@ -132,10 +132,18 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
+    /// A tracker, or `None` (with the visible skip line) without kernel support.
+    fn tracker(test: &str) -> Option<HugeBacking> {
+        let h = HugeBacking::new();
+        if h.is_none() {
+            eprintln!("SKIPPED: {test}: this kernel has no MADV_COLLAPSE");
+        }
+        h
+    }
+
     #[test]
     fn collapses_blocks_seen_twice_and_keeps_the_contents() {
-        let Some(mut h) = HugeBacking::new() else {
-            eprintln!("SKIPPED: this kernel has no MADV_COLLAPSE");
+        let Some(mut h) = tracker("collapses_blocks_seen_twice") else {
             return;
         };
         // 5 MiB: at least one whole aligned block.
@@ -159,8 +167,7 @@ mod tests {
 
     #[test]
     fn small_parts_of_a_block_are_left_alone() {
-        let Some(mut h) = HugeBacking::new() else {
-            eprintln!("SKIPPED: this kernel has no MADV_COLLAPSE");
+        let Some(mut h) = tracker("small_parts_of_a_block_are_left_alone") else {
             return;
         };
         let buf = buffer(5 << 20);
