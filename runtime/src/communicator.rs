@@ -1026,7 +1026,9 @@ pub(crate) fn recv_into<B: BufferMut + ?Sized>(
                 // SAFETY: `bytes` stays mutably borrowed until `wait_p2p` has collected the
                 // request.
                 let id = unsafe { c.irecv(ctx, from, tag, bytes.as_mut_ptr(), capacity) }?;
-                c.pump_now();
+                // A single-copy transfer the receive matched is copied now, not at the next
+                // progress call: the caller waits at once and has nothing of its own to post.
+                c.pump();
                 Ok(id)
             })?;
             crate::collective::wait_p2p(id)

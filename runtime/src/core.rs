@@ -429,9 +429,7 @@ impl Core {
                 len: m.len,
             },
         );
-        if let Some(shm) = self.shm.as_mut() {
-            shm.note_buffer(Some(ERank(m.to)), m.ptr, m.len);
-        }
+        self.note_buffer(Some(m.to), m.ptr, m.len);
         self.pump_posted();
         Ok(req)
     }
@@ -485,26 +483,17 @@ impl Core {
             .post_recv_at(ctx, src, tag, len as u64, ptr as u64)
             .map_err(usage)?;
         self.recvs.insert(req, RawBuf { ptr, len });
-        if let Some(shm) = self.shm.as_mut() {
-            shm.note_buffer(from.map(ERank), ptr, len);
-        }
+        self.note_buffer(from, ptr, len);
         self.pump_posted();
         Ok(req)
     }
 
-    /// Runs what the engine has queued, single-copy transfers included ([`Core::pump`]). A
-    /// blocking receive calls it right after [`Core::irecv`]: a transfer the receive matched
-    /// is copied at once rather than at the next progress call, since the caller has nothing
-    /// of its own to post first.
-    pub(crate) fn pump_now(&mut self) {
-        self.pump();
-    }
-
-    /// Notes a buffer that single-copy transfers of a collective may reach, for huge-page
-    /// backing ([`ShmTransport::note_buffer`]).
-    pub(crate) fn note_buffer(&mut self, ptr: *const u8, len: usize) {
+    /// Notes a buffer that single-copy transfers with world rank `peer` (`None`: any rank,
+    /// as in a collective) may reach, for huge-page backing ([`ShmTransport::note_buffer`]).
+    #[inline]
+    pub(crate) fn note_buffer(&mut self, peer: Option<u32>, ptr: *const u8, len: usize) {
         if let Some(shm) = self.shm.as_mut() {
-            shm.note_buffer(None, ptr, len);
+            shm.note_buffer(peer.map(ERank), ptr, len);
         }
     }
 
@@ -851,7 +840,7 @@ impl Core {
     /// Sends what the engine emitted, performs its single-copy pulls and records
     /// completions. Returns whether it did anything.
     #[inline]
-    fn pump(&mut self) -> bool {
+    pub(crate) fn pump(&mut self) -> bool {
         self.engine.has_output() && self.pump_output(true)
     }
 

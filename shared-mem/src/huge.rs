@@ -25,7 +25,7 @@
 use crate::sys;
 
 /// Size (and alignment) of the blocks [`HugeBacking`] collapses: one x86-64 PMD page.
-pub const HUGE_BLOCK: usize = 2 << 20;
+pub(crate) const HUGE_BLOCK: usize = 2 << 20;
 
 /// A block is collapsed only when a buffer covers at least this much of it: the collapse
 /// also backs the rest of the block (other data of the application, or pages it never
@@ -43,12 +43,12 @@ const TRACKED: usize = 256;
 /// that cannot take huge pages fails every time.
 const TRIES: u8 = 8;
 
-/// What is known about one block.
+/// What is known about one block: its address, and how many collapses were tried (`TRIES`
+/// once it is huge or will never be).
 #[derive(Clone, Copy, Debug, Default)]
 struct Block {
     addr: usize,
     tries: u8,
-    huge: bool,
 }
 
 /// Tracks the 2 MiB blocks of large transfer buffers and collapses those used twice into
@@ -91,21 +91,17 @@ impl HugeBacking {
 
     fn note_block(&mut self, addr: usize) {
         let Some(b) = self.blocks.iter_mut().find(|b| b.addr == addr) else {
-            self.blocks[self.next] = Block {
-                addr,
-                tries: 0,
-                huge: false,
-            };
+            self.blocks[self.next] = Block { addr, tries: 0 };
             self.next = (self.next + 1) % TRACKED;
             return;
         };
-        if b.huge || b.tries >= TRIES {
+        if b.tries >= TRIES {
             return;
         }
         b.tries += 1;
         match sys::collapse_huge(addr, HUGE_BLOCK) {
             Ok(()) => {
-                b.huge = true;
+                b.tries = TRIES;
                 self.collapsed += 1;
             }
             // Pages pinned or locked at the moment (the peer is copying them): later.

@@ -63,7 +63,7 @@ pub use fastbox::{
     FASTBOX_FOOTPRINT, FASTBOX_MAGIC, FASTBOX_RECORD, FASTBOX_SLOTS, FastboxConsumer,
     FastboxProducer, attach_fastbox_consumer, attach_fastbox_producer, format_fastbox,
 };
-pub use huge::{HUGE_BLOCK, HugeBacking, MIN_OVERLAP};
+pub use huge::{HugeBacking, MIN_OVERLAP};
 pub use primitive::{process_barrier, register_process_barrier};
 pub use ring::{
     MAX_RING_CAPACITY, RING_ALIGN, RING_HEADER_LEN, RING_MAGIC, RingConsumer, RingProducer,

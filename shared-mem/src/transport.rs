@@ -277,24 +277,24 @@ impl ShmTransport {
     }
 
     /// Has [`ShmTransport::note_buffer`] back reused large transfer buffers with huge pages
-    /// ([`HugeBacking`]). Returns whether it will: the kernel supports it and single-copy
-    /// transfers work with at least one peer.
-    pub fn back_with_huge_pages(&mut self) -> bool {
+    /// ([`HugeBacking`]), if the kernel supports it and single-copy transfers work with at
+    /// least one peer.
+    pub fn back_with_huge_pages(&mut self) {
         if self.can_pull.contains(&true) {
             self.huge = HugeBacking::new();
         }
-        self.huge.is_some()
     }
 
     /// Notes a send or receive buffer of a transfer with `peer` (`None`: any peer). A buffer
-    /// of whole huge-page blocks that single-copy transfers reach is handed to
-    /// [`HugeBacking::note`], which collapses its blocks once they are used again.
+    /// of at least [`MIN_OVERLAP`] bytes that single-copy transfers reach goes to
+    /// [`HugeBacking::note`], which collapses its blocks once they are used again; the rest
+    /// cost one comparison.
+    #[inline]
     pub fn note_buffer(&mut self, peer: Option<Rank>, ptr: *const u8, len: usize) {
-        if len < MIN_OVERLAP {
+        if len < MIN_OVERLAP || peer.is_some_and(|p| !self.can_pull(p)) {
             return;
         }
-        let reached = peer.is_none_or(|p| self.can_pull(p));
-        if let Some(h) = self.huge.as_mut().filter(|_| reached) {
+        if let Some(h) = self.huge.as_mut() {
             h.note(ptr, len);
         }
     }

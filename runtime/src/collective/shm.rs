@@ -298,13 +298,16 @@ pub(crate) fn info() -> String {
 
 /// Notes the buffers of a collective that other members may copy from or into with
 /// single-copy transfers, so that reused large ones get huge pages
-/// ([`braid_shm::HugeBacking`]; a cheap length check for the rest).
+/// ([`braid_shm::HugeBacking`]). Small collectives do not take the core for it.
 fn note_buffers(bufs: &[Option<&[u8]>]) {
-    with_core(|c| {
-        for b in bufs.iter().flatten() {
-            c.note_buffer(b.as_ptr(), b.len());
-        }
-    });
+    let large = || {
+        bufs.iter()
+            .flatten()
+            .filter(|b| b.len() >= braid_shm::MIN_OVERLAP)
+    };
+    if large().next().is_some() {
+        with_core(|c| large().for_each(|b| c.note_buffer(None, b.as_ptr(), b.len())));
+    }
 }
 
 /// `MPI_Barrier`.

@@ -320,11 +320,10 @@ pub(crate) fn process_vm_write(pid: i32, addr: u64, src: &[u8]) -> io::Result<us
 /// `[addr, addr + len)` with transparent huge pages now, copying what is there. The contents
 /// stay the same; only the backing changes. `addr` must be page-aligned.
 pub(crate) fn collapse_huge(addr: usize, len: usize) -> io::Result<()> {
-    const MADV_COLLAPSE: libc::c_int = 25;
     // SAFETY: MADV_COLLAPSE never changes what the range reads as (the kernel copies the
     // pages it replaces, and gives up on any page it cannot move), so no memory of ours
     // changes meaning; an unmapped range is an error, not a fault.
-    syscall!(madvise(addr as *mut libc::c_void, len, MADV_COLLAPSE)).map(drop)
+    syscall!(madvise(addr as *mut libc::c_void, len, libc::MADV_COLLAPSE)).map(drop)
 }
 
 /// `prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY)`: lets any process of the same user attach
