@@ -31,12 +31,13 @@
 //! # Layout
 //! ```text
 //! 0                 header: magic, ranks, slot bytes (128 bytes)
-//! 128 + 128 r       control block of rank r (128 bytes, its own cache-line pair):
-//!                     +0   posted: u64, the last step rank r has posted
-//!                     +16  cell 0: descriptor u64, 16 inline data bytes   (even steps)
-//!                     +40  cell 1: descriptor u64, 16 inline data bytes   (odd steps)
-//!                     +64  pid: i32 (liveness checks)
-//! 128 + 128 p + 128 r  doorbell of rank r (`braid_shm::Doorbell`): rank r rings it when it
+//! 128 + 256 r       control block of rank r (256 bytes, two cache-line pairs), one cache
+//!                   line (the cell) per step parity k, at +128 k:
+//!                     +0   posted: u64, the last step of parity k that rank r has posted
+//!                     +8   descriptor: u64
+//!                     +16  48 inline data bytes
+//!                   and at +64 the pid: i32 (liveness checks)
+//! 128 + 256 p + 128 r  doorbell of rank r (`braid_shm::Doorbell`): rank r rings it when it
 //!                      posts; members waiting for its posts sleep on it
 //! slots (4 KiB aligned) + (2 r + k) slot   data slot k of rank r (slot bytes each)
 //! ```
@@ -46,10 +47,14 @@
 //! from 1 by a counter each rank keeps per communicator (so nothing is ever reset). At step
 //! `s` a rank (1) waits until every member has posted step `s - 1`, (2) writes its
 //! descriptor (kind, root, length of the call) and data for the step into cell and slot
-//! `s mod 2` (data of at most 16 bytes go inline in the cell, in the flag's cache line),
-//! (3) stores `posted = s` with release ordering, and (4) waits (acquire loads) for the
-//! posts of the members whose data it needs at this step, checks their descriptors and reads
-//! their data. A rank reads step `s` data before it posts `s + 1`, so "everyone posted
+//! `s mod 2` (data of at most 48 bytes go inline in the cell), (3) stores the cell's
+//! `posted = s` with release ordering, and (4) waits (acquire loads) for the posts of the
+//! members whose data it needs at this step, checks their descriptors and reads their data.
+//! The flag, the descriptor and short data share one cache line, so a reader that sees the
+//! post has the data too; and the cell of step `s` is apart from the one that members
+//! waiting for step `s - 1` poll, so their polls do not take the line from under the writer.
+//! Posts are in step order, so a cell showing `posted >= s` means every step up to `s` is
+//! posted. A rank reads step `s` data before it posts `s + 1`, so "everyone posted
 //! `s - 1`" proves nobody still reads cell and slot `s mod 2` from step `s - 2`: two
 //! alternating buffers suffice. Members that only receive at a step (broadcast) still post it
 //! (as an arrival). Messages longer than a slot are pipelined through the two slots, one chunk
@@ -101,8 +106,8 @@
 //! while the host's leader talks to the other hosts.
 //!
 //! # Cost model
-//! Per step and rank: one cache line written (the own control block) and one read per peer it
-//! waits on, plus for data beyond 16 bytes one copy into the own slot and one copy (or reduction)
+//! Per step and rank: one cache line written (the own cell) and one read per peer it
+//! waits on, plus for data beyond 48 bytes one copy into the own slot and one copy (or reduction)
 //! out of each needed peer slot; with `c` the cost of a cache-line transfer between cores (about
 //! 50-100 ns), an 8-byte allreduce or barrier on 2 ranks costs about `2c`, a broadcast of `n`
 //! bytes two memory copies of `n` pipelined in slot-sized chunks, an allreduce of `n` bytes on `p`
@@ -136,19 +141,23 @@ pub(crate) const MAX_RANKS: usize = 64;
 /// "BRAID_CS".
 const MAGIC: u64 = 0x4252_4149_445f_4353;
 const HEADER: usize = 128;
-const CTRL: usize = 128;
-/// Offset of cell 0 in a control block; cell k is at `CELL + k * CELL_STRIDE`.
-const CELL: usize = 16;
-const CELL_STRIDE: usize = 24;
-/// Inline data bytes of a cell (after its descriptor).
-const INLINE: usize = 16;
+/// Bytes of a control block.
+const CTRL: usize = 256;
+/// Offset of cell k (steps of parity k) in a control block is `k * CELL_STRIDE`: each cell
+/// leads its own cache-line pair.
+const CELL_STRIDE: usize = 128;
+/// Offset of the descriptor in a cell (after `posted`).
+const DESC: usize = 8;
+/// Offset of the inline data in a cell (after the descriptor).
+const DATA: usize = 16;
+/// Inline data bytes of a cell: the rest of its cache line.
+const INLINE: usize = 64 - DATA;
 const PID: usize = 64;
 /// Longest sleep of a long wait between liveness checks and point-to-point progress (a post
 /// wakes the sleeper at once).
 const SLEEP_MAX: Duration = Duration::from_millis(1);
-// Both cells share the `posted` word's cache line; the pid fits in the block.
-const _: () = assert!(CELL + 2 * CELL_STRIDE <= 64 && CELL_STRIDE == 8 + INLINE);
-const _: () = assert!(PID + 4 <= CTRL);
+// The pid has a line of its own, and the block holds both cells.
+const _: () = assert!(PID >= 64 && PID + 4 <= CELL_STRIDE && 2 * CELL_STRIDE <= CTRL);
 /// Messages longer than 2^40 bytes never take this path (descriptor field width).
 const LEN_BITS: u32 = 40;
 /// Broadcasts, allgathers, gathers and scatters of at least this many bytes (per rank) copy
@@ -732,18 +741,23 @@ impl Region {
         unsafe { self.seg.as_ptr().add(HEADER + r * CTRL) }
     }
 
-    /// Member `r`'s `posted` word.
-    fn posted(&self, r: usize) -> &AtomicU64 {
-        // SAFETY: 8-aligned (128-aligned block in a page-aligned mapping), in bounds, and only
+    /// Member `r`'s cell of step `s` (of the step's parity).
+    fn cell(&self, r: usize, s: u64) -> *mut u8 {
+        // SAFETY: both cells lie inside the control block (CTRL >= 2 CELL_STRIDE).
+        unsafe { self.ctrl(r).add((s % 2) as usize * CELL_STRIDE) }
+    }
+
+    /// Member `r`'s `posted` word for steps of the parity of `s`.
+    fn posted(&self, r: usize, s: u64) -> &AtomicU64 {
+        // SAFETY: 8-aligned (128-aligned cell in a page-aligned mapping), in bounds, and only
         // ever accessed atomically, by every process; lives as long as `self.seg`.
-        unsafe { AtomicU64::from_ptr(self.ctrl(r).cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(self.cell(r, s).cast::<u64>()) }
     }
 
     /// Member `r`'s descriptor word of step `s`.
     fn desc_word(&self, r: usize, s: u64) -> &AtomicU64 {
-        let off = CELL + (s % 2) as usize * CELL_STRIDE;
-        // SAFETY: as for `posted`: 8-aligned (16 + 0 or 24), in the control block, atomic only.
-        unsafe { AtomicU64::from_ptr(self.ctrl(r).add(off).cast::<u64>()) }
+        // SAFETY: as for `posted`: 8-aligned, in the cell, atomic only.
+        unsafe { AtomicU64::from_ptr(self.cell(r, s).add(DESC).cast::<u64>()) }
     }
 
     /// Where member `r`'s data of step `s` lives, for a chunk of `len` bytes (valid for
@@ -751,8 +765,8 @@ impl Region {
     fn data(&self, r: usize, s: u64, len: usize) -> *mut u8 {
         let k = (s % 2) as usize;
         if len <= INLINE {
-            // SAFETY: the cell's data follows its descriptor inside the control block.
-            unsafe { self.ctrl(r).add(CELL + k * CELL_STRIDE + 8) }
+            // SAFETY: the inline data fill the rest of the cell's line, inside the block.
+            unsafe { self.cell(r, s).add(DATA) }
         } else {
             debug_assert!(len <= self.slot);
             // SAFETY: slot (2r + k) lies inside the mapping by the invariant.
@@ -782,7 +796,7 @@ impl Region {
 
     /// Posts step `s`: releases this step's descriptor and data to the other members.
     fn post(&mut self, s: u64) {
-        self.posted(self.me).store(s, Ordering::Release);
+        self.posted(self.me, s).store(s, Ordering::Release);
         self.seen[self.me] = s;
         // The poster's half of the handshake with a sleeper in `wait` (module docs, Waiting).
         self.bells[self.me].ring();
@@ -821,7 +835,7 @@ impl Region {
         let mut start: Option<Instant> = None;
         let mut sleeping = false;
         loop {
-            let v = self.posted(r).load(Ordering::Acquire);
+            let v = self.posted(r, s).load(Ordering::Acquire);
             if v >= s {
                 self.seen[r] = v;
                 return Ok(());
@@ -831,7 +845,7 @@ impl Region {
                 // The spin budget is spent: give the core away for real (the peer may be
                 // waiting for it) until the peer posts.
                 self.sleep_on(r, s);
-                if self.posted(r).load(Ordering::Acquire) < s {
+                if self.posted(r, s).load(Ordering::Acquire) < s {
                     self.stalled(r)?;
                 }
                 continue;
@@ -860,7 +874,7 @@ impl Region {
     fn sleep_on(&self, r: usize, s: u64) {
         let bell = &self.bells[r];
         let seen = bell.prepare_wait();
-        if self.posted(r).load(Ordering::Acquire) < s {
+        if self.posted(r, s).load(Ordering::Acquire) < s {
             bell.wait(seen, SLEEP_MAX);
         } else {
             bell.cancel_wait();
@@ -1911,8 +1925,8 @@ impl Region {
                 let mut e = [0u8; 16];
                 e[..8].copy_from_slice(&(recv[off..].as_ptr() as u64).to_ne_bytes());
                 e[8..].copy_from_slice(&(len as u64).to_ne_bytes());
-                // SAFETY: the table's 16 p bytes are our chunk of step s (a slot: 16 p >= 32 >
-                // INLINE); nobody reads it before our post.
+                // SAFETY: the table's 16 p bytes are our chunk of step s (in the cell or the
+                // slot, as `data` says); nobody reads it before our post.
                 unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
             }
             d
@@ -2071,7 +2085,8 @@ impl Region {
                 e[..8].copy_from_slice(&w.to_ne_bytes());
                 e[8..].copy_from_slice(&len.to_ne_bytes());
                 // SAFETY: the table's 16 p bytes lie at the start of our `used`-byte chunk of
-                // step s (a slot: used >= 32 > INLINE); nobody reads it before our post.
+                // step s (in the cell or the slot, as `data` says); nobody reads it before our
+                // post.
                 unsafe { std::ptr::copy_nonoverlapping(e.as_ptr(), to.add(16 * r), 16) };
             }
             debug_assert_eq!(at, used, "both passes lay the slot out alike");

@@ -378,10 +378,10 @@ fn varcount(
     Ok(())
 }
 
-/// Sizes (in i64 elements) around the inline (16 bytes) and slot boundaries.
+/// Sizes (in i64 elements) around the inline (48 bytes) and slot boundaries.
 fn sizes(quick: bool) -> Vec<usize> {
     let s = slot() / 8;
-    let mut v = vec![0, 1, 2, 3, s - 1, s, s + 1, 2 * s + 3];
+    let mut v = vec![0, 1, 2, 3, 6, 7, s - 1, s, s + 1, 2 * s + 3];
     if !quick {
         // Around the single-copy thresholds (16 KiB broadcasts, gathers and scatters; 32 KiB
         // split copies; 64 KiB two-rank split reduces). 70_001 elements (560 KiB) also cross
