@@ -1566,7 +1566,6 @@ fn do_alltoall(
     let name = "MPI_Alltoall";
     let over = Over::comm(comm);
     let p = over.p();
-    let mut s = over.schedule(name);
     let n = recv.len() / p.max(1);
     if rblocks.is_none() && recv.len() != n * p {
         return Err(mismatch(
@@ -1580,6 +1579,14 @@ fn do_alltoall(
             format!("send {} bytes, receive {} bytes", send.len(), recv.len()),
         ));
     }
+    if matches!(mode, Mode::Blocking)
+        && sblocks.is_none()
+        && rblocks.is_none()
+        && let Some(r) = shm::alltoall(comm, (!in_place).then_some(send), recv, n)
+    {
+        return r.map(|()| None);
+    }
+    let mut s = over.schedule(name);
     let rb = rblocks.unwrap_or_else(|| uniform(Loc::Recv, p, n));
     let sb = if in_place {
         let tmp = s.tmp(recv.len());

@@ -1,5 +1,5 @@
 //! The shared-memory collective component: blocking barrier, bcast, reduce, allreduce,
-//! allgather, gather, scatter, gatherv and scatterv among ranks of one host through a
+//! allgather, alltoall, gather, scatter, gatherv and scatterv among ranks of one host through a
 //! per-communicator shared region with cache-line flags, instead of point-to-point messages
 //! (Open MPI's `coll/sm`, MPICH's release/gather collectives play the same part).
 //!
@@ -62,7 +62,12 @@
 //! descriptor of the first step, so members whose lengths differ all stop after the first
 //! step, with an error, and stay in step.
 //!
-//! Broadcasts, allgathers, gathers and scatters of at least [`CMA_MIN`] bytes per rank, and
+//! An alltoall moves every member's blocks through its slot in pieces of at most `slot / p`
+//! bytes per block (one step when the whole buffer fits), each member taking its own piece
+//! out of every other member's chunk.
+//!
+//! Broadcasts, allgathers, alltoalls, gathers and scatters of at least [`CMA_MIN`] bytes per
+//! rank (an alltoall: per block, not in place), and
 //! reductions of at least [`REDUCE_CMA_MIN`], skip the slots when every member can read every
 //! other's memory (`process_vm_readv`, `BRAID_SHM_CMA`; agreed when the region is made; the kernel
 //! asks the same access for `process_vm_writev`): at a first step each member publishes its
@@ -79,7 +84,8 @@
 //! the blocks. A reduce over two members from `BRAID_COLL_SHM_PAIR_MIN` bytes has the root fold
 //! the head of the vector while the other member folds the tail and writes it into the root's
 //! result ([`Region::reduce_pair`]). An allgather writes each member's block into the others'
-//! buffers rather than reading it (the block was just copied and is still in the cache). Gatherv
+//! buffers rather than reading it (the block was just copied and is still in the cache); an
+//! alltoall writes its blocks likewise, each into the member it is for. Gatherv
 //! and scatterv move short blocks through the slots (a scatterv packs the short blocks that fit
 //! behind a table of where each block is) and long ones by single-copy transfers (a gatherv's
 //! members write theirs into the root's buffer, at the addresses the root lists in a table in its
@@ -193,6 +199,7 @@ fn pair_split(n: usize, elem: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Allgather = 1,
+    Alltoall = 10,
     Allreduce = 2,
     Barrier = 3,
     Bcast = 4,
@@ -207,6 +214,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Self::Allgather => "MPI_Allgather",
+            Self::Alltoall => "MPI_Alltoall",
             Self::Allreduce => "MPI_Allreduce",
             Self::Barrier => "MPI_Barrier",
             Self::Bcast => "MPI_Bcast",
@@ -380,6 +388,19 @@ pub(crate) fn allgather(
     let region = region_for(comm, n)?;
     note_buffers(&[send, Some(recv)]);
     Some(region.and_then(|r| lock(&r).allgather(send, recv, n)))
+}
+
+/// `MPI_Alltoall` of blocks of `n` bytes; `send` is `None` in place (the blocks to send are
+/// in `recv`, and are replaced by the ones received).
+pub(crate) fn alltoall(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    n: usize,
+) -> Option<Result<(), Error>> {
+    let region = region_for(comm, n)?;
+    note_buffers(&[send, Some(recv)]);
+    Some(region.and_then(|r| lock(&r).alltoall(send, recv, n)))
 }
 
 /// `MPI_Gather` of `n`-byte blocks to `root`; `send` is `None` in place (the root's block is
@@ -1554,19 +1575,36 @@ impl Region {
     ) -> Result<(), Error> {
         self.step += 1;
         let s = self.step;
-        let (me, p) = (self.me, self.p);
+        let me = self.me;
         self.write(s, d, Some(&(recv.as_ptr() as u64).to_ne_bytes()))?;
         self.post(s);
         if let Some(sb) = send {
             recv[me * n..(me + 1) * n].copy_from_slice(sb);
         }
-        // On a mismatch every member stops here, none having written.
-        self.check_first(s, d, Kind::Allgather)?;
-        self.step += 1;
         let block = &recv[me * n..(me + 1) * n];
+        self.push_blocks(s, d, Kind::Allgather, n, |_| block)
+    }
+
+    /// The rest of a single-copy allgather or alltoall whose step `s` published every
+    /// member's result buffer: once every descriptor is checked, writes `block(r)` into every
+    /// other member `r`'s buffer at our block's place (`me * n`), starting with the next
+    /// member so that the writers spread over the readers; at the next step says it is done
+    /// (and whether it worked) and returns once all are.
+    fn push_blocks<'b>(
+        &mut self,
+        s: u64,
+        d: u64,
+        kind: Kind,
+        n: usize,
+        block: impl Fn(usize) -> &'b [u8],
+    ) -> Result<(), Error> {
+        let (me, p) = (self.me, self.p);
+        // On a mismatch every member stops here, none having written.
+        self.check_first(s, d, kind)?;
+        self.step += 1;
         let res = (1..p)
             .map(|k| (me + k) % p)
-            .try_for_each(|r| self.cma_to_at(r, s, 0, me * n, block));
+            .try_for_each(|r| self.cma_to_at(r, s, 0, me * n, block(r)));
         // "Done", posted even after a failure, so nobody hangs.
         self.write(s + 1, d, Some(&u64::from(res.is_err()).to_ne_bytes()))?;
         self.post(s + 1);
@@ -1574,11 +1612,80 @@ impl Region {
         res?;
         match (0..p).find(|r| *r != me && self.addr(*r, s + 1, 0) != 0) {
             Some(r) => Err(Error::LocalOs(format!(
-                "MPI_Allgather: rank {} failed to write its block",
+                "{}: rank {} failed to write its block",
+                kind.name(),
                 self.world[r]
             ))),
             None => Ok(()),
         }
+    }
+}
+
+/// Alltoall.
+impl Region {
+    /// Alltoall of `n`-byte blocks. Through the cells and slots, every member's blocks in
+    /// pieces of at most `slot / p` bytes: at step `j` each member writes piece `j` of each
+    /// of its `p` blocks into its chunk (the piece for member `t` at `t` pieces in), and
+    /// reads its own piece from every other member's chunk; a call that fits a slot takes one
+    /// step. From [`CMA_MIN`]-byte blocks with single-copy transfers (not in place: our
+    /// blocks to send would be overwritten while others still read them), every member
+    /// writes its blocks straight into the others' buffers instead ([`Region::push_blocks`]).
+    fn alltoall(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
+        let d = desc(Kind::Alltoall, 0, n);
+        let (me, p) = (self.me, self.p);
+        if let Some(sb) = send
+            && self.cma
+            && n >= CMA_MIN
+        {
+            self.step += 1;
+            let s = self.step;
+            self.write(s, d, Some(&(recv.as_ptr() as u64).to_ne_bytes()))?;
+            self.post(s);
+            recv[me * n..(me + 1) * n].copy_from_slice(&sb[me * n..(me + 1) * n]);
+            return self.push_blocks(s, d, Kind::Alltoall, n, |r| &sb[r * n..(r + 1) * n]);
+        }
+        let (k, cs) = Self::chunks(n, (self.slot / p).max(1));
+        let first = self.step + 1;
+        self.step += k as u64;
+        for j in 0..k {
+            let s = first + j as u64;
+            let (off, len) = (j * cs, cs.min(n - j * cs));
+            let src = send.unwrap_or(&*recv);
+            if k == 1 {
+                // One piece per block: the chunk is the whole buffer.
+                self.write(s, d, Some(src))?;
+            } else {
+                self.write(s, d, None)?;
+                let to = self.data(me, s, p * len);
+                for t in 0..p {
+                    let piece = &src[t * n + off..t * n + off + len];
+                    // SAFETY: piece t lies inside our `p * len`-byte chunk of step s (at most
+                    // a slot: len <= slot / p); nobody reads it before our post.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(piece.as_ptr(), to.add(t * len), len);
+                    }
+                }
+            }
+            self.post(s);
+            if let Some(sb) = send {
+                recv[me * n + off..me * n + off + len]
+                    .copy_from_slice(&sb[me * n + off..me * n + off + len]);
+            }
+            if j == 0 {
+                self.check_first(s, d, Kind::Alltoall)?;
+            }
+            for r in (1..p).map(|i| (me + i) % p) {
+                self.wait(r, s)?;
+                let from = self.data(r, s, p * len);
+                let to = &mut recv[r * n + off..r * n + off + len];
+                // SAFETY: member r posted step s (and its descriptor matched ours at the first
+                // step), so its chunk holds p pieces of `len` bytes that nobody rewrites
+                // before our next post; `to` is our own buffer. In place, piece j of block r
+                // was copied into our chunk above, before this overwrites it.
+                unsafe { std::ptr::copy_nonoverlapping(from.add(me * len), to.as_mut_ptr(), len) };
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! The shared-memory collective component (`braid::collective`, module `shm`) under stress:
 //! long runs of barrier, bcast, reduce (every root, in place, non-commutative), allreduce,
-//! allgather, gather, scatter, gatherv and scatterv (plain and in place) with sizes
+//! allgather, alltoall, gather, scatter, gatherv and scatterv (plain and in place) with sizes
 //! alternating across the slot, inline, single-copy and split boundaries, several
 //! communicators used interleaved (dup, splits, freed and re-made), results checked against a
 //! sequential reference and bitwise identical on every rank. Prints `digest <hex>` (rank 0), a
@@ -183,7 +183,41 @@ fn round(comm: &SimpleCommunicator, n: usize, r: usize, d: &mut Digest, what: &s
         .or_fail(w("allgather in place"))?;
     same(&w("allgather in place"), &agi, &all)?;
     d.add_i64(&ag);
+
+    alltoall(comm, n, r, d, &w)?;
     comm.barrier().or_fail(w("barrier"))
+}
+
+/// Alltoall of `n` elements per block, plain and in place: element `i` of the block rank
+/// `q` sends to rank `t` is `val(q * p + t, i, r)`.
+fn alltoall(
+    comm: &SimpleCommunicator,
+    n: usize,
+    r: usize,
+    d: &mut Digest,
+    w: &dyn Fn(&str) -> String,
+) -> Check {
+    let p = comm.size() as usize;
+    let me = comm.rank() as usize;
+    let blocks = |from: &dyn Fn(usize) -> (usize, usize)| -> Vec<i64> {
+        (0..p)
+            .flat_map(|b| {
+                let (q, t) = from(b);
+                (0..n).map(move |i| val(q * p + t, i, r))
+            })
+            .collect()
+    };
+    let send = blocks(&|t| (me, t));
+    let want = blocks(&|q| (q, me));
+    let mut got = vec![0i64; n * p];
+    comm.all_to_all_into(&send[..], &mut got[..])
+        .or_fail(w("alltoall"))?;
+    same(&w("alltoall"), &got, &want)?;
+    d.add_i64(&got);
+    let mut inplace = send;
+    comm.all_to_all_in_place(&mut inplace[..])
+        .or_fail(w("alltoall in place"))?;
+    same(&w("alltoall in place"), &inplace, &want)
 }
 
 fn mat(rank: usize, i: usize, round: usize) -> [i64; 4] {
