@@ -385,9 +385,7 @@ pub(crate) fn allgather(
     recv: &mut [u8],
     n: usize,
 ) -> Option<Result<(), Error>> {
-    let region = region_for(comm, n)?;
-    note_buffers(&[send, Some(recv)]);
-    Some(region.and_then(|r| lock(&r).allgather(send, recv, n)))
+    every_block(comm, send, recv, n, Region::allgather)
 }
 
 /// `MPI_Alltoall` of blocks of `n` bytes; `send` is `None` in place (the blocks to send are
@@ -398,9 +396,24 @@ pub(crate) fn alltoall(
     recv: &mut [u8],
     n: usize,
 ) -> Option<Result<(), Error>> {
+    every_block(comm, send, recv, n, Region::alltoall)
+}
+
+/// A [`Region`] method running a collective where every member ends with `p` blocks of `n`
+/// bytes in `recv`.
+type EveryBlock = fn(&mut Region, Option<&[u8]>, &mut [u8], usize) -> Result<(), Error>;
+
+/// A collective where every member ends with `p` blocks of `n` bytes in `recv`, run by `run`.
+fn every_block(
+    comm: &CommData,
+    send: Option<&[u8]>,
+    recv: &mut [u8],
+    n: usize,
+    run: EveryBlock,
+) -> Option<Result<(), Error>> {
     let region = region_for(comm, n)?;
     note_buffers(&[send, Some(recv)]);
-    Some(region.and_then(|r| lock(&r).alltoall(send, recv, n)))
+    Some(region.and_then(|r| run(&mut lock(&r), send, recv, n)))
 }
 
 /// `MPI_Gather` of `n`-byte blocks to `root`; `send` is `None` in place (the root's block is
