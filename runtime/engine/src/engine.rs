@@ -803,15 +803,11 @@ impl Engine {
             addr,
         };
         let q = self.queues.entry(context).or_default();
-        let found = if q.unexpected.is_empty() {
-            None
-        } else {
-            q.unexpected.iter().position(|id| {
-                self.arrivals
-                    .get(id)
-                    .is_some_and(|a| source.accepts(a.source) && tag.accepts(a.tag))
-            })
-        };
+        let found = q.unexpected.iter().position(|id| {
+            self.arrivals
+                .get(id)
+                .is_some_and(|a| source.accepts(a.source) && tag.accepts(a.tag))
+        });
         if let Some(i) = found {
             let id = q.unexpected.remove(i).unwrap_or_default();
             self.bind(id, posted);

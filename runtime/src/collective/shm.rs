@@ -1532,7 +1532,7 @@ impl Region {
     fn allgather(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
         let d = desc(Kind::Allgather, 0, n);
         if self.cma && n >= CMA_MIN {
-            return self.allgather_cma(send, recv, n, d);
+            return self.push_blocks(Kind::Allgather, recv, n, send, None);
         }
         let (k, cs) = Self::chunks(n, self.slot);
         let first = self.step + 1;
@@ -1569,52 +1569,40 @@ impl Region {
 }
 
 impl Region {
-    /// Allgather by single-copy writes: every member publishes the address of its result
-    /// buffer and copies its own block there; then (every descriptor checked) it writes that
-    /// block straight into every other member's buffer, starting with the next member so that
-    /// the writers spread over the readers; at the second step each says it is done (and
-    /// whether it worked) and returns once all are.
+    /// Allgather or alltoall by single-copy writes: every member publishes the address of its
+    /// result buffer `recv` and copies its own block there (`own`; `None`: in place); then
+    /// (every descriptor checked) it writes its block for each other member `r` straight into
+    /// `r`'s buffer at our block's place (`me * n`): block `r` of `blocks` (an alltoall), or
+    /// our own block of `recv` (an allgather, `blocks` `None`). It starts with the next member
+    /// so that the writers spread over the readers; at the second step each says it is done
+    /// (and whether it worked) and returns once all are.
     ///
     /// # Implementation notes
     /// Writing the block just copied (still in the cache) costs less than reading the others'
-    /// send buffers from their caches: 1 MiB on two ranks (Emerald Rapids, KVM) 126-136 µs
-    /// against 142-173 µs in a C model of both.
-    fn allgather_cma(
+    /// send buffers from their caches: an allgather of 1 MiB on two ranks (Emerald Rapids,
+    /// KVM) 126-136 µs against 142-173 µs in a C model of both.
+    fn push_blocks(
         &mut self,
-        send: Option<&[u8]>,
+        kind: Kind,
         recv: &mut [u8],
         n: usize,
-        d: u64,
+        own: Option<&[u8]>,
+        blocks: Option<&[u8]>,
     ) -> Result<(), Error> {
+        let d = desc(kind, 0, n);
+        let (me, p) = (self.me, self.p);
         self.step += 1;
         let s = self.step;
-        let me = self.me;
         self.write(s, d, Some(&(recv.as_ptr() as u64).to_ne_bytes()))?;
         self.post(s);
-        if let Some(sb) = send {
-            recv[me * n..(me + 1) * n].copy_from_slice(sb);
+        if let Some(o) = own {
+            recv[me * n..(me + 1) * n].copy_from_slice(o);
         }
-        let block = &recv[me * n..(me + 1) * n];
-        self.push_blocks(s, d, Kind::Allgather, n, |_| block)
-    }
-
-    /// The rest of a single-copy allgather or alltoall whose step `s` published every
-    /// member's result buffer: once every descriptor is checked, writes `block(r)` into every
-    /// other member `r`'s buffer at our block's place (`me * n`), starting with the next
-    /// member so that the writers spread over the readers; at the next step says it is done
-    /// (and whether it worked) and returns once all are.
-    fn push_blocks<'b>(
-        &mut self,
-        s: u64,
-        d: u64,
-        kind: Kind,
-        n: usize,
-        block: impl Fn(usize) -> &'b [u8],
-    ) -> Result<(), Error> {
-        let (me, p) = (self.me, self.p);
         // On a mismatch every member stops here, none having written.
         self.check_first(s, d, kind)?;
         self.step += 1;
+        let block =
+            |r: usize| blocks.map_or(&recv[me * n..(me + 1) * n], |b| &b[r * n..(r + 1) * n]);
         let res = (1..p)
             .map(|k| (me + k) % p)
             .try_for_each(|r| self.cma_to_at(r, s, 0, me * n, block(r)));
@@ -1650,12 +1638,8 @@ impl Region {
             && self.cma
             && n >= CMA_MIN
         {
-            self.step += 1;
-            let s = self.step;
-            self.write(s, d, Some(&(recv.as_ptr() as u64).to_ne_bytes()))?;
-            self.post(s);
-            recv[me * n..(me + 1) * n].copy_from_slice(&sb[me * n..(me + 1) * n]);
-            return self.push_blocks(s, d, Kind::Alltoall, n, |r| &sb[r * n..(r + 1) * n]);
+            let own = &sb[me * n..(me + 1) * n];
+            return self.push_blocks(Kind::Alltoall, recv, n, Some(own), Some(sb));
         }
         let (k, cs) = Self::chunks(n, (self.slot / p).max(1));
         let first = self.step + 1;
@@ -1664,20 +1648,13 @@ impl Region {
             let s = first + j as u64;
             let (off, len) = (j * cs, cs.min(n - j * cs));
             let src = send.unwrap_or(&*recv);
-            if k == 1 {
-                // One piece per block: the chunk is the whole buffer.
-                self.write(s, d, Some(src))?;
-            } else {
-                self.write(s, d, None)?;
-                let to = self.data(me, s, p * len);
-                for t in 0..p {
-                    let piece = &src[t * n + off..t * n + off + len];
-                    // SAFETY: piece t lies inside our `p * len`-byte chunk of step s (at most
-                    // a slot: len <= slot / p); nobody reads it before our post.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(piece.as_ptr(), to.add(t * len), len);
-                    }
-                }
+            self.write(s, d, None)?;
+            let to = self.data(me, s, p * len);
+            for t in 0..p {
+                let piece = &src[t * n + off..t * n + off + len];
+                // SAFETY: piece t lies inside our `p * len`-byte chunk of step s (at most a
+                // slot: len <= slot / p); nobody reads it before our post.
+                unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), to.add(t * len), len) };
             }
             self.post(s);
             if let Some(sb) = send {
