@@ -66,6 +66,16 @@ pub const RING_ALIGN: usize = 128;
 /// about what a core keeps in flight).
 const PREFETCH_MAX: usize = 1024;
 
+/// Most bytes a write publishes, or a read releases, at once. A long transfer then streams:
+/// the consumer copies one piece out while the producer copies the next one in, instead of
+/// each side waiting for the other's whole copy (large messages without single-copy reads
+/// cross the ring this way). Loom models a tiny piece so that its rings split writes.
+#[cfg(not(braid_loom))]
+pub(crate) const PIECE: usize = 64 * 1024;
+/// Most bytes a write publishes, or a read releases, at once (see the non-loom definition).
+#[cfg(braid_loom)]
+pub(crate) const PIECE: usize = 2;
+
 /// Largest accepted capacity (1 TiB on 64-bit targets, 1 GiB on 32-bit ones).
 pub const MAX_RING_CAPACITY: usize = if usize::BITS >= 64 { 1 << 40 } else { 1 << 30 };
 
@@ -494,26 +504,41 @@ impl RingProducer {
         self.write_vectored(&[src])
     }
 
-    /// Copies as much of the concatenation of `srcs` as fits and publishes it at once.
-    /// Returns the number of bytes written (a prefix of the concatenation).
+    /// Copies as much of the concatenation of `srcs` as fits and publishes it; a long part
+    /// is copied and published in pieces of [`PIECE`] bytes (see there). Returns the number
+    /// of bytes written (a prefix of the concatenation).
     pub fn write_vectored(&mut self, srcs: &[&[u8]]) -> usize {
         let want = srcs.iter().fold(0usize, |n, s| n.saturating_add(s.len()));
         let free = self.free_for(want);
+        let start = self.tail;
         let mut written = 0;
         for src in srcs {
             let n = src.len().min(free - written);
-            // SAFETY: `written + n <= free`: those bytes after `tail` are not published and
-            // (per `head`, loaded with Acquire) no longer read by the consumer.
+            let mut at = 0;
+            while n - at > PIECE {
+                // SAFETY: as below, for a prefix of those bytes.
+                unsafe {
+                    self.raw.copy_in(
+                        start.wrapping_add((written + at) as u64),
+                        &src[at..at + PIECE],
+                    );
+                }
+                at += PIECE;
+                self.publish(start, written + at);
+            }
+            // SAFETY: `written + n <= free`: those bytes after `start` (the `tail` this call
+            // found) are not published and (per `head`, loaded with Acquire) no longer read
+            // by the consumer.
             unsafe {
                 self.raw
-                    .copy_in(self.tail.wrapping_add(written as u64), &src[..n])
-            };
+                    .copy_in(start.wrapping_add((written + at) as u64), &src[at..n]);
+            }
             written += n;
             if n < src.len() {
                 break;
             }
         }
-        self.publish(written);
+        self.publish(start, written);
         self.prefetch_next(written.min(free - written));
         written
     }
@@ -560,13 +585,14 @@ impl RingProducer {
         Ok(())
     }
 
-    /// Advances and publishes `tail` by `n` bytes.
-    fn publish(&mut self, n: usize) {
-        if n == 0 {
+    /// Publishes `tail` at `n` bytes after `start`, unless it is there already.
+    fn publish(&mut self, start: u64, n: usize) {
+        let tail = start.wrapping_add(n as u64);
+        if tail == self.tail {
             return;
         }
-        self.tail = self.tail.wrapping_add(n as u64);
-        self.raw.hdr().tail.store(self.tail, Ordering::Release);
+        self.tail = tail;
+        self.raw.hdr().tail.store(tail, Ordering::Release);
     }
 }
 
@@ -619,9 +645,18 @@ impl RingConsumer {
 
     /// Copies up to `dst.len()` available bytes into `dst` (possibly none), then releases
     /// them to the producer (`Release` store of `head`). Never blocks. Returns the count.
+    ///
+    /// A long read copies and releases in pieces of at most [`PIECE`] bytes, so the producer
+    /// refills the ring behind it while the rest is copied.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
-        let n = self.peek(dst);
-        self.release(n);
+        let n = self.available_for(dst.len()).min(dst.len());
+        for piece in dst[..n].chunks_mut(PIECE) {
+            // SAFETY: the `n` bytes from the `head` this call started from are published
+            // (tail loaded with Acquire) and not yet released; `release` advances `head`
+            // past each piece once it is copied.
+            unsafe { self.raw.copy_out(self.head, piece) };
+            self.release(piece.len());
+        }
         n
     }
 
@@ -802,6 +837,49 @@ mod tests {
         while pos < TOTAL {
             let m = 1 + rng.below(buf.len() - 1);
             let r = c.read(&mut buf[..m]);
+            if r == 0 {
+                std::thread::yield_now();
+            }
+            for (i, b) in buf[..r].iter().enumerate() {
+                assert_eq!(*b, byte(pos + i as u64), "at {}", pos + i as u64);
+            }
+            pos += r as u64;
+            assert!(Instant::now() < deadline, "consumer stuck at {pos}");
+        }
+        producer.join().unwrap();
+        assert_eq!(c.available(), 0);
+    }
+
+    /// Writes and reads much longer than a piece: the producer's calls publish several
+    /// pieces each and the consumer's calls release several, while both run at once.
+    #[test]
+    fn long_transfers_cross_in_pieces() {
+        const TOTAL: u64 = 24 << 20;
+        let (mut p, mut c) = pair(4 * PIECE, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let producer = std::thread::spawn(move || {
+            let mut pos = 0u64;
+            let mut chunk = vec![0u8; 3 * PIECE + 777];
+            while pos < TOTAL {
+                let n = chunk.len().min((TOTAL - pos) as usize);
+                for (i, b) in chunk[..n].iter_mut().enumerate() {
+                    *b = byte(pos + i as u64);
+                }
+                let mut done = 0;
+                while done < n {
+                    done += p.write_vectored(&[
+                        &chunk[done..n.min(done + 5)],
+                        &chunk[n.min(done + 5)..n],
+                    ]);
+                    assert!(Instant::now() < deadline, "producer stuck at {pos}");
+                }
+                pos += n as u64;
+            }
+        });
+        let mut pos = 0u64;
+        let mut buf = vec![0u8; 5 * PIECE / 2];
+        while pos < TOTAL {
+            let r = c.read(&mut buf);
             if r == 0 {
                 std::thread::yield_now();
             }

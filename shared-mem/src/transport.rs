@@ -41,6 +41,10 @@ use crate::{
 /// Magic value other ranks read from this process to check that single-copy reads work.
 static PROBE_WORD: u64 = 0x4252_4149_445f_434d;
 const STAGING: usize = 64 * 1024;
+/// Most bytes one poll writes to a peer from its queue: the peer frees ring space while this
+/// side writes, so without a bound a long stream would keep this side writing and never
+/// reading what the peer sends.
+const FLUSH_BUDGET: usize = 256 * 1024;
 
 /// A connection to one local peer: my ring and fast box in its segment, its ring and fast
 /// box in mine.
@@ -354,7 +358,7 @@ impl ShmTransport {
                 continue;
             };
             let mut res = if c.has_pending_writes() {
-                c.flush(&mut self.sent)
+                c.flush_at_most(&mut self.sent, FLUSH_BUDGET)
             } else {
                 Ok(false)
             };

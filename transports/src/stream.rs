@@ -29,6 +29,12 @@ const DIRECT_READ: usize = 32 * 1024;
 /// frame arrives in one read and its payload is copied from the staging buffer.
 const EXACT_LOOKAHEAD: usize = 256;
 
+/// In [`ReadMode::Exact`], one [`FramedConn::read_all`] call reads at most about this many
+/// bytes. A shared-memory peer refills its ring while this side reads, so without a bound a
+/// long stream would keep this side reading and never writing its own frames: traffic both
+/// ways would take turns instead of flowing at once.
+const EXACT_BUDGET: usize = 256 * 1024;
+
 /// How [`FramedConn::read_all`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -265,8 +271,24 @@ impl<S: ByteStream> FramedConn<S> {
     /// # Errors
     /// A write error; the connection is then unusable.
     pub fn flush(&mut self, sent: &mut Vec<ReqId>) -> Result<bool, TransportError> {
+        self.flush_at_most(sent, usize::MAX)
+    }
+
+    /// [`Self::flush`], stopping once about `budget` bytes are written (the rest stays
+    /// queued for the next call).
+    ///
+    /// # Errors
+    /// As [`Self::flush`].
+    pub fn flush_at_most(
+        &mut self,
+        sent: &mut Vec<ReqId>,
+        mut budget: usize,
+    ) -> Result<bool, TransportError> {
         let mut did = false;
         while let Some(front) = self.out.front_mut() {
+            if budget == 0 {
+                break;
+            }
             let res = match front {
                 Out::Owned { data, pos } => {
                     self.stream.write_vectored(&[IoSlice::new(&data[*pos..])])
@@ -285,6 +307,7 @@ impl<S: ByteStream> FramedConn<S> {
                 Ok(0) => break,
                 Ok(n) => {
                     did = true;
+                    budget = budget.saturating_sub(n);
                     if n >= left {
                         if let Some(Out::Borrowed { req, .. }) = self.out.pop_front() {
                             sent.push(req);
@@ -320,7 +343,14 @@ impl<S: ByteStream> FramedConn<S> {
             ReadMode::Exact => (1, false),
         };
         let mut did = false;
+        let mut budget = match mode {
+            ReadMode::Batched => usize::MAX,
+            ReadMode::Exact => EXACT_BUDGET,
+        };
         loop {
+            if budget == 0 {
+                return Ok(did);
+            }
             // A payload remainder goes straight to its destination.
             if let ReadState::Payload {
                 ptr, take, skip, ..
@@ -328,11 +358,12 @@ impl<S: ByteStream> FramedConn<S> {
                 && *take >= direct_from
             {
                 // SAFETY: the sink promised `ptr` is valid for `take` bytes until on_payload.
-                let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *take) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, (*take).min(budget)) };
                 match self.stream.read(dst) {
                     Ok(0) => return Err(self.closed()),
                     Ok(n) => {
                         did = true;
+                        budget -= n;
                         // SAFETY: n <= take, so the pointer stays inside the destination.
                         *ptr = unsafe { ptr.add(n) };
                         *take -= n;
@@ -369,6 +400,7 @@ impl<S: ByteStream> FramedConn<S> {
                 Err(e) => return Err(self.io_err("read", e)),
             };
             did = true;
+            budget = budget.saturating_sub(n);
             self.consume(&staging[..n], sink)?;
             if short_read_drains && n < staging.len() {
                 return Ok(did);
