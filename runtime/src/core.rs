@@ -9,7 +9,7 @@ mod cell;
 
 use std::time::{Duration, Instant};
 
-use braid_engine::wire::{HEADER_LEN, Header};
+use braid_engine::wire::{FrameKind, HEADER_LEN, Header};
 use braid_engine::{
     Completion, ContextId, Engine, FrameToken, IdMap, Outcome, Placement, Rank as ERank,
     RecvStatus, ReqId, SendMode, SeqMap, SourceSel, TagSel, Transmit,
@@ -929,9 +929,11 @@ impl Core {
                 None => (std::ptr::null(), 0, None),
             },
         };
-        // Transports copy small bodies they cannot write at once, so lending them is moot:
-        // without an owner the send completes as soon as the engine says so.
-        let owner = owner.filter(|_| len > COPY_LIMIT);
+        // A small eager body goes without an owner: a transport copies what it cannot write
+        // at once, so the send completes as soon as the engine says so (programs that send
+        // before they receive rely on that). Rendezvous data goes to a matched receive, so a
+        // copy would only add work: it stays lent until written.
+        let owner = owner.filter(|_| t.header.kind == FrameKind::Data || len > COPY_LIMIT);
         if t.to.0 == self.rank {
             self.loopback(&t.header, ptr, len);
             return;

@@ -7,9 +7,9 @@
 //!
 //! # Implementation notes
 //! Reads go through a caller-provided staging buffer, so one read can carry many small
-//! frames; a large payload remainder is read straight into its destination. Bodies of at most
-//! [`COPY_LIMIT`] bytes are copied when the stream is full; larger ones stay borrowed from
-//! their send request until written, and the request is reported through
+//! frames; a large payload remainder is read straight into its destination. A body that the
+//! stream cannot take at once is copied when it has no owner; one with an owning send request
+//! stays borrowed until written, and the request is then reported through
 //! [`FrameSink::on_sent`].
 
 use std::collections::VecDeque;
@@ -21,7 +21,8 @@ use braid_engine::wire::{COMPACT_LEN, header_len};
 
 use crate::{Body, FrameSink, HEADER_LEN, TransportError};
 
-/// Bodies at most this long are copied when the stream cannot take them at once.
+/// Eager bodies at most this long go without an owner (a transport copies what it cannot
+/// write at once), so their sends complete at once; longer ones stay lent until written.
 pub const COPY_LIMIT: usize = 64 * 1024;
 /// Payload remainders at least this long are read straight into their destination.
 const DIRECT_READ: usize = 32 * 1024;
@@ -230,7 +231,7 @@ impl<S: ByteStream> FramedConn<S> {
         let rest = body.len - body_done;
         let head = &header[written.min(hlen)..];
         match body.owner {
-            Some(req) if rest > COPY_LIMIT => {
+            Some(req) if rest > 0 => {
                 if !head.is_empty() {
                     self.queue_copy(&[head]);
                 }
@@ -561,10 +562,10 @@ mod tests {
         }
     }
 
-    /// Frames that do not fit are queued whole and in order: small bodies copied (their
-    /// sends count as done at once), large ones borrowed until written.
+    /// Frames that do not fit are queued whole and in order: bodies without an owner copied,
+    /// owned ones (small or large) borrowed until written.
     #[test]
-    fn queued_frames_keep_order_and_borrow_only_large_bodies() {
+    fn queued_frames_keep_order_and_borrow_only_owned_bodies() {
         let mut conn = FramedConn::new(
             Rank(1),
             "test".into(),
@@ -589,14 +590,17 @@ mod tests {
             let b = Body {
                 ptr: body.as_ptr(),
                 len: body.len(),
-                owner: Some(ReqId(i as u64)),
+                owner: [1, 3].contains(&i).then_some(ReqId(i as u64)),
             };
             // SAFETY: every body outlives the connection's use of it (flushed below).
             unsafe { conn.send(&bytes, b, &mut sent) }.unwrap();
         }
-        // Only the large body (request 3) is still borrowed.
-        assert_eq!(sent, [0, 1, 2, 4].map(ReqId));
-        assert_eq!(conn.borrowed_requests().collect::<Vec<_>>(), [ReqId(3)]);
+        // Both owned bodies (requests 1 and 3) are still borrowed; the rest were copied.
+        assert!(sent.is_empty(), "{sent:?}");
+        assert_eq!(
+            conn.borrowed_requests().collect::<Vec<_>>(),
+            [ReqId(1), ReqId(3)]
+        );
         let mut rounds = 0;
         while conn.has_pending_writes() {
             conn.stream_mut().room = 4096;
@@ -604,7 +608,7 @@ mod tests {
             rounds += 1;
             assert!(rounds < 1000, "flush makes no progress");
         }
-        assert_eq!(sent, [0, 1, 2, 4, 3].map(ReqId));
+        assert_eq!(sent, [1, 3].map(ReqId));
         assert!(conn.stream().written == want, "bytes out of order or lost");
     }
 }
