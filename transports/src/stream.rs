@@ -24,6 +24,11 @@ use crate::{Body, FrameSink, HEADER_LEN, TransportError};
 /// Eager bodies at most this long go without an owner (a transport copies what it cannot
 /// write at once), so their sends complete at once; longer ones stay lent until written.
 pub const COPY_LIMIT: usize = 64 * 1024;
+/// Least storage of a queued copy: frames that the stream cannot take are copied into
+/// buffers of this size, several small frames to a buffer.
+const COPY_CHUNK: usize = 64 * 1024;
+/// Most emptied copy buffers a connection keeps for reuse.
+const SPARES: usize = 16;
 /// Payload remainders at least this long are read straight into their destination.
 const DIRECT_READ: usize = 32 * 1024;
 /// In [`ReadMode::Exact`], a read for a header takes up to this many bytes, so a small
@@ -104,6 +109,10 @@ pub struct FramedConn<S> {
     /// Where the next incoming bytes go. A `Payload` pointer is valid (sink's promise) until
     /// the payload completes.
     rd: ReadState,
+    /// Storage of fully written copies, emptied, for the next ones (at most [`SPARES`]): a
+    /// stream that keeps filling up would otherwise allocate, and fault in, fresh pages for
+    /// every queued frame.
+    spares: Vec<Vec<u8>>,
 }
 
 impl<S> std::fmt::Debug for FramedConn<S> {
@@ -128,6 +137,7 @@ impl<S: ByteStream> FramedConn<S> {
                 buf: [0; HEADER_LEN],
                 got: 0,
             },
+            spares: Vec::new(),
         }
     }
 
@@ -251,19 +261,30 @@ impl<S: ByteStream> FramedConn<S> {
         Ok(())
     }
 
-    /// Queues copies of `parts`: appended to the last queued copy when there is one (one
-    /// allocation for a run of small frames, not two per frame).
+    /// Queues copies of `parts`: appended to the last queued copy while its storage has room
+    /// (one buffer for a run of small frames, and never a reallocation), else in a new copy
+    /// of at least [`COPY_CHUNK`] bytes of storage, a spare one when there is one.
     fn queue_copy(&mut self, parts: &[&[u8]]) {
-        if let Some(Out::Owned { data, .. }) = self.out.back_mut() {
+        let need = parts.iter().map(|p| p.len()).sum::<usize>();
+        if need == 0 {
+            return;
+        }
+        if let Some(Out::Owned { data, .. }) = self.out.back_mut()
+            && data.capacity() - data.len() >= need
+        {
             for p in parts {
                 data.extend_from_slice(p);
             }
             return;
         }
-        let data = parts.concat();
-        if !data.is_empty() {
-            self.out.push_back(Out::Owned { data, pos: 0 });
+        let mut data = match self.spares.pop() {
+            Some(d) if d.capacity() >= need => d,
+            _ => Vec::with_capacity(need.max(COPY_CHUNK)),
+        };
+        for p in parts {
+            data.extend_from_slice(p);
         }
+        self.out.push_back(Out::Owned { data, pos: 0 });
     }
 
     /// Writes queued output. Returns whether any byte was written; requests whose borrowed
@@ -310,8 +331,13 @@ impl<S: ByteStream> FramedConn<S> {
                     did = true;
                     budget = budget.saturating_sub(n);
                     if n >= left {
-                        if let Some(Out::Borrowed { req, .. }) = self.out.pop_front() {
-                            sent.push(req);
+                        match self.out.pop_front() {
+                            Some(Out::Borrowed { req, .. }) => sent.push(req),
+                            Some(Out::Owned { mut data, .. }) if self.spares.len() < SPARES => {
+                                data.clear();
+                                self.spares.push(data);
+                            }
+                            _ => {}
                         }
                     } else {
                         match front {
@@ -560,6 +586,49 @@ mod tests {
             }
             Ok(n)
         }
+    }
+
+    /// Copies queued while the stream is full share one buffer while it has room, and a
+    /// written buffer is reused for the next run of copies instead of fresh memory.
+    #[test]
+    fn queued_copies_reuse_their_storage() {
+        let mut conn = FramedConn::new(
+            Rank(1),
+            "test".into(),
+            Tight {
+                written: Vec::new(),
+                room: 0,
+            },
+        );
+        let body = vec![7u8; 3000];
+        let queue = |conn: &mut FramedConn<Tight>, frames: usize| {
+            let mut sent = Vec::new();
+            for _ in 0..frames {
+                let h = Header::new(FrameKind::Eager, Rank(0)).encode_short().0;
+                let b = Body {
+                    ptr: body.as_ptr(),
+                    len: body.len(),
+                    owner: None,
+                };
+                // SAFETY: `body` outlives the connection's use of it (flushed below).
+                unsafe { conn.send(&h, b, &mut sent) }.unwrap();
+            }
+        };
+        let storage = |conn: &FramedConn<Tight>| match conn.out.front() {
+            Some(Out::Owned { data, .. }) => data.as_ptr(),
+            _ => panic!("no queued copy"),
+        };
+        queue(&mut conn, 10);
+        assert_eq!(conn.out.len(), 1, "small copies share a buffer");
+        let first = storage(&conn);
+        conn.stream_mut().room = usize::MAX / 2;
+        conn.flush(&mut Vec::new()).unwrap();
+        assert!(!conn.has_pending_writes());
+        assert_eq!(conn.spares.len(), 1, "the written buffer was not kept");
+        conn.stream_mut().room = 0;
+        queue(&mut conn, 3);
+        assert!(conn.spares.is_empty(), "the kept buffer was not taken");
+        assert_eq!(storage(&conn), first);
     }
 
     /// Frames that do not fit are queued whole and in order: bodies without an owner copied,
