@@ -246,13 +246,10 @@ fn shm_wire_up(
     size: u32,
     local: &[u32],
 ) -> Result<ShmTransport, InitError> {
-    let mut shm = ShmTransport::create(
-        job,
-        ERank(rank),
-        size,
-        local.to_vec(),
-        settings.shm_ring_size,
-    )?;
+    let ring_size = settings
+        .shm_ring_size
+        .unwrap_or_else(|| default_ring_size(local.len(), settings.shm_cma));
+    let mut shm = ShmTransport::create(job, ERank(rank), size, local.to_vec(), ring_size)?;
     pmi.put(&shm_key(rank), &shm.card())?;
     pmi.barrier()?;
     let mut peers = Vec::new();
@@ -270,6 +267,17 @@ fn shm_wire_up(
         shm.back_with_huge_pages();
     }
     Ok(shm)
+}
+
+/// Bytes of each inbound ring when `BRAID_SHM_RING_SIZE` is not set: 4 MiB shared among the
+/// `local - 1` peers, as a power of two from 64 KiB up to 256 KiB, or up to 1 MiB when
+/// single-copy transfers are off and the rings carry large messages too (a ring that holds
+/// more of a message lets both directions stream at once). With single-copy transfers,
+/// rings beyond 256 KiB cost small messages more than they give 8 KiB ones.
+fn default_ring_size(local: usize, cma: bool) -> usize {
+    let share = (4usize << 20) / local.saturating_sub(1).max(1);
+    let most = if cma { 256 << 10 } else { 1 << 20 };
+    (1usize << share.ilog2()).clamp(64 << 10, most)
 }
 
 fn shm_key(rank: u32) -> String {
@@ -306,4 +314,27 @@ pub(crate) fn abort_with(code: i32, why: &str) -> ! {
         let _ = pmi.abort(code, why);
     }
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_ring_size;
+
+    #[test]
+    fn ring_size_shrinks_with_local_peers() {
+        for (local, cma, want) in [
+            (1, false, 1 << 20),
+            (2, false, 1 << 20),
+            (5, false, 1 << 20),
+            (8, false, 512 << 10),
+            (17, false, 256 << 10),
+            (2, true, 256 << 10),
+            (17, true, 256 << 10),
+            (33, true, 128 << 10),
+            (64, true, 64 << 10),
+            (1000, false, 64 << 10),
+        ] {
+            assert_eq!(default_ring_size(local, cma), want, "{local} local ranks");
+        }
+    }
 }

@@ -14,7 +14,7 @@
 //! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
 //! | `BRAID_SHM_HUGE_PAGES` | on | `off`: never back single-copy transfer buffers with huge pages; on: the 2 MiB blocks holding at least 512 KiB of such a buffer (point-to-point or a shared-memory collective's) are collapsed into transparent huge pages (`MADV_COLLAPSE`) when the buffer is used a second time |
 //! | `BRAID_SHM_SPLIT_MIN` | 65536 (0 when oversubscribed) | single-copy messages of at least this many bytes are copied by both ends: the receiver reads the first half (`process_vm_readv`) while the sender writes the second half into the receive buffer (`process_vm_writev`); 0 turns it off |
-//! | `BRAID_SHM_RING_SIZE` | 262144 | bytes of each inbound ring (a power of two) |
+//! | `BRAID_SHM_RING_SIZE` | 4 MiB shared among the local peers, within 64..256 KiB (64 KiB..1 MiB with `BRAID_SHM_CMA=off`) | bytes of each inbound ring (a power of two) |
 //! | `BRAID_FAKE_HOSTS` | unset | testing aid: `k` splits the ranks of one host into `k` fake hosts (rank mod k), so they talk over TCP across the split |
 //! | `BRAID_JOB_ID` | set by `mpirun` | names the job's shared segments (`/dev/shm/braid-<job>-<rank>`); otherwise the PMI kvsname |
 //! | **rails** (read by `bootstrap`; see `braid_transports::rail::RailMode`) | | |
@@ -51,7 +51,8 @@ pub(crate) struct Settings {
     pub(crate) shm_eager_limit: u64,
     /// `BRAID_SHM_SPLIT_MIN`; `None`: the default, which depends on oversubscription.
     pub(crate) shm_split_min: Option<u64>,
-    pub(crate) shm_ring_size: usize,
+    /// `BRAID_SHM_RING_SIZE`; `None`: the default, which depends on the number of local ranks.
+    pub(crate) shm_ring_size: Option<usize>,
     pub(crate) fake_hosts: Option<u32>,
     pub(crate) job_id: Option<String>,
     // ---- rails (bootstrap) ----
@@ -126,8 +127,11 @@ fn switch(name: &'static str, default: bool) -> Result<bool, EnvError> {
     }
 }
 
-fn ring_size() -> Result<usize, EnvError> {
-    let n = number("BRAID_SHM_RING_SIZE", 256 * 1024)?;
+fn ring_size() -> Result<Option<usize>, EnvError> {
+    if var("BRAID_SHM_RING_SIZE").is_none() {
+        return Ok(None);
+    }
+    let n = number("BRAID_SHM_RING_SIZE", 0)?;
     let n = usize::try_from(n).unwrap_or(usize::MAX);
     if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
         return Err(EnvError {
@@ -136,7 +140,7 @@ fn ring_size() -> Result<usize, EnvError> {
             expected: "a power of two between 4k and 1g",
         });
     }
-    Ok(n)
+    Ok(Some(n))
 }
 
 fn rail_mode() -> Result<braid_transports::rail::RailMode, EnvError> {
