@@ -273,6 +273,45 @@ fn nanos(seconds: f64) -> u64 {
     (seconds * 1e9).max(1.0) as u64
 }
 
+/// A message buffer aligned to a page, as OSU's benchmarks allocate theirs
+/// (`posix_memalign` to the page size). Where a buffer starts changes how fast it is copied,
+/// so every size of a run, and both libraries under comparison, get the same start.
+struct PageBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageBuf {
+    /// Page size assumed for alignment (x86-64 and most aarch64 Linux systems).
+    const PAGE: usize = 4096;
+
+    /// `len` bytes of `byte`, starting on a page boundary.
+    fn filled(len: usize, byte: u8) -> Self {
+        let storage = vec![byte; len + Self::PAGE - 1];
+        let start = storage.as_ptr().align_offset(Self::PAGE);
+        Self {
+            storage,
+            start,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for PageBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
 /// `osu_latency`: rank 0 sends `size` bytes to rank 1, which sends them back; latency is half
 /// the round trip, averaged over the timed iterations.
 ///
@@ -281,8 +320,8 @@ fn nanos(seconds: f64) -> u64 {
 fn latency<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()> {
     let me = b.rank();
     let peer = 1 - me;
-    let mut sbuf = vec![b'a'; c.max_size()];
-    let mut rbuf = vec![b'b'; c.max_size()];
+    let mut sbuf = PageBuf::filled(c.max_size(), b'a');
+    let mut rbuf = PageBuf::filled(c.max_size(), b'b');
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
         let s = &mut sbuf[..size];
@@ -354,17 +393,13 @@ fn bandwidth<B: Backend>(
     let w = c.window;
     let sending = bidirectional || me == 0;
     let receiving = bidirectional || me == 1;
-    let mut sbuf = vec![b'a'; c.max_size()];
-    let mut rbuf: Vec<u8> = Vec::new();
+    let mut sbuf = PageBuf::filled(if sending { c.max_size() } else { 0 }, b'a');
+    let mut rbuf = PageBuf::filled(if receiving { c.max_size() } else { 0 }, b'b');
     let mut ack = [0u8; ACK_LEN];
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
-        let s = &mut sbuf[..size];
-        let rlen = if receiving { size } else { 0 };
-        if rbuf.len() < rlen {
-            rbuf.resize(rlen, b'b');
-        }
-        let r = &mut rbuf[..rlen];
+        let s = &mut sbuf[..if sending { size } else { 0 }];
+        let r = &mut rbuf[..if receiving { size } else { 0 }];
         let (sends, recvs) = (if sending { w } else { 0 }, if receiving { w } else { 0 });
         let mut errors = 0u64;
         let mut t_start = 0.0;
@@ -410,17 +445,13 @@ fn mbw_mr<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<()>
     let sender = me < pairs;
     let peer = if sender { me + pairs } else { me - pairs };
     let w = c.window;
-    let mut sbuf = vec![b'a'; c.max_size()];
-    let mut rbuf: Vec<u8> = Vec::new();
+    let mut sbuf = PageBuf::filled(if sender { c.max_size() } else { 0 }, b'a');
+    let mut rbuf = PageBuf::filled(if sender { 0 } else { c.max_size() }, b'b');
     let mut ack = [0u8; ACK_LEN];
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
-        let s = &mut sbuf[..size];
-        let rlen = if sender { 0 } else { size };
-        if rbuf.len() < rlen {
-            rbuf.resize(rlen, b'b');
-        }
-        let r = &mut rbuf[..rlen];
+        let s = &mut sbuf[..if sender { size } else { 0 }];
+        let r = &mut rbuf[..if sender { 0 } else { size }];
         let mut errors = 0u64;
         let mut t_start = 0.0;
         b.barrier()?;
@@ -472,8 +503,8 @@ fn multi_lat<B: Backend>(b: &B, c: &Config, out: &mut Output) -> anyhow::Result<
     let pairs = n / 2;
     let initiator = me < pairs;
     let peer = if initiator { me + pairs } else { me - pairs };
-    let mut sbuf = vec![b'a'; c.max_size()];
-    let mut rbuf = vec![b'b'; c.max_size()];
+    let mut sbuf = PageBuf::filled(c.max_size(), b'a');
+    let mut rbuf = PageBuf::filled(c.max_size(), b'b');
     for &size in &c.sizes {
         let (iters, skip) = c.loops(size);
         let s = &mut sbuf[..size];
