@@ -1065,10 +1065,13 @@ impl Core {
             }
             Outcome::Received { status, buffered } => {
                 let buf = self.recvs.remove(&c.req);
-                if let (Some(data), Some(buf)) = (buffered, buf) {
-                    let n = (status.stored as usize).min(buf.len).min(data.len());
-                    // SAFETY: the receive buffer is valid for buf.len bytes and n <= buf.len.
-                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr, n) };
+                if let Some(data) = buffered {
+                    if let Some(buf) = buf {
+                        let n = (status.stored as usize).min(buf.len).min(data.len());
+                        // SAFETY: the receive buffer is valid for buf.len bytes, n <= buf.len.
+                        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr, n) };
+                    }
+                    self.engine.recycle(data);
                 }
                 Ok(status)
             }

@@ -234,8 +234,9 @@ pub enum Outcome {
     Received {
         /// Envelope and lengths.
         status: RecvStatus,
-        /// Payload that arrived before the receive was matched.
-        buffered: Option<Box<[u8]>>,
+        /// Payload that arrived before the receive was matched. The driver hands it back
+        /// with [`Engine::recycle`] once copied, for the next unexpected message.
+        buffered: Option<Vec<u8>>,
     },
     /// The request cannot finish because its peer is gone.
     PeerLost {
@@ -346,7 +347,7 @@ enum ArrivalKind {
     /// An eager message. `buffer` holds its payload when it was not placed straight into a
     /// receive; `complete` says all payload bytes are there.
     Eager {
-        buffer: Option<Box<[u8]>>,
+        buffer: Option<Vec<u8>>,
         complete: bool,
     },
     /// An RTS from send request `send_req`; `pull` is the sender's data address when it
@@ -516,6 +517,28 @@ pub struct Engine {
     pushes: VecDeque<Push>,
     /// Finished requests, in order.
     completions: VecDeque<Completion>,
+    /// Emptied payload buffers of unexpected messages ([`Engine::recycle`]), for the next
+    /// ones: a burst of unexpected messages would otherwise allocate, and after the heap
+    /// shrinks fault in, fresh memory for each.
+    spare_buffers: Vec<Vec<u8>>,
+}
+
+/// Most payload buffers of unexpected messages an engine keeps for reuse.
+const SPARE_BUFFERS: usize = 64;
+/// Largest payload buffer an engine keeps for reuse (the default TCP eager limit).
+const SPARE_BUFFER_MAX: usize = 64 << 10;
+
+/// A buffer of `len` bytes for an unexpected payload: the most recently kept one that is
+/// large enough, else a new one.
+fn take_spare(spares: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    match spares.iter().rposition(|b| b.capacity() >= len) {
+        Some(i) => {
+            let mut b = spares.swap_remove(i);
+            b.resize(len, 0);
+            b
+        }
+        None => vec![0; len],
+    }
 }
 
 impl Engine {
@@ -542,6 +565,7 @@ impl Engine {
             pulls: VecDeque::new(),
             pushes: VecDeque::new(),
             completions: VecDeque::new(),
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -1042,6 +1066,15 @@ impl Engine {
         }
     }
 
+    /// Takes back the buffer of a finished receive ([`Outcome::Received`]'s `buffered`) for
+    /// the payload of a later unexpected message. Keeps at most [`SPARE_BUFFERS`] buffers of
+    /// at most [`SPARE_BUFFER_MAX`] bytes each.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() <= SPARE_BUFFER_MAX && self.spare_buffers.len() < SPARE_BUFFERS {
+            self.spare_buffers.push(buffer);
+        }
+    }
+
     /// Says that the payload of frame `token` has been placed completely.
     pub fn handle_payload(&mut self, token: FrameToken) {
         match self.in_flight.remove(&token) {
@@ -1429,7 +1462,7 @@ impl Engine {
                     }
                 }
                 (_, ArrivalKind::Eager { buffer, .. }) => {
-                    *buffer = Some(vec![0u8; usize_of(a.len)].into_boxed_slice());
+                    *buffer = Some(take_spare(&mut self.spare_buffers, usize_of(a.len)));
                     Placement::Buffer
                 }
                 (_, ArrivalKind::Rts { .. }) => Placement::Buffer,
@@ -1721,4 +1754,32 @@ fn whole_status(from: Rank, h: &Header) -> RecvStatus {
 /// payloads) to `usize`.
 fn usize_of(len: u64) -> usize {
     usize::try_from(len).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, Engine, Rank, SPARE_BUFFER_MAX, SPARE_BUFFERS, take_spare};
+
+    /// An unexpected payload reuses the storage of a recycled buffer that is large enough;
+    /// the engine keeps only bounded numbers of bounded buffers.
+    #[test]
+    fn unexpected_buffers_are_reused() {
+        let mut e = Engine::new(Config::uniform(Rank(0), 2, 1024, 1024));
+        let b = vec![7u8; 4096];
+        let at = b.as_ptr();
+        e.recycle(b);
+        let small = take_spare(&mut e.spare_buffers, 100);
+        assert_eq!(small.as_ptr(), at, "a kept buffer was not reused");
+        assert_eq!(small.len(), 100);
+        e.recycle(small);
+        let large = take_spare(&mut e.spare_buffers, 8192);
+        assert_ne!(large.as_ptr(), at, "a buffer too small was reused");
+        assert_eq!(large.len(), 8192);
+        e.recycle(vec![0; SPARE_BUFFER_MAX + 1]);
+        assert_eq!(e.spare_buffers.len(), 1, "an oversized buffer was kept");
+        for _ in 0..2 * SPARE_BUFFERS {
+            e.recycle(vec![0; 16]);
+        }
+        assert_eq!(e.spare_buffers.len(), SPARE_BUFFERS);
+    }
 }
