@@ -11,7 +11,7 @@
 //! | `BRAID_CONNECT_TIMEOUT` | 60 | seconds wire-up may take before init fails naming the missing ranks |
 //! | `BRAID_SHM` | on | `off`: no shared memory, ranks of one host talk over TCP (comparison, debugging) |
 //! | `BRAID_SHM_CMA` | on | `off`: never copy large messages straight from the sender's memory (`process_vm_readv`), nor collectives' data straight into another rank's memory (`process_vm_writev`); they go pipelined through the shared rings and slots instead |
-//! | `BRAID_SHM_EAGER_LIMIT` | 8192 | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 16 KiB it beats two ring copies, and a window of larger eager messages in both directions fills the rings) |
+//! | `BRAID_SHM_EAGER_LIMIT` | 4096 (8192 towards a peer without single-copy pulls) | shared-memory messages up to this many bytes are copied through the rings; larger ones use rendezvous (a single-copy pull where CMA works: from 8 KiB it beats two ring copies, 1.8 against 2.3 us, and a window of larger eager messages in both directions fills the rings) |
 //! | `BRAID_SHM_HUGE_PAGES` | on | `off`: never back single-copy transfer buffers with huge pages; on: the 2 MiB blocks holding at least 512 KiB of such a buffer (point-to-point or a shared-memory collective's) are collapsed into transparent huge pages (`MADV_COLLAPSE`) when the buffer is used a second time |
 //! | `BRAID_SHM_SPLIT_MIN` | 65536 (0 when oversubscribed) | single-copy messages of at least this many bytes are copied by both ends: the receiver reads the first half (`process_vm_readv`) while the sender writes the second half into the receive buffer (`process_vm_writev`); 0 turns it off |
 //! | `BRAID_SHM_RING_SIZE` | 4 MiB shared among the local peers, within 64..256 KiB (64 KiB..1 MiB with `BRAID_SHM_CMA=off`) | bytes of each inbound ring (a power of two) |
@@ -48,7 +48,8 @@ pub(crate) struct Settings {
     pub(crate) shm: bool,
     pub(crate) shm_cma: bool,
     pub(crate) shm_huge_pages: bool,
-    pub(crate) shm_eager_limit: u64,
+    /// `BRAID_SHM_EAGER_LIMIT`; `None`: the default, which depends on single-copy pulls.
+    pub(crate) shm_eager_limit: Option<u64>,
     /// `BRAID_SHM_SPLIT_MIN`; `None`: the default, which depends on oversubscription.
     pub(crate) shm_split_min: Option<u64>,
     /// `BRAID_SHM_RING_SIZE`; `None`: the default, which depends on the number of local ranks.
@@ -181,7 +182,9 @@ impl Settings {
             shm: switch("BRAID_SHM", true)?,
             shm_cma: switch("BRAID_SHM_CMA", true)?,
             shm_huge_pages: switch("BRAID_SHM_HUGE_PAGES", true)?,
-            shm_eager_limit: number("BRAID_SHM_EAGER_LIMIT", 8 * 1024)?,
+            shm_eager_limit: var("BRAID_SHM_EAGER_LIMIT")
+                .map(|_| number("BRAID_SHM_EAGER_LIMIT", 0))
+                .transpose()?,
             shm_split_min: var("BRAID_SHM_SPLIT_MIN")
                 .map(|_| number("BRAID_SHM_SPLIT_MIN", 0))
                 .transpose()?,
