@@ -1067,8 +1067,8 @@ impl Engine {
     }
 
     /// Takes back the buffer of a finished receive ([`Outcome::Received`]'s `buffered`) for
-    /// the payload of a later unexpected message. Keeps at most [`SPARE_BUFFERS`] buffers of
-    /// at most [`SPARE_BUFFER_MAX`] bytes each.
+    /// the payload of a later unexpected message. Keeps at most 64 buffers of at most 64 KiB
+    /// each.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
         if buffer.capacity() <= SPARE_BUFFER_MAX && self.spare_buffers.len() < SPARE_BUFFERS {
             self.spare_buffers.push(buffer);
