@@ -505,8 +505,9 @@ impl RingProducer {
     }
 
     /// Copies as much of the concatenation of `srcs` as fits and publishes it; a long part
-    /// is copied and published in pieces of [`PIECE`] bytes (see there). Returns the number
-    /// of bytes written (a prefix of the concatenation).
+    /// is copied and published in pieces of 64 KiB, so the consumer copies one piece out
+    /// while this side copies the next in. Returns the number of bytes written (a prefix of
+    /// the concatenation).
     pub fn write_vectored(&mut self, srcs: &[&[u8]]) -> usize {
         let want = srcs.iter().fold(0usize, |n, s| n.saturating_add(s.len()));
         let free = self.free_for(want);
@@ -646,8 +647,8 @@ impl RingConsumer {
     /// Copies up to `dst.len()` available bytes into `dst` (possibly none), then releases
     /// them to the producer (`Release` store of `head`). Never blocks. Returns the count.
     ///
-    /// A long read copies and releases in pieces of at most [`PIECE`] bytes, so the producer
-    /// refills the ring behind it while the rest is copied.
+    /// A long read copies and releases in pieces of at most 64 KiB, so the producer refills
+    /// the ring behind it while the rest is copied.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         let n = self.available_for(dst.len()).min(dst.len());
         for piece in dst[..n].chunks_mut(PIECE) {
