@@ -833,20 +833,7 @@ mod tests {
             }
         });
         let mut rng = Rng(11);
-        let mut pos = 0u64;
-        let mut buf = vec![0u8; 500];
-        while pos < TOTAL {
-            let m = 1 + rng.below(buf.len() - 1);
-            let r = c.read(&mut buf[..m]);
-            if r == 0 {
-                std::thread::yield_now();
-            }
-            for (i, b) in buf[..r].iter().enumerate() {
-                assert_eq!(*b, byte(pos + i as u64), "at {}", pos + i as u64);
-            }
-            pos += r as u64;
-            assert!(Instant::now() < deadline, "consumer stuck at {pos}");
-        }
+        consume_checked(&mut c, TOTAL, 500, || 1 + rng.below(499), deadline);
         producer.join().unwrap();
         assert_eq!(c.available(), 0);
     }
@@ -877,10 +864,24 @@ mod tests {
                 pos += n as u64;
             }
         });
+        consume_checked(&mut c, TOTAL, 5 * PIECE / 2, || 5 * PIECE / 2, deadline);
+        producer.join().unwrap();
+        assert_eq!(c.available(), 0);
+    }
+
+    /// Reads `total` bytes from `c`, at most `len()` (up to `cap`) per call, checking each
+    /// against [`byte`]; fails once `deadline` passes.
+    fn consume_checked(
+        c: &mut RingConsumer,
+        total: u64,
+        cap: usize,
+        mut len: impl FnMut() -> usize,
+        deadline: Instant,
+    ) {
         let mut pos = 0u64;
-        let mut buf = vec![0u8; 5 * PIECE / 2];
-        while pos < TOTAL {
-            let r = c.read(&mut buf);
+        let mut buf = vec![0u8; cap];
+        while pos < total {
+            let r = c.read(&mut buf[..len().min(cap)]);
             if r == 0 {
                 std::thread::yield_now();
             }
@@ -890,8 +891,6 @@ mod tests {
             pos += r as u64;
             assert!(Instant::now() < deadline, "consumer stuck at {pos}");
         }
-        producer.join().unwrap();
-        assert_eq!(c.available(), 0);
     }
 
     /// Writes a header word at `off` in a formatted ring's segment.
