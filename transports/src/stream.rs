@@ -28,7 +28,7 @@ pub const COPY_LIMIT: usize = 64 * 1024;
 /// buffers of this size, several small frames to a buffer.
 const COPY_CHUNK: usize = 64 * 1024;
 /// Most emptied copy buffers a connection keeps for reuse.
-const SPARES: usize = 16;
+const SPARES: usize = 8;
 /// Payload remainders at least this long are read straight into their destination.
 const DIRECT_READ: usize = 32 * 1024;
 /// In [`ReadMode::Exact`], a read for a header takes up to this many bytes, so a small
