@@ -214,16 +214,17 @@ pub(crate) fn init() -> Result<(u32, u32), InitError> {
     if let Some(s) = &shm {
         for r in 0..size {
             if s.reaches(ERank(r)) {
-                let i = r as usize;
-                let single_copy = settings.shm_cma && s.can_pull(ERank(r));
+                let (i, can_pull) = (r as usize, s.can_pull(ERank(r)));
                 // With single-copy pulls, a rendezvous beats two ring copies from 8 KiB on
                 // (osu_latency 8 KiB: 1.8 us against 2.3); without, it adds a round trip.
-                cfg.eager_limit[i] =
-                    settings
-                        .shm_eager_limit
-                        .unwrap_or(if single_copy { 4096 } else { 8192 });
+                let eager = if settings.shm_cma && can_pull {
+                    4096
+                } else {
+                    8192
+                };
+                cfg.eager_limit[i] = settings.shm_eager_limit.unwrap_or(eager);
                 cfg.offer_pull[i] = settings.shm_cma;
-                cfg.can_pull[i] = s.can_pull(ERank(r));
+                cfg.can_pull[i] = can_pull;
             }
         }
     }

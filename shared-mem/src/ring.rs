@@ -515,26 +515,16 @@ impl RingProducer {
         let mut written = 0;
         for src in srcs {
             let n = src.len().min(free - written);
-            let mut at = 0;
-            while n - at > PIECE {
-                // SAFETY: as below, for a prefix of those bytes.
-                unsafe {
-                    self.raw.copy_in(
-                        start.wrapping_add((written + at) as u64),
-                        &src[at..at + PIECE],
-                    );
+            for piece in src[..n].chunks(PIECE) {
+                // SAFETY: `written + piece.len() <= free`: those bytes after `start` (the
+                // `tail` this call found) are not published and (per `head`, loaded with
+                // Acquire) no longer read by the consumer.
+                unsafe { self.raw.copy_in(start.wrapping_add(written as u64), piece) };
+                written += piece.len();
+                if piece.len() == PIECE {
+                    self.publish(start, written);
                 }
-                at += PIECE;
-                self.publish(start, written + at);
             }
-            // SAFETY: `written + n <= free`: those bytes after `start` (the `tail` this call
-            // found) are not published and (per `head`, loaded with Acquire) no longer read
-            // by the consumer.
-            unsafe {
-                self.raw
-                    .copy_in(start.wrapping_add((written + at) as u64), &src[at..n]);
-            }
-            written += n;
             if n < src.len() {
                 break;
             }

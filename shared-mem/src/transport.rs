@@ -41,10 +41,11 @@ use crate::{
 /// Magic value other ranks read from this process to check that single-copy reads work.
 static PROBE_WORD: u64 = 0x4252_4149_445f_434d;
 const STAGING: usize = 64 * 1024;
-/// Most bytes one poll writes to a peer from its queue: the peer frees ring space while this
-/// side writes, so without a bound a long stream would keep this side writing and never
-/// reading what the peer sends.
-const FLUSH_BUDGET: usize = 256 * 1024;
+/// Most bytes one poll writes to a peer from its queue, and reads from it: the peer frees
+/// ring space while this side writes (and refills it while this side reads), so without a
+/// bound a long stream would keep this side at one of the two, and traffic both ways would
+/// take turns instead of flowing at once.
+const POLL_BUDGET: usize = 256 * 1024;
 
 /// A connection to one local peer: my ring and fast box in its segment, its ring and fast
 /// box in mine.
@@ -358,7 +359,7 @@ impl ShmTransport {
                 continue;
             };
             let mut res = if c.has_pending_writes() {
-                c.flush_at_most(&mut self.sent, FLUSH_BUDGET)
+                c.flush_at_most(&mut self.sent, POLL_BUDGET)
             } else {
                 Ok(false)
             };
@@ -380,7 +381,12 @@ impl ShmTransport {
                 }
                 if c.stream_mut().rx.available_for(1) > 0 {
                     res = res.and_then(|w| {
-                        Ok(w | c.read_all(&mut self.staging, sink, ReadMode::Exact)?)
+                        Ok(w | c.read_at_most(
+                            &mut self.staging,
+                            sink,
+                            ReadMode::Exact,
+                            POLL_BUDGET,
+                        )?)
                     });
                 }
             }

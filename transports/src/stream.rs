@@ -35,12 +35,6 @@ const DIRECT_READ: usize = 32 * 1024;
 /// frame arrives in one read and its payload is copied from the staging buffer.
 const EXACT_LOOKAHEAD: usize = 256;
 
-/// In [`ReadMode::Exact`], one [`FramedConn::read_all`] call reads at most about this many
-/// bytes. A shared-memory peer refills its ring while this side reads, so without a bound a
-/// long stream would keep this side reading and never writing its own frames: traffic both
-/// ways would take turns instead of flowing at once.
-const EXACT_BUDGET: usize = 256 * 1024;
-
 /// How [`FramedConn::read_all`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -365,15 +359,26 @@ impl<S: ByteStream> FramedConn<S> {
         sink: &mut dyn FrameSink,
         mode: ReadMode,
     ) -> Result<bool, TransportError> {
+        self.read_at_most(staging, sink, mode, usize::MAX)
+    }
+
+    /// [`Self::read_all`], stopping once about `budget` bytes are read (the rest stays in
+    /// the stream for the next call).
+    ///
+    /// # Errors
+    /// As [`Self::read_all`].
+    pub fn read_at_most(
+        &mut self,
+        staging: &mut [u8],
+        sink: &mut dyn FrameSink,
+        mode: ReadMode,
+        mut budget: usize,
+    ) -> Result<bool, TransportError> {
         let (direct_from, short_read_drains) = match mode {
             ReadMode::Batched => (DIRECT_READ, true),
             ReadMode::Exact => (1, false),
         };
         let mut did = false;
-        let mut budget = match mode {
-            ReadMode::Batched => usize::MAX,
-            ReadMode::Exact => EXACT_BUDGET,
-        };
         loop {
             if budget == 0 {
                 return Ok(did);

@@ -1532,7 +1532,7 @@ impl Region {
     fn allgather(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
         let d = desc(Kind::Allgather, 0, n);
         if self.cma && n >= CMA_MIN {
-            return self.push_blocks(Kind::Allgather, recv, n, send, None);
+            return self.push_blocks(Kind::Allgather, recv, n, send);
         }
         let (k, cs) = Self::chunks(n, self.slot);
         let first = self.step + 1;
@@ -1570,12 +1570,13 @@ impl Region {
 
 impl Region {
     /// Allgather or alltoall by single-copy writes: every member publishes the address of its
-    /// result buffer `recv` and copies its own block there (`own`; `None`: in place); then
-    /// (every descriptor checked) it writes its block for each other member `r` straight into
-    /// `r`'s buffer at our block's place (`me * n`): block `r` of `blocks` (an alltoall), or
-    /// our own block of `recv` (an allgather, `blocks` `None`). It starts with the next member
-    /// so that the writers spread over the readers; at the second step each says it is done
-    /// (and whether it worked) and returns once all are.
+    /// result buffer `recv` and copies its own block there (from `send`: an allgather's own
+    /// block, `None` in place; an alltoall's `p` blocks, of which ours); then (every
+    /// descriptor checked) it writes its block for each other member `r` straight into `r`'s
+    /// buffer at our block's place (`me * n`): block `r` of `send` (an alltoall), or our own
+    /// block of `recv` (an allgather). It starts with the next member so that the writers
+    /// spread over the readers; at the second step each says it is done (and whether it
+    /// worked) and returns once all are.
     ///
     /// # Implementation notes
     /// Writing the block just copied (still in the cache) costs less than reading the others'
@@ -1586,11 +1587,13 @@ impl Region {
         kind: Kind,
         recv: &mut [u8],
         n: usize,
-        own: Option<&[u8]>,
-        blocks: Option<&[u8]>,
+        send: Option<&[u8]>,
     ) -> Result<(), Error> {
         let d = desc(kind, 0, n);
         let (me, p) = (self.me, self.p);
+        // An alltoall sends block r to member r; an allgather its own block to everyone.
+        let blocks = send.filter(|_| kind == Kind::Alltoall);
+        let own = blocks.map_or(send, |b| Some(&b[me * n..(me + 1) * n]));
         self.step += 1;
         let s = self.step;
         self.write(s, d, Some(&(recv.as_ptr() as u64).to_ne_bytes()))?;
@@ -1634,12 +1637,8 @@ impl Region {
     fn alltoall(&mut self, send: Option<&[u8]>, recv: &mut [u8], n: usize) -> Result<(), Error> {
         let d = desc(Kind::Alltoall, 0, n);
         let (me, p) = (self.me, self.p);
-        if let Some(sb) = send
-            && self.cma
-            && n >= CMA_MIN
-        {
-            let own = &sb[me * n..(me + 1) * n];
-            return self.push_blocks(Kind::Alltoall, recv, n, Some(own), Some(sb));
+        if send.is_some() && self.cma && n >= CMA_MIN {
+            return self.push_blocks(Kind::Alltoall, recv, n, send);
         }
         let (k, cs) = Self::chunks(n, (self.slot / p).max(1));
         let first = self.step + 1;
